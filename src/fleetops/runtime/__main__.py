@@ -1,0 +1,51 @@
+"""``python -m fleetops.runtime CONFIG_JSON``: run one worker process.
+
+The supervisor starts workers this way; the JSON names the store, the worker's id
+and cluster, its agents' entrypoints and its settings. SIGTERM or SIGINT drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from ..queue import QueueClient
+from ..telemetry import configure_json_logging
+from ._agent import load_agent
+from ._worker import Worker, WorkerSettings
+
+
+async def _main(config: dict[str, object]) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    for path in config.get("python_path", []):  # type: ignore[attr-defined]
+        if path not in sys.path:
+            sys.path.insert(0, str(path))
+    specs = [load_agent(str(e)) for e in config["agents"]]  # type: ignore[attr-defined]
+    settings = WorkerSettings(**config.get("settings", {}))  # type: ignore[arg-type]
+    async with QueueClient(str(config["store"])) as client:
+        worker = Worker(
+            client,
+            worker_id=str(config["worker_id"]),
+            cluster=str(config["cluster"]),
+            agents={s.name: s for s in specs},
+            settings=settings,
+            parent_pid=config.get("parent_pid"),  # type: ignore[arg-type]
+        )
+        await worker.run(stop)
+    return 3 if worker.dead else 0
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    configure_json_logging(getattr(logging, str(config.get("log_level", "INFO")).upper()))
+    sys.exit(asyncio.run(_main(config)))
+
+
+if __name__ == "__main__":
+    main()

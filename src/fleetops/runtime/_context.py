@@ -1,0 +1,190 @@
+"""What a running agent sees: its task, and durable ways to act."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import LeaseLost, UsageError
+from ..store import ClaimedTask, EffectBegin, EffectEnd, NewTask, SubmitChild
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """The task an agent is running."""
+
+    id: int
+    cluster: str
+    agent: str
+    payload: Any
+    attempt: int
+    epoch: int
+    priority: int
+    deadline: float | None
+    parent_id: int | None
+    headers: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EffectCall:
+    """Passed to an effect function that takes one argument.
+
+    ``key`` is the same on every attempt of the task: hand it to the system you call
+    as its idempotency key. ``fencing_token`` grows with every new lease holder: a
+    system that remembers the largest token it has seen can refuse a stale holder.
+    ``reexecution`` is True when an earlier holder started this effect and died
+    before its result was journaled.
+    """
+
+    key: str
+    fencing_token: int
+    reexecution: bool
+
+
+def split_address(address: str, default_cluster: str) -> tuple[str, str]:
+    """``cluster/agent`` or ``agent`` (same cluster) → (cluster, agent)."""
+    cluster, sep, name = address.rpartition("/")
+    if not name:
+        raise UsageError(f"agent address {address!r} is empty: write 'cluster/agent' or 'agent'")
+    return (cluster if sep else default_cluster), name
+
+
+class TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger that stamps every record with the task, agent and cluster."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = dict(self.extra or {})
+        extra.update(kwargs.pop("extra", {}) or {})
+        kwargs["extra"] = {"fleetops": extra}
+        return msg, kwargs
+
+
+class Context:
+    """Durable actions for one attempt of one task.
+
+    Every write here is fenced by the attempt's lease epoch: once the lease is lost
+    (the worker was presumed dead, or the task was cancelled) each call raises
+    :class:`~fleetops.LeaseLost` and changes nothing.
+    """
+
+    def __init__(self, worker: Worker, claimed: ClaimedTask, info: TaskInfo) -> None:
+        self._worker = worker
+        self._claimed = claimed
+        self.task = info
+        self._journal = dict(claimed.journal)
+        self._seq = 0
+        self.log = TaskLogger(
+            logging.getLogger("fleetops.agent"),
+            {"task_id": info.id, "agent": info.agent, "cluster": info.cluster},
+        )
+
+    def _next_key(self, kind: str, key: str | None) -> str:
+        if key is not None:
+            return f"task-{self.task.id}/{kind}/{key}"
+        self._seq += 1
+        return f"task-{self.task.id}/{kind}/{self._seq}"
+
+    async def send(
+        self,
+        address: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        priority: int = 0,
+        deadline: float | None = None,
+    ) -> int:
+        """Submit a child task to ``cluster/agent``; answer its id.
+
+        The child is keyed by this task and the call's position (or ``key``), so a
+        redelivered parent finds the child it already sent instead of sending another.
+        """
+        return await self._submit_child("send", address, payload, key, priority, deadline)
+
+    async def call(
+        self,
+        address: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        priority: int = 0,
+        deadline: float | None = None,
+        poll_interval: float = 0.01,
+    ) -> Any:
+        """Submit a child task and wait for its result (raises TaskFailed if it fails)."""
+        child = await self._submit_child("call", address, payload, key, priority, deadline)
+        return await self._worker.wait_for_result(child, self, poll_interval)
+
+    async def _submit_child(
+        self,
+        kind: str,
+        address: str,
+        payload: Any,
+        key: str | None,
+        priority: int,
+        deadline: float | None,
+    ) -> int:
+        cluster, name = split_address(address, self.task.cluster)
+        child = NewTask(
+            queue=cluster,
+            agent=name,
+            payload=json.dumps(payload),
+            priority=priority,
+            deadline=deadline,
+            idempotency_key=self._next_key(kind, key),
+            parent_id=self.task.id,
+            headers=json.dumps(self.task.headers),
+        )
+        result = await self._worker.client.apply(SubmitChild(self.task.id, self.task.epoch, child))
+        if not result.ok:
+            raise LeaseLost(self.task.id, self.task.epoch)
+        self._worker.wake_claimer()
+        submitted: Any = result.value
+        return int(submitted.id)
+
+    async def effect(self, key: str, fn: Callable[..., Any]) -> Any:
+        """Run the side effect ``fn`` once for this task and ``key``; answer its result.
+
+        ``fn`` may be sync or async, and takes no argument or one :class:`EffectCall`.
+        Its result (JSON-serialisable) is journaled; a redelivered task gets the
+        journaled result back without running ``fn`` again. If a holder died while
+        ``fn`` was running, ``fn`` runs again with the same ``call.key``.
+        """
+        journaled = self._journal.get(key)
+        if journaled is not None and journaled[0] == "done":
+            return json.loads(journaled[1] or "null")
+        task_id, epoch = self.task.id, self.task.epoch
+        begun = await self._worker.client.apply(EffectBegin(task_id, epoch, key))
+        if not begun.ok:
+            raise LeaseLost(task_id, epoch)
+        found: Any = begun.value
+        if found is not None and found[0] == "done":
+            return json.loads(found[1] or "null")
+        call = EffectCall(
+            key=f"task-{task_id}/effect/{key}",
+            fencing_token=epoch,
+            reexecution=found is not None or journaled is not None,
+        )
+        takes_call = len(inspect.signature(fn).parameters) >= 1
+        outcome = fn(call) if takes_call else fn()
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        encoded = json.dumps(outcome)
+        ended = await self._worker.client.apply(EffectEnd(task_id, epoch, key, encoded))
+        if not ended.ok:
+            raise LeaseLost(task_id, epoch)
+        self._journal[key] = ("done", encoded)
+        return outcome
+
+    def heartbeat(self) -> None:
+        """Tell the worker this task is making progress (long CPU-bound steps)."""
+        self._worker.note_progress(self.task.id)
+
+
+EffectFn = Callable[[EffectCall], Awaitable[Any]] | Callable[[], Any]

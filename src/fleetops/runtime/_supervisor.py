@@ -1,0 +1,381 @@
+"""The supervisor: keeps N worker processes per cluster alive.
+
+For every worker slot it starts a process, waits for it, and when it dies runs the
+seed's ``agent_failure`` recovery strategy, each step recorded as an event:
+
+1. ``redistribute_agent_workload`` — the dead worker's leases are revoked at once
+   (epoch bump), so its tasks go back to the queue for the other workers;
+2. ``restart_failed_agent`` — the slot is restarted after a jittered backoff;
+3. ``spawn_replacement_agent`` — the new worker process is up and heartbeating;
+4. ``notify_operations_team`` — the failure is logged and handed to the notifier.
+
+A phi-accrual detector watches every worker's heartbeats; a worker that is alive but
+silent (hung, stopped, its event loop blocked) is suspected, its leases revoked, and
+the process killed so that the same recovery runs. Restart intensity bounds the
+churn: more than ``intensity`` restarts of a cluster within ``period`` seconds marks
+the cluster degraded, raises an event, and slows restarts to ``backoff_max``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._clock import Clock, SystemClock
+from .._exceptions import ConfigError
+from ..queue import QueueClient
+from ..store import event_data
+from ..telemetry import get_logger
+from ._detector import DetectorSettings, PhiAccrualFailureDetector
+from ._worker import WorkerSettings
+
+log = get_logger("fleetops.supervisor")
+
+STARTUP_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPlan:
+    """What the supervisor runs for one cluster."""
+
+    name: str
+    agents: tuple[str, ...]
+    replicas: int = 1
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    python_path: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.replicas < 0:
+            raise ConfigError(f"clusters.{self.name}.replicas", self.replicas, "use 0 or more")
+        if not self.agents:
+            raise ConfigError(f"clusters.{self.name}.agents", [], "list at least one agent")
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """Jittered exponential restart backoff and the restart intensity limit."""
+
+    backoff_base: float = 0.05
+    backoff_max: float = 5.0
+    intensity: int = 10
+    period: float = 60.0
+
+
+@dataclass(slots=True)
+class WorkerHandle:
+    """One live worker process."""
+
+    id: str
+    cluster: str
+    slot: int
+    process: asyncio.subprocess.Process
+    started_at: float
+    detector: PhiAccrualFailureDetector
+    heartbeat_seen: float | None = None
+    first_heartbeat_at: float | None = None
+    stopping: bool = False
+    suspected: bool = False
+    lost_handled: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorEvent:
+    kind: str
+    at: float
+    cluster: str
+    worker: str | None
+    data: dict[str, Any]
+
+
+class Supervisor:
+    """Starts, watches and restarts the worker processes of a fleet."""
+
+    def __init__(
+        self,
+        store_url: str,
+        clusters: Sequence[ClusterPlan],
+        *,
+        clock: Clock | None = None,
+        restart: RestartPolicy | None = None,
+        detector: DetectorSettings | None = None,
+        detect_interval: float = 0.05,
+        log_dir: Path | None = None,
+        rng: random.Random | None = None,
+        on_event: Callable[[SupervisorEvent], None] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.store_url = store_url
+        self.plans = {p.name: p for p in clusters}
+        self.clock: Clock = clock or SystemClock()
+        self.restart = restart or RestartPolicy()
+        self.detector_settings = detector or DetectorSettings()
+        self.detect_interval = detect_interval
+        self.log_dir = log_dir
+        self._rng = rng or random.Random()
+        self._on_event = on_event
+        self._env = env
+        self.workers: dict[str, WorkerHandle] = {}
+        self.degraded: set[str] = set()
+        self._restarts: dict[str, deque[float]] = {name: deque() for name in self.plans}
+        self._desired = {name: plan.replicas for name, plan in self.plans.items()}
+        self._slots: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._stopping = False
+        self._client: QueueClient | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self.ready = asyncio.Event()
+
+    # --- public -------------------------------------------------------------------------------
+
+    def live_workers(self, cluster: str | None = None) -> list[WorkerHandle]:
+        return [
+            h
+            for h in self.workers.values()
+            if (cluster is None or h.cluster == cluster) and h.process.returncode is None
+        ]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Supervise until ``stop`` is set, then stop every worker gracefully."""
+        async with QueueClient(self.store_url, clock=self.clock) as client:
+            self._client = client
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                for name in self.plans:
+                    self._reconcile_slots(name)
+                watcher = group.create_task(self._detect_loop(), name="failure-detector")
+                readiness = group.create_task(self._await_ready(), name="readiness")
+                await stop.wait()
+                self._stopping = True
+                readiness.cancel()
+                watcher.cancel()
+                await self._stop_all()
+            self._client = None
+
+    def scale(self, cluster: str, replicas: int) -> None:
+        """Change a cluster's number of workers (used by the reconciler)."""
+        if cluster not in self.plans:
+            raise ConfigError("cluster", cluster, f"use one of {', '.join(sorted(self.plans))}")
+        if replicas < 0:
+            raise ConfigError(f"clusters.{cluster}.replicas", replicas, "use 0 or more")
+        self._desired[cluster] = replicas
+        self._reconcile_slots(cluster)
+
+    # --- slots ---------------------------------------------------------------------------------
+
+    def _reconcile_slots(self, cluster: str) -> None:
+        if self._group is None or self._stopping:
+            return
+        want = self._desired[cluster]
+        for slot in range(want):
+            key = (cluster, slot)
+            if key not in self._slots or self._slots[key].done():
+                self._slots[key] = self._group.create_task(
+                    self._run_slot(cluster, slot), name=f"slot-{cluster}-{slot}"
+                )
+        for handle in self.live_workers(cluster):
+            if handle.slot >= want and not handle.stopping:
+                handle.stopping = True
+                self._terminate(handle)
+
+    async def _run_slot(self, cluster: str, slot: int) -> None:
+        failures = 0
+        replacing: str | None = None
+        while not self._stopping and slot < self._desired[cluster]:
+            handle = await self._spawn(cluster, slot)
+            if replacing is not None:
+                await self._event("agent_failure.spawn_replacement_agent", cluster, handle.id,
+                            replaces=replacing, pid=handle.pid)
+            code = await handle.process.wait()
+            if handle.stopping or self._stopping:
+                await self._event("worker.stopped", cluster, handle.id, exit_code=code)
+                self.workers.pop(handle.id, None)
+                return
+            failures = failures + 1 if handle.first_heartbeat_at is None else 1
+            await self._worker_lost(handle, f"exited with code {code}")
+            self.workers.pop(handle.id, None)
+            delay = await self._restart_delay(cluster, failures)
+            await self._event("agent_failure.restart_failed_agent", cluster, handle.id,
+                        slot=slot, delay_s=round(delay, 3))
+            await self.clock.sleep(delay)
+            replacing = handle.id
+
+    async def _spawn(self, cluster: str, slot: int) -> WorkerHandle:
+        plan = self.plans[cluster]
+        worker_id = f"{cluster}-{slot}-{uuid.uuid4().hex[:8]}"
+        config = {
+            "store": self.store_url,
+            "worker_id": worker_id,
+            "cluster": cluster,
+            "agents": list(plan.agents),
+            "settings": asdict(plan.worker),
+            "python_path": list(plan.python_path),
+            "parent_pid": os.getpid(),
+        }
+        stderr: Any = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            stderr = open(self.log_dir / f"{worker_id}.log", "ab")  # noqa: SIM115
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "fleetops.runtime", json.dumps(config),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+                env=self._env,
+            )
+        finally:
+            if stderr is not None:
+                stderr.close()
+        handle = WorkerHandle(
+            id=worker_id,
+            cluster=cluster,
+            slot=slot,
+            process=process,
+            started_at=self.clock.now(),
+            detector=PhiAccrualFailureDetector(self.detector_settings),
+        )
+        self.workers[worker_id] = handle
+        await self._event("worker.started", cluster, worker_id, pid=process.pid, slot=slot)
+        return handle
+
+    async def _restart_delay(self, cluster: str, failures: int) -> float:
+        now = self.clock.monotonic()
+        window = self._restarts[cluster]
+        window.append(now)
+        while window and window[0] < now - self.restart.period:
+            window.popleft()
+        if len(window) > self.restart.intensity:
+            if cluster not in self.degraded:
+                self.degraded.add(cluster)
+                await self._event("cluster.degraded", cluster, None, restarts=len(window),
+                            period_s=self.restart.period)
+            return self.restart.backoff_max
+        if cluster in self.degraded and len(window) <= self.restart.intensity // 2:
+            self.degraded.discard(cluster)
+            await self._event("cluster.recovered", cluster, None)
+        ceiling = min(self.restart.backoff_max, self.restart.backoff_base * 2 ** (failures - 1))
+        return self._rng.uniform(0, ceiling)
+
+    async def _worker_lost(self, handle: WorkerHandle, why: str) -> None:
+        if handle.lost_handled:
+            return
+        handle.lost_handled = True
+        assert self._client is not None
+        detected_at = self.clock.now()
+        await self._event("worker.failed", handle.cluster, handle.id, reason=why, pid=handle.pid)
+        revoked = await self._client.run(
+            self._client.store.revoke_worker, handle.id, self.clock.now(), why
+        )
+        await self._event(
+            "agent_failure.redistribute_agent_workload",
+            handle.cluster,
+            handle.id,
+            tasks=len(revoked),
+            task_ids=revoked[:50],
+            detected_at=detected_at,
+        )
+        await self._event("agent_failure.notify_operations_team", handle.cluster, handle.id,
+                    reason=why, redistributed=len(revoked))
+        log.error("worker.lost", worker=handle.id, cluster=handle.cluster, reason=why,
+                  redistributed=len(revoked))
+
+    # --- failure detection ----------------------------------------------------------------
+
+    async def _detect_loop(self) -> None:
+        assert self._client is not None
+        client = self._client
+        while True:
+            await self.clock.sleep(self.detect_interval)
+            records = {w.id: w for w in await client.run(client.store.list_workers)}
+            now = self.clock.now()
+            for handle in list(self.workers.values()):
+                if handle.process.returncode is not None or handle.suspected or handle.stopping:
+                    continue
+                record = records.get(handle.id)
+                beat = record.heartbeat_at if record else None
+                if beat is not None and beat != handle.heartbeat_seen:
+                    handle.heartbeat_seen = beat
+                    handle.detector.heartbeat(now)
+                    if handle.first_heartbeat_at is None:
+                        handle.first_heartbeat_at = now
+                if handle.first_heartbeat_at is None:
+                    if now - handle.started_at > STARTUP_TIMEOUT:
+                        await self._suspect(handle, "no heartbeat within the startup timeout")
+                    continue
+                phi = handle.detector.phi(now)
+                if phi >= self.detector_settings.threshold:
+                    silent = now - (handle.detector.last_heartbeat or now)
+                    await self._suspect(handle, f"heartbeats stopped (phi {phi:.1f}, "
+                                                f"silent {silent:.2f} s)")
+
+    async def _suspect(self, handle: WorkerHandle, why: str) -> None:
+        handle.suspected = True
+        await self._event("worker.suspected", handle.cluster, handle.id, reason=why, pid=handle.pid)
+        await self._worker_lost(handle, f"hung: {why}")
+        with contextlib.suppress(ProcessLookupError):
+            handle.process.kill()  # SIGKILL works on a stopped process too
+
+    async def _await_ready(self) -> None:
+        while True:
+            wanted = sum(self._desired.values())
+            beating = sum(1 for h in self.live_workers() if h.first_heartbeat_at is not None)
+            if beating >= wanted:
+                self.ready.set()
+                return
+            await self.clock.sleep(0.02)
+
+    # --- shutdown ---------------------------------------------------------------------------
+
+    def _terminate(self, handle: WorkerHandle) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            handle.process.send_signal(signal.SIGTERM)
+
+    async def _stop_all(self) -> None:
+        handles = self.live_workers()
+        for handle in handles:
+            handle.stopping = True
+            self._terminate(handle)
+        grace = max((self.plans[h.cluster].worker.shutdown_grace for h in handles), default=0)
+        waits = [h.process.wait() for h in handles]
+        if waits:
+            done, pending = await asyncio.wait(
+                [asyncio.ensure_future(w) for w in waits], timeout=grace + 5
+            )
+            for task in pending:
+                task.cancel()
+        for handle in handles:
+            if handle.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    handle.process.kill()
+                await handle.process.wait()
+        for task in self._slots.values():
+            task.cancel()
+
+    # --- events --------------------------------------------------------------------------------
+
+    async def _event(self, kind: str, cluster: str, worker: str | None, **data: Any) -> None:
+        at = self.clock.now()
+        event = SupervisorEvent(kind, at, cluster, worker, data)
+        if self._client is not None:
+            client = self._client
+            await client.run(
+                client.store.record_event, kind, at, cluster, worker, None, event_data(**data)
+            )
+        log.info(kind, cluster=cluster, worker=worker, **data)
+        if self._on_event is not None:
+            self._on_event(event)

@@ -1,0 +1,351 @@
+"""A worker: many agent instances as asyncio tasks under one concurrency limit.
+
+The worker claims tasks in batches with a lease, runs each under its agent, and
+reports the outcome through the queue client's group commit. A heartbeat loop
+extends every lease it holds in one statement and cancels handlers whose lease was
+taken away. Shutdown runs in a fixed order: stop claiming, drain with a grace
+timeout, abort what is left, release those leases, unregister.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .._clock import Clock, SystemClock
+from .._exceptions import LeaseLost, TaskFailed
+from ..queue import QueueClient
+from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
+from ..telemetry import get_logger
+from ._agent import AgentSpec
+from ._context import Context, TaskInfo
+
+log = get_logger("fleetops.worker")
+
+DEFAULT_CONCURRENCY = 100
+DEFAULT_LEASE_SECONDS = 10.0
+DEFAULT_HEARTBEAT_INTERVAL = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """How a worker claims, leases, polls and shuts down."""
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    claim_batch: int = 200
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    poll_min: float = 0.001
+    poll_max: float = 0.05
+    reap_interval: float = 1.0
+    shutdown_grace: float = 10.0
+
+
+@dataclass(slots=True)
+class _Running:
+    task: asyncio.Task[None]
+    epoch: int
+    claimed_at: float
+
+
+class Worker:
+    """Runs the agents of one cluster against a store."""
+
+    def __init__(
+        self,
+        client: QueueClient,
+        *,
+        worker_id: str,
+        cluster: str,
+        agents: Mapping[str, AgentSpec],
+        settings: WorkerSettings | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        parent_pid: int | None = None,
+    ) -> None:
+        self.client = client
+        self.worker_id = worker_id
+        self.cluster = cluster
+        self.agents = dict(agents)
+        self.settings = settings or WorkerSettings()
+        self.clock: Clock = clock or client.clock
+        self._rng = rng or random.Random()
+        self._parent_pid = parent_pid
+        self._running: dict[int, _Running] = {}
+        self._cancel_reasons: dict[int, str] = {}
+        self._slot_free = asyncio.Event()
+        self._work_hint = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._waiters: dict[int, list[asyncio.Future[Any]]] = {}
+        self._waiter_hint = asyncio.Event()
+        self._waiter_poll = 0.01
+        self._handlers: asyncio.TaskGroup | None = None
+        self.processed = 0
+        self.dead = False
+
+    @property
+    def inflight(self) -> int:
+        return len(self._running)
+
+    def wake_claimer(self) -> None:
+        self._work_hint.set()
+
+    def note_progress(self, task_id: int) -> None:
+        """Progress is shown by the heartbeat itself; kept for the Context API."""
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, then shut down in order."""
+        s = self.settings
+        await self.client.run(
+            self.client.store.register_worker,
+            self.worker_id,
+            self.cluster,
+            os.getpid(),
+            socket.gethostname(),
+            s.concurrency,
+            self.clock.now(),
+        )
+        log.info("worker.started", worker=self.worker_id, cluster=self.cluster,
+                 concurrency=s.concurrency, agents=sorted(self.agents))
+        async with asyncio.TaskGroup() as background:
+            loops = [
+                background.create_task(self._heartbeat_loop(), name="heartbeat"),
+                background.create_task(self._reap_loop(), name="reaper"),
+                background.create_task(self._waiter_loop(), name="child-results"),
+            ]
+            async with asyncio.TaskGroup() as handlers:
+                self._handlers = handlers
+                claimer = handlers.create_task(self._claim_loop(), name="claimer")
+                stopper = handlers.create_task(stop.wait(), name="stop-signal")
+                dead = handlers.create_task(self._stopping.wait(), name="declared-dead")
+                await asyncio.wait([claimer, stopper, dead], return_when=asyncio.FIRST_COMPLETED)
+                self._stopping.set()
+                claimer.cancel()
+                stopper.cancel()
+                await self._drain()
+            for loop_task in loops:
+                loop_task.cancel()
+        if not self.dead:
+            await self.client.run(
+                self.client.store.set_worker_state, self.worker_id, "stopped", self.clock.now()
+            )
+        log.info("worker.stopped", worker=self.worker_id, processed=self.processed)
+
+    async def _drain(self) -> None:
+        grace = self.settings.shutdown_grace
+        if self._running and not self.dead:
+            log.info("worker.draining", worker=self.worker_id, inflight=len(self._running))
+            pending = [r.task for r in self._running.values()]
+            await asyncio.wait(pending, timeout=grace)
+        for task_id, running in list(self._running.items()):
+            self._cancel_reasons[task_id] = "dead" if self.dead else "shutdown"
+            running.task.cancel()
+
+    # --- claiming -------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        s = self.settings
+        poll = s.poll_min
+        queues = [self.cluster]
+        agents = sorted(self.agents)
+        assert self._handlers is not None
+        while not self._stopping.is_set():
+            free = s.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            claimed = await self.client.claim(
+                self.worker_id, queues, min(free, s.claim_batch), s.lease_seconds, agents
+            )
+            now = self.clock.monotonic()
+            for task in claimed:
+                handler = self._handlers.create_task(self._execute(task), name=f"task-{task.id}")
+                self._running[task.id] = _Running(handler, task.epoch, now)
+            if claimed:
+                poll = s.poll_min
+                continue
+            self._work_hint.clear()
+            try:
+                async with asyncio.timeout(poll):
+                    await self._work_hint.wait()
+            except TimeoutError:
+                pass
+            poll = min(poll * 2, s.poll_max)
+
+    # --- running one task --------------------------------------------------------------------
+
+    async def _execute(self, claimed: ClaimedTask) -> None:
+        started = self.clock.now()
+        try:
+            await self._run_handler(claimed, started)
+        except asyncio.CancelledError:
+            reason = self._cancel_reasons.pop(claimed.id, None)
+            if reason == "shutdown":
+                await self.client.apply(
+                    Release(claimed.id, claimed.epoch, self.worker_id, started)
+                )
+                log.info("lease.released", task_id=claimed.id, worker=self.worker_id)
+            elif reason is None:
+                raise
+        finally:
+            self._running.pop(claimed.id, None)
+            self._cancel_reasons.pop(claimed.id, None)
+            self.processed += 1
+            self._slot_free.set()
+
+    async def _run_handler(self, claimed: ClaimedTask, started: float) -> None:
+        spec = self.agents.get(claimed.agent)
+        policy_attempts = claimed.max_attempts or (spec.retry.max_attempts if spec else 1)
+        if spec is None:
+            await self._fail(claimed, started, f"no agent named {claimed.agent!r} in cluster "
+                             f"{self.cluster!r}", retryable=False, max_attempts=policy_attempts)
+            return
+        timeout = spec.timeout
+        if claimed.deadline is not None:
+            remaining = claimed.deadline - self.clock.now()
+            if remaining <= 0:
+                await self._fail(claimed, started, "deadline passed before the task started",
+                                 retryable=False, max_attempts=policy_attempts)
+                return
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        info = TaskInfo(
+            id=claimed.id,
+            cluster=claimed.queue,
+            agent=claimed.agent,
+            payload=json.loads(claimed.payload),
+            attempt=claimed.attempt,
+            epoch=claimed.epoch,
+            priority=claimed.priority,
+            deadline=claimed.deadline,
+            parent_id=claimed.parent_id,
+            headers=json.loads(claimed.headers),
+        )
+        ctx = Context(self, claimed, info)
+        try:
+            async with asyncio.timeout(timeout):
+                result = await spec.handler(info, ctx)
+        except LeaseLost:
+            log.warning("lease.lost", task_id=claimed.id, epoch=claimed.epoch,
+                        worker=self.worker_id)
+            return
+        except TimeoutError:
+            await self._fail(claimed, started, f"timed out after {timeout:.3g} s",
+                             retryable=True, max_attempts=policy_attempts, spec=spec)
+            return
+        except Exception as exc:  # the agent's own failure: record it, maybe retry
+            await self._fail(claimed, started, f"{type(exc).__name__}: {exc}",
+                             retryable=True, max_attempts=policy_attempts, spec=spec)
+            return
+        try:
+            encoded = json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            await self._fail(claimed, started, f"result is not JSON-serialisable: {exc}",
+                             retryable=False, max_attempts=policy_attempts)
+            return
+        done = await self.client.apply(
+            Complete(claimed.id, claimed.epoch, encoded, self.worker_id, started)
+        )
+        if not done.ok:
+            log.warning("lease.lost", task_id=claimed.id, epoch=claimed.epoch,
+                        worker=self.worker_id, at="complete")
+
+    async def _fail(
+        self,
+        claimed: ClaimedTask,
+        started: float,
+        error: str,
+        *,
+        retryable: bool,
+        max_attempts: int,
+        spec: AgentSpec | None = None,
+    ) -> None:
+        failures = claimed.failures + 1
+        retry_at: float | None = None
+        reason = None
+        past_deadline = claimed.deadline is not None and self.clock.now() >= claimed.deadline
+        if retryable and failures < max_attempts and not past_deadline and spec is not None:
+            retry_at = self.clock.now() + spec.retry.delay(failures, self._rng)
+        else:
+            reason = error if not retryable else (
+                f"deadline passed: {error}" if past_deadline
+                else f"failed {failures} time(s), the most allowed: {error}"
+            )
+        result = await self.client.apply(
+            Fail(claimed.id, claimed.epoch, error, self.worker_id, retry_at, reason, started)
+        )
+        log.info("task.failed", task_id=claimed.id, error=error, retry_at=retry_at,
+                 dead_lettered=retry_at is None and result.ok, lease_held=result.ok)
+
+    # --- heartbeats, reaping, child results --------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        s = self.settings
+        while True:
+            sent_at = self.clock.monotonic()
+            held = await self.client.heartbeat(
+                self.worker_id, s.lease_seconds, len(self._running), self.processed
+            )
+            if held is None:
+                log.error("worker.declared_dead", worker=self.worker_id)
+                self.dead = True
+                self._stopping.set()
+                return
+            for task_id, running in list(self._running.items()):
+                if running.claimed_at > sent_at:
+                    continue  # claimed after this heartbeat was taken
+                if held.get(task_id) != running.epoch:
+                    self._cancel_reasons[task_id] = "lease_lost"
+                    running.task.cancel()
+                    log.warning("lease.revoked", task_id=task_id, worker=self.worker_id)
+            if self._parent_pid is not None and os.getppid() != self._parent_pid:
+                log.error("worker.orphaned", worker=self.worker_id, parent=self._parent_pid)
+                self._stopping.set()
+                return
+            await self.clock.sleep(s.heartbeat_interval)
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.settings.reap_interval)
+            requeued = await self.client.run(
+                self.client.store.requeue_expired, self.clock.now()
+            )
+            if requeued:
+                log.warning("lease.expired", tasks=requeued[:20], count=len(requeued))
+                self.wake_claimer()
+
+    async def wait_for_result(self, child_id: int, ctx: Context, poll_interval: float) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(child_id, []).append(fut)
+        self._waiter_poll = min(self._waiter_poll, poll_interval)
+        self._waiter_hint.set()
+        return await fut
+
+    async def _waiter_loop(self) -> None:
+        while True:
+            if not self._waiters:
+                self._waiter_hint.clear()
+                await self._waiter_hint.wait()
+            ids = list(self._waiters)
+            records = await self.client.run(self.client.store.get_tasks, ids)
+            for record in records:
+                if record.state not in TERMINAL_STATES:
+                    continue
+                for fut in self._waiters.pop(record.id, []):
+                    if fut.done():
+                        continue
+                    if record.state == "succeeded":
+                        fut.set_result(json.loads(record.result or "null"))
+                    else:
+                        fut.set_exception(
+                            TaskFailed(record.id, record.state, record.dead_reason or record.error)
+                        )
+            await self.clock.sleep(self._waiter_poll)

@@ -1,0 +1,155 @@
+"""The PostgreSQL store: the same SQL, ``FOR UPDATE SKIP LOCKED`` claims.
+
+Each store object holds one connection in autocommit mode; transactions are explicit.
+Statements are written with ``?`` and rewritten to psycopg's ``%s`` once, cached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+
+from .._exceptions import StoreError, StoreUnavailable
+from ._models import NewTask
+from ._sql import INSERT_TASK, SqlStore, migration_scripts, split_statements, task_params
+
+#: An arbitrary constant: the advisory lock that serialises concurrent migrations.
+MIGRATION_LOCK = 0x466C6565744F7073 & 0x7FFFFFFFFFFFFFFF
+
+
+@lru_cache(maxsize=512)
+def _pg(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PostgresStore(SqlStore):
+    """A :class:`~fleetops.store.Store` on a PostgreSQL database."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.latest_version = migration_scripts("postgres")[-1][0]
+        self._depth = 0
+        try:
+            self._conn = psycopg.connect(
+                url, autocommit=True, connect_timeout=max(1, int(connect_timeout))
+            )
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"cannot connect to the PostgreSQL store at {_redact(url)}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
+            ) from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        try:
+            with self._conn.transaction():
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        try:
+            return self._conn.execute(_pg(sql), tuple(params) if params else None)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+
+    def _claim_sql(self, n_queues: int, n_agents: int) -> str:
+        queues = ", ".join("?" * n_queues)
+        agents = f" AND agent IN ({', '.join('?' * n_agents)})" if n_agents else ""
+        return (
+            "UPDATE tasks SET state = 'running', lease_owner = ?, lease_expires_at = ?, "
+            "epoch = epoch + 1, attempts = attempts + 1, started_at = ? "
+            "WHERE id IN (SELECT id FROM tasks WHERE state = 'queued' "
+            f"AND queue IN ({queues}){agents} AND run_after <= ? "
+            "ORDER BY priority DESC, run_after, id LIMIT ? FOR UPDATE SKIP LOCKED) "
+            "RETURNING id, queue, agent, payload, priority, epoch, attempts, failures, "
+            "redeliveries, max_attempts, max_redeliveries, deadline, idempotency_key, "
+            "parent_id, created_at, headers, lease_expires_at"
+        )
+
+    def _lock_task_sql(self) -> str:
+        return "SELECT 1 FROM tasks WHERE id = ? AND epoch = ? AND state = 'running' FOR SHARE"
+
+    def _for_update(self) -> str:
+        return " FOR UPDATE SKIP LOCKED"
+
+    def _insert_many(self, tasks: Sequence[NewTask], now: float) -> list[int]:
+        sql = _pg(INSERT_TASK + " RETURNING id")
+        with self._conn.cursor() as cur:
+            cur.executemany(sql, [task_params(t, now) for t in tasks], returning=True)
+            ids = []
+            while True:
+                row = cur.fetchone()
+                ids.append(int(row[0]))  # type: ignore[index]
+                if not cur.nextset():
+                    break
+        return ids
+
+    def schema_version(self) -> int:
+        row = self._exec("SELECT to_regclass('schema_migrations')").fetchone()
+        if row[0] is None:
+            return 0
+        row = self._exec("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def migrate(self) -> list[int]:
+        applied: list[int] = []
+        with self._tx():
+            self._exec("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            self._exec(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            current = self.schema_version()
+            self._check_version(current)
+            for version, script in migration_scripts("postgres"):
+                if version <= current:
+                    continue
+                for statement in split_statements(script):
+                    self._exec(statement)
+                self._exec(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+                applied.append(version)
+        return applied
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for error messages and logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}@{host}" if ":" in creds else url
+
+
+def redact(url: str) -> str:
+    return _redact(url)
+
+
+__all__ = ["PostgresStore", "StoreError"]

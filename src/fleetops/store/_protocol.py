@@ -1,0 +1,121 @@
+"""The narrow interface every store implements.
+
+Stores are synchronous and batch-oriented: the async queue client runs them on a
+thread of its own and groups many operations into each transaction. Every method
+that changes state commits before it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from ._models import (
+    AttemptRecord,
+    ClaimedTask,
+    EffectRecord,
+    EventRecord,
+    NewTask,
+    Operation,
+    OpResult,
+    Submitted,
+    TaskRecord,
+    WorkerRecord,
+)
+
+
+class Store(Protocol):
+    """Durable state of a fleet: tasks, leases, attempts, effects, workers, events."""
+
+    url: str
+    dialect: str
+
+    def migrate(self) -> list[int]:
+        """Bring the schema up to date; answer the versions applied now."""
+        ...
+
+    def schema_version(self) -> int: ...
+
+    def close(self) -> None: ...
+
+    # tasks
+    def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]: ...
+
+    def claim(
+        self,
+        worker: str,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        agents: Sequence[str] | None = None,
+    ) -> list[ClaimedTask]: ...
+
+    def apply(self, ops: Sequence[Operation], now: float) -> list[OpResult]: ...
+
+    def heartbeat(
+        self, worker: str, now: float, lease_seconds: float, inflight: int, processed: int
+    ) -> dict[int, int] | None:
+        """Record a heartbeat and extend the worker's leases; answer {task id: epoch} held.
+
+        None means the worker was declared dead: it must stop, its leases are gone.
+        """
+        ...
+
+    def revoke_worker(self, worker: str, now: float, reason: str) -> list[int]:
+        """Take every lease ``worker`` holds away (epoch bump) and requeue the tasks."""
+        ...
+
+    def requeue_expired(self, now: float, limit: int = 1000) -> list[int]: ...
+
+    def cancel(self, task_id: int, now: float, reason: str = "cancelled") -> bool: ...
+
+    def get_task(self, task_id: int) -> TaskRecord | None: ...
+
+    def get_tasks(self, task_ids: Sequence[int]) -> list[TaskRecord]: ...
+
+    def list_tasks(
+        self,
+        state: str | None = None,
+        queue: str | None = None,
+        agent: str | None = None,
+        limit: int = 100,
+        after_id: int | None = None,
+    ) -> list[TaskRecord]: ...
+
+    def count_tasks(self) -> dict[tuple[str, str, str], int]:
+        """Task counts by (queue, agent, state)."""
+        ...
+
+    def attempts(self, task_id: int) -> list[AttemptRecord]: ...
+
+    def effects(self, task_id: int) -> list[EffectRecord]: ...
+
+    # workers and events
+    def register_worker(
+        self,
+        worker: str,
+        cluster: str,
+        pid: int | None,
+        host: str | None,
+        concurrency: int,
+        now: float,
+    ) -> None: ...
+
+    def set_worker_state(self, worker: str, state: str, now: float) -> None: ...
+
+    def list_workers(self, cluster: str | None = None) -> list[WorkerRecord]: ...
+
+    def record_event(
+        self,
+        kind: str,
+        now: float,
+        cluster: str | None = None,
+        worker: str | None = None,
+        task_id: int | None = None,
+        data: str = "{}",
+    ) -> int: ...
+
+    def list_events(
+        self, kind: str | None = None, after_id: int = 0, limit: int = 1000
+    ) -> list[EventRecord]: ...

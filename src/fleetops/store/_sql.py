@@ -1,0 +1,505 @@
+"""The SQL shared by the SQLite and PostgreSQL stores.
+
+Statements are written once with ``?`` placeholders; the PostgreSQL store rewrites
+them to ``%s``. What differs between the two databases (connections, transactions,
+the claim statement's ``SKIP LOCKED``, bulk submit) lives in each store's module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from importlib import resources
+from typing import Any
+
+from .._exceptions import SchemaError
+from ._models import (
+    AttemptRecord,
+    ClaimedTask,
+    Complete,
+    EffectBegin,
+    EffectEnd,
+    EffectRecord,
+    EventRecord,
+    Fail,
+    NewTask,
+    Operation,
+    OpResult,
+    Release,
+    Submit,
+    SubmitChild,
+    Submitted,
+    TaskRecord,
+    WorkerRecord,
+)
+
+TASK_COLUMNS = (
+    "id, queue, agent, payload, priority, state, idempotency_key, parent_id, deadline, "
+    "max_attempts, max_redeliveries, attempts, failures, redeliveries, epoch, lease_owner, "
+    "lease_expires_at, run_after, created_at, started_at, finished_at, result, error, "
+    "dead_reason, headers"
+)
+CLAIM_RETURNING = (
+    "id, queue, agent, payload, priority, epoch, attempts, failures, redeliveries, "
+    "max_attempts, max_redeliveries, deadline, idempotency_key, parent_id, created_at, "
+    "headers, lease_expires_at"
+)
+WORKER_COLUMNS = (
+    "id, cluster, pid, host, state, started_at, heartbeat_at, stopped_at, concurrency, "
+    "inflight, processed"
+)
+
+INSERT_TASK = (
+    "INSERT INTO tasks (queue, agent, payload, priority, state, idempotency_key, parent_id, "
+    "deadline, max_attempts, max_redeliveries, run_after, created_at, headers) "
+    "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_TASK_KEYED = INSERT_TASK + " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+SELECT_BY_KEY = "SELECT id FROM tasks WHERE idempotency_key = ?"
+
+COMPLETE = (
+    "UPDATE tasks SET state = 'succeeded', result = ?, error = NULL, finished_at = ?, "
+    "lease_owner = NULL, lease_expires_at = NULL "
+    "WHERE id = ? AND epoch = ? AND state = 'running' RETURNING attempts, started_at"
+)
+FAIL_RETRY = (
+    "UPDATE tasks SET state = 'queued', failures = failures + 1, run_after = ?, error = ?, "
+    "lease_owner = NULL, lease_expires_at = NULL "
+    "WHERE id = ? AND epoch = ? AND state = 'running' RETURNING attempts, started_at"
+)
+FAIL_DEAD = (
+    "UPDATE tasks SET state = 'dead', failures = failures + 1, error = ?, dead_reason = ?, "
+    "finished_at = ?, lease_owner = NULL, lease_expires_at = NULL "
+    "WHERE id = ? AND epoch = ? AND state = 'running' RETURNING attempts, started_at"
+)
+RELEASE = (
+    "UPDATE tasks SET state = 'queued', run_after = ?, lease_owner = NULL, "
+    "lease_expires_at = NULL "
+    "WHERE id = ? AND epoch = ? AND state = 'running' RETURNING attempts, started_at"
+)
+INSERT_ATTEMPT = (
+    "INSERT INTO attempts (task_id, attempt, epoch, worker, started_at, ended_at, outcome, error) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id, attempt) DO NOTHING"
+)
+SELECT_EFFECT = "SELECT state, result FROM effects WHERE task_id = ? AND key = ?"
+INSERT_EFFECT = (
+    "INSERT INTO effects (task_id, key, state, epoch, started_at) VALUES (?, ?, 'started', ?, ?)"
+)
+RESTART_EFFECT = (
+    "UPDATE effects SET epoch = ?, executions = executions + 1, started_at = ? "
+    "WHERE task_id = ? AND key = ?"
+)
+FINISH_EFFECT = (
+    "UPDATE effects SET state = 'done', result = ?, finished_at = ? "
+    "WHERE task_id = ? AND key = ? AND state = 'started'"
+)
+HEARTBEAT_WORKER = (
+    "UPDATE workers SET heartbeat_at = ?, inflight = ?, processed = ? "
+    "WHERE id = ? AND state IN ('running', 'draining')"
+)
+EXTEND_LEASES = (
+    "UPDATE tasks SET lease_expires_at = ? WHERE lease_owner = ? AND state = 'running' "
+    "RETURNING id, epoch"
+)
+# A lost lease is a redelivery: requeued at once unless the task has been lost too often
+# (a poison task that kills every worker it lands on), then dead-lettered.
+REVOKE_SET = (
+    "SET state = CASE WHEN redeliveries + 1 > max_redeliveries THEN 'dead' ELSE 'queued' END, "
+    "dead_reason = CASE WHEN redeliveries + 1 > max_redeliveries THEN ? ELSE dead_reason END, "
+    "finished_at = CASE WHEN redeliveries + 1 > max_redeliveries THEN ? ELSE finished_at END, "
+    "redeliveries = redeliveries + 1, epoch = epoch + 1, lease_owner = NULL, "
+    "lease_expires_at = NULL, run_after = ? "
+)
+MARK_WORKER = "UPDATE workers SET state = ?, stopped_at = ? WHERE id = ?"
+CANCEL = (
+    "UPDATE tasks SET state = 'cancelled', epoch = epoch + 1, finished_at = ?, dead_reason = ?, "
+    "lease_owner = NULL, lease_expires_at = NULL "
+    "WHERE id = ? AND state IN ('queued', 'running')"
+)
+INSERT_EVENT = (
+    "INSERT INTO events (at, kind, cluster, worker, task_id, data) VALUES (?, ?, ?, ?, ?, ?) "
+    "RETURNING id"
+)
+UPSERT_WORKER = (
+    "INSERT INTO workers (id, cluster, pid, host, state, started_at, heartbeat_at, concurrency) "
+    "VALUES (?, ?, ?, ?, 'running', ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET cluster = excluded.cluster, pid = excluded.pid, "
+    "host = excluded.host, state = 'running', started_at = excluded.started_at, "
+    "heartbeat_at = excluded.heartbeat_at, stopped_at = NULL, "
+    "concurrency = excluded.concurrency, inflight = 0, processed = 0"
+)
+
+
+def migration_scripts(dialect: str) -> list[tuple[int, str]]:
+    """The packaged migrations for ``dialect``, as (version, SQL text), oldest first."""
+    folder = resources.files("fleetops.store").joinpath("sql", dialect)
+    scripts = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql"):
+            scripts.append((int(name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(scripts)
+
+
+def split_statements(script: str) -> list[str]:
+    """Split one of our migration scripts into statements (no semicolons in literals)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def task_params(task: NewTask, now: float) -> tuple[Any, ...]:
+    return (
+        task.queue,
+        task.agent,
+        task.payload,
+        task.priority,
+        task.idempotency_key,
+        task.parent_id,
+        task.deadline,
+        task.max_attempts,
+        task.max_redeliveries,
+        task.run_after if task.run_after is not None else now,
+        now,
+        task.headers,
+    )
+
+
+class SqlStore:
+    """Store logic common to both SQL databases; subclasses supply the connection."""
+
+    url: str
+    dialect: str
+    latest_version: int
+
+    # --- to be supplied by the dialect ---------------------------------------------------
+
+    def _tx(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement; answer a cursor (rows via fetchall, count via rowcount)."""
+        raise NotImplementedError
+
+    def _claim_sql(self, n_queues: int, n_agents: int) -> str:
+        raise NotImplementedError
+
+    def _lock_task_sql(self) -> str:
+        raise NotImplementedError
+
+    def _insert_many(self, tasks: Sequence[NewTask], now: float) -> list[int]:
+        raise NotImplementedError
+
+    def _for_update(self) -> str:
+        """The row-locking suffix of a SELECT in a write transaction ('' where moot)."""
+        raise NotImplementedError
+
+    # --- schema ------------------------------------------------------------------------------
+
+    def _check_version(self, current: int) -> None:
+        if current > self.latest_version:
+            raise SchemaError(
+                f"the store at {self.url} has schema version {current}, but this fleetops "
+                f"knows versions up to {self.latest_version}: upgrade fleetops"
+            )
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
+        if not tasks:
+            return []
+        with self._tx():
+            return self._submit_in_tx(tasks, now)
+
+    def _submit_in_tx(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
+        if all(t.idempotency_key is None for t in tasks):
+            return [Submitted(i, True) for i in self._insert_many(tasks, now)]
+        out = []
+        for task in tasks:
+            if task.idempotency_key is None:
+                out.append(Submitted(self._insert_many([task], now)[0], True))
+                continue
+            rows = self._exec(INSERT_TASK_KEYED, task_params(task, now)).fetchall()
+            if rows:
+                out.append(Submitted(int(rows[0][0]), True))
+            else:
+                row = self._exec(SELECT_BY_KEY, (task.idempotency_key,)).fetchone()
+                out.append(Submitted(int(row[0]), False))
+        return out
+
+    def claim(
+        self,
+        worker: str,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        agents: Sequence[str] | None = None,
+    ) -> list[ClaimedTask]:
+        if limit <= 0 or not queues:
+            return []
+        agents = list(agents or [])
+        sql = self._claim_sql(len(queues), len(agents))
+        params = [worker, now + lease_seconds, now, *queues, *agents, now, limit]
+        with self._tx():
+            rows = self._exec(sql, params).fetchall()
+            if not rows:
+                return []
+            redelivered = [r[0] for r in rows if r[6] > 1]
+            journal: dict[int, dict[str, tuple[str, str | None]]] = {}
+            if redelivered:
+                marks = ", ".join("?" * len(redelivered))
+                for task_id, key, state, result in self._exec(
+                    f"SELECT task_id, key, state, result FROM effects WHERE task_id IN ({marks})",
+                    redelivered,
+                ).fetchall():
+                    journal.setdefault(task_id, {})[key] = (state, result)
+        claimed = [ClaimedTask(*r, journal=journal.get(r[0], {})) for r in rows]
+        claimed.sort(key=lambda t: (-t.priority, t.id))
+        return claimed
+
+    def apply(self, ops: Sequence[Operation], now: float) -> list[OpResult]:
+        if not ops:
+            return []
+        with self._tx():
+            return [self._apply_one(op, now) for op in ops]
+
+    def _fenced(self, task_id: int, epoch: int) -> bool:
+        return self._exec(self._lock_task_sql(), (task_id, epoch)).fetchone() is not None
+
+    def _apply_one(self, op: Operation, now: float) -> OpResult:
+        if isinstance(op, Complete):
+            row = self._exec(COMPLETE, (op.result, now, op.task_id, op.epoch)).fetchone()
+            return self._attempt_ended(op.task_id, op.epoch, op.worker, row, now, "succeeded", None)
+        if isinstance(op, Fail):
+            if op.retry_at is not None:
+                params: tuple[Any, ...] = (op.retry_at, op.error, op.task_id, op.epoch)
+                row = self._exec(FAIL_RETRY, params).fetchone()
+            else:
+                params = (op.error, op.dead_reason or op.error, now, op.task_id, op.epoch)
+                row = self._exec(FAIL_DEAD, params).fetchone()
+            return self._attempt_ended(op.task_id, op.epoch, op.worker, row, now, "failed", op.error)
+        if isinstance(op, Release):
+            row = self._exec(RELEASE, (now, op.task_id, op.epoch)).fetchone()
+            return self._attempt_ended(op.task_id, op.epoch, op.worker, row, now, "released", None)
+        if isinstance(op, EffectBegin):
+            if not self._fenced(op.task_id, op.epoch):
+                return OpResult(False)
+            found = self._exec(SELECT_EFFECT, (op.task_id, op.key)).fetchone()
+            if found is None:
+                self._exec(INSERT_EFFECT, (op.task_id, op.key, op.epoch, now))
+                return OpResult(True, None)
+            if found[0] == "done":
+                return OpResult(True, ("done", found[1]))
+            self._exec(RESTART_EFFECT, (op.epoch, now, op.task_id, op.key))
+            return OpResult(True, ("started", None))
+        if isinstance(op, EffectEnd):
+            if not self._fenced(op.task_id, op.epoch):
+                return OpResult(False)
+            self._exec(FINISH_EFFECT, (op.result, now, op.task_id, op.key))
+            return OpResult(True)
+        if isinstance(op, SubmitChild):
+            if not self._fenced(op.parent_id, op.epoch):
+                return OpResult(False)
+            return OpResult(True, self._submit_in_tx([op.task], now)[0])
+        if isinstance(op, Submit):
+            return OpResult(True, self._submit_in_tx([op.task], now)[0])
+        raise TypeError(f"unknown store operation {op!r}")
+
+    def _attempt_ended(
+        self,
+        task_id: int,
+        epoch: int,
+        worker: str,
+        row: Any,
+        now: float,
+        outcome: str,
+        error: str | None,
+    ) -> OpResult:
+        if row is None:
+            return OpResult(False)
+        self._exec(INSERT_ATTEMPT, (task_id, row[0], epoch, worker, row[1], now, outcome, error))
+        return OpResult(True)
+
+    def heartbeat(
+        self, worker: str, now: float, lease_seconds: float, inflight: int, processed: int
+    ) -> dict[int, int] | None:
+        with self._tx():
+            alive = self._exec(HEARTBEAT_WORKER, (now, inflight, processed, worker)).rowcount
+            if not alive:
+                return None
+            rows = self._exec(EXTEND_LEASES, (now + lease_seconds, worker)).fetchall()
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    def _revoke(self, where: str, params: Sequence[Any], now: float, reason: str) -> list[int]:
+        owners = {
+            int(r[0]): r[1]
+            for r in self._exec(
+                f"SELECT id, lease_owner FROM tasks WHERE {where}{self._for_update()}", params
+            ).fetchall()
+        }
+        revoked: list[int] = []
+        dead_reason = f"lost too often: {reason}"
+        for chunk in iter_chunks(sorted(owners), 500):
+            marks = ", ".join("?" * len(chunk))
+            rows = self._exec(
+                f"UPDATE tasks {REVOKE_SET} WHERE id IN ({marks}) AND state = 'running' "
+                "RETURNING id, attempts, epoch, started_at",
+                (dead_reason, now, now, *chunk),
+            ).fetchall()
+            for task_id, attempts, epoch, started_at in rows:
+                self._exec(
+                    INSERT_ATTEMPT,
+                    (task_id, attempts, epoch - 1, owners[task_id], started_at, now,
+                     "lease_lost", reason),
+                )
+                revoked.append(int(task_id))
+        return sorted(revoked)
+
+    def revoke_worker(self, worker: str, now: float, reason: str) -> list[int]:
+        with self._tx():
+            self._exec(MARK_WORKER, ("dead", now, worker))
+            return self._revoke("lease_owner = ? AND state = 'running'", (worker,), now, reason)
+
+    def requeue_expired(self, now: float, limit: int = 1000) -> list[int]:
+        where = "state = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?"
+        with self._tx():
+            return self._revoke(where, (now, limit), now, "lease expired")
+
+    def cancel(self, task_id: int, now: float, reason: str = "cancelled") -> bool:
+        with self._tx():
+            row = self._exec(
+                "SELECT state, attempts, epoch, lease_owner, started_at FROM tasks WHERE id = ?",
+                (task_id,),
+            ).fetchone()
+            if row is None or row[0] not in ("queued", "running"):
+                return False
+            self._exec(CANCEL, (now, reason, task_id))
+            if row[0] == "running":
+                self._exec(
+                    INSERT_ATTEMPT,
+                    (task_id, row[1], row[2], row[3], row[4], now, "cancelled", reason),
+                )
+            return True
+
+    def get_task(self, task_id: int) -> TaskRecord | None:
+        row = self._exec(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return TaskRecord(*row) if row else None
+
+    def get_tasks(self, task_ids: Sequence[int]) -> list[TaskRecord]:
+        out: list[TaskRecord] = []
+        ids = list(task_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._exec(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN ({marks})", chunk
+            ).fetchall()
+            out.extend(TaskRecord(*r) for r in rows)
+        return out
+
+    def list_tasks(
+        self,
+        state: str | None = None,
+        queue: str | None = None,
+        agent: str | None = None,
+        limit: int = 100,
+        after_id: int | None = None,
+    ) -> list[TaskRecord]:
+        clauses, params = [], []
+        for column, value in (("state", state), ("queue", queue), ("agent", agent)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if after_id is not None:
+            clauses.append("id > ?")
+            params.append(after_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY id LIMIT ?"
+        return [TaskRecord(*r) for r in self._exec(sql, [*params, limit]).fetchall()]
+
+    def count_tasks(self) -> dict[tuple[str, str, str], int]:
+        rows = self._exec(
+            "SELECT queue, agent, state, COUNT(*) FROM tasks GROUP BY queue, agent, state"
+        ).fetchall()
+        return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+
+    def attempts(self, task_id: int) -> list[AttemptRecord]:
+        rows = self._exec(
+            "SELECT task_id, attempt, epoch, worker, started_at, ended_at, outcome, error "
+            "FROM attempts WHERE task_id = ? ORDER BY attempt",
+            (task_id,),
+        ).fetchall()
+        return [AttemptRecord(*r) for r in rows]
+
+    def effects(self, task_id: int) -> list[EffectRecord]:
+        rows = self._exec(
+            "SELECT task_id, key, state, epoch, result, executions, started_at, finished_at "
+            "FROM effects WHERE task_id = ? ORDER BY started_at",
+            (task_id,),
+        ).fetchall()
+        return [EffectRecord(*r) for r in rows]
+
+    # --- workers and events -------------------------------------------------------------------
+
+    def register_worker(
+        self,
+        worker: str,
+        cluster: str,
+        pid: int | None,
+        host: str | None,
+        concurrency: int,
+        now: float,
+    ) -> None:
+        with self._tx():
+            self._exec(UPSERT_WORKER, (worker, cluster, pid, host, now, now, concurrency))
+
+    def set_worker_state(self, worker: str, state: str, now: float) -> None:
+        with self._tx():
+            stopped = now if state in ("stopped", "dead") else None
+            self._exec(MARK_WORKER, (state, stopped, worker))
+
+    def list_workers(self, cluster: str | None = None) -> list[WorkerRecord]:
+        if cluster is None:
+            rows = self._exec(f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY id").fetchall()
+        else:
+            rows = self._exec(
+                f"SELECT {WORKER_COLUMNS} FROM workers WHERE cluster = ? ORDER BY id", (cluster,)
+            ).fetchall()
+        return [WorkerRecord(*r) for r in rows]
+
+    def record_event(
+        self,
+        kind: str,
+        now: float,
+        cluster: str | None = None,
+        worker: str | None = None,
+        task_id: int | None = None,
+        data: str = "{}",
+    ) -> int:
+        with self._tx():
+            row = self._exec(INSERT_EVENT, (now, kind, cluster, worker, task_id, data)).fetchone()
+        return int(row[0])
+
+    def list_events(
+        self, kind: str | None = None, after_id: int = 0, limit: int = 1000
+    ) -> list[EventRecord]:
+        if kind is None:
+            sql = "SELECT id, at, kind, cluster, worker, task_id, data FROM events "
+            sql += "WHERE id > ? ORDER BY id LIMIT ?"
+            rows = self._exec(sql, (after_id, limit)).fetchall()
+        else:
+            sql = "SELECT id, at, kind, cluster, worker, task_id, data FROM events "
+            sql += "WHERE kind = ? AND id > ? ORDER BY id LIMIT ?"
+            rows = self._exec(sql, (kind, after_id, limit)).fetchall()
+        return [EventRecord(*r) for r in rows]
+
+
+def event_data(**fields: Any) -> str:
+    """Encode an event's details as compact JSON."""
+    return json.dumps(fields, separators=(",", ":"), default=str)
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
