@@ -1,0 +1,35 @@
+# fleetops: `make demo` runs the main job on the embedded default; `make test` checks everything.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit integration bench chaos clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fleetops chaos kill-workers --tasks 2000 --workers 4 --kill-every 1s
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/fleetops bench queue --tasks 20000 --inflight 1000 --work sleep:10ms --store sqlite --json
+
+chaos: $(STAMP)
+	$(BIN)/fleetops chaos kill-workers --tasks 2000 --workers 4 --kill-every 1s --json
+
+clean:
+	rm -rf $(VENV) .fleetops .pytest_cache .mypy_cache .ruff_cache artifacts
