@@ -103,13 +103,14 @@ EXTEND_LEASES = (
     "RETURNING id, epoch"
 )
 # A lost lease is a redelivery: requeued at once unless the task has been lost too often
-# (a poison task that kills every worker it lands on), then dead-lettered.
+# (a poison task that kills every worker it lands on), then dead-lettered. run_after is
+# left as it was (in the past), so redelivered work goes ahead of the backlog.
 REVOKE_SET = (
     "SET state = CASE WHEN redeliveries + 1 > max_redeliveries THEN 'dead' ELSE 'queued' END, "
     "dead_reason = CASE WHEN redeliveries + 1 > max_redeliveries THEN ? ELSE dead_reason END, "
     "finished_at = CASE WHEN redeliveries + 1 > max_redeliveries THEN ? ELSE finished_at END, "
     "redeliveries = redeliveries + 1, epoch = epoch + 1, lease_owner = NULL, "
-    "lease_expires_at = NULL, run_after = ? "
+    "lease_expires_at = NULL "
 )
 MARK_WORKER = "UPDATE workers SET state = ?, stopped_at = ? WHERE id = ?"
 CANCEL = (
@@ -345,7 +346,7 @@ class SqlStore:
             rows = self._exec(
                 f"UPDATE tasks {REVOKE_SET} WHERE id IN ({marks}) AND state = 'running' "
                 "RETURNING id, attempts, epoch, started_at",
-                (dead_reason, now, now, *chunk),
+                (dead_reason, now, *chunk),
             ).fetchall()
             for task_id, attempts, epoch, started_at in rows:
                 self._exec(
