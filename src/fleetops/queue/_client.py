@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .._clock import Clock, SystemClock
 from .._exceptions import Closed
@@ -27,6 +27,12 @@ from ..store import (
 )
 
 T = TypeVar("T")
+
+
+class ChangeWatcher(Protocol):
+    def changed(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class QueueClient:
@@ -140,6 +146,16 @@ class QueueClient:
             if self._closed:
                 return
 
+    def change_watcher(self) -> ChangeWatcher | None:
+        """A cheap "did anyone commit?" probe for this store, or None if it has none."""
+        from ..store import SqliteStore
+        from ..store._sqlite import SqliteChangeWatcher
+
+        store = self.store
+        if isinstance(store, SqliteStore):
+            return SqliteChangeWatcher(store.path)
+        return None
+
     # --- direct calls -----------------------------------------------------------------------
 
     async def claim(
@@ -153,6 +169,9 @@ class QueueClient:
         return await self._call(
             self.store.claim, worker, list(queues), limit, self.clock.now(), lease_seconds, agents
         )
+
+    async def beat(self, worker: str, inflight: int, processed: int) -> bool:
+        return await self._call(self.store.beat, worker, self.clock.now(), inflight, processed)
 
     async def heartbeat(
         self, worker: str, lease_seconds: float, inflight: int, processed: int

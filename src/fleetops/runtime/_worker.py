@@ -10,6 +10,7 @@ timeout, abort what is left, release those leases, unregister.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -21,6 +22,7 @@ from typing import Any
 from .._clock import Clock, SystemClock
 from .._exceptions import LeaseLost, TaskFailed
 from ..queue import QueueClient
+from ..queue._client import ChangeWatcher
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
 from ..telemetry import get_logger
 from ._agent import AgentSpec
@@ -153,33 +155,59 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         s = self.settings
-        poll = s.poll_min
         queues = [self.cluster]
         agents = sorted(self.agents)
         assert self._handlers is not None
-        while not self._stopping.is_set():
-            free = s.concurrency - len(self._running)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-                continue
-            claimed = await self.client.claim(
-                self.worker_id, queues, min(free, s.claim_batch), s.lease_seconds, agents
-            )
-            now = self.clock.monotonic()
-            for task in claimed:
-                handler = self._handlers.create_task(self._execute(task), name=f"task-{task.id}")
-                self._running[task.id] = _Running(handler, task.epoch, now)
-            if claimed:
-                poll = s.poll_min
-                continue
-            self._work_hint.clear()
-            try:
+        watcher = self.client.change_watcher()
+        idle_since: float | None = None
+        poll = s.poll_min
+        try:
+            while not self._stopping.is_set():
+                free = s.concurrency - len(self._running)
+                if free <= 0:
+                    self._slot_free.clear()
+                    await self._slot_free.wait()
+                    continue
+                claimed = await self.client.claim(
+                    self.worker_id, queues, min(free, s.claim_batch), s.lease_seconds, agents
+                )
+                now = self.clock.monotonic()
+                for task in claimed:
+                    handler = self._handlers.create_task(
+                        self._execute(task), name=f"task-{task.id}"
+                    )
+                    self._running[task.id] = _Running(handler, task.epoch, now)
+                if claimed:
+                    idle_since, poll = None, s.poll_min
+                    continue
+                idle_since = idle_since if idle_since is not None else now
+                await self._idle_wait(watcher, poll, now - idle_since)
+                poll = min(poll * 2, s.poll_max)
+        finally:
+            if watcher is not None:
+                watcher.close()
+
+    async def _idle_wait(self, watcher: ChangeWatcher | None, poll: float, idle: float) -> None:
+        """Wait for a sign of new work: a local hint, another process's commit, or time.
+
+        With a change watcher (SQLite) the wait checks for commits every millisecond
+        while the worker has been idle for under a second, then every 10 ms; without
+        one it backs off exponentially from ``poll_min`` to ``poll_max``.
+        """
+        self._work_hint.clear()
+        if watcher is None:
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(poll):
                     await self._work_hint.wait()
-            except TimeoutError:
-                pass
-            poll = min(poll * 2, s.poll_max)
+            return
+        step = 0.001 if idle < 1.0 else 0.01
+        deadline = self.clock.monotonic() + self.settings.poll_max
+        while not self._work_hint.is_set() and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(step):
+                    await self._work_hint.wait()
+            if watcher.changed() or self.clock.monotonic() >= deadline:
+                return
 
     # --- running one task --------------------------------------------------------------------
 
@@ -288,29 +316,43 @@ class Worker:
     # --- heartbeats, reaping, child results --------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        """Beat every ``heartbeat_interval``; about once a second also extend every
+        lease in one statement and cancel handlers whose lease was taken away."""
         s = self.settings
+        every = max(1, round(min(1.0, s.lease_seconds / 3) / s.heartbeat_interval))
+        beats = 0
         while True:
             sent_at = self.clock.monotonic()
-            held = await self.client.heartbeat(
-                self.worker_id, s.lease_seconds, len(self._running), self.processed
-            )
-            if held is None:
+            if beats % every == 0:
+                held = await self.client.heartbeat(
+                    self.worker_id, s.lease_seconds, len(self._running), self.processed
+                )
+                alive = held is not None
+            else:
+                held = None
+                alive = await self.client.beat(self.worker_id, len(self._running), self.processed)
+            beats += 1
+            if not alive:
                 log.error("worker.declared_dead", worker=self.worker_id)
                 self.dead = True
                 self._stopping.set()
                 return
-            for task_id, running in list(self._running.items()):
-                if running.claimed_at > sent_at:
-                    continue  # claimed after this heartbeat was taken
-                if held.get(task_id) != running.epoch:
-                    self._cancel_reasons[task_id] = "lease_lost"
-                    running.task.cancel()
-                    log.warning("lease.revoked", task_id=task_id, worker=self.worker_id)
+            if held is not None:
+                self._cancel_lost(held, sent_at)
             if self._parent_pid is not None and os.getppid() != self._parent_pid:
                 log.error("worker.orphaned", worker=self.worker_id, parent=self._parent_pid)
                 self._stopping.set()
                 return
             await self.clock.sleep(s.heartbeat_interval)
+
+    def _cancel_lost(self, held: dict[int, int], sent_at: float) -> None:
+        for task_id, running in list(self._running.items()):
+            if running.claimed_at > sent_at:
+                continue  # claimed after this heartbeat was taken
+            if held.get(task_id) != running.epoch:
+                self._cancel_reasons[task_id] = "lease_lost"
+                running.task.cancel()
+                log.warning("lease.revoked", task_id=task_id, worker=self.worker_id)
 
     async def _reap_loop(self) -> None:
         while True:

@@ -332,6 +332,18 @@ class SqlStore:
             rows = self._exec(EXTEND_LEASES, (now + lease_seconds, worker)).fetchall()
         return {int(r[0]): int(r[1]) for r in rows}
 
+    def beat(self, worker: str, now: float, inflight: int, processed: int) -> bool:
+        """Record a worker heartbeat without touching leases; False if declared dead."""
+        with self._tx():
+            return bool(self._exec(HEARTBEAT_WORKER, (now, inflight, processed, worker)).rowcount)
+
+    def held_leases(self, worker: str) -> dict[int, int]:
+        """{task id: epoch} of every lease ``worker`` holds (a read; takes no lock)."""
+        rows = self._exec(
+            "SELECT id, epoch FROM tasks WHERE lease_owner = ? AND state = 'running'", (worker,)
+        ).fetchall()
+        return {int(r[0]): int(r[1]) for r in rows}
+
     def _revoke(self, where: str, params: Sequence[Any], now: float, reason: str) -> list[int]:
         owners = {
             int(r[0]): r[1]

@@ -1,0 +1,208 @@
+"""``fleetops bench queue``: throughput and per-task overhead of the durable queue.
+
+Two phases in one run, on real worker processes and a real store:
+
+1. **Maximum throughput.** ``tasks`` tasks are submitted in batches while the
+   workers (``inflight`` concurrent handlers in all) drain them; throughput is tasks
+   divided by the time from the first submit to the last durable completion.
+2. **Overhead at half the maximum rate.** Tasks are submitted at half the measured
+   rate, paced; overhead is end-to-end latency (submit → durable completion) minus
+   the task's own work, as p50 and p99.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .._clock import SystemClock
+from .._exceptions import ConfigError
+from .._units import parse_duration
+from ..chaos import percentile
+from ..queue import QueueClient
+from ..runtime import ClusterPlan, RestartPolicy, Supervisor, WorkerSettings
+from ..store import TERMINAL_STATES, NewTask
+
+AGENTS = ("fleetops.bench._agents:noop", "fleetops.bench._agents:sleep")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueBenchConfig:
+    tasks: int = 20000
+    inflight: int = 1000
+    work: str = "sleep:10ms"
+    store: str = "sqlite"
+    durability: str = "full"
+    workers: int = 2
+    overhead_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueBenchResult:
+    throughput_tps: float
+    overhead_p50_ms: float | None
+    overhead_p99_ms: float | None
+    durability: str
+    tasks: int
+    work: str
+    workers: int
+    inflight: int
+    store: str
+    overhead_rate_tps: float
+    queue_wait_p50_ms: float | None
+    queue_wait_p99_ms: float | None
+    run_overhead_p50_ms: float | None
+    run_overhead_p99_ms: float | None
+    overhead_tasks: int
+    elapsed_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_work(work: str) -> tuple[str, float]:
+    """``noop`` or ``sleep:10ms`` → (agent name, seconds of work)."""
+    if work == "noop":
+        return "noop", 0.0
+    kind, _, amount = work.partition(":")
+    if kind == "sleep" and amount:
+        return "sleep", parse_duration(amount, "--work")
+    raise ConfigError("--work", work, "use 'noop' or 'sleep:DURATION' such as sleep:10ms")
+
+
+async def bench_queue(
+    config: QueueBenchConfig, *, progress: Callable[[str, int, int], None] | None = None
+) -> QueueBenchResult:
+    agent, work_s = parse_work(config.work)
+    if config.tasks < 1:
+        raise ConfigError("--tasks", config.tasks, "use 1 or more")
+    if config.inflight < config.workers:
+        raise ConfigError("--inflight", config.inflight, f"use at least --workers ({config.workers})")
+    clock = SystemClock()
+    with tempfile.TemporaryDirectory(prefix="fleetops-bench-") as tmp:
+        if config.store == "sqlite":
+            url = f"sqlite:///{Path(tmp) / 'bench.db'}?durability={config.durability}"
+            durability = config.durability
+        elif config.store.startswith(("postgresql://", "postgres://")):
+            url, durability = config.store, "postgresql (synchronous_commit as configured)"
+        else:
+            raise ConfigError("--store", config.store, "use 'sqlite' or a postgresql:// URL")
+        cluster = f"bench-{uuid.uuid4().hex[:8]}"
+        plan = ClusterPlan(
+            name=cluster,
+            agents=AGENTS,
+            replicas=config.workers,
+            worker=WorkerSettings(
+                concurrency=config.inflight // config.workers,
+                claim_batch=max(50, config.inflight // config.workers // 2),
+            ),
+        )
+        supervisor = Supervisor(url, [plan], clock=clock, restart=RestartPolicy(),
+                                log_dir=Path(tmp) / "logs")
+        stop = asyncio.Event()
+        payload = json.dumps({"seconds": work_s})
+        started = time.monotonic()
+        async with QueueClient(url, clock=clock) as client, asyncio.TaskGroup() as tg:
+            tg.create_task(supervisor.run(stop), name="supervisor")
+            await supervisor.ready.wait()
+
+            # phase 1: maximum throughput
+            t0 = clock.now()
+            ids = await _submit_all(client, cluster, agent, payload, config.tasks)
+            await _wait_terminal(client, cluster, len(ids), "throughput", progress)
+            last = await _last_finished(client, ids)
+            throughput = len(ids) / max(last - t0, 1e-9)
+
+            # phase 2: overhead at half that rate
+            rate = throughput / 2
+            count = max(50, min(config.tasks, int(rate * config.overhead_seconds)))
+            paced = await _submit_paced(client, cluster, agent, payload, count, rate, clock)
+            await _wait_terminal(client, cluster, len(ids) + len(paced), "overhead", progress)
+            records = await client.run(client.store.get_tasks, paced)
+            done = [r for r in records if r.finished_at is not None and r.state == "succeeded"]
+            overheads = [(r.finished_at - r.created_at - work_s) * 1000 for r in done]  # type: ignore[operator]
+            waits = [(r.started_at - r.created_at) * 1000 for r in done]  # type: ignore[operator]
+            runs = [(r.finished_at - r.started_at - work_s) * 1000 for r in done]  # type: ignore[operator]
+            stop.set()
+    return QueueBenchResult(
+        throughput_tps=round(throughput, 1),
+        overhead_p50_ms=_r(percentile(overheads, 50)),
+        overhead_p99_ms=_r(percentile(overheads, 99)),
+        durability=durability,
+        tasks=len(ids),
+        work=config.work,
+        workers=config.workers,
+        inflight=config.inflight,
+        store="sqlite" if config.store == "sqlite" else "postgresql",
+        overhead_rate_tps=round(rate, 1),
+        queue_wait_p50_ms=_r(percentile(waits, 50)),
+        queue_wait_p99_ms=_r(percentile(waits, 99)),
+        run_overhead_p50_ms=_r(percentile(runs, 50)),
+        run_overhead_p99_ms=_r(percentile(runs, 99)),
+        overhead_tasks=len(paced),
+        elapsed_s=round(time.monotonic() - started, 2),
+    )
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+async def _submit_all(
+    client: QueueClient, cluster: str, agent: str, payload: str, n: int
+) -> list[int]:
+    ids: list[int] = []
+    for start in range(0, n, 1000):
+        batch = [NewTask(cluster, agent, payload) for _ in range(min(1000, n - start))]
+        ids.extend(s.id for s in await client.submit_many(batch))
+    return ids
+
+
+async def _submit_paced(
+    client: QueueClient,
+    cluster: str,
+    agent: str,
+    payload: str,
+    n: int,
+    rate: float,
+    clock: SystemClock,
+) -> list[int]:
+    ids: list[int] = []
+    tick = 0.005
+    begin = clock.monotonic()
+    while len(ids) < n:
+        due = min(n, int((clock.monotonic() - begin) * rate) + 1)
+        if due > len(ids):
+            batch = [NewTask(cluster, agent, payload) for _ in range(due - len(ids))]
+            ids.extend(s.id for s in await client.submit_many(batch))
+        await asyncio.sleep(tick)
+    return ids
+
+
+async def _wait_terminal(
+    client: QueueClient,
+    cluster: str,
+    total: int,
+    phase: str,
+    progress: Callable[[str, int, int], None] | None,
+) -> None:
+    while True:
+        counts = await client.run(client.store.count_tasks)
+        done = sum(n for (q, _, s), n in counts.items() if q == cluster and s in TERMINAL_STATES)
+        if progress is not None:
+            progress(phase, done, total)
+        if done >= total:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _last_finished(client: QueueClient, ids: list[int]) -> float:
+    records = await client.run(client.store.get_tasks, ids)
+    return max(r.finished_at or 0.0 for r in records)
