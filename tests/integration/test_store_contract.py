@@ -1,0 +1,938 @@
+"""The store contract, run against a real SQLite file and a real PostgreSQL server.
+
+Every test here runs twice through the ``store`` fixture, once per backend, and talks
+to the database for real. Times are passed explicitly (``T0`` onwards), so leases and
+expiry are exact and nothing depends on the machine's clock.
+
+The fenced-write tests compare the whole task row, its attempts, its effects and the
+task counts before and after a rejected write: a stale lease holder must change nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from fleetops._exceptions import SchemaError
+from fleetops.store import (
+    AttemptRecord,
+    ClaimedTask,
+    Complete,
+    EffectBegin,
+    EffectEnd,
+    Fail,
+    NewTask,
+    Operation,
+    OpResult,
+    Release,
+    Store,
+    Submit,
+    SubmitChild,
+    Submitted,
+    open_store,
+)
+
+T0 = 1_000_000.0
+LEASE = 30.0
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def new_task(queue: str = "q", agent: str = "a", **fields: Any) -> NewTask:
+    return NewTask(queue=queue, agent=agent, **fields)
+
+
+def submit_one(store: Store, now: float = T0, **fields: Any) -> int:
+    [submitted] = store.submit([new_task(**fields)], now)
+    assert submitted.created
+    return submitted.id
+
+
+def claim_one(
+    store: Store, worker: str, now: float = T0, lease: float = LEASE, queue: str = "q"
+) -> ClaimedTask:
+    claimed = store.claim(worker, [queue], 1, now, lease)
+    assert len(claimed) == 1, f"{worker} expected one task to claim at {now}, got {claimed}"
+    return claimed[0]
+
+
+def apply_one(store: Store, op: Operation, now: float = T0) -> OpResult:
+    [result] = store.apply([op], now)
+    return result
+
+
+def snapshot(store: Store, task_id: int) -> tuple[object, ...]:
+    """Everything a write on ``task_id`` could change."""
+    return (
+        store.get_task(task_id),
+        store.attempts(task_id),
+        store.effects(task_id),
+        store.count_tasks(),
+        store.list_tasks(limit=10_000),
+    )
+
+
+def raw_execute(store_url: str, sql: str, params: tuple[Any, ...] = ()) -> None:
+    """Run one statement on the database behind ``store_url``, outside any store."""
+    if store_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(store_url.removeprefix("sqlite:///").split("?", 1)[0])
+        try:
+            conn.execute(sql, params)
+            conn.commit()
+        finally:
+            conn.close()
+    else:
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            pg.execute(sql.replace("?", "%s"), params)
+
+
+def running_task(store: Store, worker: str = "w1", **fields: Any) -> ClaimedTask:
+    submit_one(store, **fields)
+    return claim_one(store, worker)
+
+
+# --- submit and idempotency ----------------------------------------------------------------
+
+
+def test_submit_answers_new_ids_and_stores_every_field(store: Store) -> None:
+    tasks = [
+        new_task(payload='{"n": 1}', priority=2, headers='{"trace": "t1"}'),
+        new_task(queue="q2", agent="b", deadline=T0 + 60, max_attempts=5, max_redeliveries=4),
+        new_task(run_after=T0 + 10, idempotency_key="k-3"),
+    ]
+    submitted = store.submit(tasks, T0)
+
+    assert [s.created for s in submitted] == [True, True, True]
+    ids = [s.id for s in submitted]
+    assert len(set(ids)) == 3 and ids == sorted(ids)
+    for task_id, task in zip(ids, tasks, strict=True):
+        row = store.get_task(task_id)
+        assert row is not None
+        assert (row.queue, row.agent, row.payload, row.priority, row.headers) == (
+            task.queue,
+            task.agent,
+            task.payload,
+            task.priority,
+            task.headers,
+        )
+        assert (row.deadline, row.max_attempts, row.max_redeliveries) == (
+            task.deadline,
+            task.max_attempts,
+            task.max_redeliveries,
+        )
+        assert row.idempotency_key == task.idempotency_key
+        assert row.state == "queued"
+        assert (row.epoch, row.attempts, row.failures, row.redeliveries) == (0, 0, 0, 0)
+        assert (row.lease_owner, row.lease_expires_at) == (None, None)
+        assert row.created_at == T0
+        assert row.run_after == (task.run_after if task.run_after is not None else T0)
+    assert store.submit([], T0) == []
+    assert store.get_task(max(ids) + 1000) is None
+
+
+def test_idempotency_key_answers_the_same_task_and_inserts_once(store: Store) -> None:
+    [first] = store.submit([new_task(payload='"original"', idempotency_key="once")], T0)
+    before = store.get_task(first.id)
+
+    [again] = store.submit([new_task(payload='"different"', idempotency_key="once")], T0 + 5)
+
+    assert first.created and again == Submitted(first.id, False)
+    assert store.get_task(first.id) == before, "a duplicate submit must not change the task"
+    assert store.count_tasks() == {("q", "a", "queued"): 1}
+
+
+def test_idempotency_within_one_batch_and_mixed_with_unkeyed(store: Store) -> None:
+    answers = store.submit(
+        [
+            new_task(idempotency_key="k1"),
+            new_task(),
+            new_task(idempotency_key="k1"),
+            new_task(idempotency_key="k2"),
+            new_task(),
+        ],
+        T0,
+    )
+
+    assert [a.created for a in answers] == [True, True, False, True, True]
+    assert answers[2].id == answers[0].id
+    assert len({a.id for a in answers}) == 4
+    assert store.count_tasks() == {("q", "a", "queued"): 4}
+
+
+def test_idempotent_submit_through_apply(store: Store) -> None:
+    results = store.apply(
+        [Submit(new_task(idempotency_key="k")), Submit(new_task(idempotency_key="k"))], T0
+    )
+
+    assert all(r.ok for r in results)
+    first, second = (r.value for r in results)
+    assert isinstance(first, Submitted) and isinstance(second, Submitted)
+    assert first.created and not second.created and first.id == second.id
+    assert store.count_tasks() == {("q", "a", "queued"): 1}
+
+
+# --- claims and leases -------------------------------------------------------------------------
+
+
+def test_claim_takes_a_batch_under_a_lease(store: Store) -> None:
+    ids = [s.id for s in store.submit([new_task(payload=str(i)) for i in range(5)], T0)]
+
+    batch = store.claim("w1", ["q"], 3, T0 + 1, LEASE)
+
+    assert [t.id for t in batch] == ids[:3]
+    for task in batch:
+        assert (task.epoch, task.attempt, task.failures, task.redeliveries) == (1, 1, 0, 0)
+        assert task.lease_expires_at == T0 + 1 + LEASE
+        assert task.journal == {}
+        row = store.get_task(task.id)
+        assert row is not None
+        assert (row.state, row.lease_owner, row.lease_expires_at) == (
+            "running",
+            "w1",
+            T0 + 1 + LEASE,
+        )
+        assert (row.epoch, row.attempts, row.started_at) == (1, 1, T0 + 1)
+    assert [t.payload for t in batch] == ["0", "1", "2"]
+
+    rest = store.claim("w2", ["q"], 3, T0 + 2, LEASE)
+    assert [t.id for t in rest] == ids[3:]
+    assert store.claim("w3", ["q"], 3, T0 + 3, LEASE) == []
+    assert store.get_task(ids[0]).lease_owner == "w1"  # type: ignore[union-attr]
+    assert store.get_task(ids[4]).lease_owner == "w2"  # type: ignore[union-attr]
+
+
+def test_claim_with_no_room_or_no_queue_takes_nothing(store: Store) -> None:
+    task_id = submit_one(store)
+    before = snapshot(store, task_id)
+
+    assert store.claim("w1", ["q"], 0, T0, LEASE) == []
+    assert store.claim("w1", [], 5, T0, LEASE) == []
+    assert store.claim("w1", ["other"], 5, T0, LEASE) == []
+    assert snapshot(store, task_id) == before
+
+
+def test_claim_order_is_priority_then_run_after_then_id(store: Store) -> None:
+    spec = [  # (priority, run_after)
+        (0, T0 - 1),
+        (5, T0 - 1),
+        (1, T0 - 1),
+        (5, T0 - 9),
+        (-3, T0 - 50),
+        (5, T0 - 1),
+        (0, T0 - 7),
+    ]
+    ids = [
+        s.id for s in store.submit([new_task(priority=p, run_after=r) for p, r in spec], T0 - 60)
+    ]
+
+    order = [claim_one(store, "w1", now=T0).id for _ in spec]
+
+    expected = [
+        ids[i] for i in sorted(range(len(spec)), key=lambda i: (-spec[i][0], spec[i][1], i))
+    ]
+    assert order == expected
+    assert order[:3] == [ids[3], ids[1], ids[5]]
+
+
+def test_claim_batch_takes_the_highest_priorities(store: Store) -> None:
+    ids = [s.id for s in store.submit([new_task(priority=p) for p in (1, 9, 3, 7, 5)], T0)]
+
+    batch = store.claim("w1", ["q"], 3, T0, LEASE)
+
+    assert [t.id for t in batch] == [ids[1], ids[3], ids[4]]
+
+
+def test_claim_respects_run_after(store: Store) -> None:
+    later = submit_one(store, run_after=T0 + 10)
+    now_id = submit_one(store, priority=-5)
+
+    assert [t.id for t in store.claim("w1", ["q"], 10, T0 + 9.5, LEASE)] == [now_id]
+    assert store.claim("w1", ["q"], 10, T0 + 9.99, LEASE) == []
+    assert [t.id for t in store.claim("w1", ["q"], 10, T0 + 10, LEASE)] == [later]
+
+
+def test_claim_filters_by_queue_and_agent(store: Store) -> None:
+    made = {
+        (queue, agent): submit_one(store, queue=queue, agent=agent)
+        for queue in ("red", "blue", "green")
+        for agent in ("x", "y")
+    }
+
+    got = store.claim("w1", ["red"], 10, T0, LEASE, agents=["y"])
+    assert [t.id for t in got] == [made["red", "y"]]
+    assert (got[0].queue, got[0].agent) == ("red", "y")
+
+    got = store.claim("w1", ["blue", "green"], 10, T0, LEASE, agents=["x"])
+    assert sorted(t.id for t in got) == sorted([made["blue", "x"], made["green", "x"]])
+
+    got = store.claim("w1", ["red", "blue"], 10, T0, LEASE)
+    assert sorted(t.id for t in got) == sorted([made["red", "x"], made["blue", "y"]])
+
+    assert [t.id for t in store.claim("w1", ["green"], 10, T0, LEASE, agents=[])] == [
+        made["green", "y"]
+    ]
+    assert store.count_tasks() == {
+        (queue, agent, "running"): 1 for queue in ("red", "blue", "green") for agent in ("x", "y")
+    }
+
+
+def test_epochs_strictly_grow_on_every_claim_and_revocation(store: Store) -> None:
+    task_id = submit_one(store, max_redeliveries=10)
+    store.register_worker("w1", "c", None, None, 1, T0)
+
+    def epoch() -> int:
+        row = store.get_task(task_id)
+        assert row is not None
+        return row.epoch
+
+    seen = [epoch()]
+    now = T0
+    t = claim_one(store, "w1", now)
+    seen.append(epoch())
+    assert t.epoch == seen[-1]
+
+    store.revoke_worker("w1", now, "suspected")
+    seen.append(epoch())
+
+    t = claim_one(store, "w2", now, lease=5)
+    seen.append(epoch())
+    assert t.epoch == seen[-1]
+
+    now += 6
+    assert store.requeue_expired(now) == [task_id]
+    seen.append(epoch())
+
+    t = claim_one(store, "w3", now)
+    seen.append(epoch())
+    assert apply_one(store, Fail(task_id, t.epoch, "boom", "w3", retry_at=now), now).ok
+    assert epoch() == seen[-1], "ending an attempt does not move the epoch"
+
+    t = claim_one(store, "w3", now)
+    seen.append(epoch())
+    assert apply_one(store, Release(task_id, t.epoch, "w3"), now).ok
+
+    t = claim_one(store, "w4", now)
+    seen.append(epoch())
+    assert store.cancel(task_id, now)
+    seen.append(epoch())
+
+    assert all(b > a for a, b in zip(seen, seen[1:], strict=False)), seen
+    assert seen[0] == 0
+
+
+# --- fenced writes ---------------------------------------------------------------------------
+
+OP_KINDS: dict[str, Callable[[int, int, str], Operation]] = {
+    "complete": lambda tid, epoch, w: Complete(tid, epoch, '"late result"', w),
+    "fail_retry": lambda tid, epoch, w: Fail(tid, epoch, "late error", w, retry_at=T0 + 500),
+    "fail_dead": lambda tid, epoch, w: Fail(tid, epoch, "late error", w, None, "late reason"),
+    "release": lambda tid, epoch, w: Release(tid, epoch, w),
+    "effect_begin_started": lambda tid, epoch, w: EffectBegin(tid, epoch, "charge"),
+    "effect_begin_new": lambda tid, epoch, w: EffectBegin(tid, epoch, "never-seen"),
+    "effect_end": lambda tid, epoch, w: EffectEnd(tid, epoch, "charge", '"late"'),
+    "submit_child": lambda tid, epoch, w: SubmitChild(
+        tid, epoch, new_task(agent="child", parent_id=tid, idempotency_key=f"child-of-{tid}")
+    ),
+}
+
+
+def _situation(store: Store, situation: str) -> tuple[int, int]:
+    """Put a task where the holder w1 of epoch e1 no longer holds it; answer (id, e1).
+
+    w1 began the effect "charge" under its lease, so a stale EffectBegin would count a
+    re-execution and a stale EffectEnd would mark it done, if the fence let them through.
+    """
+    store.register_worker("w1", "c", None, None, 4, T0)
+    held = running_task(store, "w1")
+    assert apply_one(store, EffectBegin(held.id, held.epoch, "charge")) == OpResult(True, None)
+    if situation == "revoked":  # requeued, nobody holds it
+        assert store.revoke_worker("w1", T0 + 1, "suspected") == [held.id]
+    elif situation == "expired_and_reclaimed":  # a newer holder runs it now
+        assert store.requeue_expired(T0 + LEASE + 1) == [held.id]
+        newer = claim_one(store, "w2", T0 + LEASE + 2)
+        assert newer.epoch > held.epoch
+        assert newer.journal == {"charge": ("started", None)}
+    elif situation == "cancelled":
+        assert store.cancel(held.id, T0 + 1, "operator said so")
+    elif situation == "own_completion":  # current epoch, but the task is already done
+        assert apply_one(store, Complete(held.id, held.epoch, '"done"', "w1"), T0 + 1).ok
+    else:  # pragma: no cover - a typo in the parametrisation
+        raise AssertionError(situation)
+    return held.id, held.epoch
+
+
+@pytest.mark.parametrize("kind", sorted(OP_KINDS))
+@pytest.mark.parametrize(
+    "situation",
+    ["revoked", "expired_and_reclaimed", "cancelled", "own_completion"],
+)
+def test_fenced_write_without_the_lease_is_rejected_and_changes_nothing(
+    store: Store, kind: str, situation: str
+) -> None:
+    task_id, stale_epoch = _situation(store, situation)
+    before = snapshot(store, task_id)
+
+    results = store.apply([OP_KINDS[kind](task_id, stale_epoch, "w1")], T0 + 100)
+
+    assert results == [OpResult(False)]
+    assert snapshot(store, task_id) == before
+
+
+@pytest.mark.parametrize("kind", sorted(OP_KINDS))
+def test_fenced_write_with_a_future_epoch_is_rejected(store: Store, kind: str) -> None:
+    held = running_task(store, "w1")
+    assert apply_one(store, EffectBegin(held.id, held.epoch, "charge")).ok
+    before = snapshot(store, held.id)
+
+    assert store.apply([OP_KINDS[kind](held.id, held.epoch + 1, "w1")], T0 + 1) == [OpResult(False)]
+    assert snapshot(store, held.id) == before
+
+
+def test_poison_task_dead_lettered_by_revocation_rejects_its_last_holder(store: Store) -> None:
+    store.register_worker("w1", "c", None, None, 4, T0)
+    held = running_task(store, "w1", max_redeliveries=0)
+    before_revoke = store.get_task(held.id)
+    assert before_revoke is not None
+
+    assert store.revoke_worker("w1", T0 + 1, "poison") == [held.id]
+
+    row = store.get_task(held.id)
+    assert row is not None
+    assert (row.state, row.redeliveries, row.epoch) == ("dead", 1, held.epoch + 1)
+    assert row.dead_reason and "poison" in row.dead_reason
+    assert row.finished_at == T0 + 1
+    before = snapshot(store, held.id)
+    for kind in sorted(OP_KINDS):
+        assert apply_one(store, OP_KINDS[kind](held.id, held.epoch, "w1"), T0 + 2) == OpResult(
+            False
+        ), kind
+        assert snapshot(store, held.id) == before, kind
+    assert store.claim("w2", ["q"], 10, T0 + 3, LEASE) == []
+
+
+def test_a_rejected_write_does_not_spoil_its_batch(store: Store) -> None:
+    stale_id, stale_epoch = _situation(store, "expired_and_reclaimed")
+    other = running_task(store, "w3")
+    stale_before = snapshot(store, stale_id)
+
+    results = store.apply(
+        [
+            Complete(stale_id, stale_epoch, '"late"', "w1"),
+            EffectBegin(other.id, other.epoch, "mail"),
+            SubmitChild(stale_id, stale_epoch, new_task(agent="child", parent_id=stale_id)),
+            Complete(other.id, other.epoch, '"ok"', "w3"),
+        ],
+        T0 + 100,
+    )
+
+    assert [r.ok for r in results] == [False, True, False, True]
+    assert snapshot(store, stale_id)[:3] == stale_before[:3]
+    row = store.get_task(other.id)
+    assert row is not None and (row.state, row.result) == ("succeeded", '"ok"')
+    assert [e.key for e in store.effects(other.id)] == ["mail"]
+    assert store.list_tasks(agent="child") == []
+
+
+def test_submit_child_under_the_lease(store: Store) -> None:
+    parent = running_task(store, "w1")
+    child = new_task(agent="child", parent_id=parent.id, idempotency_key="p/0")
+
+    first = apply_one(store, SubmitChild(parent.id, parent.epoch, child), T0 + 1)
+    again = apply_one(store, SubmitChild(parent.id, parent.epoch, child), T0 + 2)
+
+    assert first.ok and again.ok
+    assert isinstance(first.value, Submitted) and isinstance(again.value, Submitted)
+    assert first.value.created and again.value == Submitted(first.value.id, False)
+    row = store.get_task(first.value.id)
+    assert row is not None
+    assert (row.parent_id, row.agent, row.state, row.created_at) == (
+        parent.id,
+        "child",
+        "queued",
+        T0 + 1,
+    )
+
+
+# --- ending attempts ---------------------------------------------------------------------------
+
+
+def test_complete_records_the_result(store: Store) -> None:
+    held = running_task(store, "w1")
+
+    assert apply_one(store, Complete(held.id, held.epoch, '{"answer": 42}', "w1"), T0 + 3).ok
+
+    row = store.get_task(held.id)
+    assert row is not None
+    assert (row.state, row.result, row.error, row.finished_at) == (
+        "succeeded",
+        '{"answer": 42}',
+        None,
+        T0 + 3,
+    )
+    assert (row.lease_owner, row.lease_expires_at, row.epoch) == (None, None, held.epoch)
+    assert store.attempts(held.id) == [
+        AttemptRecord(held.id, 1, held.epoch, "w1", T0, T0 + 3, "succeeded", None)
+    ]
+
+
+def test_fail_with_retry_at_requeues_and_counts_a_failure(store: Store) -> None:
+    held = running_task(store, "w1")
+
+    assert apply_one(store, Fail(held.id, held.epoch, "boom", "w1", retry_at=T0 + 20), T0 + 2).ok
+
+    row = store.get_task(held.id)
+    assert row is not None
+    assert (row.state, row.failures, row.error, row.run_after) == ("queued", 1, "boom", T0 + 20)
+    assert (row.lease_owner, row.lease_expires_at, row.finished_at) == (None, None, None)
+    assert row.dead_reason is None
+    assert store.attempts(held.id) == [
+        AttemptRecord(held.id, 1, held.epoch, "w1", T0, T0 + 2, "failed", "boom")
+    ]
+    assert store.claim("w2", ["q"], 1, T0 + 19.9, LEASE) == []
+    retried = claim_one(store, "w2", T0 + 20)
+    assert (retried.id, retried.attempt, retried.failures) == (held.id, 2, 1)
+    assert retried.epoch == held.epoch + 1
+
+
+def test_fail_without_retry_at_dead_letters_with_the_reason(store: Store) -> None:
+    held = running_task(store, "w1")
+    other = running_task(store, "w1")
+
+    assert apply_one(store, Fail(held.id, held.epoch, "boom", "w1", None, "gave up"), T0 + 2).ok
+    assert apply_one(store, Fail(other.id, other.epoch, "bang", "w1", None), T0 + 3).ok
+
+    row = store.get_task(held.id)
+    assert row is not None
+    assert (row.state, row.failures, row.error, row.dead_reason, row.finished_at) == (
+        "dead",
+        1,
+        "boom",
+        "gave up",
+        T0 + 2,
+    )
+    assert (row.lease_owner, row.lease_expires_at) == (None, None)
+    other_row = store.get_task(other.id)
+    assert other_row is not None and other_row.dead_reason == "bang"
+    assert store.claim("w2", ["q"], 10, T0 + 1000, LEASE) == []
+    assert [a.outcome for a in store.attempts(held.id)] == ["failed"]
+
+
+def test_release_requeues_without_counting_a_failure(store: Store) -> None:
+    held = running_task(store, "w1")
+
+    assert apply_one(store, Release(held.id, held.epoch, "w1"), T0 + 4).ok
+
+    row = store.get_task(held.id)
+    assert row is not None
+    assert (row.state, row.failures, row.redeliveries, row.lease_owner) == ("queued", 0, 0, None)
+    assert store.attempts(held.id) == [
+        AttemptRecord(held.id, 1, held.epoch, "w1", T0, T0 + 4, "released", None)
+    ]
+    again = claim_one(store, "w2", T0 + 4)
+    assert (again.id, again.attempt, again.failures) == (held.id, 2, 0)
+
+
+# --- cancel --------------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_task(store: Store) -> None:
+    task_id = submit_one(store)
+
+    assert store.cancel(task_id, T0 + 1, "not needed")
+
+    row = store.get_task(task_id)
+    assert row is not None
+    assert (row.state, row.dead_reason, row.finished_at) == ("cancelled", "not needed", T0 + 1)
+    assert row.epoch == 1
+    assert store.claim("w1", ["q"], 10, T0 + 2, LEASE) == []
+    assert store.attempts(task_id) == []
+    before = snapshot(store, task_id)
+    assert not store.cancel(task_id, T0 + 3)
+    assert not store.cancel(task_id + 1000, T0 + 3)
+    assert snapshot(store, task_id) == before
+
+
+def test_cancel_a_running_task_fences_off_its_holder(store: Store) -> None:
+    store.register_worker("w1", "c", None, None, 4, T0)
+    held = running_task(store, "w1")
+
+    assert store.cancel(held.id, T0 + 5, "operator")
+
+    row = store.get_task(held.id)
+    assert row is not None
+    assert (row.state, row.epoch, row.lease_owner, row.lease_expires_at) == (
+        "cancelled",
+        held.epoch + 1,
+        None,
+        None,
+    )
+    assert store.attempts(held.id) == [
+        AttemptRecord(held.id, 1, held.epoch, "w1", T0, T0 + 5, "cancelled", "operator")
+    ]
+    assert store.heartbeat("w1", T0 + 6, LEASE, 1, 0) == {}
+    before = snapshot(store, held.id)
+    for kind in sorted(OP_KINDS):
+        assert apply_one(store, OP_KINDS[kind](held.id, held.epoch, "w1"), T0 + 7) == OpResult(
+            False
+        ), kind
+    assert snapshot(store, held.id) == before
+    assert store.requeue_expired(T0 + 10_000) == []
+    assert snapshot(store, held.id) == before
+
+
+@pytest.mark.parametrize("ending", ["succeeded", "dead"])
+def test_cancel_of_a_finished_task_changes_nothing(store: Store, ending: str) -> None:
+    held = running_task(store, "w1")
+    op: Operation = (
+        Complete(held.id, held.epoch, "1", "w1")
+        if ending == "succeeded"
+        else Fail(held.id, held.epoch, "x", "w1", None)
+    )
+    assert apply_one(store, op).ok
+    before = snapshot(store, held.id)
+
+    assert not store.cancel(held.id, T0 + 1)
+    assert snapshot(store, held.id) == before
+
+
+# --- workers: revocation, expiry, heartbeats -----------------------------------------------
+
+
+def test_revoke_worker_requeues_every_lease_it_holds(store: Store) -> None:
+    for worker in ("w1", "w2"):
+        store.register_worker(worker, "c", 100, "host", 8, T0)
+    store.submit([new_task() for _ in range(4)], T0)
+    mine = store.claim("w1", ["q"], 3, T0, LEASE)
+    theirs = claim_one(store, "w2", T0)
+    done = mine[0]
+    assert apply_one(store, Complete(done.id, done.epoch, "1", "w1"), T0 + 1).ok
+    theirs_before = snapshot(store, theirs.id)[:3]
+    done_before = snapshot(store, done.id)[:3]
+
+    revoked = store.revoke_worker("w1", T0 + 2, "phi 9.1 over 8")
+
+    assert revoked == sorted(t.id for t in mine[1:])
+    for task in mine[1:]:
+        row = store.get_task(task.id)
+        assert row is not None
+        assert (row.state, row.epoch, row.redeliveries, row.failures) == (
+            "queued",
+            task.epoch + 1,
+            1,
+            0,
+        )
+        assert (row.lease_owner, row.lease_expires_at) == (None, None)
+        assert row.run_after <= T0 + 2
+        assert store.attempts(task.id) == [
+            AttemptRecord(task.id, 1, task.epoch, "w1", T0, T0 + 2, "lease_lost", "phi 9.1 over 8")
+        ]
+    assert snapshot(store, theirs.id)[:3] == theirs_before
+    assert snapshot(store, done.id)[:3] == done_before
+    w1 = next(w for w in store.list_workers() if w.id == "w1")
+    assert (w1.state, w1.stopped_at) == ("dead", T0 + 2)
+    assert store.heartbeat("w1", T0 + 3, LEASE, 0, 0) is None
+    assert store.heartbeat("w2", T0 + 3, LEASE, 1, 0) == {theirs.id: theirs.epoch}
+    again = store.claim("w3", ["q"], 10, T0 + 3, LEASE)
+    assert sorted(t.id for t in again) == revoked
+    assert all(t.redeliveries == 1 and t.attempt == 2 for t in again)
+    assert store.revoke_worker("w1", T0 + 4, "again") == []
+
+
+def test_requeue_expired_takes_only_leases_whose_expiry_passed(store: Store) -> None:
+    store.register_worker("w1", "c", None, None, 8, T0)
+    store.submit([new_task() for _ in range(5)], T0)
+    early = store.claim("w1", ["q"], 2, T0, 10)  # expire at T0 + 10
+    late = store.claim("w2", ["q"], 2, T0 + 5, 10)  # expire at T0 + 15
+    kept = claim_one(store, "w1", T0 + 1, lease=10)  # extended below
+    assert store.heartbeat("w1", T0 + 9, 20, 3, 0) is not None  # w1's leases: T0 + 29
+    late_before = [snapshot(store, t.id)[:3] for t in late]
+
+    assert store.requeue_expired(T0 + 14) == []
+    assert store.requeue_expired(T0 + 15.5) == sorted(t.id for t in late)
+    for task in late:
+        row = store.get_task(task.id)
+        assert row is not None
+        assert (row.state, row.epoch, row.redeliveries) == ("queued", task.epoch + 1, 1)
+        [attempt] = store.attempts(task.id)
+        assert (attempt.outcome, attempt.worker, attempt.epoch) == ("lease_lost", "w2", task.epoch)
+        assert attempt.ended_at == T0 + 15.5
+    for task in [*early, kept]:
+        row = store.get_task(task.id)
+        assert row is not None
+        assert (row.state, row.epoch, row.lease_expires_at) == ("running", task.epoch, T0 + 29)
+    assert late_before != [snapshot(store, t.id)[:3] for t in late]
+    assert store.requeue_expired(T0 + 30) == sorted(t.id for t in [*early, kept])
+
+
+def test_requeue_expired_honours_its_limit(store: Store) -> None:
+    store.submit([new_task() for _ in range(5)], T0)
+    store.claim("w1", ["q"], 5, T0, 10)
+
+    first = store.requeue_expired(T0 + 11, limit=2)
+    rest = store.requeue_expired(T0 + 11, limit=100)
+
+    assert len(first) == 2 and len(rest) == 3 and not set(first) & set(rest)
+    assert store.count_tasks() == {("q", "a", "queued"): 5}
+
+
+def test_task_lost_more_than_max_redeliveries_times_is_dead_lettered(store: Store) -> None:
+    task_id = submit_one(store, max_redeliveries=2)
+    now = T0
+    for loss in (1, 2, 3):
+        held = claim_one(store, f"w{loss}", now, lease=10)
+        now += 11
+        assert store.requeue_expired(now) == [task_id]
+        row = store.get_task(task_id)
+        assert row is not None and row.redeliveries == loss
+        assert row.epoch == held.epoch + 1
+        assert row.state == ("queued" if loss <= 2 else "dead")
+
+    row = store.get_task(task_id)
+    assert row is not None
+    assert row.dead_reason and "lease expired" in row.dead_reason
+    assert row.finished_at == now
+    assert [a.outcome for a in store.attempts(task_id)] == ["lease_lost"] * 3
+    assert store.claim("w9", ["q"], 1, now, LEASE) == []
+
+
+def test_heartbeat_extends_leases_and_answers_epochs(store: Store) -> None:
+    store.register_worker("w1", "c", 7, "h", 4, T0)
+    store.register_worker("w2", "c", 8, "h", 4, T0)
+    store.submit([new_task() for _ in range(4)], T0)
+    a, b, c = store.claim("w1", ["q"], 3, T0, 10)
+    theirs = claim_one(store, "w2", T0, lease=10)
+    assert apply_one(store, Complete(c.id, c.epoch, "1", "w1"), T0 + 1).ok
+
+    answer = store.heartbeat("w1", T0 + 8, 10, 2, 1)
+
+    assert answer == {a.id: a.epoch, b.id: b.epoch}
+    for task in (a, b):
+        assert store.get_task(task.id).lease_expires_at == T0 + 18  # type: ignore[union-attr]
+    assert store.get_task(theirs.id).lease_expires_at == T0 + 10  # type: ignore[union-attr]
+    w1 = next(w for w in store.list_workers("c") if w.id == "w1")
+    assert (w1.heartbeat_at, w1.inflight, w1.processed, w1.state) == (T0 + 8, 2, 1, "running")
+    assert store.requeue_expired(T0 + 12) == [theirs.id]
+    assert store.heartbeat("w2", T0 + 12, 10, 0, 0) == {}
+
+
+def test_heartbeat_of_a_stopped_or_unknown_worker_is_none(store: Store) -> None:
+    store.register_worker("w1", "c", None, None, 1, T0)
+    store.register_worker("w2", "c", None, None, 1, T0)
+    held = running_task(store, "w1")
+
+    store.set_worker_state("w1", "draining", T0 + 1)
+    assert store.heartbeat("w1", T0 + 2, LEASE, 1, 0) == {held.id: held.epoch}
+    store.set_worker_state("w1", "stopped", T0 + 3)
+    assert store.heartbeat("w1", T0 + 4, LEASE, 1, 0) is None
+    assert store.get_task(held.id).lease_expires_at == T0 + 2 + LEASE  # type: ignore[union-attr]
+    assert store.heartbeat("nobody", T0 + 4, LEASE, 0, 0) is None
+    store.revoke_worker("w2", T0 + 5, "gone")
+    assert store.heartbeat("w2", T0 + 6, LEASE, 0, 0) is None
+    store.register_worker("w2", "c", None, None, 1, T0 + 7)  # a new incarnation
+    assert store.heartbeat("w2", T0 + 8, LEASE, 0, 0) == {}
+
+
+# --- attempts and the effects journal --------------------------------------------------------
+
+
+def test_every_attempt_is_recorded(store: Store) -> None:
+    store.register_worker("w2", "c", None, None, 1, T0)
+    task_id = submit_one(store, max_redeliveries=5)
+    expected: list[AttemptRecord] = []
+
+    t = claim_one(store, "w1", T0)
+    assert apply_one(store, Fail(task_id, t.epoch, "e1", "w1", retry_at=T0 + 1), T0 + 1).ok
+    expected.append(AttemptRecord(task_id, 1, t.epoch, "w1", T0, T0 + 1, "failed", "e1"))
+
+    t = claim_one(store, "w2", T0 + 2)
+    assert store.revoke_worker("w2", T0 + 3, "suspected") == [task_id]
+    expected.append(
+        AttemptRecord(task_id, 2, t.epoch, "w2", T0 + 2, T0 + 3, "lease_lost", "suspected")
+    )
+
+    t = claim_one(store, "w3", T0 + 4, lease=1)
+    assert store.requeue_expired(T0 + 6) == [task_id]
+    expected.append(
+        AttemptRecord(task_id, 3, t.epoch, "w3", T0 + 4, T0 + 6, "lease_lost", "lease expired")
+    )
+
+    t = claim_one(store, "w4", T0 + 7)
+    assert apply_one(store, Release(task_id, t.epoch, "w4"), T0 + 8).ok
+    expected.append(AttemptRecord(task_id, 4, t.epoch, "w4", T0 + 7, T0 + 8, "released", None))
+
+    t = claim_one(store, "w5", T0 + 9)
+    assert apply_one(store, Complete(task_id, t.epoch, '"ok"', "w5"), T0 + 10).ok
+    expected.append(AttemptRecord(task_id, 5, t.epoch, "w5", T0 + 9, T0 + 10, "succeeded", None))
+
+    assert store.attempts(task_id) == expected
+    assert store.attempts(task_id + 1000) == []
+
+
+def test_effect_journal_begin_end_begin_answers_done(store: Store) -> None:
+    held = running_task(store, "w1")
+
+    assert apply_one(store, EffectBegin(held.id, held.epoch, "pay"), T0 + 1) == OpResult(True)
+    [effect] = store.effects(held.id)
+    assert (effect.state, effect.epoch, effect.executions, effect.result) == (
+        "started",
+        held.epoch,
+        1,
+        None,
+    )
+    assert apply_one(store, EffectEnd(held.id, held.epoch, "pay", '{"receipt": 7}'), T0 + 2).ok
+    again = apply_one(store, EffectBegin(held.id, held.epoch, "pay"), T0 + 3)
+
+    assert again == OpResult(True, ("done", '{"receipt": 7}'))
+    [effect] = store.effects(held.id)
+    assert (effect.state, effect.result, effect.executions, effect.finished_at) == (
+        "done",
+        '{"receipt": 7}',
+        1,
+        T0 + 2,
+    )
+
+
+def test_effect_done_before_a_crash_is_not_repeated(store: Store) -> None:
+    held = running_task(store, "w1", max_redeliveries=5)
+    assert apply_one(store, EffectBegin(held.id, held.epoch, "pay")).ok
+    assert apply_one(store, EffectEnd(held.id, held.epoch, "pay", '"r1"')).ok
+    assert store.revoke_worker("w1", T0 + 1, "crashed") == [held.id]
+
+    redelivered = claim_one(store, "w2", T0 + 2)
+    answer = apply_one(store, EffectBegin(held.id, redelivered.epoch, "pay"), T0 + 3)
+
+    assert redelivered.journal == {"pay": ("done", '"r1"')}
+    assert answer == OpResult(True, ("done", '"r1"'))
+    [effect] = store.effects(held.id)
+    assert (effect.executions, effect.epoch) == (1, held.epoch)
+
+
+def test_effect_begun_by_a_holder_that_died_is_started_again(store: Store) -> None:
+    held = running_task(store, "w1", max_redeliveries=5)
+    assert apply_one(store, EffectBegin(held.id, held.epoch, "pay"), T0 + 1).ok
+    assert store.requeue_expired(T0 + LEASE + 1) == [held.id]
+
+    second = claim_one(store, "w2", T0 + LEASE + 2)
+    answer = apply_one(store, EffectBegin(held.id, second.epoch, "pay"), T0 + LEASE + 3)
+
+    assert second.journal == {"pay": ("started", None)}
+    assert answer == OpResult(True, ("started", None))
+    [effect] = store.effects(held.id)
+    assert (effect.state, effect.epoch, effect.executions, effect.started_at) == (
+        "started",
+        second.epoch,
+        2,
+        T0 + LEASE + 3,
+    )
+    # The dead holder's late end is fenced off; the new holder's end is journaled.
+    assert not apply_one(store, EffectEnd(held.id, held.epoch, "pay", '"stale"')).ok
+    assert apply_one(store, EffectEnd(held.id, second.epoch, "pay", '"fresh"'), T0 + 40).ok
+    assert apply_one(store, EffectBegin(held.id, second.epoch, "pay")) == OpResult(
+        True, ("done", '"fresh"')
+    )
+    [effect] = store.effects(held.id)
+    assert (effect.state, effect.result, effect.executions) == ("done", '"fresh"', 2)
+
+
+# --- migrations ------------------------------------------------------------------------------
+
+
+def test_migrations_are_versioned_and_applied_once(store_url: str) -> None:
+    fresh = open_store(store_url, migrate=False)
+    try:
+        assert fresh.schema_version() == 0
+        applied = fresh.migrate()
+        assert applied and applied == sorted(applied) and applied[0] == 1
+        assert fresh.schema_version() == applied[-1]
+        assert fresh.migrate() == []
+        task_id = submit_one(fresh)
+    finally:
+        fresh.close()
+    second = open_store(store_url)
+    try:
+        assert second.migrate() == []
+        assert second.schema_version() == applied[-1]
+        assert second.get_task(task_id) is not None
+    finally:
+        second.close()
+
+
+def test_a_schema_newer_than_the_code_raises_schema_error(store: Store, store_url: str) -> None:
+    task_id = submit_one(store)
+    newer = store.schema_version() + 1
+    raw_execute(
+        store_url,
+        "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+        (newer, T0),
+    )
+
+    with pytest.raises(SchemaError, match="upgrade fleetops"):
+        store.migrate()
+    with pytest.raises(SchemaError):
+        open_store(store_url)
+    assert store.schema_version() == newer
+    assert store.get_task(task_id) is not None
+
+
+# --- concurrency -----------------------------------------------------------------------------
+
+CLAIMERS = 6
+CONCURRENT_TASKS = 300
+
+
+def test_concurrent_claimers_never_claim_a_task_twice(store: Store, store_url: str) -> None:
+    ids = {s.id for s in store.submit([new_task() for _ in range(CONCURRENT_TASKS)], T0)}
+    barrier = threading.Barrier(CLAIMERS, timeout=30)
+    claimed: dict[str, list[ClaimedTask]] = {}
+    completions: dict[str, list[bool]] = {}
+    errors: list[BaseException] = []
+
+    def claimer(worker: str) -> None:
+        try:
+            own = open_store(store_url)
+            try:
+                barrier.wait()
+                mine: list[ClaimedTask] = []
+                oks: list[bool] = []
+                while batch := own.claim(worker, ["q"], 7, T0 + 1, LEASE):
+                    mine.extend(batch)
+                    done = [Complete(t.id, t.epoch, f'"{worker}"', worker) for t in batch[::2]]
+                    oks.extend(r.ok for r in own.apply(done, T0 + 2))
+                claimed[worker] = mine
+                completions[worker] = oks
+            finally:
+                own.close()
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=claimer, args=(f"w{i}",), name=f"claimer-{i}")
+        for i in range(CLAIMERS)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+    all_claims = [(w, t) for w, tasks in claimed.items() for t in tasks]
+    claimed_ids = [t.id for _, t in all_claims]
+    assert len(claimed_ids) == len(set(claimed_ids)), "a task was claimed twice"
+    assert set(claimed_ids) == ids
+    assert all(all(oks) for oks in completions.values())
+    assert sum(len(c) for c in claimed.values()) == CONCURRENT_TASKS
+    rows = {r.id: r for r in store.get_tasks(sorted(ids))}
+    for worker, task in all_claims:
+        row = rows[task.id]
+        assert (task.epoch, task.attempt, row.epoch, row.attempts) == (1, 1, 1, 1)
+        if row.state == "running":
+            assert row.lease_owner == worker
+        else:
+            assert (row.state, row.result) == ("succeeded", f'"{worker}"')
