@@ -17,7 +17,11 @@ TASK_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "dead", "cance
 
 @dataclass(frozen=True, slots=True)
 class NewTask:
-    """A task to submit. ``payload`` and ``headers`` are JSON text."""
+    """A task to submit. ``payload`` and ``headers`` are JSON text.
+
+    ``max_attempts`` 0 means "the agent's retry policy decides"; ``deadline`` and
+    ``run_after`` are seconds since the epoch.
+    """
 
     queue: str
     agent: str
@@ -26,7 +30,7 @@ class NewTask:
     deadline: float | None = None
     idempotency_key: str | None = None
     parent_id: int | None = None
-    max_attempts: int = 3
+    max_attempts: int = 0
     max_redeliveries: int = 10
     run_after: float | None = None
     headers: str = "{}"

@@ -243,6 +243,12 @@ class SqlStore:
         sql = self._claim_sql(len(queues), len(agents))
         params = [worker, now + lease_seconds, now, *queues, *agents, now, limit]
         with self._tx():
+            # A worker declared dead is fenced off as a whole: it may not take new leases.
+            fenced = self._exec(
+                "SELECT 1 FROM workers WHERE id = ? AND state = 'dead'", (worker,)
+            ).fetchone()
+            if fenced is not None:
+                return []
             rows = self._exec(sql, params).fetchall()
             if not rows:
                 return []

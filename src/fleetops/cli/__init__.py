@@ -1,0 +1,7 @@
+"""The ``fleetops`` command line (typer + rich)."""
+
+from ._app import app as app
+
+
+def main() -> None:
+    app()

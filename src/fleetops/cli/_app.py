@@ -1,0 +1,24 @@
+"""The ``fleetops`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from .. import __version__
+from . import _bench, _chaos
+
+app = typer.Typer(
+    name="fleetops",
+    help="Run, supervise and operate multi-agent fleets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(_bench.app, name="bench")
+app.add_typer(_chaos.app, name="chaos")
+
+
+@app.command()
+def version() -> None:
+    """Print the fleetops version."""
+    typer.echo(__version__)

@@ -1,0 +1,41 @@
+"""``fleetops bench …``: benchmarks with JSON output."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from ..bench import QueueBenchConfig, bench_queue
+from ._common import print_json, print_mapping, progress_bar, setup_logging, user_errors
+
+app = typer.Typer(help="Measure fleetops on this machine (JSON with --json).", no_args_is_help=True)
+
+
+@app.command("queue")
+def queue(
+    tasks: int = typer.Option(20000, min=1, help="Tasks in the throughput phase."),
+    inflight: int = typer.Option(1000, min=1, help="Concurrent handlers across all workers."),
+    work: str = typer.Option("sleep:10ms", help="'noop' or 'sleep:DURATION' per task."),
+    store: str = typer.Option("sqlite", help="'sqlite' (a temporary file) or a postgresql:// URL."),
+    durability: str = typer.Option("full", help="SQLite durability: 'full' or 'normal'."),
+    workers: int = typer.Option(2, min=1, help="Worker processes."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
+) -> None:
+    """Throughput and per-task overhead of the durable queue on real worker processes."""
+    setup_logging(verbose)
+    config = QueueBenchConfig(
+        tasks=tasks, inflight=inflight, work=work, store=store, durability=durability,
+        workers=workers,
+    )
+    with user_errors(), progress_bar("throughput") as update:
+
+        def report(phase: str, done: int, total: int) -> None:
+            update(done, total, description=phase)
+
+        result = asyncio.run(bench_queue(config, progress=report))
+    if json_output:
+        print_json(result.as_dict())
+    else:
+        print_mapping("bench queue", result.as_dict())

@@ -1,0 +1,69 @@
+"""``fleetops chaos …``: experiments that prove recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import typer
+
+from .._units import parse_duration
+from ..chaos import KillWorkersConfig, kill_workers
+from ._common import (
+    EXIT_FAILURE,
+    err,
+    print_json,
+    print_mapping,
+    progress_bar,
+    setup_logging,
+    user_errors,
+)
+
+app = typer.Typer(help="Chaos experiments: inject faults, check nothing is lost.",
+                  no_args_is_help=True)
+
+
+@app.command("kill-workers")
+def kill_workers_command(
+    tasks: int = typer.Option(2000, min=1, help="Tasks to submit, each with one side effect."),
+    workers: int = typer.Option(4, min=1, help="Worker processes."),
+    kill_every: str = typer.Option("1s", help="Interval between SIGKILLs, e.g. 500ms or 1s."),
+    work: str = typer.Option("500ms", help="Work per task before its side effect."),
+    concurrency: int = typer.Option(25, min=1, help="Concurrent tasks per worker."),
+    stop_one: bool = typer.Option(True, help="Also SIGSTOP one worker (a hang)."),
+    store: str = typer.Option("", help="Store URL (default: a temporary SQLite file)."),
+    seed: int = typer.Option(None, help="Seed for the choice of victims."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
+) -> None:
+    """SIGKILL a random worker every interval under load; report lost and duplicated work.
+
+    Exits 1 when the steady-state hypothesis fails: a task lost, or a side effect
+    applied twice or missing.
+    """
+    setup_logging(verbose, quiet_level=logging.CRITICAL)  # the failures are the point
+    with user_errors():
+        config = KillWorkersConfig(
+            tasks=tasks,
+            workers=workers,
+            kill_every=parse_duration(kill_every, "--kill-every"),
+            stop_one=stop_one,
+            work_s=parse_duration(work, "--work"),
+            concurrency=concurrency,
+            store_url=store or None,
+            seed=seed,
+        )
+        with progress_bar("tasks terminal") as update:
+            result = asyncio.run(
+                kill_workers(
+                    config, progress=lambda d, t, k: update(d, t, note=f"{k} workers killed")
+                )
+            )
+    summary = result.summary()
+    if json_output:
+        print_json(summary)
+    else:
+        print_mapping("chaos kill-workers", summary)
+    if result.lost or result.duplicate_effects or result.missing_effects:
+        err.print("[bold red]steady state violated:[/] work was lost or duplicated")
+        raise typer.Exit(EXIT_FAILURE)

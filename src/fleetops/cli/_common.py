@@ -1,0 +1,85 @@
+"""What every command shares: consoles, error reporting, JSON output, progress."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .._exceptions import FleetOpsError, UsageError
+from ..telemetry import configure_json_logging
+
+out = Console()
+err = Console(stderr=True)
+
+#: Exit status for a user's mistake (bad spec, bad argument), as argparse and typer do.
+EXIT_USAGE = 2
+#: Exit status when something the command depends on failed.
+EXIT_FAILURE = 1
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn fleetops errors into a clear message and an exit status, not a traceback."""
+    try:
+        yield
+    except UsageError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except FleetOpsError as exc:
+        fail(str(exc), EXIT_FAILURE)
+
+
+def setup_logging(verbose: bool, quiet_level: int = logging.ERROR) -> None:
+    """JSON logs on stderr: everything from INFO with --verbose, else ``quiet_level`` up."""
+    configure_json_logging(logging.INFO if verbose else quiet_level, sys.stderr)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_mapping(title: str, data: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("name", style="bold")
+    table.add_column("value", justify="right")
+    for key, value in data.items():
+        table.add_row(key, "—" if value is None else str(value))
+    out.print(table)
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr; yields ``update(done, total, **fields)``."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    task_id = progress.add_task(description, total=None, note="")
+
+    def update(done: int, total: int, note: str = "", description: str | None = None) -> None:
+        fields: dict[str, Any] = {"completed": done, "total": total, "note": note}
+        if description is not None:
+            fields["description"] = description
+        progress.update(task_id, **fields)
+
+    with progress:
+        yield update

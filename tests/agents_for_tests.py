@@ -1,0 +1,26 @@
+"""Agents that the supervisor tests run in real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from fleetops import Context, TaskInfo, agent
+
+
+@agent(name="echo")
+async def echo(task: TaskInfo, ctx: Context) -> Any:
+    await asyncio.sleep(0.01)
+    return task.payload
+
+
+@agent(name="crash")
+async def crash(task: TaskInfo, ctx: Context) -> None:
+    os._exit(17)  # the whole worker process dies mid-task
+
+
+@agent(name="slow")
+async def slow(task: TaskInfo, ctx: Context) -> str:
+    await asyncio.sleep(float(task.payload or 0.5))
+    return "slept"

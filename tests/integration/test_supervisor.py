@@ -1,0 +1,178 @@
+"""The supervisor with real worker processes: crash, hang, restart, intensity, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from fleetops.queue import QueueClient
+from fleetops.runtime import (
+    ClusterPlan,
+    DetectorSettings,
+    RestartPolicy,
+    Supervisor,
+    SupervisorEvent,
+    WorkerSettings,
+)
+from fleetops.store import TERMINAL_STATES, NewTask, open_store
+
+TESTS_DIR = str(Path(__file__).resolve().parents[1])
+AGENTS = ("agents_for_tests:echo", "agents_for_tests:crash", "agents_for_tests:slow")
+
+
+def _plan(replicas: int = 2, **worker: float) -> ClusterPlan:
+    return ClusterPlan(
+        name="c",
+        agents=AGENTS,
+        replicas=replicas,
+        worker=WorkerSettings(**({"concurrency": 10, "shutdown_grace": 2.0} | worker)),
+        python_path=(TESTS_DIR,),
+    )
+
+
+async def _supervised(
+    url: str,
+    body: Callable[[Supervisor, QueueClient, list[SupervisorEvent]], Awaitable[None]],
+    plan: ClusterPlan,
+    restart: RestartPolicy | None = None,
+) -> list[SupervisorEvent]:
+    open_store(url).close()
+    events: list[SupervisorEvent] = []
+    supervisor = Supervisor(url, [plan], restart=restart, on_event=events.append,
+                            detector=DetectorSettings(acceptable_pause=0.5))
+    stop = asyncio.Event()
+    async with QueueClient(url) as client, asyncio.TaskGroup() as tg:
+        tg.create_task(supervisor.run(stop))
+        await asyncio.wait_for(supervisor.ready.wait(), 30)
+        try:
+            await body(supervisor, client, events)
+        finally:
+            stop.set()
+    return events
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 15) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+def _kinds(events: list[SupervisorEvent]) -> list[str]:
+    return [e.kind for e in events]
+
+
+def test_crashed_worker_is_restarted_and_its_task_redelivered(sqlite_url: str) -> None:
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        slow = await client.submit(NewTask("c", "slow", "0.6"))
+        await _until(lambda: any(h.first_heartbeat_at for h in sup.live_workers()))
+        await asyncio.sleep(0.2)  # let a worker take the slow task
+        record = await client.run(client.store.get_task, slow.id)
+        assert record is not None and record.state == "running"
+        holder = next(h for h in sup.live_workers() if h.id == record.lease_owner)
+        os.kill(holder.pid, signal.SIGKILL)
+        await _until(lambda: "agent_failure.spawn_replacement_agent" in _kinds(events))
+        async with asyncio.timeout(15):
+            while True:
+                record = await client.run(client.store.get_task, slow.id)
+                if record is not None and record.state in TERMINAL_STATES:
+                    break
+                await asyncio.sleep(0.05)
+        assert record.state == "succeeded"
+        assert record.redeliveries == 1
+        outcomes = [a.outcome for a in await client.run(client.store.attempts, slow.id)]
+        assert outcomes == ["lease_lost", "succeeded"]
+        await _until(lambda: len(sup.live_workers("c")) == 2)
+
+    events = asyncio.run(_supervised(sqlite_url, body, _plan()))
+    kinds = _kinds(events)
+    steps = [
+        "worker.failed",
+        "agent_failure.redistribute_agent_workload",
+        "agent_failure.notify_operations_team",
+        "agent_failure.restart_failed_agent",
+        "agent_failure.spawn_replacement_agent",
+    ]
+    positions = [kinds.index(step) for step in steps]
+    assert positions == sorted(positions), kinds
+    redistributed = next(e for e in events if e.kind == steps[1])
+    assert redistributed.data["tasks"] == 1
+
+
+def test_hung_worker_is_detected_killed_and_replaced(sqlite_url: str) -> None:
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        victim = sup.live_workers("c")[0]
+        stopped_at = client.clock.now()
+        os.kill(victim.pid, signal.SIGSTOP)
+        await _until(lambda: "worker.suspected" in _kinds(events), timeout=10)
+        suspected = next(e for e in events if e.kind == "worker.suspected")
+        assert suspected.worker == victim.id
+        assert suspected.at - stopped_at < 3.0  # the target: a hang detected within 3 s
+        await _until(lambda: victim.process.returncode is not None)
+        assert victim.process.returncode == -signal.SIGKILL
+        await _until(lambda: len(sup.live_workers("c")) == 2)
+        sub = await client.submit(NewTask("c", "echo", json.dumps("still working")))
+        async with asyncio.timeout(10):
+            while True:
+                record = await client.run(client.store.get_task, sub.id)
+                if record is not None and record.state == "succeeded":
+                    break
+                await asyncio.sleep(0.05)
+
+    asyncio.run(_supervised(sqlite_url, body, _plan()))
+
+
+def test_restart_intensity_marks_the_cluster_degraded(sqlite_url: str) -> None:
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        # each crash task kills the worker that runs it
+        for _ in range(4):
+            await client.submit(NewTask("c", "crash", max_redeliveries=2))
+        await _until(lambda: "cluster.degraded" in _kinds(events), timeout=30)
+        assert "c" in sup.degraded
+
+    events = asyncio.run(
+        _supervised(
+            sqlite_url,
+            body,
+            _plan(replicas=1),
+            restart=RestartPolicy(backoff_base=0.01, backoff_max=0.2, intensity=2, period=60),
+        )
+    )
+    degraded = next(e for e in events if e.kind == "cluster.degraded")
+    assert degraded.data["restarts"] == 3
+
+
+def test_poison_task_is_dead_lettered_after_max_redeliveries(sqlite_url: str) -> None:
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        poison = await client.submit(NewTask("c", "crash", max_redeliveries=2))
+        async with asyncio.timeout(30):
+            while True:
+                record = await client.run(client.store.get_task, poison.id)
+                if record is not None and record.state in TERMINAL_STATES:
+                    break
+                await asyncio.sleep(0.05)
+        assert record.state == "dead"
+        assert record.redeliveries == 3
+        assert "lost too often" in (record.dead_reason or "")
+
+    asyncio.run(_supervised(sqlite_url, body, _plan(replicas=1),
+                            restart=RestartPolicy(backoff_base=0.01, backoff_max=0.1)))
+
+
+def test_stop_drains_workers_and_unregisters_them(sqlite_url: str) -> None:
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        for _ in range(5):
+            await client.submit(NewTask("c", "echo", "1"))
+        await asyncio.sleep(0.3)
+
+    events = asyncio.run(_supervised(sqlite_url, body, _plan()))
+    store = open_store(sqlite_url)
+    try:
+        assert {w.state for w in store.list_workers("c")} == {"stopped"}
+        assert all(t.state == "succeeded" for t in store.list_tasks(queue="c"))
+    finally:
+        store.close()
+    assert "worker.failed" not in _kinds(events)

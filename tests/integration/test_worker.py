@@ -1,0 +1,303 @@
+"""A worker in this process against a real SQLite store: the agent API end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from fleetops import Context, LeaseLost, RetryPolicy, TaskFailed, TaskInfo
+from fleetops.queue import QueueClient
+from fleetops.runtime import AgentSpec, Worker, WorkerSettings, agent
+from fleetops.store import TERMINAL_STATES, NewTask, TaskRecord
+
+CALLS: dict[str, int] = {}
+SIDE_EFFECTS: list[str] = []
+
+
+def _bump(name: str) -> int:
+    CALLS[name] = CALLS.get(name, 0) + 1
+    return CALLS[name]
+
+
+@agent(name="child_double", retry=RetryPolicy(max_attempts=1))
+async def child_double(task: TaskInfo, ctx: Context) -> int:
+    return int(task.payload) * 2
+
+
+@agent(name="child_boom", retry=RetryPolicy(max_attempts=1))
+async def child_boom(task: TaskInfo, ctx: Context) -> None:
+    raise ValueError("child exploded")
+
+
+@agent(name="parent")
+async def parent(task: TaskInfo, ctx: Context) -> dict[str, Any]:
+    doubled = await ctx.call("child_double", 21)
+    sent = await ctx.send("child_double", 1)
+    try:
+        await ctx.call("child_boom", None)
+        failure = None
+    except TaskFailed as exc:
+        failure = exc.reason
+    return {"doubled": doubled, "sent": sent, "failure": failure}
+
+
+@agent(name="effect_then_fail", retry=RetryPolicy(max_attempts=3, backoff_base=0.0))
+async def effect_then_fail(task: TaskInfo, ctx: Context) -> Any:
+    charged = await ctx.effect("charge", lambda: SIDE_EFFECTS.append(f"charge-{task.id}") or 42)
+    if _bump(f"eff-{task.id}") == 1:
+        raise RuntimeError("transient failure after the effect")
+    return {"charged": charged, "attempt": task.attempt}
+
+
+@agent(name="always_fails", retry=RetryPolicy(max_attempts=2, backoff_base=0.0))
+async def always_fails(task: TaskInfo, ctx: Context) -> None:
+    raise RuntimeError(f"nope {task.attempt}")
+
+
+@agent(name="sleepy", timeout=0.2, retry=RetryPolicy(max_attempts=1))
+async def sleepy(task: TaskInfo, ctx: Context) -> None:
+    await asyncio.sleep(float(task.payload))
+
+
+@agent(name="unserialisable", retry=RetryPolicy(max_attempts=3))
+async def unserialisable(task: TaskInfo, ctx: Context) -> object:
+    return object()
+
+
+async def _with_worker(
+    url: str,
+    body: Callable[[QueueClient, Worker], Awaitable[None]],
+    agents: list[AgentSpec],
+    **settings: Any,
+) -> None:
+    async with QueueClient(url) as client:
+        worker = Worker(
+            client,
+            worker_id="w-test",
+            cluster="c",
+            agents={a.name: a for a in agents},
+            settings=WorkerSettings(**({"concurrency": 20, "shutdown_grace": 1.0} | settings)),
+        )
+        stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(worker.run(stop))
+            try:
+                await body(client, worker)
+            finally:
+                stop.set()
+
+
+async def _wait_terminal(client: QueueClient, task_id: int, timeout: float = 10) -> TaskRecord:
+    async with asyncio.timeout(timeout):
+        while True:
+            record = await client.run(client.store.get_task, task_id)
+            if record is not None and record.state in TERMINAL_STATES:
+                return record
+            await asyncio.sleep(0.01)
+
+
+def spec(fn: Any) -> AgentSpec:
+    found: AgentSpec = fn.__fleetops_agent__
+    return found
+
+
+def test_call_send_and_child_failure(sqlite_url: str) -> None:
+    async def body(client: QueueClient, worker: Worker) -> None:
+        sub = await client.submit(NewTask("c", "parent"))
+        record = await _wait_terminal(client, sub.id)
+        assert record.state == "succeeded", record.error
+        result = json.loads(record.result or "null")
+        assert result["doubled"] == 42
+        assert "child exploded" in result["failure"]
+        children = await client.run(client.store.list_tasks, None, "c", "child_double")
+        assert {c.parent_id for c in children} == {sub.id}
+        assert len(children) == 2  # the call and the send, each exactly once
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(parent), spec(child_double),
+                                                spec(child_boom)]))
+
+
+def test_effect_is_journaled_and_replayed_on_retry(sqlite_url: str) -> None:
+    SIDE_EFFECTS.clear()
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        sub = await client.submit(NewTask("c", "effect_then_fail"))
+        record = await _wait_terminal(client, sub.id)
+        assert record.state == "succeeded"
+        assert json.loads(record.result or "null") == {"charged": 42, "attempt": 2}
+        assert SIDE_EFFECTS == [f"charge-{sub.id}"]  # once, though the task ran twice
+        effects = await client.run(client.store.effects, sub.id)
+        assert [(e.key, e.state, e.executions) for e in effects] == [("charge", "done", 1)]
+        attempts = await client.run(client.store.attempts, sub.id)
+        assert [a.outcome for a in attempts] == ["failed", "succeeded"]
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(effect_then_fail)]))
+
+
+def test_retries_then_dead_letters_with_the_reason(sqlite_url: str) -> None:
+    async def body(client: QueueClient, worker: Worker) -> None:
+        sub = await client.submit(NewTask("c", "always_fails"))
+        record = await _wait_terminal(client, sub.id)
+        assert record.state == "dead"
+        assert record.failures == 2
+        assert "failed 2 time(s)" in (record.dead_reason or "")
+        assert "nope 2" in (record.dead_reason or "")
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(always_fails)]))
+
+
+def test_timeout_and_bad_result_are_dead_lettered_and_foreign_agents_left_alone(
+    sqlite_url: str,
+) -> None:
+    async def body(client: QueueClient, worker: Worker) -> None:
+        slow = await client.submit(NewTask("c", "sleepy", "5"))
+        foreign = await client.submit(NewTask("c", "hosted_elsewhere"))
+        bad = await client.submit(NewTask("c", "unserialisable"))
+        assert "timed out" in ((await _wait_terminal(client, slow.id)).error or "")
+        bad_rec = await _wait_terminal(client, bad.id)
+        assert bad_rec.state == "dead"
+        assert bad_rec.failures == 1  # not retried: it would fail the same way
+        assert "JSON" in (bad_rec.dead_reason or "")
+        # a worker only claims the agents it hosts; another worker's task waits for it
+        foreign_rec = await client.run(client.store.get_task, foreign.id)
+        assert foreign_rec is not None
+        assert (foreign_rec.state, foreign_rec.attempts) == ("queued", 0)
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(sleepy), spec(unserialisable)]))
+
+
+def test_deadline_in_the_past_is_not_run(sqlite_url: str) -> None:
+    async def body(client: QueueClient, worker: Worker) -> None:
+        sub = await client.submit(NewTask("c", "sleepy", "0", deadline=client.clock.now() - 1))
+        record = await _wait_terminal(client, sub.id)
+        assert record.state == "dead"
+        assert "deadline" in (record.dead_reason or "")
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(sleepy)]))
+
+
+def test_revoked_lease_cancels_the_handler_and_fences_its_writes(sqlite_url: str) -> None:
+    started = asyncio.Event()
+    finished: list[str] = []
+
+    @agent(name="long_effect")
+    async def long_effect(task: TaskInfo, ctx: Context) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            finished.append("cancelled")
+            raise
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        sub = await client.submit(NewTask("c", "long_effect"))
+        await asyncio.wait_for(started.wait(), 5)
+        revoked = await client.run(client.store.revoke_worker, "w-test", client.clock.now(), "t")
+        assert revoked == [sub.id]
+        # the worker was declared dead: it stops, its handler is cancelled
+        async with asyncio.timeout(5):
+            while not worker.dead:
+                await asyncio.sleep(0.02)
+        record = await client.run(client.store.get_task, sub.id)
+        assert record is not None and record.state == "queued" and record.epoch == 2
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(long_effect)], heartbeat_interval=0.05))
+    assert finished == ["cancelled"]
+
+
+def test_cancelled_running_task_stops_and_stale_effect_is_refused(sqlite_url: str) -> None:
+    gate = asyncio.Event()
+    outcome: list[str] = []
+
+    @agent(name="waits_then_effects")
+    async def waits_then_effects(task: TaskInfo, ctx: Context) -> None:
+        gate.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        sub = await client.submit(NewTask("c", "waits_then_effects"))
+        await asyncio.wait_for(gate.wait(), 5)
+        assert await client.run(client.store.cancel, sub.id, client.clock.now(), "user asked")
+        async with asyncio.timeout(5):
+            while not outcome:
+                await asyncio.sleep(0.02)
+        record = await client.run(client.store.get_task, sub.id)
+        assert record is not None and record.state == "cancelled"
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(waits_then_effects)],
+                             heartbeat_interval=0.05, lease_seconds=0.3))
+    assert outcome == ["cancelled"]
+
+
+def test_stale_context_raises_lease_lost(sqlite_url: str) -> None:
+    async def scenario() -> None:
+        async with QueueClient(sqlite_url) as client:
+            sub = await client.submit(NewTask("c", "x"))
+            await client.run(client.store.register_worker, "w1", "c", None, None, 1,
+                             client.clock.now())
+            [claimed] = await client.claim("w1", ["c"], 1, 30)
+            worker = Worker(client, worker_id="w1", cluster="c", agents={})
+            from fleetops.runtime import Context as Ctx
+            from fleetops.runtime import TaskInfo as Info
+
+            info = Info(claimed.id, "c", "x", None, 1, claimed.epoch, 0, None, None, {})
+            ctx = Ctx(worker, claimed, info)
+            await client.run(client.store.revoke_worker, "w1", client.clock.now(), "test")
+            ran: list[int] = []
+            with pytest.raises(LeaseLost):
+                await ctx.effect("k", lambda: ran.append(1))
+            with pytest.raises(LeaseLost):
+                await ctx.send("c/other", {})
+            assert ran == []  # the effect never ran for a stale holder
+            assert await client.run(client.store.effects, sub.id) == []
+
+    asyncio.run(scenario())
+
+
+def test_graceful_shutdown_releases_unfinished_leases(sqlite_url: str) -> None:
+    async def scenario() -> None:
+        async with QueueClient(sqlite_url) as client:
+            worker = Worker(client, worker_id="w-drain", cluster="c", agents={"sleepy": spec(sleepy)},
+                            settings=WorkerSettings(shutdown_grace=0.1))
+            stop = asyncio.Event()
+            ids = [(await client.submit(NewTask("c", "sleepy", "0.15"))).id for _ in range(3)]
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(worker.run(stop))
+                async with asyncio.timeout(5):
+                    while worker.inflight < 3:
+                        await asyncio.sleep(0.01)
+                stop.set()
+            for task_id in ids:
+                record = await client.run(client.store.get_task, task_id)
+                assert record is not None
+                assert record.state == "queued", "an aborted task must go back to the queue"
+                outcomes = [a.outcome for a in await client.run(client.store.attempts, task_id)]
+                assert outcomes == ["released"]
+            workers = await client.run(client.store.list_workers, "c")
+            assert [w.state for w in workers] == ["stopped"]
+
+    # sleepy's own timeout (0.2 s) is longer than the grace (0.1 s): the drain must abort
+    asyncio.run(scenario())
+
+
+def test_idempotency_key_and_priority(sqlite_url: str) -> None:
+    async def scenario() -> None:
+        async with QueueClient(sqlite_url) as client:
+            a = await client.submit(NewTask("c", "x", idempotency_key="order-1"))
+            b = await client.submit(NewTask("c", "x", idempotency_key="order-1"))
+            assert (a.id, a.created) == (b.id, True) and b.created is False
+            low = await client.submit(NewTask("c", "x", priority=0))
+            high = await client.submit(NewTask("c", "x", priority=9))
+            claimed = await client.claim("w", ["c"], 2, 30)
+            assert claimed[0].id == high.id
+            assert {t.id for t in claimed} <= {a.id, low.id, high.id}
+
+    asyncio.run(scenario())
