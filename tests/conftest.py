@@ -38,8 +38,10 @@ def postgres_url() -> Iterator[str]:
     try:
         admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is unreachable ({exc}); start it or set "
-                    "FLEETOPS_TEST_POSTGRES_URL")
+        pytest.fail(
+            f"PostgreSQL at {POSTGRES_URL} is unreachable ({exc}); start it or set "
+            "FLEETOPS_TEST_POSTGRES_URL"
+        )
     with admin:
         admin.execute(f"CREATE SCHEMA {schema}")
         try:

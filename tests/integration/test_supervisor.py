@@ -9,6 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from _polling import wait_until
 from fleetops.queue import QueueClient
 from fleetops.runtime import (
     ClusterPlan,
@@ -42,8 +43,13 @@ async def _supervised(
 ) -> list[SupervisorEvent]:
     open_store(url).close()
     events: list[SupervisorEvent] = []
-    supervisor = Supervisor(url, [plan], restart=restart, on_event=events.append,
-                            detector=DetectorSettings(acceptable_pause=0.5))
+    supervisor = Supervisor(
+        url,
+        [plan],
+        restart=restart,
+        on_event=events.append,
+        detector=DetectorSettings(acceptable_pause=0.5),
+    )
     stop = asyncio.Event()
     async with QueueClient(url) as client, asyncio.TaskGroup() as tg:
         tg.create_task(supervisor.run(stop))
@@ -55,10 +61,9 @@ async def _supervised(
     return events
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 15) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
+async def _terminal(client: QueueClient, task_id: int) -> bool:
+    record = await client.run(client.store.get_task, task_id)
+    return record is not None and record.state in TERMINAL_STATES
 
 
 def _kinds(events: list[SupervisorEvent]) -> list[str]:
@@ -68,24 +73,20 @@ def _kinds(events: list[SupervisorEvent]) -> list[str]:
 def test_crashed_worker_is_restarted_and_its_task_redelivered(sqlite_url: str) -> None:
     async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
         slow = await client.submit(NewTask("c", "slow", "0.6"))
-        await _until(lambda: any(h.first_heartbeat_at for h in sup.live_workers()))
+        await wait_until(lambda: any(h.first_heartbeat_at for h in sup.live_workers()))
         await asyncio.sleep(0.2)  # let a worker take the slow task
         record = await client.run(client.store.get_task, slow.id)
         assert record is not None and record.state == "running"
         holder = next(h for h in sup.live_workers() if h.id == record.lease_owner)
         os.kill(holder.pid, signal.SIGKILL)
-        await _until(lambda: "agent_failure.spawn_replacement_agent" in _kinds(events))
-        async with asyncio.timeout(15):
-            while True:
-                record = await client.run(client.store.get_task, slow.id)
-                if record is not None and record.state in TERMINAL_STATES:
-                    break
-                await asyncio.sleep(0.05)
-        assert record.state == "succeeded"
+        await wait_until(lambda: "agent_failure.spawn_replacement_agent" in _kinds(events))
+        await wait_until(lambda: _terminal(client, slow.id))
+        record = await client.run(client.store.get_task, slow.id)
+        assert record is not None and record.state == "succeeded"
         assert record.redeliveries == 1
         outcomes = [a.outcome for a in await client.run(client.store.attempts, slow.id)]
         assert outcomes == ["lease_lost", "succeeded"]
-        await _until(lambda: len(sup.live_workers("c")) == 2)
+        await wait_until(lambda: len(sup.live_workers("c")) == 2)
 
     events = asyncio.run(_supervised(sqlite_url, body, _plan()))
     kinds = _kinds(events)
@@ -107,20 +108,17 @@ def test_hung_worker_is_detected_killed_and_replaced(sqlite_url: str) -> None:
         victim = sup.live_workers("c")[0]
         stopped_at = client.clock.now()
         os.kill(victim.pid, signal.SIGSTOP)
-        await _until(lambda: "worker.suspected" in _kinds(events), timeout=10)
+        await wait_until(lambda: "worker.suspected" in _kinds(events), within=10)
         suspected = next(e for e in events if e.kind == "worker.suspected")
         assert suspected.worker == victim.id
         assert suspected.at - stopped_at < 3.0  # the target: a hang detected within 3 s
-        await _until(lambda: victim.process.returncode is not None)
+        await wait_until(lambda: victim.process.returncode is not None)
         assert victim.process.returncode == -signal.SIGKILL
-        await _until(lambda: len(sup.live_workers("c")) == 2)
+        await wait_until(lambda: len(sup.live_workers("c")) == 2)
         sub = await client.submit(NewTask("c", "echo", json.dumps("still working")))
-        async with asyncio.timeout(10):
-            while True:
-                record = await client.run(client.store.get_task, sub.id)
-                if record is not None and record.state == "succeeded":
-                    break
-                await asyncio.sleep(0.05)
+        await wait_until(lambda: _terminal(client, sub.id), within=10)
+        record = await client.run(client.store.get_task, sub.id)
+        assert record is not None and record.state == "succeeded"
 
     asyncio.run(_supervised(sqlite_url, body, _plan()))
 
@@ -130,7 +128,7 @@ def test_restart_intensity_marks_the_cluster_degraded(sqlite_url: str) -> None:
         # each crash task kills the worker that runs it
         for _ in range(4):
             await client.submit(NewTask("c", "crash", max_redeliveries=2))
-        await _until(lambda: "cluster.degraded" in _kinds(events), timeout=30)
+        await wait_until(lambda: "cluster.degraded" in _kinds(events), within=30)
         assert "c" in sup.degraded
 
     events = asyncio.run(
@@ -148,18 +146,20 @@ def test_restart_intensity_marks_the_cluster_degraded(sqlite_url: str) -> None:
 def test_poison_task_is_dead_lettered_after_max_redeliveries(sqlite_url: str) -> None:
     async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
         poison = await client.submit(NewTask("c", "crash", max_redeliveries=2))
-        async with asyncio.timeout(30):
-            while True:
-                record = await client.run(client.store.get_task, poison.id)
-                if record is not None and record.state in TERMINAL_STATES:
-                    break
-                await asyncio.sleep(0.05)
-        assert record.state == "dead"
+        await wait_until(lambda: _terminal(client, poison.id), within=30)
+        record = await client.run(client.store.get_task, poison.id)
+        assert record is not None and record.state == "dead"
         assert record.redeliveries == 3
         assert "lost too often" in (record.dead_reason or "")
 
-    asyncio.run(_supervised(sqlite_url, body, _plan(replicas=1),
-                            restart=RestartPolicy(backoff_base=0.01, backoff_max=0.1)))
+    asyncio.run(
+        _supervised(
+            sqlite_url,
+            body,
+            _plan(replicas=1),
+            restart=RestartPolicy(backoff_base=0.01, backoff_max=0.1),
+        )
+    )
 
 
 def test_stop_drains_workers_and_unregisters_them(sqlite_url: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from _polling import wait_until
 from fleetops import Context, LeaseLost, RetryPolicy, TaskFailed, TaskInfo
 from fleetops.queue import QueueClient
 from fleetops.runtime import AgentSpec, Worker, WorkerSettings, agent
@@ -91,13 +92,15 @@ async def _with_worker(
                 stop.set()
 
 
-async def _wait_terminal(client: QueueClient, task_id: int, timeout: float = 10) -> TaskRecord:
-    async with asyncio.timeout(timeout):
-        while True:
-            record = await client.run(client.store.get_task, task_id)
-            if record is not None and record.state in TERMINAL_STATES:
-                return record
-            await asyncio.sleep(0.01)
+async def _wait_terminal(client: QueueClient, task_id: int, within: float = 10) -> TaskRecord:
+    async def terminal() -> bool:
+        record = await client.run(client.store.get_task, task_id)
+        return record is not None and record.state in TERMINAL_STATES
+
+    await wait_until(terminal, within=within)
+    record = await client.run(client.store.get_task, task_id)
+    assert record is not None
+    return record
 
 
 def spec(fn: Any) -> AgentSpec:
@@ -117,8 +120,9 @@ def test_call_send_and_child_failure(sqlite_url: str) -> None:
         assert {c.parent_id for c in children} == {sub.id}
         assert len(children) == 2  # the call and the send, each exactly once
 
-    asyncio.run(_with_worker(sqlite_url, body, [spec(parent), spec(child_double),
-                                                spec(child_boom)]))
+    asyncio.run(
+        _with_worker(sqlite_url, body, [spec(parent), spec(child_double), spec(child_boom)])
+    )
 
 
 def test_effect_is_journaled_and_replayed_on_retry(sqlite_url: str) -> None:
@@ -199,9 +203,7 @@ def test_revoked_lease_cancels_the_handler_and_fences_its_writes(sqlite_url: str
         revoked = await client.run(client.store.revoke_worker, "w-test", client.clock.now(), "t")
         assert revoked == [sub.id]
         # the worker was declared dead: it stops, its handler is cancelled
-        async with asyncio.timeout(5):
-            while not worker.dead:
-                await asyncio.sleep(0.02)
+        await wait_until(lambda: worker.dead, within=5)
         record = await client.run(client.store.get_task, sub.id)
         assert record is not None and record.state == "queued" and record.epoch == 2
 
@@ -226,14 +228,15 @@ def test_cancelled_running_task_stops_and_stale_effect_is_refused(sqlite_url: st
         sub = await client.submit(NewTask("c", "waits_then_effects"))
         await asyncio.wait_for(gate.wait(), 5)
         assert await client.run(client.store.cancel, sub.id, client.clock.now(), "user asked")
-        async with asyncio.timeout(5):
-            while not outcome:
-                await asyncio.sleep(0.02)
+        await wait_until(lambda: bool(outcome), within=5)
         record = await client.run(client.store.get_task, sub.id)
         assert record is not None and record.state == "cancelled"
 
-    asyncio.run(_with_worker(sqlite_url, body, [spec(waits_then_effects)],
-                             heartbeat_interval=0.05, lease_seconds=0.3))
+    asyncio.run(
+        _with_worker(
+            sqlite_url, body, [spec(waits_then_effects)], heartbeat_interval=0.05, lease_seconds=0.3
+        )
+    )
     assert outcome == ["cancelled"]
 
 
@@ -241,8 +244,9 @@ def test_stale_context_raises_lease_lost(sqlite_url: str) -> None:
     async def scenario() -> None:
         async with QueueClient(sqlite_url) as client:
             sub = await client.submit(NewTask("c", "x"))
-            await client.run(client.store.register_worker, "w1", "c", None, None, 1,
-                             client.clock.now())
+            await client.run(
+                client.store.register_worker, "w1", "c", None, None, 1, client.clock.now()
+            )
             [claimed] = await client.claim("w1", ["c"], 1, 30)
             worker = Worker(client, worker_id="w1", cluster="c", agents={})
             from fleetops.runtime import Context as Ctx
@@ -265,15 +269,18 @@ def test_stale_context_raises_lease_lost(sqlite_url: str) -> None:
 def test_graceful_shutdown_releases_unfinished_leases(sqlite_url: str) -> None:
     async def scenario() -> None:
         async with QueueClient(sqlite_url) as client:
-            worker = Worker(client, worker_id="w-drain", cluster="c", agents={"sleepy": spec(sleepy)},
-                            settings=WorkerSettings(shutdown_grace=0.1))
+            worker = Worker(
+                client,
+                worker_id="w-drain",
+                cluster="c",
+                agents={"sleepy": spec(sleepy)},
+                settings=WorkerSettings(shutdown_grace=0.1),
+            )
             stop = asyncio.Event()
             ids = [(await client.submit(NewTask("c", "sleepy", "0.15"))).id for _ in range(3)]
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(worker.run(stop))
-                async with asyncio.timeout(5):
-                    while worker.inflight < 3:
-                        await asyncio.sleep(0.01)
+                await wait_until(lambda: worker.inflight == 3, within=5)
                 stop.set()
             for task_id in ids:
                 record = await client.run(client.store.get_task, task_id)

@@ -84,7 +84,9 @@ async def bench_queue(
     if config.tasks < 1:
         raise ConfigError("--tasks", config.tasks, "use 1 or more")
     if config.inflight < config.workers:
-        raise ConfigError("--inflight", config.inflight, f"use at least --workers ({config.workers})")
+        raise ConfigError(
+            "--inflight", config.inflight, f"use at least --workers ({config.workers})"
+        )
     clock = SystemClock()
     with tempfile.TemporaryDirectory(prefix="fleetops-bench-") as tmp:
         if config.store == "sqlite":
@@ -104,8 +106,9 @@ async def bench_queue(
                 claim_batch=max(50, config.inflight // config.workers // 2),
             ),
         )
-        supervisor = Supervisor(url, [plan], clock=clock, restart=RestartPolicy(),
-                                log_dir=Path(tmp) / "logs")
+        supervisor = Supervisor(
+            url, [plan], clock=clock, restart=RestartPolicy(), log_dir=Path(tmp) / "logs"
+        )
         stop = asyncio.Event()
         payload = json.dumps({"seconds": work_s})
         started = time.monotonic()

@@ -145,7 +145,8 @@ async def kill_workers(
                     while True:
                         counts = await client.run(client.store.count_tasks)
                         done = sum(
-                            n for (q, _, s), n in counts.items()
+                            n
+                            for (q, _, s), n in counts.items()
                             if q == cluster and s in TERMINAL_STATES
                         )
                         if progress is not None:
@@ -223,9 +224,12 @@ async def _killer(
     while True:
         await asyncio.sleep(config.kill_every)
         candidates: list[WorkerHandle] = [
-            h for h in supervisor.live_workers(cluster)
-            if h.first_heartbeat_at is not None and not h.suspected
-            and h.id not in kills and h.id not in stops
+            h
+            for h in supervisor.live_workers(cluster)
+            if h.first_heartbeat_at is not None
+            and not h.suspected
+            and h.id not in kills
+            and h.id not in stops
         ]
         if not candidates:
             continue

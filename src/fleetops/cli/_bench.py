@@ -26,7 +26,11 @@ def queue(
     """Throughput and per-task overhead of the durable queue on real worker processes."""
     setup_logging(verbose)
     config = QueueBenchConfig(
-        tasks=tasks, inflight=inflight, work=work, store=store, durability=durability,
+        tasks=tasks,
+        inflight=inflight,
+        work=work,
+        store=store,
+        durability=durability,
         workers=workers,
     )
     with user_errors(), progress_bar("throughput") as update:

@@ -19,8 +19,9 @@ from ._common import (
     user_errors,
 )
 
-app = typer.Typer(help="Chaos experiments: inject faults, check nothing is lost.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Chaos experiments: inject faults, check nothing is lost.", no_args_is_help=True
+)
 
 
 @app.command("kill-workers")

@@ -71,7 +71,7 @@ def agent(
         spec = AgentSpec(agent_name, handler, retry or RetryPolicy(), timeout)
         _REGISTRY[agent_name] = spec
         handler.__fleetops_agent__ = spec  # type: ignore[attr-defined]
-        return handler
+        return handler  # type: ignore[return-value]
 
     if fn is not None:
         return register(fn)

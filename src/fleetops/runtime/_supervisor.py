@@ -45,6 +45,14 @@ log = get_logger("fleetops.supervisor")
 STARTUP_TIMEOUT = 60.0
 
 
+def _open_log(log_dir: Path | None, worker_id: str) -> Any:
+    """The worker's log file (append), or None to inherit this process's stderr."""
+    if log_dir is None:
+        return None
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return open(log_dir / f"{worker_id}.log", "ab")  # noqa: SIM115 - handed to the child
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterPlan:
     """What the supervisor runs for one cluster."""
@@ -197,8 +205,13 @@ class Supervisor:
         while not self._stopping and slot < self._desired[cluster]:
             handle = await self._spawn(cluster, slot)
             if replacing is not None:
-                await self._event("agent_failure.spawn_replacement_agent", cluster, handle.id,
-                            replaces=replacing, pid=handle.pid)
+                await self._event(
+                    "agent_failure.spawn_replacement_agent",
+                    cluster,
+                    handle.id,
+                    replaces=replacing,
+                    pid=handle.pid,
+                )
             code = await handle.process.wait()
             if handle.stopping or self._stopping:
                 await self._event("worker.stopped", cluster, handle.id, exit_code=code)
@@ -208,8 +221,13 @@ class Supervisor:
             await self._worker_lost(handle, f"exited with code {code}")
             self.workers.pop(handle.id, None)
             delay = await self._restart_delay(cluster, failures)
-            await self._event("agent_failure.restart_failed_agent", cluster, handle.id,
-                        slot=slot, delay_s=round(delay, 3))
+            await self._event(
+                "agent_failure.restart_failed_agent",
+                cluster,
+                handle.id,
+                slot=slot,
+                delay_s=round(delay, 3),
+            )
             await self.clock.sleep(delay)
             replacing = handle.id
 
@@ -225,13 +243,13 @@ class Supervisor:
             "python_path": list(plan.python_path),
             "parent_pid": os.getpid(),
         }
-        stderr: Any = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            stderr = open(self.log_dir / f"{worker_id}.log", "ab")  # noqa: SIM115
+        stderr = _open_log(self.log_dir, worker_id)
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fleetops.runtime", json.dumps(config),
+                sys.executable,
+                "-m",
+                "fleetops.runtime",
+                json.dumps(config),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=stderr,
@@ -262,8 +280,13 @@ class Supervisor:
         if len(window) > self.restart.intensity:
             if cluster not in self.degraded:
                 self.degraded.add(cluster)
-                await self._event("cluster.degraded", cluster, None, restarts=len(window),
-                            period_s=self.restart.period)
+                await self._event(
+                    "cluster.degraded",
+                    cluster,
+                    None,
+                    restarts=len(window),
+                    period_s=self.restart.period,
+                )
             return self.restart.backoff_max
         if cluster in self.degraded and len(window) <= self.restart.intensity // 2:
             self.degraded.discard(cluster)
@@ -289,10 +312,20 @@ class Supervisor:
             task_ids=revoked[:50],
             detected_at=detected_at,
         )
-        await self._event("agent_failure.notify_operations_team", handle.cluster, handle.id,
-                    reason=why, redistributed=len(revoked))
-        log.error("worker.lost", worker=handle.id, cluster=handle.cluster, reason=why,
-                  redistributed=len(revoked))
+        await self._event(
+            "agent_failure.notify_operations_team",
+            handle.cluster,
+            handle.id,
+            reason=why,
+            redistributed=len(revoked),
+        )
+        log.error(
+            "worker.lost",
+            worker=handle.id,
+            cluster=handle.cluster,
+            reason=why,
+            redistributed=len(revoked),
+        )
 
     # --- failure detection ----------------------------------------------------------------
 
@@ -320,8 +353,9 @@ class Supervisor:
                 phi = handle.detector.phi(now)
                 if phi >= self.detector_settings.threshold:
                     silent = now - (handle.detector.last_heartbeat or now)
-                    await self._suspect(handle, f"heartbeats stopped (phi {phi:.1f}, "
-                                                f"silent {silent:.2f} s)")
+                    await self._suspect(
+                        handle, f"heartbeats stopped (phi {phi:.1f}, silent {silent:.2f} s)"
+                    )
 
     async def _suspect(self, handle: WorkerHandle, why: str) -> None:
         handle.suspected = True
@@ -363,8 +397,8 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     handle.process.kill()
                 await handle.process.wait()
-        for task in self._slots.values():
-            task.cancel()
+        for slot_task in self._slots.values():
+            slot_task.cancel()
 
     # --- events --------------------------------------------------------------------------------
 

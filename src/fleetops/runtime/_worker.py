@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .._clock import Clock, SystemClock
+from .._clock import Clock
 from .._exceptions import LeaseLost, TaskFailed
 from ..queue import QueueClient
 from ..queue._client import ChangeWatcher
@@ -115,8 +115,13 @@ class Worker:
             s.concurrency,
             self.clock.now(),
         )
-        log.info("worker.started", worker=self.worker_id, cluster=self.cluster,
-                 concurrency=s.concurrency, agents=sorted(self.agents))
+        log.info(
+            "worker.started",
+            worker=self.worker_id,
+            cluster=self.cluster,
+            concurrency=s.concurrency,
+            agents=sorted(self.agents),
+        )
         async with asyncio.TaskGroup() as background:
             loops = [
                 background.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -218,9 +223,7 @@ class Worker:
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(claimed.id, None)
             if reason == "shutdown":
-                await self.client.apply(
-                    Release(claimed.id, claimed.epoch, self.worker_id, started)
-                )
+                await self.client.apply(Release(claimed.id, claimed.epoch, self.worker_id, started))
                 log.info("lease.released", task_id=claimed.id, worker=self.worker_id)
             elif reason is None:
                 raise
@@ -234,15 +237,25 @@ class Worker:
         spec = self.agents.get(claimed.agent)
         policy_attempts = claimed.max_attempts or (spec.retry.max_attempts if spec else 1)
         if spec is None:
-            await self._fail(claimed, started, f"no agent named {claimed.agent!r} in cluster "
-                             f"{self.cluster!r}", retryable=False, max_attempts=policy_attempts)
+            await self._fail(
+                claimed,
+                started,
+                f"no agent named {claimed.agent!r} in cluster {self.cluster!r}",
+                retryable=False,
+                max_attempts=policy_attempts,
+            )
             return
         timeout = spec.timeout
         if claimed.deadline is not None:
             remaining = claimed.deadline - self.clock.now()
             if remaining <= 0:
-                await self._fail(claimed, started, "deadline passed before the task started",
-                                 retryable=False, max_attempts=policy_attempts)
+                await self._fail(
+                    claimed,
+                    started,
+                    "deadline passed before the task started",
+                    retryable=False,
+                    max_attempts=policy_attempts,
+                )
                 return
             timeout = remaining if timeout is None else min(timeout, remaining)
         info = TaskInfo(
@@ -262,29 +275,52 @@ class Worker:
             async with asyncio.timeout(timeout):
                 result = await spec.handler(info, ctx)
         except LeaseLost:
-            log.warning("lease.lost", task_id=claimed.id, epoch=claimed.epoch,
-                        worker=self.worker_id)
+            log.warning(
+                "lease.lost", task_id=claimed.id, epoch=claimed.epoch, worker=self.worker_id
+            )
             return
         except TimeoutError:
-            await self._fail(claimed, started, f"timed out after {timeout:.3g} s",
-                             retryable=True, max_attempts=policy_attempts, spec=spec)
+            await self._fail(
+                claimed,
+                started,
+                f"timed out after {timeout:.3g} s",
+                retryable=True,
+                max_attempts=policy_attempts,
+                spec=spec,
+            )
             return
         except Exception as exc:  # the agent's own failure: record it, maybe retry
-            await self._fail(claimed, started, f"{type(exc).__name__}: {exc}",
-                             retryable=True, max_attempts=policy_attempts, spec=spec)
+            await self._fail(
+                claimed,
+                started,
+                f"{type(exc).__name__}: {exc}",
+                retryable=True,
+                max_attempts=policy_attempts,
+                spec=spec,
+            )
             return
         try:
             encoded = json.dumps(result)
         except (TypeError, ValueError) as exc:
-            await self._fail(claimed, started, f"result is not JSON-serialisable: {exc}",
-                             retryable=False, max_attempts=policy_attempts)
+            await self._fail(
+                claimed,
+                started,
+                f"result is not JSON-serialisable: {exc}",
+                retryable=False,
+                max_attempts=policy_attempts,
+            )
             return
         done = await self.client.apply(
             Complete(claimed.id, claimed.epoch, encoded, self.worker_id, started)
         )
         if not done.ok:
-            log.warning("lease.lost", task_id=claimed.id, epoch=claimed.epoch,
-                        worker=self.worker_id, at="complete")
+            log.warning(
+                "lease.lost",
+                task_id=claimed.id,
+                epoch=claimed.epoch,
+                worker=self.worker_id,
+                at="complete",
+            )
 
     async def _fail(
         self,
@@ -303,15 +339,26 @@ class Worker:
         if retryable and failures < max_attempts and not past_deadline and spec is not None:
             retry_at = self.clock.now() + spec.retry.delay(failures, self._rng)
         else:
-            reason = error if not retryable else (
-                f"deadline passed: {error}" if past_deadline
-                else f"failed {failures} time(s), the most allowed: {error}"
+            reason = (
+                error
+                if not retryable
+                else (
+                    f"deadline passed: {error}"
+                    if past_deadline
+                    else f"failed {failures} time(s), the most allowed: {error}"
+                )
             )
         result = await self.client.apply(
             Fail(claimed.id, claimed.epoch, error, self.worker_id, retry_at, reason, started)
         )
-        log.info("task.failed", task_id=claimed.id, error=error, retry_at=retry_at,
-                 dead_lettered=retry_at is None and result.ok, lease_held=result.ok)
+        log.info(
+            "task.failed",
+            task_id=claimed.id,
+            error=error,
+            retry_at=retry_at,
+            dead_lettered=retry_at is None and result.ok,
+            lease_held=result.ok,
+        )
 
     # --- heartbeats, reaping, child results --------------------------------------------------
 
@@ -357,9 +404,7 @@ class Worker:
     async def _reap_loop(self) -> None:
         while True:
             await self.clock.sleep(self.settings.reap_interval)
-            requeued = await self.client.run(
-                self.client.store.requeue_expired, self.clock.now()
-            )
+            requeued = await self.client.run(self.client.store.requeue_expired, self.clock.now())
             if requeued:
                 log.warning("lease.expired", tasks=requeued[:20], count=len(requeued))
                 self.wake_claimer()

@@ -261,7 +261,7 @@ class SqlStore:
                     redelivered,
                 ).fetchall():
                     journal.setdefault(task_id, {})[key] = (state, result)
-        claimed = [ClaimedTask(*r, journal=journal.get(r[0], {})) for r in rows]
+        claimed = [ClaimedTask(*r, journal=journal.get(r[0], {})) for r in rows]  # type: ignore[misc]
         claimed.sort(key=lambda t: (-t.priority, t.id))
         return claimed
 
@@ -285,7 +285,9 @@ class SqlStore:
             else:
                 params = (op.error, op.dead_reason or op.error, now, op.task_id, op.epoch)
                 row = self._exec(FAIL_DEAD, params).fetchone()
-            return self._attempt_ended(op.task_id, op.epoch, op.worker, row, now, "failed", op.error)
+            return self._attempt_ended(
+                op.task_id, op.epoch, op.worker, row, now, "failed", op.error
+            )
         if isinstance(op, Release):
             row = self._exec(RELEASE, (now, op.task_id, op.epoch)).fetchone()
             return self._attempt_ended(op.task_id, op.epoch, op.worker, row, now, "released", None)
@@ -369,8 +371,16 @@ class SqlStore:
             for task_id, attempts, epoch, started_at in rows:
                 self._exec(
                     INSERT_ATTEMPT,
-                    (task_id, attempts, epoch - 1, owners[task_id], started_at, now,
-                     "lease_lost", reason),
+                    (
+                        task_id,
+                        attempts,
+                        epoch - 1,
+                        owners[task_id],
+                        started_at,
+                        now,
+                        "lease_lost",
+                        reason,
+                    ),
                 )
                 revoked.append(int(task_id))
         return sorted(revoked)
@@ -425,7 +435,8 @@ class SqlStore:
         limit: int = 100,
         after_id: int | None = None,
     ) -> list[TaskRecord]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[object] = []
         for column, value in (("state", state), ("queue", queue), ("agent", agent)):
             if value is not None:
                 clauses.append(f"{column} = ?")

@@ -167,7 +167,6 @@ class SqliteStore(SqlStore):
             ids.append(int(cur.lastrowid or 0))
         return ids
 
-
     # --- schema ----------------------------------------------------------------------------
 
     def schema_version(self) -> int:
