@@ -145,7 +145,9 @@ def _text_of_parts(parts: list[Any], where: str) -> str:
     for i, part in enumerate(parts):
         if not isinstance(part, Mapping) or part.get("type") != "text":
             raise InvalidChatRequest(
-                f"{where}[{i}]", part, "only text parts ({'type': 'text', 'text': ...}) are supported"
+                f"{where}[{i}]",
+                part,
+                "only text parts ({'type': 'text', 'text': ...}) are supported",
             )
         text = part.get("text")
         if not isinstance(text, str):

@@ -37,7 +37,7 @@ DEFAULT_RETRY_AFTER = 1.0
 Z_95 = 1.6448536269514722  # the standard normal's 95th percentile
 
 _WORD = re.compile(r"[a-z0-9]+")
-_ARITHMETIC = re.compile(r"\d[\d\s.()+\-*/^%]*[+\-*/^%][\d\s.()+\-*/^%]*\d")
+_ARITHMETIC = re.compile(r"[\d(][\d\s.()+\-*/^%]*[+\-*/^%][\d\s.()+\-*/^%]*[\d)]")
 _CITIES = ("Paris", "Tokyo", "Nairobi", "Lima", "Oslo", "Melbourne", "Toronto")
 
 
@@ -113,13 +113,13 @@ class ReActScript:
             cited = "; ".join(
                 f"{_tool_name(m, since)} returned {_clip(m.content or '', 160)}" for m in results
             )
-            answer = f"Based on what I found ({cited}), here is my answer to: {_clip(question, 120)}"
+            answer = (
+                f"Based on what I found ({cited}), here is my answer to: {_clip(question, 120)}"
+            )
         else:
             openers = ("Here is a short answer", "In brief", "To answer directly")
             answer = f"{rng.choice(openers)}: {_clip(question, 160) or 'nothing was asked'}"
-            answer += " " + " ".join(
-                rng.choice(_FILLER) for _ in range(rng.randint(1, 3))
-            )
+            answer += " " + " ".join(rng.choice(_FILLER) for _ in range(rng.randint(1, 3)))
         return ScriptedReply(f"Thought: I now know the final answer.\nFinal Answer: {answer}")
 
 
@@ -177,11 +177,11 @@ def _value(name: str, schema: Mapping[str, Any], question: str, rng: random.Rand
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "string")
     if kind == "integer":
-        low = int(schema.get("minimum", 1))
-        return rng.randint(low, max(low, int(schema.get("maximum", low + 9))))
+        least = math.ceil(_bound(schema, "minimum", 1))
+        return rng.randint(least, max(least, math.floor(_bound(schema, "maximum", least + 9))))
     if kind == "number":
-        low = float(schema.get("minimum", 0.0))
-        return round(rng.uniform(low, float(schema.get("maximum", low + 100.0))), 2)
+        low = _bound(schema, "minimum", 0.0)
+        return round(rng.uniform(low, max(low, _bound(schema, "maximum", low + 100.0))), 2)
     if kind == "boolean":
         return rng.random() < 0.5
     if kind == "array":
@@ -190,6 +190,13 @@ def _value(name: str, schema: Mapping[str, Any], question: str, rng: random.Rand
     if kind == "object":
         return _arguments(schema, question, rng)
     return _string_for(name.lower(), question, rng)
+
+
+def _bound(schema: Mapping[str, Any], key: str, default: float) -> float:
+    value = schema.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return default
 
 
 def _string_for(name: str, question: str, rng: random.Random) -> str:
@@ -247,7 +254,11 @@ class SimulatedProvider:
         script: Script | None = None,
         clock: Clock | None = None,
     ) -> None:
-        for field, rate in (("error_rate", error_rate), ("rate_limit_rate", rate_limit_rate)):
+        rates: tuple[tuple[str, float], ...] = (
+            ("error_rate", error_rate),
+            ("rate_limit_rate", rate_limit_rate),
+        )
+        for field, rate in rates:
             if not 0 <= rate <= 1:
                 raise ConfigError(f"providers.{name}.{field}", rate, "use a share from 0 to 1")
         if error_rate + rate_limit_rate > 1:
@@ -288,9 +299,7 @@ class SimulatedProvider:
             )
         if draw < self.rate_limit_rate + self.error_rate:
             await self._clock.sleep(latency)
-            raise ProviderUnavailable(
-                self._name, "503 Service Unavailable (simulated)", status=503
-            )
+            raise ProviderUnavailable(self._name, "503 Service Unavailable (simulated)", status=503)
         reply = self.script.reply(request, random.Random(f"{self.seed}|{_fingerprint(request)}"))
         content, finish = reply.content, reply.finish_reason
         output = estimate_tokens(content or "") + sum(

@@ -29,6 +29,10 @@ def request_body(request: ChatRequest, default_model: str) -> dict[str, Any]:
     return body
 
 
+def _join(path: str, key: str) -> str:
+    return key if path == "body" else f"{path}.{key}"
+
+
 class _Reader:
     """Typed access to a decoded JSON document that reports the path of a bad field."""
 
@@ -43,21 +47,21 @@ class _Reader:
             raise self.fail(path, value, "a JSON object")
         return value
 
-    def get(self, parent: dict[str, Any], key: str, path: str) -> object:
+    def get(self, parent: dict[str, Any], key: str) -> object:
         return parent.get(key, _MISSING)
 
     def string(self, parent: dict[str, Any], key: str, path: str, *, optional: bool = False) -> Any:
-        value = self.get(parent, key, path)
+        value = self.get(parent, key)
         if optional and (value is _MISSING or value is None):
             return None
         if not isinstance(value, str):
-            raise self.fail(f"{path}.{key}", value, "a string" + (" or null" if optional else ""))
+            raise self.fail(_join(path, key), value, "a string" + (" or null" if optional else ""))
         return value
 
     def count(self, parent: dict[str, Any], key: str, path: str) -> int:
-        value = self.get(parent, key, path)
+        value = self.get(parent, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.fail(f"{path}.{key}", value, "a whole number of tokens, 0 or more")
+            raise self.fail(_join(path, key), value, "a whole number of tokens, 0 or more")
         return value
 
 
@@ -70,17 +74,19 @@ def parse_completion(
     """
     r = _Reader(provider)
     body = r.obj(payload, "body")
-    choices = r.get(body, "choices", "body")
+    choices = r.get(body, "choices")
     if not isinstance(choices, list) or not choices:
         raise r.fail("choices", choices, "a non-empty list of choices")
     choice = r.obj(choices[0], "choices[0]")
-    message = r.obj(r.get(choice, "message", "choices[0]"), "choices[0].message")
+    message = r.obj(r.get(choice, "message"), "choices[0].message")
     path = "choices[0].message"
     content = r.string(message, "content", path, optional=True)
     raw_calls = message.get("tool_calls")
     if raw_calls is not None and not isinstance(raw_calls, list):
         raise r.fail(f"{path}.tool_calls", raw_calls, "a list of tool calls or null")
-    calls = tuple(_tool_call(r, raw, f"{path}.tool_calls[{i}]") for i, raw in enumerate(raw_calls or ()))
+    calls = tuple(
+        _tool_call(r, raw, f"{path}.tool_calls[{i}]") for i, raw in enumerate(raw_calls or ())
+    )
     finish = r.string(choice, "finish_reason", "choices[0]", optional=True)
     if finish is None:
         finish = "tool_calls" if calls else "stop"
@@ -114,9 +120,9 @@ def _tool_call(r: _Reader, raw: object, path: str) -> ToolCall:
     kind = call.get("type", "function")
     if kind != "function":
         raise r.fail(f"{path}.type", kind, "'function'")
-    fn = r.obj(r.get(call, "function", path), f"{path}.function")
+    fn = r.obj(r.get(call, "function"), f"{path}.function")
     name = r.string(fn, "name", f"{path}.function")
-    arguments = r.get(fn, "arguments", f"{path}.function")
+    arguments = r.get(fn, "arguments")
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments or "{}")
