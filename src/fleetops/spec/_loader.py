@@ -190,10 +190,13 @@ _YAML_FIXES = (
 def _yaml_issue(exc: yaml.MarkedYAMLError) -> SpecIssue:
     mark = exc.problem_mark or exc.context_mark
     problem = exc.problem or "the YAML is malformed"
-    if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
-        problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
-    elif exc.context:
-        problem += f" ({exc.context})"
+    context = exc.context or ""
+    if context and exc.context_mark is not None and exc.context_mark is not mark:
+        context += f" at line {exc.context_mark.line + 1}"
+    if context and problem.startswith("but "):
+        problem = f"{context}, {problem}"
+    elif context:
+        problem += f" ({context})"
     fix = next(
         (fix for needle, fix in _YAML_FIXES if needle in f"{exc.problem} {exc.context}"),
         "fix the YAML here: check the indentation, a missing ':', or an unclosed quote or bracket",
@@ -316,17 +319,27 @@ def _validation_issues(
             if not loc:
                 continue  # cross-references: reported from the raw document below
             for problem in ctx["problems"]:
-                issues.append(_problem_issue(root, loc, problem))
+                issues.append(_problem_issue(root, data, loc, problem))
             continue
+        if error["type"] == "too_short" and _long_enough(error):
+            continue  # pydantic counts only the valid items; their errors say what is wrong
         issues.append(_error_issue(root, data, loc, error))
     for problem in reference_problems(data if isinstance(data, dict) else {}):
-        issues.append(_problem_issue(root, (), problem))
+        issues.append(_problem_issue(root, data, (), problem))
     return issues
 
 
-def _problem_issue(root: yaml.Node, base: Location, problem: Problem) -> SpecIssue:
+def _long_enough(error: ErrorDetails) -> bool:
+    value = error.get("input")
+    minimum = (error.get("ctx") or {}).get("min_length", 0)
+    return isinstance(value, list | tuple | dict) and len(value) >= minimum
+
+
+def _problem_issue(root: yaml.Node, data: Any, base: Location, problem: Problem) -> SpecIssue:
     path, value_mark, _ = _locate(root, base + problem.path)
-    value = None if is_secret(path) else render_value(problem.value)
+    # Show the value as written ('12h'), not as validated (43200.0), when it is there.
+    written = _data_at(data, path)
+    value = None if is_secret(path) else render_value(problem.value if written is None else written)
     return SpecIssue(
         render_path(path),
         value_mark.line + 1,
@@ -366,3 +379,14 @@ def _node_at(root: yaml.Node, path: Location) -> yaml.Node | None:
         child = _child(node, item)
         node = child[1] if child is not None else None
     return node
+
+
+def _data_at(data: Any, path: Location) -> Any:
+    for item in path:
+        if isinstance(data, dict):
+            data = data.get(item)
+        elif isinstance(data, list) and isinstance(item, int) and 0 <= item < len(data):
+            data = data[item]
+        else:
+            return None
+    return data

@@ -43,6 +43,7 @@ from ._types import (
     Problem,
     Seconds,
     did_you_mean,
+    human_duration,
     raise_problems,
 )
 
@@ -220,7 +221,7 @@ class RetrySettings(BaseModel):
                     Problem(
                         ("backoff_max",),
                         self.backoff_max,
-                        f"backoff_max is below backoff_base ({self.backoff_base:g} s)",
+                        f"backoff_max is below backoff_base ({human_duration(self.backoff_base)})",
                         "use a backoff_max no smaller than backoff_base",
                     )
                 ]
@@ -300,7 +301,7 @@ class RestartSettings(BaseModel):
                     Problem(
                         ("backoff_max",),
                         self.backoff_max,
-                        f"backoff_max is below backoff_base ({self.backoff_base:g} s)",
+                        f"backoff_max is below backoff_base ({human_duration(self.backoff_base)})",
                         "use a backoff_max no smaller than backoff_base",
                     )
                 ]
@@ -329,7 +330,8 @@ class HealthChecks(BaseModel):
                         ("lease_timeout",),
                         self.lease_timeout,
                         "the lease would expire before two heartbeats could extend it",
-                        f"use at least twice heartbeat_interval ({self.heartbeat_interval:g} s)",
+                        "use at least twice heartbeat_interval "
+                        f"({human_duration(self.heartbeat_interval)})",
                     )
                 ]
             )
@@ -381,7 +383,9 @@ class ClusterSpec(BaseModel):
             seen.setdefault(agent.name, index)
         for index, route in enumerate(self.routes):
             if route in self.routes[:index]:
-                problems.append(Problem(("routes", index), route, "route listed twice", "list once"))
+                problems.append(
+                    Problem(("routes", index), route, "route listed twice", "list once")
+                )
         max_agents = self.resource_quotas.max_agents
         if max_agents is not None and self.replicas > max_agents:
             problems.append(

@@ -22,6 +22,7 @@ from ._types import (
     PositiveSeconds,
     Problem,
     TimeOfDay,
+    human_duration,
     raise_problems,
 )
 
@@ -83,7 +84,7 @@ class Retention(BaseModel):
                         (coarser, "keep"),
                         b.keep,
                         f"{coarser} keeps history no longer than {finer}",
-                        f"keep {coarser} longer than {finer} ({a.keep:g} s)",
+                        f"keep {coarser} longer than {finer} ({human_duration(a.keep)})",
                     )
                 )
             if b.resolution < a.resolution:
@@ -92,7 +93,7 @@ class Retention(BaseModel):
                         (coarser, "resolution"),
                         b.resolution,
                         f"{coarser} is finer than {finer}",
-                        f"use a resolution of at least {a.resolution:g} s",
+                        f"use a resolution of at least {human_duration(a.resolution)}",
                     )
                 )
         raise_problems(problems)

@@ -63,6 +63,16 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f"did you mean {close[0]!r}? " if close else ""
 
 
+def human_duration(seconds: float) -> str:
+    """``86400`` as ``1d``, ``900`` as ``15m``, ``0.05`` as ``50ms``."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{seconds / size:g}{unit}"
+    if seconds < 1 and (seconds * 1000).is_integer():
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
+
+
 def _check_name(value: str) -> str:
     if re.fullmatch(NAME_PATTERN, value):
         return value
@@ -126,8 +136,6 @@ def _parse_time_of_day(value: Any) -> Any:
     if isinstance(value, time):
         return value
     raise spec_error("not a time of day", "write it as 'HH:MM' in 24-hour time, e.g. '09:00'")
-
-
 
 
 def _duration_schema(minimum: str) -> WithJsonSchema:
