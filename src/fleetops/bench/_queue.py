@@ -73,7 +73,10 @@ def parse_work(work: str) -> tuple[str, float]:
         return "noop", 0.0
     kind, _, amount = work.partition(":")
     if kind == "sleep" and amount:
-        return "sleep", parse_duration(amount, "--work")
+        try:
+            return "sleep", parse_duration(amount, "--work")
+        except ConfigError:
+            pass
     raise ConfigError("--work", work, "use 'noop' or 'sleep:DURATION' such as sleep:10ms")
 
 

@@ -1,0 +1,5 @@
+"""``python -m fleetops.cli``: the same as the ``fleetops`` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,101 @@
+"""The CLI as a user runs it: a real `fleetops` process, JSON on stdout, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+FLEETOPS = [sys.executable, "-m", "fleetops.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run(
+        [*FLEETOPS, *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
+    )
+
+
+def test_chaos_kill_workers_json(tmp_path: Path) -> None:
+    proc = run(
+        "chaos",
+        "kill-workers",
+        "--tasks",
+        "200",
+        "--workers",
+        "2",
+        "--kill-every",
+        "400ms",
+        "--work",
+        "200ms",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for key in (
+        "submitted",
+        "succeeded",
+        "dead_lettered",
+        "lost",
+        "duplicate_effects",
+        "kills",
+        "detection_p99_s",
+        "recovery_p99_s",
+    ):
+        assert key in result
+    assert result["submitted"] == 200
+    assert result["lost"] == 0
+    assert result["duplicate_effects"] == 0
+    assert result["kills"] >= 1
+
+
+def test_bench_queue_json(tmp_path: Path) -> None:
+    proc = run(
+        "bench",
+        "queue",
+        "--tasks",
+        "400",
+        "--inflight",
+        "40",
+        "--work",
+        "noop",
+        "--durability",
+        "normal",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result) >= {
+        "throughput_tps",
+        "overhead_p50_ms",
+        "overhead_p99_ms",
+        "durability",
+        "tasks",
+    }
+    assert result["tasks"] == 400
+    assert result["durability"] == "normal"
+    assert result["throughput_tps"] > 0
+
+
+def test_bad_arguments_name_the_field_the_value_and_the_fix(tmp_path: Path) -> None:
+    proc = run("bench", "queue", "--work", "sleep:forever", "--json", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--work" in proc.stderr and "sleep:forever" in proc.stderr
+    assert "sleep:10ms" in proc.stderr  # the fix
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+    proc = run("chaos", "kill-workers", "--kill-every", "often", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--kill-every" in proc.stderr and "'often'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_store_url_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run("bench", "queue", "--store", "mysql://nope", "--json", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--store" in proc.stderr and "postgresql://" in proc.stderr

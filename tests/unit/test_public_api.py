@@ -1,0 +1,47 @@
+"""The public API is deliberate: this test fails when the top-level exports drift."""
+
+from __future__ import annotations
+
+import fleetops
+
+EXPECTED = {
+    "Clock",
+    "Closed",
+    "ConfigError",
+    "Context",
+    "EffectCall",
+    "FleetOpsError",
+    "LeaseLost",
+    "QueueClient",
+    "RetryPolicy",
+    "SchemaError",
+    "StoreError",
+    "StoreUnavailable",
+    "SystemClock",
+    "TaskFailed",
+    "TaskInfo",
+    "UnknownTask",
+    "UsageError",
+    "VirtualClock",
+    "agent",
+    "open_store",
+}
+
+
+def test_top_level_exports_are_exactly_the_public_api() -> None:
+    public = {name for name in dir(fleetops) if not name.startswith("_")}
+    subpackages = {"bench", "chaos", "cli", "queue", "runtime", "store", "telemetry"}
+    assert public - subpackages - {"providers", "resilience", "spec"} == EXPECTED
+
+
+def test_every_error_derives_from_the_one_root() -> None:
+    for name in EXPECTED:
+        obj = getattr(fleetops, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, fleetops.FleetOpsError), name
+
+
+def test_user_errors_are_kept_apart_from_breakage() -> None:
+    assert issubclass(fleetops.ConfigError, fleetops.UsageError)
+    assert not issubclass(fleetops.StoreUnavailable, fleetops.UsageError)
+    assert not issubclass(fleetops.LeaseLost, fleetops.UsageError)
