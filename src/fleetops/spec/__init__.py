@@ -37,9 +37,8 @@ from ._operations import Retention as Retention
 from ._operations import RetentionTier as RetentionTier
 from ._operations import ThresholdLevel as ThresholdLevel
 from ._providers import BUILTIN_PROVIDER as BUILTIN_PROVIDER
-from ._providers import LatencyDistribution as LatencyDistribution
-from ._providers import OpenAIProvider as OpenAIProvider
+from ._providers import LatencySettings as LatencySettings
+from ._providers import OpenAIProviderSpec as OpenAIProviderSpec
 from ._providers import ProviderSpec as ProviderSpec
-from ._providers import SimulatedProvider as SimulatedProvider
-from ._providers import TokenCounts as TokenCounts
+from ._providers import SimulatedProviderSpec as SimulatedProviderSpec
 from ._providers import TokenPricing as TokenPricing

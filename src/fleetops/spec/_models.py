@@ -28,11 +28,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, WithJsonSchema, model_validator
 
+from .._clock import Clock
+from ..providers import Provider
 from ..queue import RetryPolicy
 from ..runtime import ClusterPlan, DetectorSettings, RestartPolicy, WorkerSettings
 from ..store import DEFAULT_STORE_URL
 from ._operations import AlertingSettings, ObservabilitySettings, RecoverySettings
-from ._providers import BUILTIN_PROVIDER, SPEC_CONFIG, ProviderSpec, SimulatedProvider
+from ._providers import BUILTIN_PROVIDER, SPEC_CONFIG, ProviderSpec, SimulatedProviderSpec
 from ._types import (
     Count,
     EntryPoint,
@@ -510,12 +512,36 @@ class FleetSpec(BaseModel):
         copy._source = Path(path).absolute()
         return copy
 
+    def provider_specs(self) -> dict[str, ProviderSpec]:
+        """Every provider by name, the built-in ``simulated`` one included."""
+        return {BUILTIN_PROVIDER: SimulatedProviderSpec(), **self.providers}
+
     def provider_for(self, cluster: str) -> ProviderSpec:
         """The provider the named cluster's agents call."""
-        name = self.clusters[cluster].provider
-        if name in self.providers:
-            return self.providers[name]
-        return SimulatedProvider()
+        return self.provider_specs()[self.clusters[cluster].provider]
+
+    def build_providers(
+        self, *, clock: Clock | None = None, environ: Mapping[str, str] | None = None
+    ) -> list[Provider]:
+        """A provider object for every provider spec, for the gateway; the caller closes them.
+
+        Raises :class:`~fleetops.providers.MissingAPIKey` when an API key variable is unset.
+        """
+        built: list[Provider] = []
+        for name, spec in self.provider_specs().items():
+            if isinstance(spec, SimulatedProviderSpec):
+                built.append(spec.build(name, clock=clock))
+            else:
+                built.append(spec.build(name, clock=clock, environ=environ))
+        return built
+
+    def tokens_per_minute(self) -> dict[str, int]:
+        """Each cluster's token quota, for the gateway; clusters without one are left out."""
+        return {
+            name: cluster.resource_quotas.tokens_per_minute
+            for name, cluster in self.clusters.items()
+            if cluster.resource_quotas.tokens_per_minute is not None
+        }
 
     def store_url(self) -> str:
         """The store URL to open, relative SQLite paths resolved against the spec's directory."""

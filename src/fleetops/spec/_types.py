@@ -15,7 +15,14 @@ from collections.abc import Iterable, Sequence
 from datetime import time
 from typing import Annotated, Any, NamedTuple
 
-from pydantic import AfterValidator, BeforeValidator, Field, Strict, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    Strict,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 SPEC_ERROR = "fleetops_spec"
@@ -179,6 +186,7 @@ PositiveSeconds = Annotated[
 TimeOfDay = Annotated[
     time,
     BeforeValidator(_parse_time_of_day),
+    PlainSerializer(lambda value: value.strftime("%H:%M"), return_type=str),
     WithJsonSchema({"type": "string", "pattern": TIME_OF_DAY_PATTERN}),
 ]
 
