@@ -165,9 +165,17 @@ class QueueClient:
         limit: int,
         lease_seconds: float,
         agents: Sequence[str] | None = None,
+        max_running: int | None = None,
     ) -> list[ClaimedTask]:
         return await self._call(
-            self.store.claim, worker, list(queues), limit, self.clock.now(), lease_seconds, agents
+            self.store.claim,
+            worker,
+            list(queues),
+            limit,
+            self.clock.now(),
+            lease_seconds,
+            agents,
+            max_running,
         )
 
     async def beat(self, worker: str, inflight: int, processed: int) -> bool:

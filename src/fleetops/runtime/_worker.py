@@ -47,6 +47,8 @@ class WorkerSettings:
     poll_max: float = 0.05
     reap_interval: float = 1.0
     shutdown_grace: float = 10.0
+    #: The cluster's quota of concurrent tasks across all its workers (None: no quota).
+    max_cluster_running: int | None = None
 
 
 @dataclass(slots=True)
@@ -174,7 +176,12 @@ class Worker:
                     await self._slot_free.wait()
                     continue
                 claimed = await self.client.claim(
-                    self.worker_id, queues, min(free, s.claim_batch), s.lease_seconds, agents
+                    self.worker_id,
+                    queues,
+                    min(free, s.claim_batch),
+                    s.lease_seconds,
+                    agents,
+                    s.max_cluster_running,
                 )
                 now = self.clock.monotonic()
                 for task in claimed:

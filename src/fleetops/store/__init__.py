@@ -3,8 +3,10 @@
 from ._models import TASK_STATES as TASK_STATES
 from ._models import TERMINAL_STATES as TERMINAL_STATES
 from ._models import AttemptRecord as AttemptRecord
+from ._models import ChangeRecord as ChangeRecord
 from ._models import ClaimedTask as ClaimedTask
 from ._models import Complete as Complete
+from ._models import DeploymentRecord as DeploymentRecord
 from ._models import EffectBegin as EffectBegin
 from ._models import EffectEnd as EffectEnd
 from ._models import EffectRecord as EffectRecord

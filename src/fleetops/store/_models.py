@@ -229,3 +229,33 @@ class OpResult:
 
     ok: bool
     value: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """One audited change: who, what, when, why, before and after."""
+
+    id: int
+    at: float
+    actor: str
+    kind: str
+    subject: str
+    reason: str
+    before: str | None
+    after: str | None
+    diff: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRecord:
+    id: int
+    started_at: float
+    finished_at: float | None
+    fleet: str
+    spec_hash: str
+    actor: str
+    state: str
+    failed_phase: str | None
+    error: str | None
+    phases: str
+    readiness: str | None

@@ -93,6 +93,11 @@ class PostgresStore(SqlStore):
     def _for_update(self) -> str:
         return " FOR UPDATE SKIP LOCKED"
 
+    def _lock_queue(self, queue: str) -> None:
+        # Serialise claimers of one queue for the rest of the transaction, so that a
+        # quota on running tasks is counted exactly.
+        self._exec("SELECT pg_advisory_xact_lock(hashtext(?))", (f"fleetops.queue.{queue}",))
+
     def _insert_many(self, tasks: Sequence[NewTask], now: float) -> list[int]:
         sql = _pg(INSERT_TASK + " RETURNING id")
         with self._conn.cursor() as cur:

@@ -12,7 +12,9 @@ from typing import Protocol
 
 from ._models import (
     AttemptRecord,
+    ChangeRecord,
     ClaimedTask,
+    DeploymentRecord,
     EffectRecord,
     EventRecord,
     NewTask,
@@ -49,7 +51,10 @@ class Store(Protocol):
         now: float,
         lease_seconds: float,
         agents: Sequence[str] | None = None,
-    ) -> list[ClaimedTask]: ...
+        max_running: int | None = None,
+    ) -> list[ClaimedTask]:
+        """Lease up to ``limit`` ready tasks; ``max_running`` caps the queues' running total."""
+        ...
 
     def apply(self, ops: Sequence[Operation], now: float) -> list[OpResult]: ...
 
@@ -96,6 +101,40 @@ class Store(Protocol):
     def attempts(self, task_id: int) -> list[AttemptRecord]: ...
 
     def effects(self, task_id: int) -> list[EffectRecord]: ...
+
+    # control plane
+    def record_change(
+        self,
+        now: float,
+        actor: str,
+        kind: str,
+        subject: str,
+        reason: str = "",
+        before: str | None = None,
+        after: str | None = None,
+        diff: str = "[]",
+    ) -> int: ...
+
+    def list_changes(self, limit: int = 100, after_id: int = 0) -> list[ChangeRecord]: ...
+
+    def start_deployment(self, now: float, fleet: str, spec_hash: str, actor: str) -> int: ...
+
+    def finish_deployment(
+        self,
+        deployment_id: int,
+        now: float,
+        state: str,
+        phases: str,
+        failed_phase: str | None = None,
+        error: str | None = None,
+        readiness: str | None = None,
+    ) -> None: ...
+
+    def set_deployment_readiness(self, deployment_id: int, readiness: str) -> None: ...
+
+    def list_deployments(self, limit: int = 20) -> list[DeploymentRecord]: ...
+
+    def running_count(self, queue: str) -> int: ...
 
     # workers and events
     def register_worker(

@@ -16,8 +16,10 @@ from typing import Any
 from .._exceptions import SchemaError
 from ._models import (
     AttemptRecord,
+    ChangeRecord,
     ClaimedTask,
     Complete,
+    DeploymentRecord,
     EffectBegin,
     EffectEnd,
     EffectRecord,
@@ -191,6 +193,10 @@ class SqlStore:
     def _insert_many(self, tasks: Sequence[NewTask], now: float) -> list[int]:
         raise NotImplementedError
 
+    def _lock_queue(self, queue: str) -> None:
+        """Hold a lock on ``queue`` until the transaction ends (for exact quotas)."""
+        raise NotImplementedError
+
     def _for_update(self) -> str:
         """The row-locking suffix of a SELECT in a write transaction ('' where moot)."""
         raise NotImplementedError
@@ -236,6 +242,7 @@ class SqlStore:
         now: float,
         lease_seconds: float,
         agents: Sequence[str] | None = None,
+        max_running: int | None = None,
     ) -> list[ClaimedTask]:
         if limit <= 0 or not queues:
             return []
@@ -249,6 +256,16 @@ class SqlStore:
             ).fetchone()
             if fenced is not None:
                 return []
+            if max_running is not None:
+                # Admission control: a cluster's quota of concurrent tasks. Excess work
+                # waits in the queue.
+                for queue in sorted(queues):
+                    self._lock_queue(queue)
+                running = sum(self.running_count(q) for q in queues)
+                limit = min(limit, max_running - running)
+                if limit <= 0:
+                    return []
+                params[-1] = limit
             rows = self._exec(sql, params).fetchall()
             if not rows:
                 return []
@@ -470,6 +487,78 @@ class SqlStore:
         ).fetchall()
         return [EffectRecord(*r) for r in rows]
 
+    # --- control plane: changes (the audit log) and deployments ----------------------------
+
+    def record_change(
+        self,
+        now: float,
+        actor: str,
+        kind: str,
+        subject: str,
+        reason: str = "",
+        before: str | None = None,
+        after: str | None = None,
+        diff: str = "[]",
+    ) -> int:
+        with self._tx():
+            row = self._exec(
+                "INSERT INTO changes (at, actor, kind, subject, reason, before, after, diff) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (now, actor, kind, subject, reason, before, after, diff),
+            ).fetchone()
+        return int(row[0])
+
+    def list_changes(self, limit: int = 100, after_id: int = 0) -> list[ChangeRecord]:
+        rows = self._exec(
+            f"SELECT {CHANGE_COLUMNS} FROM changes WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+        return [ChangeRecord(*r) for r in rows]
+
+    def start_deployment(self, now: float, fleet: str, spec_hash: str, actor: str) -> int:
+        with self._tx():
+            row = self._exec(
+                "INSERT INTO deployments (started_at, fleet, spec_hash, actor, state) "
+                "VALUES (?, ?, ?, ?, 'running') RETURNING id",
+                (now, fleet, spec_hash, actor),
+            ).fetchone()
+        return int(row[0])
+
+    def finish_deployment(
+        self,
+        deployment_id: int,
+        now: float,
+        state: str,
+        phases: str,
+        failed_phase: str | None = None,
+        error: str | None = None,
+        readiness: str | None = None,
+    ) -> None:
+        with self._tx():
+            self._exec(
+                "UPDATE deployments SET finished_at = ?, state = ?, phases = ?, failed_phase = ?, "
+                "error = ?, readiness = ? WHERE id = ?",
+                (now, state, phases, failed_phase, error, readiness, deployment_id),
+            )
+
+    def set_deployment_readiness(self, deployment_id: int, readiness: str) -> None:
+        with self._tx():
+            self._exec(
+                "UPDATE deployments SET readiness = ? WHERE id = ?", (readiness, deployment_id)
+            )
+
+    def list_deployments(self, limit: int = 20) -> list[DeploymentRecord]:
+        rows = self._exec(
+            f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [DeploymentRecord(*r) for r in rows]
+
+    def running_count(self, queue: str) -> int:
+        row = self._exec(
+            "SELECT COUNT(*) FROM tasks WHERE state = 'running' AND queue = ?", (queue,)
+        ).fetchone()
+        return int(row[0])
+
     # --- workers and events -------------------------------------------------------------------
 
     def register_worker(
@@ -523,6 +612,13 @@ class SqlStore:
             sql += "WHERE kind = ? AND id > ? ORDER BY id LIMIT ?"
             rows = self._exec(sql, (kind, after_id, limit)).fetchall()
         return [EventRecord(*r) for r in rows]
+
+
+CHANGE_COLUMNS = "id, at, actor, kind, subject, reason, before, after, diff"
+DEPLOYMENT_COLUMNS = (
+    "id, started_at, finished_at, fleet, spec_hash, actor, state, failed_phase, error, phases, "
+    "readiness"
+)
 
 
 def event_data(**fields: Any) -> str:

@@ -139,6 +139,7 @@ class SqliteStore(SqlStore):
         now: float,
         lease_seconds: float,
         agents: Sequence[str] | None = None,
+        max_running: int | None = None,
     ) -> list[ClaimedTask]:
         # Look before taking the write lock: an idle poll must not serialise writers.
         if not self._depth and queues and limit > 0:
@@ -150,13 +151,16 @@ class SqliteStore(SqlStore):
             ).fetchone()
             if ready is None:
                 return []
-        return super().claim(worker, queues, limit, now, lease_seconds, agents)
+        return super().claim(worker, queues, limit, now, lease_seconds, agents, max_running)
 
     def _lock_task_sql(self) -> str:
         return "SELECT 1 FROM tasks WHERE id = ? AND epoch = ? AND state = 'running'"
 
     def _for_update(self) -> str:
         return ""  # BEGIN IMMEDIATE already holds the only write lock
+
+    def _lock_queue(self, queue: str) -> None:
+        pass  # likewise
 
     def _insert_many(self, tasks: Sequence[NewTask], now: float) -> list[int]:
         from ._sql import INSERT_TASK
