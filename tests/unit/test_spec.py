@@ -474,6 +474,19 @@ providers:
         ("- fleet\n- clusters\n", 1, 1, "the spec is a list, not a mapping", "'key: value'"),
         ("just text\n", 1, 1, "the spec is a single value", "'key: value'"),
         ("# nothing yet\n", 1, 1, "the spec is empty", "fleet"),
+        ("fleet: &f {name: *f}\n", 1, 8, "a value contains itself", "anchor"),
+        ("deep: " + "[" * 5000 + "]" * 5000 + "\n", 1, 1, "the spec is nested too deeply", ""),
+        (
+            "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+            + "".join(
+                f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n"
+                for p, n in zip("abcde", "bcdef", strict=True)
+            ),
+            1,
+            1,
+            "the spec expands to more than 100000 values",
+            "alias",
+        ),
     ],
 )
 def test_yaml_errors_and_non_mappings_get_a_position_and_fix(
@@ -558,7 +571,9 @@ def test_json_schema_is_json_and_describes_the_clusters() -> None:
     )
     agent = schema["$defs"]["AgentDefinition"]["properties"]
     assert re.fullmatch(agent["entrypoint"]["pattern"], "agents.triage:classify")
-    assert "/" not in "".join(schema["properties"]["clusters"]["patternProperties"])
+    clusters = schema["properties"]["clusters"]
+    assert "/" not in "".join(clusters["patternProperties"])
+    assert clusters["additionalProperties"] is False
     assert {"string"} <= {option.get("type") for option in schema["properties"]["store"]["anyOf"]}
 
 

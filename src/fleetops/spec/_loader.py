@@ -29,6 +29,8 @@ from ._models import FleetSpec, reference_problems
 from ._types import SPEC_ERROR, Problem
 
 DEFAULT_SOURCE = "<spec>"
+MAX_NODES = 100_000
+"""A document that expands to more values than this (an alias bomb) is refused."""
 
 Location = tuple[str | int, ...]
 
@@ -77,6 +79,17 @@ def check_spec_text(
         root = _compose(text)
     except yaml.MarkedYAMLError as exc:
         return [_yaml_issue(exc)]
+    except RecursionError:
+        return [
+            SpecIssue(
+                "",
+                1,
+                1,
+                None,
+                "the spec is nested too deeply",
+                "flatten it; a fleet spec needs only a few levels",
+            )
+        ]
     except yaml.YAMLError as exc:
         return [_reader_issue(exc, text)]
     if root is None:
@@ -100,6 +113,31 @@ def check_spec_text(
                 None,
                 f"the spec is {kind}, not a mapping of sections",
                 "write sections as 'key: value' lines: fleet, clusters, providers, ...",
+            )
+        ]
+    try:
+        too_big = _expanded_size(root, {}, set()) > MAX_NODES
+    except _RecursiveAlias as exc:
+        mark = exc.node.start_mark
+        return [
+            SpecIssue(
+                "",
+                mark.line + 1,
+                mark.column + 1,
+                None,
+                "a value contains itself through an alias",
+                "refer to an anchor only from outside the value it names",
+            )
+        ]
+    if too_big:
+        return [
+            SpecIssue(
+                "",
+                1,
+                1,
+                None,
+                f"the spec expands to more than {MAX_NODES} values through aliases",
+                "write the values out, or use fewer nested '*alias' references",
             )
         ]
     issues = _duplicate_keys(root, ())
@@ -218,6 +256,30 @@ def _reader_issue(exc: yaml.YAMLError, text: str) -> SpecIssue:
     )
 
 
+class _RecursiveAlias(Exception):
+    def __init__(self, node: yaml.Node) -> None:
+        self.node = node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded (capped)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    if id(node) in open_nodes:
+        raise _RecursiveAlias(node)
+    open_nodes.add(id(node))
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    size = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in children)
+    open_nodes.discard(id(node))
+    sizes[id(node)] = min(size, MAX_NODES + 1)
+    return sizes[id(node)]
+
+
 def _duplicate_keys(node: yaml.Node, path: Location) -> list[SpecIssue]:
     """PyYAML keeps the last of two equal keys silently; a spec must not say things twice."""
     issues: list[SpecIssue] = []
@@ -280,7 +342,10 @@ def _locate(root: yaml.Node, loc: Location) -> tuple[Location, yaml.Mark, yaml.M
         child = _child(node, item)
         if child is None:
             is_last = index == len(loc) - 1
-            if isinstance(node, yaml.MappingNode) and isinstance(item, str) and not is_last:
+            is_tag = isinstance(item, str) and (
+                not isinstance(node, yaml.MappingNode | yaml.SequenceNode) or not is_last
+            )
+            if is_tag and node is not None:
                 continue
             path.append(item)
             node = None

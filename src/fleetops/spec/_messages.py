@@ -93,7 +93,9 @@ def describe(error: ErrorDetails, path: Sequence[str | int], data: Any) -> tuple
         )
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return "not a whole number", _number_fix(value, "a whole number, e.g. 2")
-    if kind in ("float_type", "float_parsing", "finite_number"):
+    if kind == "finite_number":
+        return "not a finite number", "write a finite number; .inf and .nan are not allowed"
+    if kind in ("float_type", "float_parsing"):
         return "not a number", _number_fix(value, "a number, e.g. 0.5")
     if kind in ("bool_type", "bool_parsing"):
         return "not true or false", "write true or false"

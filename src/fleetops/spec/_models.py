@@ -616,8 +616,21 @@ def reference_problems(data: Mapping[str, Any]) -> list[Problem]:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the spec, for editors that complete and check YAML."""
     schema = FleetSpec.model_json_schema()
+    _close_named_mappings(schema)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "fleetops fleet spec",
         **{key: value for key, value in schema.items() if key != "title"},
     }
+
+
+def _close_named_mappings(schema: Any) -> None:
+    """Mappings keyed by names accept no key outside the name pattern (e.g. 'a/b')."""
+    if isinstance(schema, dict):
+        if "patternProperties" in schema:
+            schema.setdefault("additionalProperties", False)
+        for value in schema.values():
+            _close_named_mappings(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _close_named_mappings(value)

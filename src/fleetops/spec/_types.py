@@ -178,10 +178,16 @@ EnvVarName = Annotated[
     WithJsonSchema({"type": "string", "pattern": ENV_VAR_PATTERN}),
 ]
 Seconds = Annotated[
-    float, Field(ge=0), BeforeValidator(parse_duration), _duration_schema("minimum")
+    float,
+    Field(ge=0, allow_inf_nan=False),
+    BeforeValidator(parse_duration),
+    _duration_schema("minimum"),
 ]
 PositiveSeconds = Annotated[
-    float, Field(gt=0), BeforeValidator(parse_duration), _duration_schema("exclusiveMinimum")
+    float,
+    Field(gt=0, allow_inf_nan=False),
+    BeforeValidator(parse_duration),
+    _duration_schema("exclusiveMinimum"),
 ]
 TimeOfDay = Annotated[
     time,
@@ -192,5 +198,5 @@ TimeOfDay = Annotated[
 
 Count = Annotated[int, Strict(), Field(ge=0)]
 PositiveCount = Annotated[int, Strict(), Field(ge=1)]
-Number = Annotated[float, Strict()]
-Fraction = Annotated[float, Strict(), Field(ge=0, le=1)]
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
