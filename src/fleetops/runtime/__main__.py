@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 
+from ..providers import Gateway
 from ..queue import QueueClient
 from ..telemetry import configure_json_logging
 from ._agent import load_agent
@@ -28,6 +29,8 @@ async def _main(config: dict[str, object]) -> int:
             sys.path.insert(0, str(path))
     specs = [load_agent(str(e)) for e in config["agents"]]  # type: ignore[attr-defined]
     settings = WorkerSettings(**config.get("settings", {}))  # type: ignore[arg-type]
+    cluster = str(config["cluster"])
+    gateway, routes = _from_spec(config.get("spec"), cluster)  # type: ignore[arg-type]
     async with QueueClient(str(config["store"])) as client:
         worker = Worker(
             client,
@@ -36,9 +39,38 @@ async def _main(config: dict[str, object]) -> int:
             agents={s.name: s for s in specs},
             settings=settings,
             parent_pid=config.get("parent_pid"),  # type: ignore[arg-type]
+            gateway=gateway,
+            routes=routes,
         )
-        await worker.run(stop)
+        try:
+            await worker.run(stop)
+        finally:
+            if gateway is not None:
+                await gateway.aclose()
     return 3 if worker.dead else 0
+
+
+def _from_spec(spec_path: str | None, cluster: str) -> tuple[Gateway | None, list[str] | None]:
+    """The gateway and routes of ``cluster`` as the fleet spec at ``spec_path`` sets them.
+
+    The cluster's tokens-per-minute quota is shared evenly among its workers.
+    """
+    if not spec_path:
+        return None, None
+    from ..providers import Gateway
+    from ..spec import load_spec
+
+    spec = load_spec(spec_path)
+    cluster_spec = spec.clusters[cluster]
+    quotas = spec.tokens_per_minute()
+    if cluster in quotas:
+        quotas = {cluster: max(1, quotas[cluster] // max(1, cluster_spec.replicas))}
+    gateway = Gateway(
+        spec.build_providers(),
+        default=cluster_spec.provider,
+        tokens_per_minute={k: v for k, v in quotas.items() if k == cluster},
+    )
+    return gateway, list(cluster_spec.routes)
 
 
 def main() -> None:

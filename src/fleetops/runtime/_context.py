@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +13,7 @@ from .._exceptions import LeaseLost, UsageError
 from ..store import ClaimedTask, EffectBegin, EffectEnd, NewTask, SubmitChild
 
 if TYPE_CHECKING:
+    from ..providers import ChatResponse
     from ._worker import Worker
 
 
@@ -131,6 +132,12 @@ class Context:
         deadline: float | None,
     ) -> int:
         cluster, name = split_address(address, self.task.cluster)
+        routes = self._worker.routes
+        if routes is not None and cluster not in routes:
+            raise UsageError(
+                f"cluster {self.task.cluster!r} has no route to {cluster!r}: add it to "
+                f"clusters.{self.task.cluster}.routes in the fleet spec"
+            )
         child = NewTask(
             queue=cluster,
             agent=name,
@@ -181,6 +188,33 @@ class Context:
             raise LeaseLost(task_id, epoch)
         self._journal[key] = ("done", encoded)
         return outcome
+
+    async def llm(
+        self,
+        messages: Sequence[Any] | str,
+        *,
+        tools: Sequence[Any] = (),
+        model: str | None = None,
+        provider: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> ChatResponse:
+        """Ask a model, through the fleet's gateway (breakers, retries, fallback, quota).
+
+        ``messages`` are chat-completions style dicts (or one user message as a string);
+        ``tools`` are OpenAI-style function specs. The call counts against this
+        cluster's tokens-per-minute quota.
+        """
+        gateway = self._worker.gateway()
+        return await gateway.chat(
+            messages,
+            cluster=self.task.cluster,
+            provider=provider,
+            model=model,
+            tools=tools,
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
 
     def heartbeat(self) -> None:
         """Tell the worker this task is making progress (long CPU-bound steps)."""

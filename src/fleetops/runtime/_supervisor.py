@@ -54,6 +54,16 @@ def _open_log(log_dir: Path | None, worker_id: str) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """Jittered exponential restart backoff and the restart intensity limit."""
+
+    backoff_base: float = 0.05
+    backoff_max: float = 5.0
+    intensity: int = 10
+    period: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterPlan:
     """What the supervisor runs for one cluster."""
 
@@ -62,22 +72,17 @@ class ClusterPlan:
     replicas: int = 1
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     python_path: tuple[str, ...] = ()
+    #: Per-cluster overrides of the supervisor's restart policy and failure detector.
+    restart: RestartPolicy | None = None
+    detector: DetectorSettings | None = None
+    #: Extra settings handed to each worker process as-is (e.g. the spec's path).
+    extra: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.replicas < 0:
             raise ConfigError(f"clusters.{self.name}.replicas", self.replicas, "use 0 or more")
         if not self.agents:
             raise ConfigError(f"clusters.{self.name}.agents", [], "list at least one agent")
-
-
-@dataclass(frozen=True, slots=True)
-class RestartPolicy:
-    """Jittered exponential restart backoff and the restart intensity limit."""
-
-    backoff_base: float = 0.05
-    backoff_max: float = 5.0
-    intensity: int = 10
-    period: float = 60.0
 
 
 @dataclass(slots=True)
@@ -93,6 +98,7 @@ class WorkerHandle:
     heartbeat_seen: float | None = None
     first_heartbeat_at: float | None = None
     stopping: bool = False
+    rolling: bool = False
     suspected: bool = False
     lost_handled: bool = False
 
@@ -182,6 +188,48 @@ class Supervisor:
         self._desired[cluster] = replicas
         self._reconcile_slots(cluster)
 
+    def add_cluster(self, plan: ClusterPlan) -> None:
+        """Start supervising a new cluster."""
+        if plan.name in self.plans:
+            raise ConfigError("cluster", plan.name, "this cluster exists already: use roll()")
+        self.plans[plan.name] = plan
+        self._restarts[plan.name] = deque()
+        self._desired[plan.name] = plan.replicas
+        self._reconcile_slots(plan.name)
+
+    async def remove_cluster(self, cluster: str) -> None:
+        """Drain and stop every worker of ``cluster``, then forget it."""
+        self.scale(cluster, 0)
+        handles = [h for h in self.workers.values() if h.cluster == cluster]
+        await asyncio.gather(*(h.process.wait() for h in handles))
+        for key in [k for k in self._slots if k[0] == cluster]:
+            await asyncio.gather(self._slots.pop(key), return_exceptions=True)
+        del self.plans[cluster], self._desired[cluster], self._restarts[cluster]
+        self.degraded.discard(cluster)
+
+    async def roll(self, plan: ClusterPlan, ready_timeout: float = 60.0) -> None:
+        """Rolling restart onto ``plan``: one worker at a time drains (its unfinished
+        tasks go back to the queue) and is replaced by a worker on the new plan, which
+        must be heartbeating before the next one is touched."""
+        self.plans[plan.name] = plan
+        if self._desired[plan.name] != plan.replicas:
+            self.scale(plan.name, plan.replicas)
+        for old in sorted(self.live_workers(plan.name), key=lambda h: h.slot):
+            if old.stopping:
+                continue
+            old.rolling = True
+            self._terminate(old)
+            await old.process.wait()
+            async with asyncio.timeout(ready_timeout):
+                while not any(
+                    h.slot == old.slot and h.id != old.id and h.first_heartbeat_at is not None
+                    for h in self.live_workers(plan.name)
+                ):
+                    await self.clock.sleep(0.02)
+
+    def desired(self, cluster: str) -> int:
+        return self._desired[cluster]
+
     # --- slots ---------------------------------------------------------------------------------
 
     def _reconcile_slots(self, cluster: str) -> None:
@@ -213,6 +261,11 @@ class Supervisor:
                     pid=handle.pid,
                 )
             code = await handle.process.wait()
+            if handle.rolling and not self._stopping:
+                await self._event("worker.rolled", cluster, handle.id, exit_code=code)
+                self.workers.pop(handle.id, None)
+                replacing = None
+                continue
             if handle.stopping or self._stopping:
                 await self._event("worker.stopped", cluster, handle.id, exit_code=code)
                 self.workers.pop(handle.id, None)
@@ -242,6 +295,7 @@ class Supervisor:
             "settings": asdict(plan.worker),
             "python_path": list(plan.python_path),
             "parent_pid": os.getpid(),
+            **dict(plan.extra),
         }
         stderr = _open_log(self.log_dir, worker_id)
         try:
@@ -265,19 +319,20 @@ class Supervisor:
             slot=slot,
             process=process,
             started_at=self.clock.now(),
-            detector=PhiAccrualFailureDetector(self.detector_settings),
+            detector=PhiAccrualFailureDetector(plan.detector or self.detector_settings),
         )
         self.workers[worker_id] = handle
         await self._event("worker.started", cluster, worker_id, pid=process.pid, slot=slot)
         return handle
 
     async def _restart_delay(self, cluster: str, failures: int) -> float:
+        policy = self.plans[cluster].restart or self.restart
         now = self.clock.monotonic()
         window = self._restarts[cluster]
         window.append(now)
-        while window and window[0] < now - self.restart.period:
+        while window and window[0] < now - policy.period:
             window.popleft()
-        if len(window) > self.restart.intensity:
+        if len(window) > policy.intensity:
             if cluster not in self.degraded:
                 self.degraded.add(cluster)
                 await self._event(
@@ -285,13 +340,13 @@ class Supervisor:
                     cluster,
                     None,
                     restarts=len(window),
-                    period_s=self.restart.period,
+                    period_s=policy.period,
                 )
-            return self.restart.backoff_max
-        if cluster in self.degraded and len(window) <= self.restart.intensity // 2:
+            return policy.backoff_max
+        if cluster in self.degraded and len(window) <= policy.intensity // 2:
             self.degraded.discard(cluster)
             await self._event("cluster.recovered", cluster, None)
-        ceiling = min(self.restart.backoff_max, self.restart.backoff_base * 2 ** (failures - 1))
+        ceiling = min(policy.backoff_max, policy.backoff_base * 2 ** (failures - 1))
         return self._rng.uniform(0, ceiling)
 
     async def _worker_lost(self, handle: WorkerHandle, why: str) -> None:
@@ -337,7 +392,12 @@ class Supervisor:
             records = {w.id: w for w in await client.run(client.store.list_workers)}
             now = self.clock.now()
             for handle in list(self.workers.values()):
-                if handle.process.returncode is not None or handle.suspected or handle.stopping:
+                if (
+                    handle.process.returncode is not None
+                    or handle.suspected
+                    or handle.stopping
+                    or handle.rolling
+                ):
                     continue
                 record = records.get(handle.id)
                 beat = record.heartbeat_at if record else None
@@ -351,7 +411,8 @@ class Supervisor:
                         await self._suspect(handle, "no heartbeat within the startup timeout")
                     continue
                 phi = handle.detector.phi(now)
-                if phi >= self.detector_settings.threshold:
+                threshold = handle.detector.settings.threshold
+                if phi >= threshold:
                     silent = now - (handle.detector.last_heartbeat or now)
                     await self._suspect(
                         handle, f"heartbeats stopped (phi {phi:.1f}, silent {silent:.2f} s)"

@@ -15,9 +15,9 @@ import json
 import os
 import random
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._clock import Clock
 from .._exceptions import LeaseLost, TaskFailed
@@ -26,6 +26,9 @@ from ..queue._client import ChangeWatcher
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
 from ..telemetry import get_logger
 from ._agent import AgentSpec
+
+if TYPE_CHECKING:
+    from ..providers import Gateway
 from ._context import Context, TaskInfo
 
 log = get_logger("fleetops.worker")
@@ -72,6 +75,8 @@ class Worker:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         parent_pid: int | None = None,
+        gateway: Gateway | None = None,
+        routes: Sequence[str] | None = None,
     ) -> None:
         self.client = client
         self.worker_id = worker_id
@@ -81,6 +86,9 @@ class Worker:
         self.clock: Clock = clock or client.clock
         self._rng = rng or random.Random()
         self._parent_pid = parent_pid
+        self._gateway = gateway
+        #: Clusters this worker's agents may send to (None: any); its own is always allowed.
+        self.routes = None if routes is None else frozenset([*routes, cluster])
         self._running: dict[int, _Running] = {}
         self._cancel_reasons: dict[int, str] = {}
         self._slot_free = asyncio.Event()
@@ -96,6 +104,14 @@ class Worker:
     @property
     def inflight(self) -> int:
         return len(self._running)
+
+    def gateway(self) -> Gateway:
+        """The LLM gateway; a seeded simulated provider when none was configured."""
+        if self._gateway is None:
+            from ..providers import Gateway, SimulatedProvider
+
+            self._gateway = Gateway([SimulatedProvider(clock=self.clock)], clock=self.clock)
+        return self._gateway
 
     def wake_claimer(self) -> None:
         self._work_hint.set()
