@@ -505,6 +505,27 @@ def test_a_key_written_twice_is_an_error() -> None:
     assert issue.message == "key written twice (first at line 1)"
 
 
+def test_merge_keys_may_override_and_errors_point_at_the_anchor() -> None:
+    text = """\
+    fleet: {name: demo}
+    clusters:
+      triage: &base
+        agents:
+          - {name: classify, entrypoint: "agents.triage:classify"}
+        concurrency: 0
+      resolve:
+        <<: *base
+        replicas: 3
+    """
+    issues = issues_of(text)
+    assert [(i.path, i.line) for i in issues] == [
+        ("clusters.resolve.concurrency", 6),
+        ("clusters.triage.concurrency", 6),
+    ]
+    spec = load_spec_text(text.replace("concurrency: 0", "concurrency: 5"))
+    assert (spec.clusters["resolve"].replicas, spec.clusters["resolve"].concurrency) == (3, 5)
+
+
 def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
     missing = only_issue(check_spec(tmp_path / "nope.yaml"))
     assert missing.line == 0 and "cannot read the file" in missing.message

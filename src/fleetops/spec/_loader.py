@@ -75,76 +75,10 @@ def check_spec_text(
     ``path`` names the file in messages and is where relative paths in the spec are
     resolved from.
     """
-    try:
-        root = _compose(text)
-    except yaml.MarkedYAMLError as exc:
-        return [_yaml_issue(exc)]
-    except RecursionError:
-        return [
-            SpecIssue(
-                "",
-                1,
-                1,
-                None,
-                "the spec is nested too deeply",
-                "flatten it; a fleet spec needs only a few levels",
-            )
-        ]
-    except yaml.YAMLError as exc:
-        return [_reader_issue(exc, text)]
-    if root is None:
-        return [
-            SpecIssue(
-                "",
-                1,
-                1,
-                None,
-                "the spec is empty",
-                "describe the fleet: at least 'fleet: {name: ...}' and 'clusters:'",
-            )
-        ]
-    if not isinstance(root, yaml.MappingNode):
-        kind = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
-        return [
-            SpecIssue(
-                "",
-                root.start_mark.line + 1,
-                root.start_mark.column + 1,
-                None,
-                f"the spec is {kind}, not a mapping of sections",
-                "write sections as 'key: value' lines: fleet, clusters, providers, ...",
-            )
-        ]
-    try:
-        too_big = _expanded_size(root, {}, set()) > MAX_NODES
-    except _RecursiveAlias as exc:
-        mark = exc.node.start_mark
-        return [
-            SpecIssue(
-                "",
-                mark.line + 1,
-                mark.column + 1,
-                None,
-                "a value contains itself through an alias",
-                "refer to an anchor only from outside the value it names",
-            )
-        ]
-    if too_big:
-        return [
-            SpecIssue(
-                "",
-                1,
-                1,
-                None,
-                f"the spec expands to more than {MAX_NODES} values through aliases",
-                "write the values out, or use fewer nested '*alias' references",
-            )
-        ]
-    issues = _duplicate_keys(root, ())
-    try:
-        data = _SpecLoader("").construct_document(root)
-    except yaml.MarkedYAMLError as exc:
-        return issues + [_yaml_issue(exc)]
+    document = _read_document(text)
+    if isinstance(document, SpecIssue):
+        return [document]
+    root, data, issues = document
     try:
         spec = FleetSpec.model_validate(data)
     except ValidationError as exc:
@@ -202,11 +136,53 @@ def load_spec_text(text: str, *, path: str | os.PathLike[str] | None = None) -> 
 # --- YAML ---------------------------------------------------------------------------------------
 
 
-def _compose(text: str) -> yaml.Node | None:
+def _document_issue(message: str, fix: str, mark: yaml.Mark | None = None) -> SpecIssue:
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    return SpecIssue("", line, column, None, message, fix)
+
+
+def _read_document(text: str) -> tuple[yaml.MappingNode, Any, list[SpecIssue]] | SpecIssue:
+    """The document's node tree, the plain data built from it and its duplicate keys.
+
+    Duplicates are looked for before construction, which merges ``<<`` keys into
+    their mappings (where an explicit key may override a merged one).
+    """
     loader = _SpecLoader(text)
     try:
-        node: yaml.Node | None = loader.get_single_node()
-        return node
+        root = loader.get_single_node()
+        if root is None:
+            return _document_issue(
+                "the spec is empty",
+                "describe the fleet: at least 'fleet: {name: ...}' and 'clusters:'",
+            )
+        if not isinstance(root, yaml.MappingNode):
+            kind = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
+            return _document_issue(
+                f"the spec is {kind}, not a mapping of sections",
+                "write sections as 'key: value' lines: fleet, clusters, providers, ...",
+                root.start_mark,
+            )
+        if _expanded_size(root, {}, set()) > MAX_NODES:
+            return _document_issue(
+                f"the spec expands to more than {MAX_NODES} values through aliases",
+                "write the values out, or use fewer nested '*alias' references",
+            )
+        duplicates = _duplicate_keys(root, ())
+        return root, loader.construct_document(root), duplicates
+    except _RecursiveAlias as exc:
+        return _document_issue(
+            "a value contains itself through an alias",
+            "refer to an anchor only from outside the value it names",
+            exc.node.start_mark,
+        )
+    except RecursionError:
+        return _document_issue(
+            "the spec is nested too deeply", "flatten it; a fleet spec needs only a few levels"
+        )
+    except yaml.MarkedYAMLError as exc:
+        return _yaml_issue(exc)
+    except yaml.YAMLError as exc:
+        return _reader_issue(exc, text)
     finally:
         loader.dispose()
 
@@ -239,8 +215,7 @@ def _yaml_issue(exc: yaml.MarkedYAMLError) -> SpecIssue:
         (fix for needle, fix in _YAML_FIXES if needle in f"{exc.problem} {exc.context}"),
         "fix the YAML here: check the indentation, a missing ':', or an unclosed quote or bracket",
     )
-    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-    return SpecIssue("", line, column, None, f"invalid YAML: {problem}", fix)
+    return _document_issue(f"invalid YAML: {problem}", fix, mark)
 
 
 def _reader_issue(exc: yaml.YAMLError, text: str) -> SpecIssue:
