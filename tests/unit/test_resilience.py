@@ -30,6 +30,8 @@ from fleetops.resilience import (
 
 T = TypeVar("T")
 
+pytestmark = pytest.mark.timeout(30)
+
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
