@@ -6,6 +6,14 @@
 schema editors use to complete and check a spec.
 """
 
+from ._clusters import AgentDefinition as AgentDefinition
+from ._clusters import ClusterSpec as ClusterSpec
+from ._clusters import FailureDetectorSettings as FailureDetectorSettings
+from ._clusters import HealthChecks as HealthChecks
+from ._clusters import ResourceQuotas as ResourceQuotas
+from ._clusters import RestartSettings as RestartSettings
+from ._clusters import RetrySettings as RetrySettings
+from ._clusters import ScalingBounds as ScalingBounds
 from ._issues import SpecError as SpecError
 from ._issues import SpecIssue as SpecIssue
 from ._issues import format_issues as format_issues
@@ -13,17 +21,9 @@ from ._loader import check_spec as check_spec
 from ._loader import check_spec_text as check_spec_text
 from ._loader import load_spec as load_spec
 from ._loader import load_spec_text as load_spec_text
-from ._models import AgentDefinition as AgentDefinition
 from ._models import ApiSettings as ApiSettings
-from ._models import ClusterSpec as ClusterSpec
-from ._models import FailureDetectorSettings as FailureDetectorSettings
 from ._models import FleetMetadata as FleetMetadata
 from ._models import FleetSpec as FleetSpec
-from ._models import HealthChecks as HealthChecks
-from ._models import ResourceQuotas as ResourceQuotas
-from ._models import RestartSettings as RestartSettings
-from ._models import RetrySettings as RetrySettings
-from ._models import ScalingBounds as ScalingBounds
 from ._models import StoreSettings as StoreSettings
 from ._models import json_schema as json_schema
 from ._operations import AlertingSettings as AlertingSettings

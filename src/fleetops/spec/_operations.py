@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from ._providers import SPEC_CONFIG
 from ._types import (
+    SPEC_CONFIG,
     Fraction,
     Number,
     PositiveCount,

@@ -12,13 +12,14 @@ import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
 from .._clock import Clock
 from ..providers import LatencyModel, OpenAIConfig, OpenAIProvider, SimulatedProvider
 from ..providers._openai import DEFAULT_API_KEY_ENV, DEFAULT_TIMEOUT
 from ..providers._simulated import DEFAULT_MODEL, DEFAULT_RETRY_AFTER
 from ._types import (
+    SPEC_CONFIG,
     EnvVarName,
     Fraction,
     Number,
@@ -31,8 +32,6 @@ from ._types import (
 
 BUILTIN_PROVIDER = "simulated"
 """The provider every cluster uses unless it names another."""
-
-SPEC_CONFIG = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 _LATENCY = LatencyModel()
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any, NamedTuple
 from pydantic import (
     AfterValidator,
     BeforeValidator,
+    ConfigDict,
     Field,
     PlainSerializer,
     Strict,
@@ -26,6 +27,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 SPEC_ERROR = "fleetops_spec"
+SPEC_CONFIG = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+"""Every spec model: unknown keys are errors, values are immutable, docstrings describe."""
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"

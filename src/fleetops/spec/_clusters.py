@@ -1,0 +1,295 @@
+"""A cluster in the spec: its agents, replicas, quotas, health checks, routes and scaling.
+
+Defaults come from the runtime's own settings objects, so the spec and the runtime
+cannot drift apart; each model builds the runtime object it describes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, Field, model_validator
+
+from ..queue import RetryPolicy
+from ..runtime import DetectorSettings, RestartPolicy, WorkerSettings
+from ._providers import BUILTIN_PROVIDER
+from ._types import (
+    SPEC_CONFIG,
+    Count,
+    EntryPoint,
+    Name,
+    Number,
+    PositiveCount,
+    PositiveSeconds,
+    Problem,
+    Seconds,
+    human_duration,
+    raise_problems,
+)
+
+_RETRY = RetryPolicy()
+_WORKER = WorkerSettings()
+_DETECTOR = DetectorSettings()
+_RESTART = RestartPolicy()
+
+DEFAULT_REPLICAS = 1
+
+
+class RetrySettings(BaseModel):
+    """Retry policy for one agent's tasks (see :class:`fleetops.RetryPolicy`)."""
+
+    model_config = SPEC_CONFIG
+
+    max_attempts: PositiveCount = _RETRY.max_attempts
+    """Failed attempts (the handler raised or timed out) before the task is dead-lettered."""
+    backoff_base: Seconds = _RETRY.backoff_base
+    """The first retry waits up to this long; each later one up to twice as long."""
+    backoff_max: Seconds = _RETRY.backoff_max
+    """No retry waits longer than this."""
+    max_redeliveries: Count = _RETRY.max_redeliveries
+    """Attempts lost to a dying worker before the task is dead-lettered as poison."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrySettings:
+        if self.backoff_max < self.backoff_base:
+            raise_problems(
+                [
+                    Problem(
+                        ("backoff_max",),
+                        self.backoff_max,
+                        f"backoff_max is below backoff_base ({human_duration(self.backoff_base)})",
+                        "use a backoff_max no smaller than backoff_base",
+                    )
+                ]
+            )
+        return self
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
+            max_redeliveries=self.max_redeliveries,
+        )
+
+
+class AgentDefinition(BaseModel):
+    """One agent of a cluster: its name and the async function that implements it."""
+
+    model_config = SPEC_CONFIG
+
+    name: Name
+    """The agent's name; tasks are addressed to 'cluster/name'."""
+    entrypoint: EntryPoint
+    """'package.module:function'; modules next to the spec file import."""
+    timeout: PositiveSeconds | None = None
+    """Per-attempt timeout; none when left out."""
+    retry: RetrySettings | None = None
+    """Overrides the retry policy the agent was registered with."""
+
+
+class ResourceQuotas(BaseModel):
+    """Upper bounds for one cluster; a limit left out is unbounded."""
+
+    model_config = SPEC_CONFIG
+
+    max_agents: PositiveCount | None = None
+    """Most replicas (worker processes hosting this cluster's agents) ever running."""
+    max_concurrent_tasks: PositiveCount | None = None
+    """Most tasks of this cluster running at once, across all its workers."""
+    tokens_per_minute: PositiveCount | None = None
+    """LLM tokens (prompt + completion) per minute across the cluster."""
+    cost_per_hour: Annotated[Number, Field(ge=0)] | None = None
+    """LLM spend per hour, priced with the provider's pricing."""
+
+
+class FailureDetectorSettings(BaseModel):
+    """The phi-accrual failure detector watching worker heartbeats."""
+
+    model_config = SPEC_CONFIG
+
+    threshold: Annotated[Number, Field(gt=0)] = _DETECTOR.threshold
+    """Suspect a worker when phi exceeds this (8 means a 1e-8 chance of a false alarm)."""
+    min_std: PositiveSeconds = _DETECTOR.min_std
+    """Floor for the learned heartbeat interval deviation."""
+    acceptable_pause: Seconds = _DETECTOR.acceptable_pause
+    """Heartbeat silence tolerated before phi starts rising."""
+    window: Annotated[int, Field(strict=True, ge=2)] = _DETECTOR.window
+    """Heartbeat intervals remembered."""
+
+
+class RestartSettings(BaseModel):
+    """How the supervisor restarts a cluster's failed workers."""
+
+    model_config = SPEC_CONFIG
+
+    intensity: PositiveCount = _RESTART.intensity
+    """More restarts than this within 'period' mark the cluster degraded."""
+    period: PositiveSeconds = _RESTART.period
+    backoff_base: Seconds = _RESTART.backoff_base
+    backoff_max: Seconds = _RESTART.backoff_max
+
+    @model_validator(mode="after")
+    def _check(self) -> RestartSettings:
+        if self.backoff_max < self.backoff_base:
+            raise_problems(
+                [
+                    Problem(
+                        ("backoff_max",),
+                        self.backoff_max,
+                        f"backoff_max is below backoff_base ({human_duration(self.backoff_base)})",
+                        "use a backoff_max no smaller than backoff_base",
+                    )
+                ]
+            )
+        return self
+
+
+class HealthChecks(BaseModel):
+    """Heartbeats, leases, failure detection and restarts for one cluster."""
+
+    model_config = SPEC_CONFIG
+
+    heartbeat_interval: PositiveSeconds = _WORKER.heartbeat_interval
+    """How often a worker heartbeats and extends its leases."""
+    lease_timeout: PositiveSeconds = _WORKER.lease_seconds
+    """A task whose lease is not extended within this long goes back to the queue."""
+    failure_detector: FailureDetectorSettings = FailureDetectorSettings()
+    restart: RestartSettings = RestartSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> HealthChecks:
+        if self.lease_timeout < 2 * self.heartbeat_interval:
+            raise_problems(
+                [
+                    Problem(
+                        ("lease_timeout",),
+                        self.lease_timeout,
+                        "the lease would expire before two heartbeats could extend it",
+                        "use at least twice heartbeat_interval "
+                        f"({human_duration(self.heartbeat_interval)})",
+                    )
+                ]
+            )
+        return self
+
+
+class ScalingBounds(BaseModel):
+    """The range the autoscaler keeps a cluster's replicas in."""
+
+    model_config = SPEC_CONFIG
+
+    min_replicas: Count = DEFAULT_REPLICAS
+    max_replicas: PositiveCount
+
+
+class ClusterSpec(BaseModel):
+    """A named pool of agents with its own quotas, health checks and scaling bounds."""
+
+    model_config = SPEC_CONFIG
+
+    agents: Annotated[tuple[AgentDefinition, ...], Field(min_length=1)]
+    replicas: Count = DEFAULT_REPLICAS
+    """Worker processes to run (the autoscaler moves it within 'scaling')."""
+    concurrency: PositiveCount = _WORKER.concurrency
+    """Tasks one worker runs at once."""
+    resource_quotas: ResourceQuotas = ResourceQuotas()
+    health_checks: HealthChecks = HealthChecks()
+    routes: tuple[Name, ...] = ()
+    """Clusters this cluster's agents may send tasks to."""
+    provider: Name = BUILTIN_PROVIDER
+    """The provider behind ctx.llm for this cluster's agents."""
+    scaling: ScalingBounds | None = None
+    """Leave out to keep 'replicas' fixed."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterSpec:
+        problems: list[Problem] = []
+        seen: dict[str, int] = {}
+        for index, agent in enumerate(self.agents):
+            if agent.name in seen:
+                problems.append(
+                    Problem(
+                        ("agents", index, "name"),
+                        agent.name,
+                        f"agent name used twice in this cluster (also agents[{seen[agent.name]}])",
+                        "give every agent of a cluster its own name",
+                    )
+                )
+            seen.setdefault(agent.name, index)
+        for index, route in enumerate(self.routes):
+            if route in self.routes[:index]:
+                problems.append(
+                    Problem(("routes", index), route, "route listed twice", "list once")
+                )
+        max_agents = self.resource_quotas.max_agents
+        if max_agents is not None and self.replicas > max_agents:
+            problems.append(
+                Problem(
+                    ("replicas",),
+                    self.replicas,
+                    f"more replicas than resource_quotas.max_agents ({max_agents})",
+                    f"use at most {max_agents} replicas or raise max_agents",
+                )
+            )
+        if self.scaling is not None:
+            problems += self._scaling_problems(self.scaling, max_agents)
+        raise_problems(problems)
+        return self
+
+    def _scaling_problems(self, scaling: ScalingBounds, max_agents: int | None) -> list[Problem]:
+        low, high = scaling.min_replicas, scaling.max_replicas
+        if low > high:
+            return [
+                Problem(
+                    ("scaling", "min_replicas"),
+                    low,
+                    f"min_replicas is above max_replicas ({high})",
+                    "use a min_replicas no larger than max_replicas",
+                )
+            ]
+        problems = []
+        if max_agents is not None and high > max_agents:
+            problems.append(
+                Problem(
+                    ("scaling", "max_replicas"),
+                    high,
+                    f"max_replicas is above resource_quotas.max_agents ({max_agents})",
+                    f"use at most {max_agents} or raise max_agents",
+                )
+            )
+        if not low <= self.replicas <= high:
+            problems.append(
+                Problem(
+                    ("replicas",),
+                    self.replicas,
+                    f"replicas is outside scaling bounds {low}..{high}",
+                    f"use a value from {low} to {high}",
+                )
+            )
+        return problems
+
+    def worker_settings(self) -> WorkerSettings:
+        return WorkerSettings(
+            concurrency=self.concurrency,
+            heartbeat_interval=self.health_checks.heartbeat_interval,
+            lease_seconds=self.health_checks.lease_timeout,
+        )
+
+    def detector_settings(self) -> DetectorSettings:
+        detector = self.health_checks.failure_detector
+        return DetectorSettings(
+            threshold=detector.threshold,
+            min_std=detector.min_std,
+            acceptable_pause=detector.acceptable_pause,
+            window=detector.window,
+        )
+
+    def restart_policy(self) -> RestartPolicy:
+        restart = self.health_checks.restart
+        return RestartPolicy(
+            backoff_base=restart.backoff_base,
+            backoff_max=restart.backoff_max,
+            intensity=restart.intensity,
+            period=restart.period,
+        )
