@@ -649,3 +649,18 @@ def test_react_loop_through_the_gateway_with_a_canned_last_resort() -> None:
         assert isinstance(degraded.skipped[0][1], AllProvidersFailed)
 
     run(main())
+
+
+def test_chat_response_round_trips_through_json_for_journaling() -> None:
+    import json
+
+    async def main() -> None:
+        sim = SimulatedProvider(seed=4, latency=NO_LATENCY)
+        reply = await sim.complete(ChatRequest.build("look it up", tools=[SEARCH]))
+        assert reply.tool_calls
+        again = ChatResponse.from_dict(json.loads(json.dumps(reply.to_dict())))
+        assert again == reply
+        with pytest.raises(UsageError, match="not a chat response"):
+            ChatResponse.from_dict({"content": "x"})
+
+    run(main())

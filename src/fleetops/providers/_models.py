@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._exceptions import UsageError
 from ._errors import InvalidChatRequest
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -278,3 +279,45 @@ class ChatResponse:
     def to_message(self) -> ChatMessage:
         """The assistant message to append to the conversation."""
         return ChatMessage("assistant", self.content, self.tool_calls)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form, e.g. to journal the answer with ``ctx.effect``."""
+        return {
+            "content": self.content,
+            "tool_calls": [c.to_dict() for c in self.tool_calls],
+            "finish_reason": self.finish_reason,
+            "usage": {
+                "input_tokens": self.usage.input_tokens,
+                "output_tokens": self.usage.output_tokens,
+            },
+            "model": self.model,
+            "provider": self.provider,
+            "latency": self.latency,
+            "time_to_first_token": self.time_to_first_token,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChatResponse:
+        """Read back what :meth:`to_dict` wrote."""
+        try:
+            usage = data["usage"]
+            calls = tuple(
+                _tool_call_from_dict(c, f"tool_calls[{i}]")
+                for i, c in enumerate(data["tool_calls"])
+            )
+            content = data["content"]
+            ttft = data.get("time_to_first_token")
+            return cls(
+                content=None if content is None else str(content),
+                tool_calls=calls,
+                finish_reason=str(data["finish_reason"]),
+                usage=Usage(int(usage["input_tokens"]), int(usage["output_tokens"])),
+                model=str(data["model"]),
+                provider=str(data["provider"]),
+                latency=float(data["latency"]),
+                time_to_first_token=None if ttft is None else float(ttft),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(
+                f"not a chat response written by ChatResponse.to_dict: {type(exc).__name__}: {exc}"
+            ) from None

@@ -124,6 +124,12 @@ class OpenAIProvider:
             raise ProviderUnavailable(
                 self.name, f"could not reach {self.config.base_url}: {exc!r}"
             ) from exc
+        except httpx.DecodingError as exc:
+            raise ProviderResponseError(
+                self.name, "body", str(exc), "a body readable in its declared Content-Encoding"
+            ) from exc
+        except httpx.RequestError as exc:
+            raise ProviderUnavailable(self.name, f"request failed: {exc!r}") from exc
         latency = self._clock.monotonic() - started
         self._raise_for_status(response)
         try:
