@@ -155,11 +155,7 @@ def test_defaults_are_the_seed_values() -> None:
         critical.utilization,
     ) == (10.0, 0.70, 5000.0, 0.95)
     retention = spec.observability.retention
-    assert (retention.high.keep, retention.medium.keep, retention.low.keep) == (
-        24 * 3600,
-        7 * 86400,
-        90 * 86400,
-    )
+    assert (retention.high, retention.medium, retention.low) == (24 * 3600, 7 * 86400, 90 * 86400)
     assert spec.alerting.escalation.critical_after == 15 * 60
     assert spec.alerting.escalation.warning_after == 60 * 60
     agent_failure = spec.recovery.agent_failure
@@ -188,15 +184,39 @@ alerting:
     critical_after: 1h30m
     business_hours: {start: 07:45, end: 17:00, days: [mon, sat]}
 observability:
-  retention:
-    high: {keep: 36h, resolution: 500ms}
+  retention: {high: 36h}
+  resolution: {high: 500ms}
 """
     )
     assert spec.alerting.escalation.critical_after == 5400.0
     assert spec.alerting.escalation.business_hours.end.hour == 17  # not the number 1020
-    assert spec.observability.retention.high.resolution == 0.5
+    assert spec.observability.retention.high == 36 * 3600
+    assert spec.observability.resolution.high == 0.5
     no_is_a_name = MINIMAL.replace("triage:", "no:")
     assert list(load_spec_text(no_is_a_name).clusters) == ["no"]  # not the boolean false
+
+
+def test_one_value_of_a_section_can_be_set_alone() -> None:
+    spec = load_spec_text(
+        MINIMAL
+        + """\
+alerting: {thresholds: {critical: {utilization: 0.99}}}
+recovery: {agent_failure: {detect_within: 10s}}
+observability: {retention: {low: 365d}}
+"""
+    )
+    thresholds = spec.alerting.thresholds
+    assert (thresholds.critical.utilization, thresholds.critical.consensus_success_rate) == (
+        0.99,
+        0.70,
+    )
+    assert thresholds.warning.utilization == 0.80
+    agent_failure = spec.recovery.agent_failure
+    assert agent_failure.detect_within == 10 and agent_failure.actions[0] == (
+        "redistribute_agent_workload"
+    )
+    assert spec.observability.retention.low == 365 * 86400
+    assert spec.observability.retention.medium == 7 * 86400
 
 
 def test_a_validated_spec_dumps_and_validates_again() -> None:
@@ -385,9 +405,8 @@ def test_section_checks_report_every_problem_of_the_section() -> None:
         MINIMAL
         + """\
 observability:
-  retention:
-    medium: {keep: 12h, resolution: 5m}
-    low: {keep: 90d, resolution: 1m}
+  retention: {medium: 12h}
+  resolution: {low: 1m}
 alerting:
   thresholds:
     critical:
@@ -400,14 +419,14 @@ alerting:
     issues = by_path(issues_of(text))
 
     assert set(issues) == {
-        "observability.retention.medium.keep",
-        "observability.retention.low.resolution",
+        "observability.retention.medium",
+        "observability.resolution.low",
         "alerting.thresholds.critical.coordination_p95_seconds",
         "alerting.thresholds.critical.consensus_success_rate",
     }
-    keep = issues["observability.retention.medium.keep"]
-    assert keep.value == '"12h"'  # as written, not in seconds
-    assert keep.fix == "keep medium longer than high (1d)"
+    kept = issues["observability.retention.medium"]
+    assert kept.value == '"12h"'  # as written, not in seconds
+    assert kept.fix == "keep it longer than high (1d)"
     assert issues["alerting.thresholds.critical.consensus_success_rate"].line == line_of(
         text, "consensus_success_rate: 0.9"
     )

@@ -4,7 +4,8 @@ Their defaults are the values the project was seeded with: retention tiers of 24
 (high resolution), 7 days (medium) and 90 days (low); warning and critical thresholds
 for the fleet metrics; escalation after 15 minutes (critical) and 60 minutes (warning);
 the ``agent_failure``, ``cluster_failure``, ``network_partition`` and
-``consensus_failure`` recovery strategies.
+``consensus_failure`` recovery strategies. Every value can be set on its own: a
+section that sets one value keeps the defaults of the others.
 """
 
 from __future__ import annotations
@@ -37,63 +38,64 @@ RecoveryAction = Literal[
     "retry_consensus",
     "quarantine_faulty_agents",
 ]
-_Actions = Annotated[tuple[RecoveryAction, ...], Field(min_length=1)]
 
 
 # --- observability ------------------------------------------------------------------------------
 
-
-class RetentionTier(BaseModel):
-    """How long one resolution of metric history is kept."""
-
-    model_config = SPEC_CONFIG
-
-    keep: PositiveSeconds
-    """How long samples at this resolution are kept."""
-    resolution: PositiveSeconds
-    """The step between stored samples."""
+_TIERS = ("high", "medium", "low")
 
 
 class Retention(BaseModel):
-    """Metric history tiers, from fine and short to coarse and long."""
+    """How long metric history is kept at each resolution; coarser tiers are kept longer."""
 
     model_config = SPEC_CONFIG
 
-    high: RetentionTier = RetentionTier(keep=24 * 3600, resolution=10)
-    medium: RetentionTier = RetentionTier(keep=7 * 86400, resolution=300)
-    low: RetentionTier = RetentionTier(keep=90 * 86400, resolution=3600)
+    high: PositiveSeconds = 24 * 3600.0
+    """High-resolution history is kept this long."""
+    medium: PositiveSeconds = 7 * 86400.0
+    """Medium-resolution history is kept this long."""
+    low: PositiveSeconds = 90 * 86400.0
+    """Low-resolution history is kept this long."""
 
     @model_validator(mode="after")
-    def _tiers_in_order(self) -> Retention:
+    def _longer_when_coarser(self) -> Retention:
         problems = []
-        tiers = (("high", self.high), ("medium", self.medium), ("low", self.low))
-        for name, tier in tiers:
-            if tier.resolution >= tier.keep:
+        for finer, coarser in zip(_TIERS, _TIERS[1:], strict=False):
+            kept, longer = getattr(self, finer), getattr(self, coarser)
+            if longer <= kept:
                 problems.append(
                     Problem(
-                        (name, "resolution"),
-                        tier.resolution,
-                        "the resolution is not shorter than the time kept",
-                        f"use a resolution shorter than {name}.keep",
+                        (coarser,),
+                        longer,
+                        f"{coarser} history is kept no longer than {finer}",
+                        f"keep it longer than {finer} ({human_duration(kept)})",
                     )
                 )
-        for (finer, a), (coarser, b) in zip(tiers, tiers[1:], strict=False):
-            if b.keep <= a.keep:
+        raise_problems(problems)
+        return self
+
+
+class Resolution(BaseModel):
+    """The step between stored samples in each tier."""
+
+    model_config = SPEC_CONFIG
+
+    high: PositiveSeconds = 10.0
+    medium: PositiveSeconds = 300.0
+    low: PositiveSeconds = 3600.0
+
+    @model_validator(mode="after")
+    def _coarser_in_order(self) -> Resolution:
+        problems = []
+        for finer, coarser in zip(_TIERS, _TIERS[1:], strict=False):
+            step, wider = getattr(self, finer), getattr(self, coarser)
+            if wider < step:
                 problems.append(
                     Problem(
-                        (coarser, "keep"),
-                        b.keep,
-                        f"{coarser} keeps history no longer than {finer}",
-                        f"keep {coarser} longer than {finer} ({human_duration(a.keep)})",
-                    )
-                )
-            if b.resolution < a.resolution:
-                problems.append(
-                    Problem(
-                        (coarser, "resolution"),
-                        b.resolution,
+                        (coarser,),
+                        wider,
                         f"{coarser} is finer than {finer}",
-                        f"use a resolution of at least {human_duration(a.resolution)}",
+                        f"use a step of at least {human_duration(step)}",
                     )
                 )
         raise_problems(problems)
@@ -101,14 +103,44 @@ class Retention(BaseModel):
 
 
 class ObservabilitySettings(BaseModel):
-    """Metric history."""
+    """Metric history: how long each tier is kept and at what resolution."""
 
     model_config = SPEC_CONFIG
 
     retention: Retention = Retention()
+    resolution: Resolution = Resolution()
+
+    @model_validator(mode="after")
+    def _step_within_retention(self) -> ObservabilitySettings:
+        problems = []
+        for tier in _TIERS:
+            step, kept = getattr(self.resolution, tier), getattr(self.retention, tier)
+            if step >= kept:
+                problems.append(
+                    Problem(
+                        ("resolution", tier),
+                        step,
+                        f"the step is not shorter than the time kept ({human_duration(kept)})",
+                        f"use a step shorter than retention.{tier}",
+                    )
+                )
+        raise_problems(problems)
+        return self
 
 
 # --- alerting -----------------------------------------------------------------------------------
+
+CoordinationP95 = Annotated[
+    Number, Field(gt=0, description="p95 of agent_coordination_efficiency above this alerts.")
+]
+ConsensusSuccess = Annotated[
+    Fraction, Field(description="consensus_success_rate below this alerts.")
+]
+MessageLatencyP95 = Annotated[
+    Number,
+    Field(gt=0, description="p95 of message_delivery_latency above this (milliseconds) alerts."),
+]
+Utilization = Annotated[Fraction, Field(description="agent_utilization above this alerts.")]
 
 
 class ThresholdLevel(BaseModel):
@@ -116,18 +148,32 @@ class ThresholdLevel(BaseModel):
 
     model_config = SPEC_CONFIG
 
-    coordination_p95_seconds: Annotated[Number, Field(gt=0)]
-    """p95 of agent_coordination_efficiency above this alerts."""
-    consensus_success_rate: Fraction
-    """consensus_success_rate below this alerts."""
-    message_latency_p95_ms: Annotated[Number, Field(gt=0)]
-    """p95 of message_delivery_latency above this (milliseconds) alerts."""
-    utilization: Fraction
-    """agent_utilization above this alerts."""
+    coordination_p95_seconds: CoordinationP95
+    consensus_success_rate: ConsensusSuccess
+    message_latency_p95_ms: MessageLatencyP95
+    utilization: Utilization
     reasoning_chain_length_p95: PositiveCount | None = None
     """p95 of reasoning_chain_length above this alerts; no alert when left out."""
     planning_success_rate: Fraction | None = None
     """planning_success_rate below this alerts; no alert when left out."""
+
+
+class WarningThresholds(ThresholdLevel):
+    """Warning alerts; any value left out keeps its default."""
+
+    coordination_p95_seconds: CoordinationP95 = 5.0
+    consensus_success_rate: ConsensusSuccess = 0.85
+    message_latency_p95_ms: MessageLatencyP95 = 1000.0
+    utilization: Utilization = 0.80
+
+
+class CriticalThresholds(ThresholdLevel):
+    """Critical alerts; any value left out keeps its default."""
+
+    coordination_p95_seconds: CoordinationP95 = 10.0
+    consensus_success_rate: ConsensusSuccess = 0.70
+    message_latency_p95_ms: MessageLatencyP95 = 5000.0
+    utilization: Utilization = 0.95
 
 
 _HIGHER_IS_WORSE = ("coordination_p95_seconds", "message_latency_p95_ms", "utilization")
@@ -139,18 +185,8 @@ class AlertThresholds(BaseModel):
 
     model_config = SPEC_CONFIG
 
-    warning: ThresholdLevel = ThresholdLevel(
-        coordination_p95_seconds=5.0,
-        consensus_success_rate=0.85,
-        message_latency_p95_ms=1000.0,
-        utilization=0.80,
-    )
-    critical: ThresholdLevel = ThresholdLevel(
-        coordination_p95_seconds=10.0,
-        consensus_success_rate=0.70,
-        message_latency_p95_ms=5000.0,
-        utilization=0.95,
-    )
+    warning: WarningThresholds = WarningThresholds()
+    critical: CriticalThresholds = CriticalThresholds()
 
     @model_validator(mode="after")
     def _critical_is_worse(self) -> AlertThresholds:
@@ -260,16 +296,22 @@ class AlertingSettings(BaseModel):
 
 # --- recovery -----------------------------------------------------------------------------------
 
+DetectWithin = Annotated[
+    PositiveSeconds, Field(description="The failure must be detected within this long.")
+]
+Actions = Annotated[
+    tuple[RecoveryAction, ...],
+    Field(min_length=1, description="The recovery steps, run in this order."),
+]
+
 
 class RecoveryStrategy(BaseModel):
     """How fast a failure must be detected and the steps run, in order, to recover."""
 
     model_config = SPEC_CONFIG
 
-    detect_within: PositiveSeconds
-    """The failure must be detected within this long."""
-    actions: _Actions
-    """The recovery steps, run in this order."""
+    detect_within: DetectWithin
+    actions: Actions
 
     @model_validator(mode="after")
     def _unique_actions(self) -> RecoveryStrategy:
@@ -285,28 +327,45 @@ class RecoveryStrategy(BaseModel):
         return self
 
 
+class AgentFailureRecovery(RecoveryStrategy):
+    """A worker died or stopped heartbeating (the supervisor's recovery, in its order)."""
+
+    detect_within: DetectWithin = 30.0
+    actions: Actions = (
+        "redistribute_agent_workload",
+        "restart_failed_agent",
+        "spawn_replacement_agent",
+        "notify_operations_team",
+    )
+
+
+class ClusterFailureRecovery(RecoveryStrategy):
+    """Every worker of a cluster is down."""
+
+    detect_within: DetectWithin = 60.0
+    actions: Actions = ("redistribute_agent_workload", "restart_cluster", "notify_operations_team")
+
+
+class NetworkPartitionRecovery(RecoveryStrategy):
+    """Workers cannot reach the store or each other."""
+
+    detect_within: DetectWithin = 30.0
+    actions: Actions = ("fence_stale_leases", "notify_operations_team")
+
+
+class ConsensusFailureRecovery(RecoveryStrategy):
+    """Agents failed to reach consensus."""
+
+    detect_within: DetectWithin = 60.0
+    actions: Actions = ("retry_consensus", "quarantine_faulty_agents", "notify_operations_team")
+
+
 class RecoverySettings(BaseModel):
-    """The recovery strategy for each kind of failure."""
+    """The recovery strategy for each kind of failure; a value left out keeps its default."""
 
     model_config = SPEC_CONFIG
 
-    agent_failure: RecoveryStrategy = RecoveryStrategy(
-        detect_within=30.0,
-        actions=(
-            "redistribute_agent_workload",
-            "restart_failed_agent",
-            "spawn_replacement_agent",
-            "notify_operations_team",
-        ),
-    )
-    cluster_failure: RecoveryStrategy = RecoveryStrategy(
-        detect_within=60.0,
-        actions=("redistribute_agent_workload", "restart_cluster", "notify_operations_team"),
-    )
-    network_partition: RecoveryStrategy = RecoveryStrategy(
-        detect_within=30.0, actions=("fence_stale_leases", "notify_operations_team")
-    )
-    consensus_failure: RecoveryStrategy = RecoveryStrategy(
-        detect_within=60.0,
-        actions=("retry_consensus", "quarantine_faulty_agents", "notify_operations_team"),
-    )
+    agent_failure: AgentFailureRecovery = AgentFailureRecovery()
+    cluster_failure: ClusterFailureRecovery = ClusterFailureRecovery()
+    network_partition: NetworkPartitionRecovery = NetworkPartitionRecovery()
+    consensus_failure: ConsensusFailureRecovery = ConsensusFailureRecovery()
