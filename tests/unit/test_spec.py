@@ -654,6 +654,8 @@ def test_providers_build_the_gateway_objects() -> None:
 
     with pytest.raises(MissingAPIKey):
         spec.build_providers(environ={})
+    [only] = spec.build_providers(environ={}, names={"fast"})
+    assert only.name == "fast"
     providers = spec.build_providers(environ={"MY_OPENAI_KEY": "k"})
     try:
         assert [p.name for p in providers] == ["simulated", "fast", "gpt"]

@@ -21,7 +21,7 @@ problem with its own path; see :mod:`fleetops.spec._types`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -246,14 +246,22 @@ class FleetSpec(BaseModel):
         return self.provider_specs()[self.clusters[cluster].provider]
 
     def build_providers(
-        self, *, clock: Clock | None = None, environ: Mapping[str, str] | None = None
+        self,
+        *,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+        names: Collection[str] | None = None,
     ) -> list[Provider]:
-        """A provider object for every provider spec, for the gateway; the caller closes them.
+        """A provider object for each provider spec, for the gateway; the caller closes them.
 
-        Raises :class:`~fleetops.providers.MissingAPIKey` when an API key variable is unset.
+        ``names`` limits them to those providers (e.g. the one a cluster uses), so a
+        key that only another cluster needs does not have to be set. Raises
+        :class:`~fleetops.providers.MissingAPIKey` when an API key variable is unset.
         """
         built: list[Provider] = []
         for name, spec in self.provider_specs().items():
+            if names is not None and name not in names:
+                continue
             if isinstance(spec, SimulatedProviderSpec):
                 built.append(spec.build(name, clock=clock))
             else:
