@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
-from . import _bench, _chaos
+from . import _bench, _chaos, _fleet, _spec
 
 app = typer.Typer(
     name="fleetops",
@@ -16,6 +16,19 @@ app = typer.Typer(
 )
 app.add_typer(_bench.app, name="bench")
 app.add_typer(_chaos.app, name="chaos")
+for command in (
+    _fleet.up,
+    _fleet.down,
+    _fleet.apply,
+    _fleet.status,
+    _fleet.submit,
+    _fleet.tasks,
+    _spec.validate,
+    _spec.schema,
+    _fleet.readiness,
+    _fleet.changes,
+):
+    app.command()(command)
 
 
 @app.command()

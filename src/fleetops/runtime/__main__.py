@@ -11,11 +11,12 @@ import json
 import logging
 import signal
 import sys
+from dataclasses import replace
 
 from ..providers import Gateway
 from ..queue import QueueClient
 from ..telemetry import configure_json_logging
-from ._agent import load_agent
+from ._agent import AgentSpec, load_agent
 from ._worker import Worker, WorkerSettings
 
 
@@ -30,13 +31,14 @@ async def _main(config: dict[str, object]) -> int:
     specs = [load_agent(str(e)) for e in config["agents"]]  # type: ignore[attr-defined]
     settings = WorkerSettings(**config.get("settings", {}))  # type: ignore[arg-type]
     cluster = str(config["cluster"])
-    gateway, routes = _from_spec(config.get("spec"), cluster)  # type: ignore[arg-type]
+    gateway, routes, named = _from_spec(config.get("spec"), cluster)  # type: ignore[arg-type]
+    agents = {s.name: s for s in specs} | named
     async with QueueClient(str(config["store"])) as client:
         worker = Worker(
             client,
             worker_id=str(config["worker_id"]),
             cluster=str(config["cluster"]),
-            agents={s.name: s for s in specs},
+            agents=agents,
             settings=settings,
             parent_pid=config.get("parent_pid"),  # type: ignore[arg-type]
             gateway=gateway,
@@ -50,27 +52,40 @@ async def _main(config: dict[str, object]) -> int:
     return 3 if worker.dead else 0
 
 
-def _from_spec(spec_path: str | None, cluster: str) -> tuple[Gateway | None, list[str] | None]:
-    """The gateway and routes of ``cluster`` as the fleet spec at ``spec_path`` sets them.
+def _from_spec(
+    spec_path: str | None, cluster: str
+) -> tuple[Gateway | None, list[str] | None, dict[str, AgentSpec]]:
+    """The gateway, routes and agents of ``cluster`` as the fleet spec at ``spec_path``
+    sets them: agents under the spec's names, with the spec's timeout and retry policy.
 
     The cluster's tokens-per-minute quota is shared evenly among its workers.
     """
     if not spec_path:
-        return None, None
+        return None, None, {}
     from ..providers import Gateway
     from ..spec import load_spec
 
     spec = load_spec(spec_path)
     cluster_spec = spec.clusters[cluster]
+    named: dict[str, AgentSpec] = {}
+    for definition in cluster_spec.agents:
+        loaded = load_agent(definition.entrypoint)
+        named[definition.name] = replace(
+            loaded,
+            name=definition.name,
+            timeout=definition.timeout if definition.timeout is not None else loaded.timeout,
+            retry=definition.retry.policy() if definition.retry is not None else loaded.retry,
+        )
     quotas = spec.tokens_per_minute()
+    share = {}
     if cluster in quotas:
-        quotas = {cluster: max(1, quotas[cluster] // max(1, cluster_spec.replicas))}
+        share = {cluster: max(1, quotas[cluster] // max(1, cluster_spec.replicas))}
     gateway = Gateway(
-        spec.build_providers(),
+        spec.build_providers(names={cluster_spec.provider}),
         default=cluster_spec.provider,
-        tokens_per_minute={k: v for k, v in quotas.items() if k == cluster},
+        tokens_per_minute=share,
     )
-    return gateway, list(cluster_spec.routes)
+    return gateway, list(cluster_spec.routes), named
 
 
 def main() -> None:

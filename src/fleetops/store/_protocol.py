@@ -136,6 +136,8 @@ class Store(Protocol):
 
     def running_count(self, queue: str) -> int: ...
 
+    def count_dead_since(self, since: float) -> int: ...
+
     # workers and events
     def register_worker(
         self,

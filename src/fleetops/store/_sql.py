@@ -553,6 +553,12 @@ class SqlStore:
         ).fetchall()
         return [DeploymentRecord(*r) for r in rows]
 
+    def count_dead_since(self, since: float) -> int:
+        row = self._exec(
+            "SELECT COUNT(*) FROM tasks WHERE state = 'dead' AND finished_at >= ?", (since,)
+        ).fetchone()
+        return int(row[0])
+
     def running_count(self, queue: str) -> int:
         row = self._exec(
             "SELECT COUNT(*) FROM tasks WHERE state = 'running' AND queue = ?", (queue,)

@@ -1,0 +1,265 @@
+"""The HTTP API: a FastAPI app over one control plane."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Query, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .. import __version__
+from .._exceptions import UnknownTask, UsageError
+from ..runtime._context import split_address
+from ..store import TASK_STATES, NewTask, TaskRecord
+from . import _problems
+from ._metrics import FleetCollector
+from ._models import ApplyRequest, ApplyResponse, Submitted, TaskSubmit
+
+if TYPE_CHECKING:
+    from ..control import ControlPlane
+
+
+def _task_json(record: TaskRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": record.id,
+        "cluster": record.queue,
+        "agent": record.agent,
+        "state": record.state,
+        "priority": record.priority,
+        "payload": json.loads(record.payload),
+        "result": json.loads(record.result) if record.result is not None else None,
+        "error": record.error,
+        "dead_reason": record.dead_reason,
+        "attempts": record.attempts,
+        "failures": record.failures,
+        "redeliveries": record.redeliveries,
+        "epoch": record.epoch,
+        "lease_owner": record.lease_owner,
+        "idempotency_key": record.idempotency_key,
+        "parent_id": record.parent_id,
+        "deadline": record.deadline,
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+    }
+    return out
+
+
+def create_app(plane: ControlPlane) -> FastAPI:
+    """The API of ``plane``; the app factory, and the only place that knows the plane."""
+    app = FastAPI(
+        title="fleetops",
+        version=__version__,
+        description="Run, supervise and operate a multi-agent fleet.",
+    )
+    _problems.install(app)
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(plane))
+
+    def client() -> Any:
+        if plane.client is None:
+            raise UsageError("the fleet is not deployed yet")
+        return plane.client
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The API process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """200 once the fleet is deployed and every desired worker heartbeats, else 503."""
+        sup = plane.supervisor
+        ready = (
+            plane.deployed
+            and sup is not None
+            and all(
+                sum(1 for h in sup.live_workers(c) if h.first_heartbeat_at)
+                >= plane.desired_replicas(c)
+                for c in plane.spec.clusters
+            )
+        )
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics of the whole fleet."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/api/v1/tasks", status_code=201, response_model=Submitted, tags=["tasks"])
+    async def submit(body: TaskSubmit) -> Submitted:
+        """Submit a task to ``cluster/agent``; an idempotency key returns the same task."""
+        cluster, agent = split_address(body.agent, "")
+        spec_cluster = plane.spec.clusters.get(cluster)
+        if spec_cluster is None:
+            raise UsageError(
+                f"agent: {body.agent!r} names no cluster of this fleet: use one of "
+                f"{', '.join(plane.spec.clusters)} as 'cluster/agent'"
+            )
+        names = [a.name for a in spec_cluster.agents]
+        if agent not in names:
+            raise UsageError(
+                f"agent: cluster {cluster!r} has no agent {agent!r}: use one of {', '.join(names)}"
+            )
+        task = NewTask(
+            queue=cluster,
+            agent=agent,
+            payload=json.dumps(body.payload),
+            priority=body.priority,
+            deadline=body.deadline,
+            idempotency_key=body.idempotency_key,
+            max_attempts=body.max_attempts,
+        )
+        done = await client().submit(task)
+        return Submitted(id=done.id, created=done.created)
+
+    @app.get("/api/v1/tasks/{task_id}", tags=["tasks"])
+    async def get_task(task_id: int) -> dict[str, Any]:
+        """One task, with every attempt and its effects journal."""
+        c = client()
+        record = await c.run(c.store.get_task, task_id)
+        if record is None:
+            raise UnknownTask(task_id)
+        out = _task_json(record)
+        out["attempt_history"] = [_attempt(a) for a in await c.run(c.store.attempts, task_id)]
+        out["effects"] = [_effect(e) for e in await c.run(c.store.effects, task_id)]
+        return out
+
+    @app.post("/api/v1/tasks/{task_id}/cancel", tags=["tasks"])
+    async def cancel(task_id: int, reason: str = "cancelled through the API") -> dict[str, Any]:
+        """Cancel a queued or running task (a running one's holder is fenced off)."""
+        c = client()
+        if await c.run(c.store.get_task, task_id) is None:
+            raise UnknownTask(task_id)
+        cancelled = await c.run(c.store.cancel, task_id, c.clock.now(), reason)
+        return {"id": task_id, "cancelled": cancelled}
+
+    @app.get("/api/v1/tasks", tags=["tasks"])
+    async def list_tasks(
+        state: str | None = Query(None, description=f"one of {', '.join(TASK_STATES)}"),
+        cluster: str | None = None,
+        agent: str | None = None,
+        limit: int = Query(100, ge=1, le=1000),
+        after: int | None = Query(None, description="page after this task id"),
+    ) -> dict[str, Any]:
+        """Tasks, oldest first, filtered by state, cluster and agent."""
+        if state is not None and state not in TASK_STATES:
+            raise UsageError(
+                f"state: {state!r} is not a task state: use one of {', '.join(TASK_STATES)}"
+            )
+        c = client()
+        records = await c.run(c.store.list_tasks, state, cluster, agent, limit, after)
+        items = [_task_json(r) for r in records]
+        return {"items": items, "next_after": items[-1]["id"] if len(items) == limit else None}
+
+    @app.get("/api/v1/clusters", tags=["fleet"])
+    async def clusters() -> list[dict[str, Any]]:
+        """Every cluster: workers desired and live, health, quotas, queue."""
+        c = client()
+        counts = await c.run(c.store.count_tasks)
+        sup = plane.supervisor
+        out = []
+        for name, spec in plane.spec.clusters.items():
+            states = {s: 0 for s in TASK_STATES}
+            for (queue, _, state), n in counts.items():
+                if queue == name:
+                    states[state] += n
+            live = sup.live_workers(name) if sup else []
+            out.append(
+                {
+                    "name": name,
+                    "agents": [a.name for a in spec.agents],
+                    "desired_workers": plane.desired_replicas(name),
+                    "live_workers": len(live),
+                    "heartbeating_workers": sum(1 for h in live if h.first_heartbeat_at),
+                    "degraded": bool(sup and name in sup.degraded),
+                    "concurrency": spec.concurrency,
+                    "routes": list(spec.routes),
+                    "provider": spec.provider,
+                    "resource_quotas": spec.resource_quotas.model_dump(mode="json"),
+                    "tasks": states,
+                }
+            )
+        return out
+
+    @app.get("/api/v1/workers", tags=["fleet"])
+    async def workers(cluster: str | None = None) -> list[dict[str, Any]]:
+        """Every worker the store knows (live, stopped and dead), newest last."""
+        c = client()
+        return [_worker(w) for w in await c.run(c.store.list_workers, cluster)]
+
+    @app.get("/api/v1/deployments", tags=["fleet"])
+    async def deployments(limit: int = Query(20, ge=1, le=200)) -> list[dict[str, Any]]:
+        """Deployments, newest first, with their phases and readiness."""
+        c = client()
+        rows = await c.run(c.store.list_deployments, limit)
+        return [
+            {
+                "id": d.id,
+                "started_at": d.started_at,
+                "finished_at": d.finished_at,
+                "fleet": d.fleet,
+                "spec_hash": d.spec_hash,
+                "actor": d.actor,
+                "state": d.state,
+                "failed_phase": d.failed_phase,
+                "error": d.error,
+                "phases": json.loads(d.phases),
+                "readiness": json.loads(d.readiness) if d.readiness else None,
+            }
+            for d in rows
+        ]
+
+    @app.get("/api/v1/changes", tags=["fleet"])
+    async def changes(
+        limit: int = Query(100, ge=1, le=1000), after: int = 0
+    ) -> list[dict[str, Any]]:
+        """The change log: every deploy and apply, with actor, time, reason and diff."""
+        c = client()
+        rows = await c.run(c.store.list_changes, limit, after)
+        return [
+            {
+                "id": r.id,
+                "at": r.at,
+                "actor": r.actor,
+                "kind": r.kind,
+                "subject": r.subject,
+                "reason": r.reason,
+                "diff": json.loads(r.diff),
+            }
+            for r in rows
+        ]
+
+    @app.post("/api/v1/apply", response_model=ApplyResponse, tags=["fleet"])
+    async def apply(body: ApplyRequest) -> ApplyResponse:
+        """Change the running fleet to this spec: scale, add or remove clusters, roll out."""
+        result = await plane.apply(
+            body.spec, actor=body.actor, reason=body.reason, rollout=tuple(body.rollout)
+        )
+        return ApplyResponse(change_id=result.change_id, diff=result.diff, actions=result.actions)
+
+    @app.get("/api/v1/readiness", tags=["fleet"])
+    async def readiness() -> dict[str, Any]:
+        """The production-readiness score now, check by check."""
+        return (await plane.readiness()).as_dict()
+
+    return app
+
+
+def _attempt(a: Any) -> dict[str, Any]:
+    return dataclasses.asdict(a)
+
+
+def _effect(e: Any) -> dict[str, Any]:
+    out = dataclasses.asdict(e)
+    if out.get("result") is not None:
+        out["result"] = json.loads(out["result"])
+    return out
+
+
+def _worker(w: Any) -> dict[str, Any]:
+    return dataclasses.asdict(w)

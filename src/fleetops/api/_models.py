@@ -1,0 +1,40 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TaskSubmit(BaseModel):
+    """A task to submit, addressed ``cluster/agent``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(description="'cluster/agent', e.g. 'intake/classify'", min_length=3)
+    payload: Any = None
+    priority: int = Field(0, ge=-1000, le=1000)
+    deadline: float | None = Field(None, description="seconds since the epoch")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    max_attempts: int = Field(0, ge=0, le=100, description="0: the agent's retry policy")
+
+
+class Submitted(BaseModel):
+    id: int
+    created: bool
+
+
+class ApplyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spec: str = Field(description="the whole fleet spec, as YAML text")
+    actor: str | None = None
+    reason: str = ""
+    rollout: list[str] = Field(default_factory=list, description="clusters to restart anyway")
+
+
+class ApplyResponse(BaseModel):
+    change_id: int
+    diff: list[dict[str, Any]]
+    actions: list[str]

@@ -1,0 +1,69 @@
+"""Errors as ``application/problem+json`` (RFC 9457)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .._exceptions import FleetOpsError, UsageError
+
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"),
+                "value": err.get("input"),
+                "message": err.get("msg"),
+            }
+            for err in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return problem(422, "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(UsageError)
+    async def usage(request: Request, exc: UsageError) -> JSONResponse:
+        extra: dict[str, Any] = {}
+        for name in ("field", "value", "fix"):
+            if hasattr(exc, name):
+                extra[name] = getattr(exc, name)
+        issues = getattr(exc, "issues", None)
+        if issues:
+            extra["errors"] = [
+                {
+                    "line": i.line,
+                    "column": i.column,
+                    "field": i.path,
+                    "value": i.value,
+                    "message": i.message,
+                    "fix": i.fix,
+                }
+                for i in issues
+            ]
+        return problem(422, "Invalid request", str(exc), **_jsonable(extra))
+
+    @app.exception_handler(FleetOpsError)
+    async def broken(request: Request, exc: FleetOpsError) -> JSONResponse:
+        return problem(503, "Service unavailable", str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), str(exc.detail))
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]

@@ -1,0 +1,361 @@
+"""``fleetops up``, ``down``, ``apply``, ``status``, ``submit``, ``tasks``, ``readiness``,
+``changes``: deploying and operating a fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from ..control import PHASES, ControlPlane, DeploymentReport, read_running
+from ..control._state import pid_alive
+from ._common import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    err,
+    fail,
+    out,
+    print_json,
+    setup_logging,
+    user_errors,
+)
+from ._remote import api_url, call
+from ._spec import load_or_exit
+
+SPEC_HELP = "The fleet spec (YAML)."
+API_HELP = "The control plane's API (default: the fleet running here, else 127.0.0.1:8470)."
+
+
+def _time(at: float | None) -> str:
+    if at is None:
+        return "—"
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_report(report: DeploymentReport) -> None:
+    for phase in report.phases:
+        mark = "[green]✓[/]" if phase.ok else "[red]✗[/]"
+        out.print(
+            f"{mark} {phase.name:<28} {phase.seconds:6.2f} s  {phase.detail}", highlight=False
+        )
+    if not report.deployment_successful:
+        err.print(
+            f"[bold red]deployment failed in {report.failed_phase}:[/] {report.error}",
+            highlight=False,
+        )
+        err.print("everything this deployment started was stopped")
+        return
+    if report.readiness is not None:
+        table = Table(
+            title=f"production readiness: {report.readiness.score}/100", title_justify="left"
+        )
+        table.add_column("check")
+        table.add_column("weight", justify="right")
+        table.add_column("")
+        table.add_column("why")
+        for check in report.readiness.checks:
+            table.add_row(
+                check.name,
+                str(check.weight),
+                "[green]pass[/]" if check.passed else "[red]fail[/]",
+                check.why,
+            )
+        out.print(table)
+
+
+async def _status_table(plane: ControlPlane) -> Table:
+    client = plane.client
+    table = Table(
+        title=f"fleet {plane.spec.fleet.name} — API {plane.api_url} — Ctrl-C stops",
+        title_justify="left",
+    )
+    for column in ("cluster", "workers", "queued", "running", "succeeded", "dead", "health"):
+        table.add_column(column, justify="left" if column in ("cluster", "health") else "right")
+    counts = await client.run(client.store.count_tasks) if client else {}
+    sup = plane.supervisor
+    for name in plane.spec.clusters:
+        by_state: dict[str, int] = {}
+        for (queue, _, state), n in counts.items():
+            if queue == name:
+                by_state[state] = by_state.get(state, 0) + n
+        live = sum(1 for h in sup.live_workers(name) if h.first_heartbeat_at) if sup else 0
+        health = "[red]degraded[/]" if sup and name in sup.degraded else "[green]ok[/]"
+        table.add_row(
+            name,
+            f"{live}/{plane.desired_replicas(name)}",
+            str(by_state.get("queued", 0)),
+            str(by_state.get("running", 0)),
+            str(by_state.get("succeeded", 0)),
+            str(by_state.get("dead", 0)),
+            health,
+        )
+    return table
+
+
+async def _run_up(plane: ControlPlane, smoke: bool, json_output: bool, live: bool) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with plane:
+        status = None
+        if not json_output:
+            status = err.status("deploying…")
+            status.start()
+        try:
+            report = await plane.deploy()
+        finally:
+            if status is not None:
+                status.stop()
+        if json_output and (smoke or not report.deployment_successful):
+            print_json(report.as_dict())
+        elif not json_output:
+            _print_report(report)
+        if not report.deployment_successful:
+            return EXIT_FAILURE
+        if smoke:
+            return 0
+        if json_output:
+            print_json(report.as_dict())
+        else:
+            out.print(f"API and dashboard: [bold]{plane.api_url}[/]  (Ctrl-C drains and stops)")
+        serving = asyncio.create_task(plane.serve(stop), name="reconciler")
+        try:
+            if live and not json_output:
+                with Live(await _status_table(plane), console=out, refresh_per_second=2) as view:
+                    while not stop.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(1.0):
+                                await stop.wait()
+                        view.update(await _status_table(plane))
+            else:
+                await stop.wait()
+        finally:
+            stop.set()
+            await serving
+        if not json_output:
+            err.print("draining workers and stopping…")
+    return 0
+
+
+def up(
+    file: Path = typer.Argument(..., help=SPEC_HELP),
+    smoke: bool = typer.Option(False, "--smoke", help="Deploy, validate, tear down, exit."),
+    json_output: bool = typer.Option(False, "--json", help="Print the deployment report as JSON."),
+    actor: str = typer.Option(None, help="Who deploys (default: user@host)."),
+    api_port: int = typer.Option(None, help="Override the spec's api.port (0: any free port)."),
+    live: bool = typer.Option(True, help="Show a live status table while running."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
+) -> None:
+    """Deploy a fleet in phases and run it in the foreground; Ctrl-C drains and stops."""
+    setup_logging(verbose, quiet_level=logging.CRITICAL)
+    spec = load_or_exit(file)
+    with user_errors():
+        text = file.read_text(encoding="utf-8")
+        plane = ControlPlane(spec, spec_text=text, actor=actor, api_port=api_port)
+        code = asyncio.run(_run_up(plane, smoke, json_output, live))
+    raise typer.Exit(code)
+
+
+def down(
+    file: Path = typer.Argument(None, help="The fleet spec (default: the fleet run from here)."),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for the drain."),
+) -> None:
+    """Stop the fleet running from this directory (or next to FILE), draining its workers."""
+    base = file.resolve().parent if file is not None else Path.cwd()
+    running = read_running(base / ".fleetops")
+    if running is None:
+        fail(f"no fleet is running from {base}", EXIT_USAGE)
+    import os
+
+    os.kill(running.pid, signal.SIGTERM)
+    err.print(f"asked the control plane (pid {running.pid}) to drain and stop…")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if read_running(base / ".fleetops") is None and not pid_alive(running.pid):
+            out.print("[green]✓[/] fleet stopped")
+            return
+        time.sleep(0.2)
+    fail(f"the control plane (pid {running.pid}) did not stop within {timeout:.0f} s")
+
+
+def apply(
+    file: Path = typer.Argument(..., help=SPEC_HELP),
+    reason: str = typer.Option("", help="Why: kept in the change log."),
+    actor: str = typer.Option(None, help="Who (default: user@host)."),
+    rollout: list[str] = typer.Option([], help="Restart this cluster even if unchanged."),
+    api: str = typer.Option(None, help=API_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Change a running fleet to FILE: scale, add or remove clusters, roll out agents."""
+    load_or_exit(file)
+    from ..control import default_actor
+
+    body = {
+        "spec": file.read_text(encoding="utf-8"),
+        "actor": actor or default_actor(),
+        "reason": reason,
+        "rollout": rollout,
+    }
+    result = call("POST", api_url(api, file), "/api/v1/apply", json=body)
+    if json_output:
+        print_json(result)
+        return
+    out.print(f"[green]✓[/] change {result['change_id']} applied")
+    for action in result["actions"] or ["nothing to do: the fleet already matches"]:
+        out.print(f"  • {action}")
+
+
+def status(
+    api: str = typer.Option(None, help=API_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Clusters, workers, queues and health of the running fleet."""
+    url = api_url(api, None)
+    clusters = call("GET", url, "/api/v1/clusters")
+    if json_output:
+        print_json(clusters)
+        return
+    table = Table(title=f"fleet at {url}", title_justify="left")
+    for column in ("cluster", "workers", "queued", "running", "succeeded", "dead", "health"):
+        table.add_column(column)
+    for c in clusters:
+        tasks = c["tasks"]
+        table.add_row(
+            c["name"],
+            f"{c['heartbeating_workers']}/{c['desired_workers']}",
+            str(tasks["queued"]),
+            str(tasks["running"]),
+            str(tasks["succeeded"]),
+            str(tasks["dead"]),
+            "[red]degraded[/]" if c["degraded"] else "[green]ok[/]",
+        )
+    out.print(table)
+
+
+def submit(
+    agent: str = typer.Argument(..., help="'cluster/agent'."),
+    payload: str = typer.Argument("null", help="The payload as JSON."),
+    priority: int = typer.Option(0, help="Higher runs first."),
+    key: str = typer.Option(None, "--key", help="Idempotency key: the same key, the same task."),
+    wait: bool = typer.Option(False, help="Wait for the task to finish and print it."),
+    api: str = typer.Option(None, help=API_HELP),
+) -> None:
+    """Submit a task to the running fleet."""
+    try:
+        value = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        fail(
+            f"payload: {payload!r} is not JSON ({exc.msg}): quote strings, e.g. '\"hello\"'",
+            EXIT_USAGE,
+        )
+    url = api_url(api, None)
+    body = {"agent": agent, "payload": value, "priority": priority, "idempotency_key": key}
+    result = call("POST", url, "/api/v1/tasks", json=body)
+    if not wait:
+        print_json(result)
+        return
+    with err.status(f"task {result['id']} running…"):
+        while True:
+            task = call("GET", url, f"/api/v1/tasks/{result['id']}")
+            if task["state"] in ("succeeded", "dead", "cancelled"):
+                break
+            time.sleep(0.2)
+    print_json(task)
+    if task["state"] != "succeeded":
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def tasks(
+    state: str = typer.Option(None, help="queued, running, succeeded, dead or cancelled."),
+    cluster: str = typer.Option(None),
+    agent: str = typer.Option(None),
+    limit: int = typer.Option(20, min=1, max=1000),
+    task_id: int = typer.Option(None, "--id", help="Show one task with its attempts."),
+    api: str = typer.Option(None, help=API_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """List tasks, or show one with every attempt."""
+    url = api_url(api, None)
+    if task_id is not None:
+        print_json(call("GET", url, f"/api/v1/tasks/{task_id}"))
+        return
+    params = {
+        k: v
+        for k, v in {"state": state, "cluster": cluster, "agent": agent, "limit": limit}.items()
+        if v is not None
+    }
+    page = call("GET", url, "/api/v1/tasks", params=params)
+    if json_output:
+        print_json(page)
+        return
+    table = Table(title_justify="left")
+    for column in ("id", "cluster/agent", "state", "attempts", "created", "error"):
+        table.add_column(column)
+    for t in page["items"]:
+        table.add_row(
+            str(t["id"]),
+            f"{t['cluster']}/{t['agent']}",
+            t["state"],
+            str(t["attempts"]),
+            _time(t["created_at"]),
+            (t["dead_reason"] or t["error"] or "")[:60],
+        )
+    out.print(table)
+
+
+def readiness(
+    api: str = typer.Option(None, help=API_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """The running fleet's production-readiness score, check by check."""
+    report: dict[str, Any] = call("GET", api_url(api, None), "/api/v1/readiness")
+    if json_output:
+        print_json(report)
+        return
+    table = Table(
+        title=f"production readiness: {report['readiness_score']}/100", title_justify="left"
+    )
+    for column in ("check", "weight", "", "why"):
+        table.add_column(column)
+    for c in report["readiness_checks"]:
+        table.add_row(
+            c["name"],
+            str(c["weight"]),
+            "[green]pass[/]" if c["passed"] else "[red]fail[/]",
+            c["why"],
+        )
+    out.print(table)
+
+
+def changes(
+    limit: int = typer.Option(50, min=1, max=1000),
+    api: str = typer.Option(None, help=API_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """The change log: every deploy and apply, who, when, why and what."""
+    rows = call("GET", api_url(api, None), "/api/v1/changes", params={"limit": limit})
+    if json_output:
+        print_json(rows)
+        return
+    table = Table(title_justify="left")
+    for column in ("id", "when", "actor", "kind", "reason", "changed"):
+        table.add_column(column)
+    for r in rows:
+        paths = [d["path"] for d in r["diff"] if d.get("op") != "note"]
+        shown = ", ".join(paths[:4]) + (f" (+{len(paths) - 4})" if len(paths) > 4 else "")
+        table.add_row(str(r["id"]), _time(r["at"]), r["actor"], r["kind"], r["reason"], shown)
+    out.print(table)
+
+
+__all__ = ["PHASES"]

@@ -1,0 +1,43 @@
+"""Talking to a running control plane over its HTTP API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..control import read_running
+from ._common import EXIT_FAILURE, EXIT_USAGE, fail
+
+DEFAULT_API = "http://127.0.0.1:8470"
+
+
+def api_url(api: str | None, spec: Path | None) -> str:
+    """The API to talk to: ``--api``, else the fleet running next to the spec (or here)."""
+    if api:
+        return api.rstrip("/")
+    base = spec.resolve().parent if spec is not None else Path.cwd()
+    running = read_running(base / ".fleetops")
+    return running.api_url if running else DEFAULT_API
+
+
+def call(method: str, url: str, path: str, **kwargs: Any) -> Any:
+    try:
+        with httpx.Client(timeout=120) as http:
+            response = http.request(method, f"{url}{path}", **kwargs)
+    except httpx.ConnectError:
+        fail(
+            f"no fleetops control plane answers at {url}: start one with 'fleetops up FILE'",
+            EXIT_FAILURE,
+        )
+    except httpx.HTTPError as exc:
+        fail(f"the control plane at {url} did not answer: {exc}", EXIT_FAILURE)
+    if response.status_code >= 400:
+        try:
+            problem = response.json()
+            detail = problem.get("detail") or problem
+        except ValueError:
+            detail = response.text
+        fail(str(detail), EXIT_USAGE if response.status_code < 500 else EXIT_FAILURE)
+    return response.json()

@@ -1,0 +1,642 @@
+"""The control plane: deploys a fleet in phases, then keeps it as the spec says.
+
+``async with ControlPlane(spec) as plane: report = await plane.deploy()`` runs the
+seed's deployment phases in order. A phase that fails stops the deploy, everything
+this deploy started is undone (API stopped, workers stopped, lock released), and the
+report names the phase and the error. A deploy that succeeds ends with the
+production-readiness score. After that ``await plane.serve(stop)`` runs the
+reconciler until ``stop`` is set; leaving the ``async with`` shuts down in order:
+stop accepting requests, drain the workers, close the store, release the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .._clock import Clock, SystemClock
+from .._exceptions import ConfigError, FleetOpsError, UsageError
+from ..queue import QueueClient
+from ..runtime import ClusterPlan, Supervisor, load_agent
+from ..spec import FleetSpec, load_spec_text
+from ..store import TERMINAL_STATES, NewTask, Store, open_store
+from ..telemetry import get_logger
+from ._diff import diff
+from ._readiness import FleetFacts, ReadinessReport, score
+from ._smoke import SMOKE_AGENT, SMOKE_ENTRYPOINT
+from ._state import STATE_DIR, ControlLock
+
+log = get_logger("fleetops.control")
+
+PHASES = (
+    "infrastructure_provisioning",
+    "control_plane_deployment",
+    "data_plane_deployment",
+    "service_mesh_configuration",
+    "agent_cluster_deployment",
+    "observability_stack_setup",
+    "integration_validation",
+)
+WORKERS_READY_TIMEOUT = 60.0
+SMOKE_TIMEOUT = 60.0
+RECONCILE_INTERVAL = 2.0
+
+
+class PhaseFailed(FleetOpsError):
+    """A deployment phase failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseOutcome:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+
+
+@dataclass(slots=True)
+class DeploymentReport:
+    deployment_successful: bool
+    completed_phases: list[str]
+    failed_phase: str | None
+    error: str | None
+    phases: list[PhaseOutcome] = field(default_factory=list)
+    readiness: ReadinessReport | None = None
+    api_url: str | None = None
+    deployment_id: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "deployment_successful": self.deployment_successful,
+            "completed_phases": self.completed_phases,
+            "failed_phase": self.failed_phase,
+            "error": self.error,
+            "phases": [asdict(p) for p in self.phases],
+            "api_url": self.api_url,
+        }
+        if self.readiness is not None:
+            out.update(self.readiness.as_dict())
+        else:
+            out.update({"readiness_score": None, "readiness_checks": []})
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    change_id: int
+    diff: list[dict[str, Any]]
+    actions: list[str]
+
+
+def default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def spec_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ControlPlane:
+    """One fleet's control plane (one per state directory, enforced by a lock)."""
+
+    def __init__(
+        self,
+        spec: FleetSpec,
+        *,
+        spec_text: str | None = None,
+        actor: str | None = None,
+        clock: Clock | None = None,
+        serve_api: bool = True,
+        api_port: int | None = None,
+        on_phase: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.spec_text = spec_text if spec_text is not None else _dump(spec)
+        self.actor = actor or default_actor()
+        self.clock: Clock = clock or SystemClock()
+        self.serve_api = serve_api
+        self.api_host = spec.api.host
+        self.api_port = spec.api.port if api_port is None else api_port
+        self._on_phase = on_phase
+        base = spec.base_dir or Path.cwd()
+        self.state_dir = base / STATE_DIR
+        self.store_url = spec.store_url()
+        self.supervisor: Supervisor | None = None
+        self.client: QueueClient | None = None
+        self.deployed = False
+        self.last_report: DeploymentReport | None = None
+        self._lock = ControlLock(self.state_dir)
+        self._tg: asyncio.TaskGroup | None = None
+        self._supervisor_stop = asyncio.Event()
+        self._supervisor_task: asyncio.Task[None] | None = None
+        self._api_server: Any = None
+        self._api_task: asyncio.Task[None] | None = None
+        self._smoke: tuple[bool | None, str] = (None, "no smoke test has run")
+        self._apply_lock = asyncio.Lock()
+        self._started: list[str] = []
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ControlPlane:
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+        assert self._tg is not None
+        await self._tg.__aexit__(None, None, None)
+
+    async def shutdown(self) -> None:
+        """Stop in a fixed order: API, workers (drained), store, lock. Idempotent."""
+        if self._api_server is not None:
+            self._api_server.should_exit = True
+            if self._api_task is not None:
+                await self._api_task
+            self._api_server = None
+        if self._supervisor_task is not None:
+            self._supervisor_stop.set()
+            await self._supervisor_task
+            self._supervisor_task = None
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+        self._lock.release()
+        self.deployed = False
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    # --- deployment -----------------------------------------------------------------------------
+
+    async def deploy(self) -> DeploymentReport:
+        """Run every phase in order; fail fast and undo on the first failure."""
+        report = DeploymentReport(False, [], None, None, api_url=self.api_url)
+        steps: list[tuple[str, Callable[[], Awaitable[str]]]] = [
+            ("infrastructure_provisioning", self._infrastructure),
+            ("control_plane_deployment", self._control_plane),
+            ("data_plane_deployment", self._data_plane),
+            ("service_mesh_configuration", self._service_mesh),
+            ("agent_cluster_deployment", self._agent_clusters),
+            ("observability_stack_setup", self._observability),
+            ("integration_validation", self._integration),
+        ]
+        for name, step in steps:
+            self._phase_event(name, "start")
+            began = time.monotonic()
+            try:
+                detail = await step()
+            except (FleetOpsError, OSError, TimeoutError) as exc:
+                message = _message(exc)
+                report.phases.append(PhaseOutcome(name, False, _since(began), message))
+                report.failed_phase, report.error = name, message
+                self._phase_event(name, "failed")
+                log.error("deploy.phase_failed", phase=name, error=message)
+                await self._record_failed_deploy(report)
+                await self.shutdown()
+                self.last_report = report
+                return report
+            report.phases.append(PhaseOutcome(name, True, _since(began), detail))
+            report.completed_phases.append(name)
+            self._phase_event(name, "done")
+        report.deployment_successful = True
+        self.deployed = True
+        report.readiness = await self.readiness(report)
+        report.deployment_id = await self._record_deploy(report)
+        self.last_report = report
+        return report
+
+    def _phase_event(self, phase: str, status: str) -> None:
+        if self._on_phase is not None:
+            self._on_phase(phase, status)
+
+    async def _infrastructure(self) -> str:
+        self._lock.acquire(
+            {
+                "pid": os.getpid(),
+                "api_url": self.api_url,
+                "spec": str(self.spec.source or ""),
+                "started_at": self.clock.now(),
+            }
+        )
+        self.client = QueueClient(self.store_url, clock=self.clock)
+        await self.client.__aenter__()
+        version = await self.client.run(self.client.store.schema_version)
+        applied_path = self.state_dir / "applied-spec.yaml"
+        applied_path.write_text(self.spec_text, encoding="utf-8")
+        return f"store {_redact(self.store_url)} at schema version {version}"
+
+    async def _control_plane(self) -> str:
+        if not self.serve_api:
+            return "API disabled"
+        if not self.api_host.startswith(("127.", "localhost", "::1")):
+            raise ConfigError(
+                "api.host",
+                self.api_host,
+                "bind to a loopback address such as 127.0.0.1: the API has no "
+                "authentication yet, so it refuses to listen on other interfaces",
+            )
+        import uvicorn
+
+        from ..api import create_app
+
+        family = socket.AF_INET6 if ":" in self.api_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.api_host, self.api_port))
+        except OSError as exc:
+            sock.close()
+            raise PhaseFailed(
+                f"cannot listen on {self.api_host}:{self.api_port} ({exc.strerror}): stop what "
+                "uses that port or set api.port in the spec"
+            ) from exc
+        sock.listen(128)
+        self.api_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self), log_level="warning", lifespan="off", access_log=False
+        )
+        server = uvicorn.Server(config)
+        assert self._tg is not None
+        self._api_server = server
+        self._api_task = self._tg.create_task(server.serve(sockets=[sock]), name="api-server")
+        async with asyncio.timeout(10):
+            while not server.started:
+                if self._api_task.done():
+                    raise PhaseFailed("the API server stopped while starting")
+                await asyncio.sleep(0.01)
+        return f"API listening on {self.api_url}"
+
+    async def _data_plane(self) -> str:
+        client = self._need_client()
+        requeued = await client.run(client.store.requeue_expired, self.clock.now())
+        counts = await client.run(client.store.count_tasks)
+        waiting = sum(n for (_, _, s), n in counts.items() if s == "queued")
+        running = sum(n for (_, _, s), n in counts.items() if s == "running")
+        return (
+            f"queue ready: {waiting} queued, {running} running from before, "
+            f"{len(requeued)} expired leases requeued"
+        )
+
+    async def _service_mesh(self) -> str:
+        routes = {name: list(c.routes) for name, c in self.spec.clusters.items()}
+        for name, targets in routes.items():
+            for target in targets:
+                if target not in self.spec.clusters:
+                    raise PhaseFailed(f"clusters.{name}.routes names unknown cluster {target!r}")
+        (self.state_dir / "routes.json").write_text(json.dumps(routes, indent=1))
+        count = sum(len(t) for t in routes.values())
+        return f"{count} route(s) between {len(routes)} cluster(s)"
+
+    async def _agent_clusters(self) -> str:
+        plans = self.cluster_plans()
+        for plan in plans:
+            for path in plan.python_path:
+                if path not in sys.path:
+                    sys.path.insert(0, path)
+            for entrypoint in plan.agents:
+                load_agent(entrypoint)  # fail fast here, not in a crash loop of workers
+        self.supervisor = Supervisor(
+            self.store_url,
+            plans,
+            clock=self.clock,
+            log_dir=self.state_dir / "logs",
+        )
+        assert self._tg is not None
+        self._supervisor_stop = asyncio.Event()
+        self._supervisor_task = self._tg.create_task(
+            self.supervisor.run(self._supervisor_stop), name="supervisor"
+        )
+        try:
+            async with asyncio.timeout(WORKERS_READY_TIMEOUT):
+                await self.supervisor.ready.wait()
+        except TimeoutError:
+            raise PhaseFailed(
+                f"workers were not all heartbeating within {WORKERS_READY_TIMEOUT:.0f} s; "
+                f"see the worker logs in {self.state_dir / 'logs'}"
+            ) from None
+        total = sum(p.replicas for p in plans)
+        return f"{total} worker(s) heartbeating in {len(plans)} cluster(s)"
+
+    async def _observability(self) -> str:
+        if not self.serve_api:
+            return "metrics endpoint disabled with the API"
+        import httpx
+
+        async with httpx.AsyncClient(timeout=5) as http:
+            response = await http.get(f"{self.api_url}/metrics")
+        if response.status_code != 200:
+            raise PhaseFailed(f"/metrics answered {response.status_code}")
+        return f"metrics at {self.api_url}/metrics ({len(response.text.splitlines())} lines)"
+
+    async def _integration(self) -> str:
+        passed, detail = await self.smoke_test()
+        if not passed:
+            raise PhaseFailed(f"integration smoke test failed: {detail}")
+        return detail
+
+    async def smoke_test(self, within: float = SMOKE_TIMEOUT) -> tuple[bool, str]:
+        """A smoke task through every cluster and every route; answers (passed, detail)."""
+        client = self._need_client()
+        stamp = f"{self.clock.now():.6f}"
+        ids = {}
+        for name, cluster in self.spec.clusters.items():
+            submitted = await client.submit(
+                NewTask(
+                    queue=name,
+                    agent=SMOKE_AGENT,
+                    payload=json.dumps({"routes": list(cluster.routes)}),
+                    priority=100,
+                    idempotency_key=f"smoke/{stamp}/{name}",
+                    max_attempts=1,
+                )
+            )
+            ids[name] = submitted.id
+        deadline = time.monotonic() + within
+        while True:
+            records = await client.run(client.store.get_tasks, list(ids.values()))
+            if all(r.state in TERMINAL_STATES for r in records) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        failed = [r for r in records if r.state != "succeeded"]
+        routes = sum(len(c.routes) for c in self.spec.clusters.values())
+        if failed:
+            detail = "; ".join(
+                f"{r.queue}: {r.state} {r.dead_reason or r.error or 'not finished in time'}"
+                for r in failed
+            )
+            self._smoke = (False, detail)
+        else:
+            detail = f"smoke tasks passed through {len(ids)} cluster(s) and {routes} route(s)"
+            self._smoke = (True, detail)
+        return self._smoke[0] is True, self._smoke[1]
+
+    # --- plans, readiness, records -------------------------------------------------------------
+
+    def cluster_plans(self, spec: FleetSpec | None = None) -> list[ClusterPlan]:
+        spec = spec or self.spec
+        applied = str(self.state_dir / "applied-spec.yaml")
+        plans = []
+        for plan, (_, cluster) in zip(spec.cluster_plans(), spec.clusters.items(), strict=True):
+            settings = plan.worker
+            quota = cluster.resource_quotas.max_concurrent_tasks
+            if quota is not None:
+                from dataclasses import replace
+
+                settings = replace(settings, max_cluster_running=quota)
+            plans.append(
+                ClusterPlan(
+                    name=plan.name,
+                    agents=(*plan.agents, SMOKE_ENTRYPOINT),
+                    replicas=self.desired_replicas(plan.name, spec),
+                    worker=settings,
+                    python_path=plan.python_path,
+                    restart=cluster.restart_policy(),
+                    detector=cluster.detector_settings(),
+                    extra=(("spec", applied),),
+                )
+            )
+        return plans
+
+    def desired_replicas(self, cluster: str, spec: FleetSpec | None = None) -> int:
+        """The spec's replicas, capped by the cluster's max_agents quota."""
+        c = (spec or self.spec).clusters[cluster]
+        cap = c.resource_quotas.max_agents
+        return c.replicas if cap is None else min(c.replicas, cap)
+
+    async def readiness(self, report: DeploymentReport | None = None) -> ReadinessReport:
+        report = report or self.last_report
+        client = self._need_client()
+        since = self.clock.now() - 3600
+        dead = await client.run(client.store.count_dead_since, since)
+        live = {}
+        if self.supervisor is not None:
+            for name in self.spec.clusters:
+                live[name] = sum(
+                    1 for h in self.supervisor.live_workers(name) if h.first_heartbeat_at
+                )
+        facts = FleetFacts(
+            phases_completed=len(report.completed_phases) if report else 0,
+            phases_total=len(PHASES),
+            failed_phase=report.failed_phase if report else None,
+            live_workers=live,
+            desired_workers={n: self.desired_replicas(n) for n in self.spec.clusters},
+            smoke_passed=self._smoke[0],
+            smoke_detail=self._smoke[1],
+            dead_letters_last_hour=dead,
+            api_host=self.api_host,
+        )
+        return score(self.spec, facts)
+
+    async def _record_deploy(self, report: DeploymentReport) -> int:
+        client = self._need_client()
+        store = client.store
+        now = self.clock.now()
+        deployment = await client.run(
+            store.start_deployment,
+            now,
+            self.spec.fleet.name,
+            spec_hash(self.spec_text),
+            self.actor,
+        )
+        await client.run(
+            store.finish_deployment,
+            deployment,
+            self.clock.now(),
+            "succeeded",
+            json.dumps([asdict(p) for p in report.phases]),
+            None,
+            None,
+            json.dumps(report.readiness.as_dict() if report.readiness else None),
+        )
+        await client.run(
+            store.record_change,
+            now,
+            self.actor,
+            "deploy",
+            f"fleet/{self.spec.fleet.name}",
+            "fleetops up",
+            None,
+            self.spec_text,
+            json.dumps(diff({}, self.spec.model_dump(mode="json"))),
+        )
+        return deployment
+
+    async def _record_failed_deploy(self, report: DeploymentReport) -> None:
+        client = self.client
+        if client is None:
+            return
+        try:
+            store = client.store
+            now = self.clock.now()
+            deployment = await client.run(
+                store.start_deployment,
+                now,
+                self.spec.fleet.name,
+                spec_hash(self.spec_text),
+                self.actor,
+            )
+            await client.run(
+                store.finish_deployment,
+                deployment,
+                now,
+                "failed",
+                json.dumps([asdict(p) for p in report.phases]),
+                report.failed_phase,
+                report.error,
+                None,
+            )
+        except FleetOpsError as exc:
+            log.warning("deploy.record_failed", error=str(exc))
+
+    def _need_client(self) -> QueueClient:
+        if self.client is None:
+            raise UsageError("the fleet is not deployed: run 'fleetops up' first")
+        return self.client
+
+    # --- running: reconciler and apply --------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Reconcile desired against live state until ``stop`` is set."""
+        while not stop.is_set():
+            self.reconcile()
+            try:
+                async with asyncio.timeout(RECONCILE_INTERVAL):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+
+    def reconcile(self) -> list[str]:
+        """One pass: bring every cluster's worker count to its desired number."""
+        actions: list[str] = []
+        if self.supervisor is None:
+            return actions
+        for name in self.spec.clusters:
+            want = self.desired_replicas(name)
+            if name in self.supervisor.plans and self.supervisor.desired(name) != want:
+                self.supervisor.scale(name, want)
+                actions.append(f"scale {name} to {want}")
+        return actions
+
+    async def apply(
+        self,
+        text: str,
+        *,
+        actor: str | None = None,
+        reason: str = "",
+        rollout: tuple[str, ...] = (),
+    ) -> ApplyResult:
+        """Change the running fleet to the spec in ``text``; record the change.
+
+        Invalid specs and changes that need a restart (store, API) raise UsageError
+        and change nothing.
+        """
+        new = load_spec_text(text, path=self.spec.source)
+        async with self._apply_lock:
+            old = self.spec
+            for unknown in rollout:
+                if unknown not in new.clusters:
+                    raise ConfigError("rollout", unknown, f"use one of {', '.join(new.clusters)}")
+            if new.store_url() != old.store_url():
+                raise ConfigError(
+                    "store",
+                    new.store.url,
+                    "a running fleet cannot move stores: run "
+                    "'fleetops down', then 'fleetops up' with the new spec",
+                )
+            if (new.api.host, new.api.port) != (old.api.host, old.api.port):
+                raise ConfigError(
+                    "api",
+                    f"{new.api.host}:{new.api.port}",
+                    "the API address changes only on restart: 'fleetops down', then 'fleetops up'",
+                )
+            before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
+            changes = diff(before, after)
+            actions = await self._converge(old, new, set(rollout))
+            self.spec, self.spec_text = new, text
+            (self.state_dir / "applied-spec.yaml").write_text(text, encoding="utf-8")
+            client = self._need_client()
+            change_id = await client.run(
+                client.store.record_change,
+                self.clock.now(),
+                actor or self.actor,
+                "apply",
+                f"fleet/{new.fleet.name}",
+                reason,
+                json.dumps(before),
+                json.dumps(after),
+                json.dumps(changes + [{"path": "actions", "after": actions, "op": "note"}]),
+            )
+        log.info("fleet.applied", change=change_id, actions=actions)
+        return ApplyResult(change_id, changes, actions)
+
+    async def _converge(self, old: FleetSpec, new: FleetSpec, rollout: set[str]) -> list[str]:
+        supervisor = self.supervisor
+        if supervisor is None:
+            raise UsageError("the fleet is not deployed: run 'fleetops up' first")
+        actions: list[str] = []
+        new_plans = {p.name: p for p in self.cluster_plans(new)}
+        for name in old.clusters:
+            if name not in new.clusters:
+                await supervisor.remove_cluster(name)
+                actions.append(f"removed cluster {name}")
+        for name, plan in new_plans.items():
+            if name not in old.clusters:
+                supervisor.add_cluster(plan)
+                actions.append(f"added cluster {name} with {plan.replicas} worker(s)")
+                continue
+            old_c = old.clusters[name].model_dump(mode="json")
+            new_c = new.clusters[name].model_dump(mode="json")
+            scale_only = {k: v for k, v in old_c.items() if k != "replicas"} == {
+                k: v for k, v in new_c.items() if k != "replicas"
+            }
+            providers_changed = old.provider_for(name) != new.provider_for(name)
+            if name in rollout or not scale_only or providers_changed:
+                await supervisor.roll(plan)
+                actions.append(f"rolled out cluster {name} ({plan.replicas} worker(s))")
+            elif supervisor.desired(name) != plan.replicas:
+                was = supervisor.desired(name)
+                supervisor.scale(name, plan.replicas)
+                actions.append(f"scaled {name} from {was} to {plan.replicas} worker(s)")
+        return actions
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def _since(began: float) -> float:
+    return round(time.monotonic() - began, 3)
+
+
+def _redact(url: str) -> str:
+    from ..store._postgres import redact
+
+    return redact(url)
+
+
+def _dump(spec: FleetSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+__all__ = ["ControlPlane", "DeploymentReport", "PHASES", "Store", "open_store"]
