@@ -215,6 +215,7 @@ class ControlPlane:
                 return report
             report.phases.append(PhaseOutcome(name, True, _since(began), detail))
             report.completed_phases.append(name)
+            report.api_url = self.api_url  # the port is known once the API is bound
             self._phase_event(name, "done")
         report.deployment_successful = True
         self.deployed = True
@@ -243,6 +244,14 @@ class ControlPlane:
         applied_path.write_text(self.spec_text, encoding="utf-8")
         return f"store {_redact(self.store_url)} at schema version {version}"
 
+    def _lock_info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "api_url": self.api_url,
+            "spec": str(self.spec.source or ""),
+            "started_at": self.clock.now(),
+        }
+
     async def _control_plane(self) -> str:
         if not self.serve_api:
             return "API disabled"
@@ -270,6 +279,7 @@ class ControlPlane:
             ) from exc
         sock.listen(128)
         self.api_port = sock.getsockname()[1]
+        self._lock.update(self._lock_info())
         config = uvicorn.Config(
             create_app(self), log_level="warning", lifespan="off", access_log=False
         )

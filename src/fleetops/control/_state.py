@@ -60,6 +60,15 @@ class ControlLock:
         handle.flush()
         self._file = handle
 
+    def update(self, info: dict[str, Any]) -> None:
+        """Rewrite what the lock file says (e.g. the API's port once it is bound)."""
+        if self._file is None:
+            return
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(json.dumps(info))
+        self._file.flush()
+
     def release(self) -> None:
         if self._file is None:
             return

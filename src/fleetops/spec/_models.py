@@ -183,7 +183,8 @@ class ApiSettings(BaseModel):
     model_config = SPEC_CONFIG
 
     host: Annotated[str, Field(strict=True, min_length=1)] = DEFAULT_API_HOST
-    port: Annotated[int, Field(strict=True, ge=1, le=65535)] = DEFAULT_API_PORT
+    port: Annotated[int, Field(strict=True, ge=0, le=65535)] = DEFAULT_API_PORT
+    """0 picks a free port; the running fleet's address is then in .fleetops/control.lock."""
 
 
 # --- the fleet ----------------------------------------------------------------------------------

@@ -1,0 +1,247 @@
+"""Deploying and operating a fleet with the CLI, as a user does: real processes, real API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+FLEETOPS = [sys.executable, "-m", "fleetops.cli"]
+
+AGENTS = """
+import asyncio
+from fleetops import agent
+
+@agent(name="work")
+async def work(task, ctx):
+    await asyncio.sleep(float(task.payload or 0.05))
+    return {"done": task.id}
+
+@agent(name="relay")
+async def relay(task, ctx):
+    return await ctx.call("back/work", 0.01)
+"""
+
+
+def spec_text(
+    replicas: int = 2,
+    store: str | None = None,
+    entrypoint: str = "fleet_agents:work",
+    port: int = 0,
+) -> str:
+    store_line = f"store: {store}\n" if store else ""
+    return textwrap.dedent(f"""\
+        fleet: {{name: accept}}
+        {store_line}api: {{port: {port}}}
+        clusters:
+          front:
+            agents: [{{name: relay, entrypoint: "fleet_agents:relay"}}]
+            replicas: 1
+            routes: [back]
+          back:
+            agents: [{{name: work, entrypoint: "{entrypoint}"}}]
+            replicas: {replicas}
+        """).replace("        ", "")
+
+
+def run(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run(
+        [*FLEETOPS, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )
+
+
+@pytest.fixture
+def fleet_dir(tmp_path: Path) -> Path:
+    (tmp_path / "fleet_agents.py").write_text(AGENTS)
+    (tmp_path / "fleet.yaml").write_text(spec_text())
+    return tmp_path
+
+
+def _children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _fleetops_workers_running(marker: Path) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "fleetops.runtime" in line and str(marker) in line]
+
+
+def test_smoke_deploy_reports_phases_and_readiness(fleet_dir: Path) -> None:
+    proc = run("up", "fleet.yaml", "--smoke", "--json", cwd=fleet_dir)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["deployment_successful"] is True
+    assert report["completed_phases"] == [
+        "infrastructure_provisioning",
+        "control_plane_deployment",
+        "data_plane_deployment",
+        "service_mesh_configuration",
+        "agent_cluster_deployment",
+        "observability_stack_setup",
+        "integration_validation",
+    ]
+    checks = {c["name"]: c for c in report["readiness_checks"]}
+    assert sum(c["weight"] for c in checks.values()) == 100
+    assert report["readiness_score"] == sum(c["weight"] for c in checks.values() if c["passed"])
+    assert checks["integration_smoke"]["passed"]
+    assert not checks["redundancy"]["passed"]  # front runs one worker
+    assert "front" in checks["redundancy"]["why"]
+    # torn down: no lock, no worker left
+    assert not (fleet_dir / ".fleetops" / "control.lock").exists()
+    assert _fleetops_workers_running(fleet_dir) == []
+
+
+def test_unreachable_store_fails_fast_in_the_first_phase(fleet_dir: Path) -> None:
+    (fleet_dir / "fleet.yaml").write_text(
+        spec_text(store="postgresql://postgres@127.0.0.1:9/nowhere")
+    )
+    proc = run("up", "fleet.yaml", "--smoke", "--json", cwd=fleet_dir)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["deployment_successful"] is False
+    assert report["failed_phase"] == "infrastructure_provisioning"
+    assert report["completed_phases"] == []
+    assert "127.0.0.1:9" in report["error"]
+    assert not (fleet_dir / ".fleetops" / "control.lock").exists()
+    assert _fleetops_workers_running(fleet_dir) == []
+
+
+def test_entrypoint_that_does_not_import_fails_its_phase_and_leaves_nothing(
+    fleet_dir: Path,
+) -> None:
+    (fleet_dir / "fleet.yaml").write_text(spec_text(entrypoint="no_such_module:work"))
+    proc = run("up", "fleet.yaml", "--smoke", "--json", cwd=fleet_dir)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["failed_phase"] == "agent_cluster_deployment"
+    assert "no_such_module" in report["error"]
+    assert report["completed_phases"][-1] == "service_mesh_configuration"
+    assert not (fleet_dir / ".fleetops" / "control.lock").exists()
+    assert _fleetops_workers_running(fleet_dir) == []
+    # the API this deploy started is gone too: the port it bound is free again
+    port = int(report["api_url"].rsplit(":", 1)[1])
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_three_mistakes_are_reported_together_with_lines(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        textwrap.dedent("""\
+        fleet: {name: bad}
+        clusters:
+          a:
+            agents: [{name: x, entrypoint: "no-colon-here"}]
+            replicas: -1
+            routes: [missing]
+            colour: blue
+        """)
+    )
+    proc = run("validate", "bad.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    text = proc.stderr
+    assert "Traceback" not in text
+    for line, needle in ((4, "entrypoint"), (5, "replicas"), (6, "routes"), (7, "colour")):
+        assert f"bad.yaml:{line}:" in text, (needle, text)
+        assert needle in text
+
+
+def test_schema_is_json_schema(tmp_path: Path) -> None:
+    proc = run("schema", cwd=tmp_path)
+    assert proc.returncode == 0
+    schema = json.loads(proc.stdout)
+    assert "clusters" in schema["properties"]
+
+
+@pytest.fixture
+def running_fleet(fleet_dir: Path) -> Iterator[tuple[Path, str]]:
+    env = dict(os.environ, COLUMNS="200")
+    proc = subprocess.Popen(
+        [*FLEETOPS, "up", "fleet.yaml", "--json", "--no-live"],
+        cwd=fleet_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    report = json.loads(line)
+    assert report["deployment_successful"], report
+    try:
+        yield fleet_dir, report["api_url"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert not (fleet_dir / ".fleetops" / "control.lock").exists()
+    assert _fleetops_workers_running(fleet_dir) == []
+
+
+def test_apply_scales_under_load_loses_nothing_and_records_changes(
+    running_fleet: tuple[Path, str],
+) -> None:
+    fleet_dir, api = running_fleet
+    submitted = []
+    with httpx.Client(base_url=api, timeout=30) as http:
+        for i in range(150):
+            r = http.post("/api/v1/tasks", json={"agent": "back/work", "payload": 0.2})
+            assert r.status_code == 201, r.text
+            submitted.append(r.json()["id"])
+        for replicas in (4, 1):
+            (fleet_dir / "fleet.yaml").write_text(spec_text(replicas=replicas))
+            proc = run("apply", "fleet.yaml", "--reason", f"scale to {replicas}", cwd=fleet_dir)
+            assert proc.returncode == 0, proc.stderr
+            assert f"to {replicas} worker(s)" in proc.stdout
+            clusters = {c["name"]: c for c in http.get("/api/v1/clusters").json()}
+            assert clusters["back"]["desired_workers"] == replicas
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            states = [http.get(f"/api/v1/tasks/{i}").json()["state"] for i in submitted[-5:]]
+            done = http.get(
+                "/api/v1/tasks", params={"state": "succeeded", "cluster": "back", "limit": 1000}
+            ).json()["items"]
+            if len({t["id"] for t in done} & set(submitted)) == len(submitted):
+                break
+            time.sleep(0.5)
+        records = [http.get(f"/api/v1/tasks/{i}").json() for i in submitted]
+        assert [r["state"] for r in records] == ["succeeded"] * len(submitted), states
+        changes = http.get("/api/v1/changes").json()
+        assert [c["kind"] for c in changes] == ["deploy", "apply", "apply"]
+        assert changes[1]["reason"] == "scale to 4"
+        assert {
+            "path": "clusters.back.replicas",
+            "before": 2,
+            "after": 4,
+            "op": "replace",
+        } in changes[1]["diff"]
+        live = http.get("/api/v1/clusters").json()
+        assert {c["name"]: c["heartbeating_workers"] for c in live}["back"] == 1
+
+
+def test_api_errors_are_problem_json(running_fleet: tuple[Path, str]) -> None:
+    _, api = running_fleet
+    with httpx.Client(base_url=api, timeout=10) as http:
+        r = http.post("/api/v1/tasks", json={"agent": "back/nope"})
+        assert r.status_code == 422
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert "nope" in r.json()["detail"] and "work" in r.json()["detail"]
+        r = http.post("/api/v1/tasks", json={"agent": "back/work", "priority": "high"})
+        assert r.status_code == 422
+        assert r.json()["errors"][0]["field"] == "priority"
+        r = http.get("/api/v1/tasks/999999")
+        assert r.status_code == 422 and "999999" in r.json()["detail"]
+        assert http.get("/openapi.json").json()["info"]["title"] == "fleetops"
+        assert http.get("/readyz").status_code == 200
+        metrics = http.get("/metrics").text
+        assert 'fleetops_workers{cluster="back"} 2.0' in metrics
