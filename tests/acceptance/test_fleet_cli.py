@@ -194,7 +194,7 @@ def test_apply_scales_under_load_loses_nothing_and_records_changes(
     fleet_dir, api = running_fleet
     submitted = []
     with httpx.Client(base_url=api, timeout=30) as http:
-        for i in range(150):
+        for _ in range(150):
             r = http.post("/api/v1/tasks", json={"agent": "back/work", "payload": 0.2})
             assert r.status_code == 201, r.text
             submitted.append(r.json()["id"])
