@@ -27,6 +27,7 @@ for command in (
     _spec.schema,
     _fleet.readiness,
     _fleet.changes,
+    _fleet.load,
 ):
     app.command()(command)
 

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import signal
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -359,3 +360,79 @@ def changes(
 
 
 __all__ = ["PHASES"]
+
+
+async def _run_load(
+    plane: ControlPlane,
+    workload: str,
+    target: str,
+    count: int,
+    rate: float,
+    kill_at: float | None,
+    seed: int,
+    json_output: bool,
+) -> int:
+    from ..control._load import load_workload, run_load
+    from ._common import print_mapping, progress_bar
+
+    async with plane:
+        with err.status("deploying…") if not json_output else contextlib.nullcontext():
+            report = await plane.deploy()
+        if not json_output:
+            _print_report(report)
+        if not report.deployment_successful:
+            if json_output:
+                print_json(report.as_dict())
+            return EXIT_FAILURE
+        if not json_output:
+            out.print(f"API: [bold]{plane.api_url}[/]  (try: curl {plane.api_url}/api/v1/clusters)")
+        generate = load_workload(workload)
+        payloads = list(generate(count, seed))
+        with progress_bar(f"{target}") as update:
+            result = await run_load(
+                plane,
+                target=target,
+                payloads=payloads,
+                rate=rate,
+                kill_at=kill_at,
+                seed=seed,
+                progress=lambda done, total, note: update(done, total, note=note),
+            )
+    if json_output:
+        print_json(result.as_dict())
+    else:
+        print_mapping("load report", result.as_dict())
+    return 0 if result.unfinished == 0 else EXIT_FAILURE
+
+
+def load(
+    file: Path = typer.Argument(..., help=SPEC_HELP),
+    workload: str = typer.Option(
+        ..., help="'module:function' that answers (count, seed) payloads."
+    ),
+    target: str = typer.Option(..., help="'cluster/agent' the payloads go to."),
+    duration: str = typer.Option("60s", help="How long to submit for."),
+    rate: float = typer.Option(5.0, min=0.01, help="Tasks per second."),
+    kill_worker_at: float = typer.Option(
+        None, min=0.0, max=1.0, help="SIGKILL one worker when this fraction is submitted."
+    ),
+    seed: int = typer.Option(0, help="Seed for the workload and the choice of victim."),
+    api_port: int = typer.Option(None, help="Override the spec's api.port (0: any free port)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
+) -> None:
+    """Deploy FILE, drive a workload through it, optionally kill a worker, and report."""
+    from .._units import parse_duration
+
+    setup_logging(verbose, quiet_level=logging.CRITICAL)
+    spec = load_or_exit(file)
+    with user_errors():
+        seconds = parse_duration(duration, "--duration")
+        count = max(1, int(seconds * rate))
+        if spec.base_dir is not None and str(spec.base_dir) not in sys.path:
+            sys.path.insert(0, str(spec.base_dir))
+        plane = ControlPlane(spec, spec_text=file.read_text(encoding="utf-8"), api_port=api_port)
+        code = asyncio.run(
+            _run_load(plane, workload, target, count, rate, kill_worker_at, seed, json_output)
+        )
+    raise typer.Exit(code)

@@ -145,6 +145,8 @@ class Supervisor:
         self._env = env
         self.workers: dict[str, WorkerHandle] = {}
         self.degraded: set[str] = set()
+        #: Workers lost (crashed or hung) since this supervisor started.
+        self.failures = 0
         self._restarts: dict[str, deque[float]] = {name: deque() for name in self.plans}
         self._desired = {name: plan.replicas for name, plan in self.plans.items()}
         self._slots: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -353,6 +355,7 @@ class Supervisor:
         if handle.lost_handled:
             return
         handle.lost_handled = True
+        self.failures += 1
         assert self._client is not None
         detected_at = self.clock.now()
         await self._event("worker.failed", handle.cluster, handle.id, reason=why, pid=handle.pid)
