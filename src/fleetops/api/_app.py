@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import __version__
@@ -16,7 +15,7 @@ from .._exceptions import UnknownTask, UsageError
 from ..runtime._context import split_address
 from ..store import TASK_STATES, NewTask, TaskRecord
 from . import _problems
-from ._metrics import FleetCollector
+from ._metrics import render
 from ._models import ApplyRequest, ApplyResponse, Submitted, TaskSubmit
 
 if TYPE_CHECKING:
@@ -57,8 +56,6 @@ def create_app(plane: ControlPlane) -> FastAPI:
         description="Run, supervise and operate a multi-agent fleet.",
     )
     _problems.install(app)
-    registry = CollectorRegistry()
-    registry.register(FleetCollector(plane))
 
     def client() -> Any:
         if plane.client is None:
@@ -88,7 +85,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:
         """Prometheus metrics of the whole fleet."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await render(plane), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/api/v1/tasks", status_code=201, response_model=Submitted, tags=["tasks"])
     async def submit(body: TaskSubmit) -> Submitted:

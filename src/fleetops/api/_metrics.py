@@ -1,64 +1,77 @@
-"""``/metrics``: the fleet's state in the Prometheus text format.
+"""``/metrics``: the whole fleet in the Prometheus text format.
 
-A custom collector reads the store and the supervisor at scrape time, so every
-number is current and nothing is double-counted across worker processes.
+At scrape time a collector merges the latest metrics snapshot of every worker the
+store knows (live ones and dead ones: their counters still count, their gauges no
+longer do) with the supervisor's own metrics and the task counts in the store, so
+every number is current and nothing is double-counted across worker processes.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from ..store import TASK_STATES
+from ..telemetry import MetricSet, catalog
 
 if TYPE_CHECKING:
     from ..control import ControlPlane
+    from ..store import Store
+
+#: A worker whose snapshot is older than this no longer contributes gauges.
+STALE_AFTER = 15.0
 
 
-class FleetCollector(Collector):
-    def __init__(self, plane: ControlPlane) -> None:
-        self.plane = plane
+def _read(store: Store) -> tuple[list[tuple[str, str, float, str]], dict[Any, int]]:
+    return store.get_telemetry(), store.count_tasks()
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        plane = self.plane
-        client = plane.client
-        tasks = GaugeMetricFamily(
-            "fleetops_tasks", "Tasks by state.", labels=["cluster", "agent", "state"]
+
+async def fleet_metrics(plane: ControlPlane) -> MetricSet:
+    """The merged metrics of the fleet right now (also what the history store ingests)."""
+    client = plane.client
+    merged = MetricSet()
+    if client is None:
+        return merged
+    rows, counts = await client.run(_read, client.store)
+    now = plane.clock.now()
+    merged = MetricSet.merge(
+        (json.loads(data) for _, _, _, data in rows),
+        gauges_from=(now - at < STALE_AFTER for _, _, at, _ in rows),
+    )
+    if plane.supervisor is not None:
+        merged.update(plane.supervisor.metrics)
+    per_cluster: dict[str, int] = {}
+    for (queue, agent, state), n in counts.items():
+        merged.set(catalog.TASKS, (queue, agent, state), n)
+        if state == "queued":
+            per_cluster[queue] = per_cluster.get(queue, 0) + n
+    supervisor = plane.supervisor
+    for name in plane.spec.clusters:
+        merged.set(catalog.QUEUE_DEPTH, (name,), per_cluster.get(name, 0))
+        live = (
+            sum(1 for h in supervisor.live_workers(name) if h.first_heartbeat_at)
+            if supervisor
+            else 0
         )
-        depth = GaugeMetricFamily("fleetops_queue_depth", "Queued tasks.", labels=["cluster"])
-        if client is not None:
-            store = client.store
-            # read on the caller's thread through a separate short-lived read
-            counts = store.count_tasks() if _readable(store) else {}
-            per_cluster: dict[str, int] = {}
-            for (queue, agent, state), n in counts.items():
-                tasks.add_metric([queue, agent, state], n)
-                if state == "queued":
-                    per_cluster[queue] = per_cluster.get(queue, 0) + n
-            for name in plane.spec.clusters:
-                depth.add_metric([name], per_cluster.get(name, 0))
-        yield tasks
-        yield depth
-        workers = GaugeMetricFamily(
-            "fleetops_workers", "Live worker processes.", labels=["cluster"]
-        )
-        desired = GaugeMetricFamily(
-            "fleetops_workers_desired", "Desired worker processes.", labels=["cluster"]
-        )
-        supervisor = plane.supervisor
-        for name in plane.spec.clusters:
-            live = len(supervisor.live_workers(name)) if supervisor else 0
-            workers.add_metric([name], live)
-            desired.add_metric([name], plane.desired_replicas(name))
-        yield workers
-        yield desired
+        merged.set(catalog.WORKERS, (name,), live)
+        merged.set(catalog.WORKERS_DESIRED, (name,), plane.desired_replicas(name))
+    return merged
 
 
-def _readable(store: object) -> bool:
-    return hasattr(store, "count_tasks")
+class _Snapshot(Collector):
+    def __init__(self, metrics: MetricSet) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.metrics.families()
 
 
-KNOWN_STATES = TASK_STATES
+async def render(plane: ControlPlane) -> bytes:
+    """The Prometheus text exposition of the fleet's metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(await fleet_metrics(plane)))
+    return generate_latest(registry)

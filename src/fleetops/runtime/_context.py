@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import LeaseLost, UsageError
 from ..store import ClaimedTask, EffectBegin, EffectEnd, NewTask, SubmitChild
+from ..telemetry import catalog
+
+SENT_AT = "fleetops.sent_at"
+SOURCE_CLUSTER = "fleetops.source_cluster"
 
 if TYPE_CHECKING:
     from ..providers import ChatResponse
@@ -146,7 +151,13 @@ class Context:
             deadline=deadline,
             idempotency_key=self._next_key(kind, key),
             parent_id=self.task.id,
-            headers=json.dumps(self.task.headers),
+            headers=json.dumps(
+                {
+                    **self.task.headers,
+                    SENT_AT: self._worker.clock.now(),
+                    SOURCE_CLUSTER: self.task.cluster,
+                }
+            ),
         )
         result = await self._worker.client.apply(SubmitChild(self.task.id, self.task.epoch, child))
         if not result.ok:
@@ -215,6 +226,39 @@ class Context:
             temperature=temperature,
             max_tokens=max_tokens,
         )
+
+    # --- the seed's multi-agent metrics (docs/metrics.md) ----------------------------------
+
+    def report_reasoning(self, steps: int) -> None:
+        """A reasoning chain (e.g. a ReAct loop) took ``steps`` steps."""
+        self._worker.metrics.observe(
+            catalog.REASONING_CHAIN_LENGTH, (self.task.cluster, self.task.agent), steps
+        )
+
+    def report_plan(self, succeeded: bool) -> None:
+        """A plan this agent made succeeded or failed."""
+        rate = self._worker.outcome_rate(("plan", self.task.cluster, self.task.agent), succeeded)
+        self._worker.metrics.set(
+            catalog.PLANNING_SUCCESS_RATE, (self.task.cluster, self.task.agent), rate
+        )
+
+    def report_consensus(self, reached: bool) -> None:
+        """A consensus round (a vote among agents) reached a decision, or did not."""
+        rate = self._worker.outcome_rate(("consensus", self.task.cluster), reached)
+        self._worker.metrics.set(catalog.CONSENSUS_SUCCESS_RATE, (self.task.cluster,), rate)
+
+    @contextlib.asynccontextmanager
+    async def coordinate(self, kind: str) -> AsyncIterator[None]:
+        """Time a coordination among agents: ``async with ctx.coordinate("vote"): ...``."""
+        began = self._worker.clock.monotonic()
+        try:
+            yield
+        finally:
+            self._worker.metrics.observe(
+                catalog.AGENT_COORDINATION_EFFICIENCY,
+                (self.task.cluster, kind),
+                self._worker.clock.monotonic() - began,
+            )
 
     def heartbeat(self) -> None:
         """Tell the worker this task is making progress (long CPU-bound steps)."""

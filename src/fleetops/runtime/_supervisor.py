@@ -36,7 +36,7 @@ from .._clock import Clock, SystemClock
 from .._exceptions import ConfigError
 from ..queue import QueueClient
 from ..store import event_data
-from ..telemetry import get_logger
+from ..telemetry import MetricSet, catalog, get_logger
 from ._detector import DetectorSettings, PhiAccrualFailureDetector
 from ._worker import WorkerSettings
 
@@ -147,6 +147,8 @@ class Supervisor:
         self.degraded: set[str] = set()
         #: Workers lost (crashed or hung) since this supervisor started.
         self.failures = 0
+        #: The supervisor's own metrics (restarts, redeliveries, heartbeat phi).
+        self.metrics = MetricSet()
         self._restarts: dict[str, deque[float]] = {name: deque() for name in self.plans}
         self._desired = {name: plan.replicas for name, plan in self.plans.items()}
         self._slots: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -263,6 +265,7 @@ class Supervisor:
                     pid=handle.pid,
                 )
             code = await handle.process.wait()
+            self.metrics.forget(catalog.HEARTBEAT_PHI, (cluster, handle.id))
             if handle.rolling and not self._stopping:
                 await self._event("worker.rolled", cluster, handle.id, exit_code=code)
                 self.workers.pop(handle.id, None)
@@ -362,6 +365,9 @@ class Supervisor:
         revoked = await self._client.run(
             self._client.store.revoke_worker, handle.id, self.clock.now(), why
         )
+        reason = "hung" if why.startswith("hung") else "exited"
+        self.metrics.inc(catalog.WORKER_RESTARTS, (handle.cluster, reason))
+        self.metrics.inc(catalog.REDELIVERIES, (handle.cluster,), len(revoked))
         await self._event(
             "agent_failure.redistribute_agent_workload",
             handle.cluster,
@@ -414,6 +420,7 @@ class Supervisor:
                         await self._suspect(handle, "no heartbeat within the startup timeout")
                     continue
                 phi = handle.detector.phi(now)
+                self.metrics.set(catalog.HEARTBEAT_PHI, (handle.cluster, handle.id), min(phi, 1e6))
                 threshold = handle.detector.settings.threshold
                 if phi >= threshold:
                     silent = now - (handle.detector.last_heartbeat or now)

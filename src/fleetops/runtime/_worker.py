@@ -10,6 +10,7 @@ timeout, abort what is left, release those leases, unregister.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -24,14 +25,15 @@ from .._exceptions import LeaseLost, TaskFailed
 from ..queue import QueueClient
 from ..queue._client import ChangeWatcher
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
-from ..telemetry import get_logger
+from ..telemetry import MetricSet, catalog, get_logger
 from ._agent import AgentSpec
 
 if TYPE_CHECKING:
-    from ..providers import Gateway
-from ._context import Context, TaskInfo
+    from ..providers import CallRecord, Gateway
+from ._context import SENT_AT, SOURCE_CLUSTER, Context, TaskInfo
 
 log = get_logger("fleetops.worker")
+
 
 DEFAULT_CONCURRENCY = 100
 DEFAULT_LEASE_SECONDS = 10.0
@@ -50,6 +52,8 @@ class WorkerSettings:
     poll_max: float = 0.05
     reap_interval: float = 1.0
     shutdown_grace: float = 10.0
+    #: How often the worker writes its metrics snapshot to the store.
+    telemetry_interval: float = 2.0
     #: The cluster's quota of concurrent tasks across all its workers (None: no quota).
     max_cluster_running: int | None = None
 
@@ -100,6 +104,10 @@ class Worker:
         self._handlers: asyncio.TaskGroup | None = None
         self.processed = 0
         self.dead = False
+        self.metrics = MetricSet()
+        self._outcomes: dict[tuple[str, ...], collections.deque[bool]] = {}
+        if gateway is not None:
+            gateway.stats.subscribe(self._record_llm_call)
 
     @property
     def inflight(self) -> int:
@@ -111,7 +119,25 @@ class Worker:
             from ..providers import Gateway, SimulatedProvider
 
             self._gateway = Gateway([SimulatedProvider(clock=self.clock)], clock=self.clock)
+            self._gateway.stats.subscribe(self._record_llm_call)
         return self._gateway
+
+    def _record_llm_call(self, call: CallRecord) -> None:
+        model = call.request_model or call.response_model or ""
+        labels = (call.operation, call.provider, model, call.cluster)
+        m = self.metrics
+        m.observe(catalog.GENAI_OPERATION_DURATION, (*labels, call.error_type or ""), call.duration)
+        if call.outcome == "ok":
+            m.observe(catalog.GENAI_TOKEN_USAGE, (*labels, "input"), call.input_tokens)
+            m.observe(catalog.GENAI_TOKEN_USAGE, (*labels, "output"), call.output_tokens)
+
+    def outcome_rate(self, key: tuple[str, ...], ok: bool, window: int = 100) -> float:
+        """Record one outcome under ``key``; answer the success share of the last ``window``."""
+        outcomes = self._outcomes.get(key)
+        if outcomes is None:
+            outcomes = self._outcomes[key] = collections.deque(maxlen=window)
+        outcomes.append(ok)
+        return sum(outcomes) / len(outcomes)
 
     def wake_claimer(self) -> None:
         self._work_hint.set()
@@ -145,6 +171,7 @@ class Worker:
                 background.create_task(self._heartbeat_loop(), name="heartbeat"),
                 background.create_task(self._reap_loop(), name="reaper"),
                 background.create_task(self._waiter_loop(), name="child-results"),
+                background.create_task(self._telemetry_loop(), name="telemetry"),
             ]
             async with asyncio.TaskGroup() as handlers:
                 self._handlers = handlers
@@ -158,6 +185,7 @@ class Worker:
                 await self._drain()
             for loop_task in loops:
                 loop_task.cancel()
+        await self.flush_telemetry()
         if not self.dead:
             await self.client.run(
                 self.client.store.set_worker_state, self.worker_id, "stopped", self.clock.now()
@@ -241,13 +269,16 @@ class Worker:
 
     async def _execute(self, claimed: ClaimedTask) -> None:
         started = self.clock.now()
+        self._record_start(claimed, started)
+        outcome = "lease_lost"
         try:
-            await self._run_handler(claimed, started)
+            outcome = await self._run_handler(claimed, started)
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(claimed.id, None)
             if reason == "shutdown":
                 await self.client.apply(Release(claimed.id, claimed.epoch, self.worker_id, started))
                 log.info("lease.released", task_id=claimed.id, worker=self.worker_id)
+                outcome = "released"
             elif reason is None:
                 raise
         finally:
@@ -255,31 +286,47 @@ class Worker:
             self._cancel_reasons.pop(claimed.id, None)
             self.processed += 1
             self._slot_free.set()
+            labels = (claimed.queue, claimed.agent)
+            self.metrics.inc(catalog.TASKS_FINISHED, (*labels, outcome))
+            self.metrics.observe(catalog.TASK_DURATION, labels, self.clock.now() - started)
 
-    async def _run_handler(self, claimed: ClaimedTask, started: float) -> None:
+    def _record_start(self, claimed: ClaimedTask, started: float) -> None:
+        labels = (claimed.queue, claimed.agent)
+        if claimed.attempt == 1:
+            self.metrics.observe(catalog.QUEUE_WAIT, labels, max(0.0, started - claimed.created_at))
+            if claimed.parent_id is not None:
+                headers = json.loads(claimed.headers)
+                sent_at = headers.get(SENT_AT)
+                if isinstance(sent_at, int | float):
+                    self.metrics.observe(
+                        catalog.MESSAGE_DELIVERY_LATENCY,
+                        (str(headers.get(SOURCE_CLUSTER, "")), claimed.queue),
+                        max(0.0, (started - sent_at) * 1000.0),
+                    )
+
+    async def _run_handler(self, claimed: ClaimedTask, started: float) -> str:
+        """Run the task's agent; answer the attempt's outcome."""
         spec = self.agents.get(claimed.agent)
         policy_attempts = claimed.max_attempts or (spec.retry.max_attempts if spec else 1)
         if spec is None:
-            await self._fail(
+            return await self._fail(
                 claimed,
                 started,
                 f"no agent named {claimed.agent!r} in cluster {self.cluster!r}",
                 retryable=False,
                 max_attempts=policy_attempts,
             )
-            return
         timeout = spec.timeout
         if claimed.deadline is not None:
             remaining = claimed.deadline - self.clock.now()
             if remaining <= 0:
-                await self._fail(
+                return await self._fail(
                     claimed,
                     started,
                     "deadline passed before the task started",
                     retryable=False,
                     max_attempts=policy_attempts,
                 )
-                return
             timeout = remaining if timeout is None else min(timeout, remaining)
         info = TaskInfo(
             id=claimed.id,
@@ -301,9 +348,9 @@ class Worker:
             log.warning(
                 "lease.lost", task_id=claimed.id, epoch=claimed.epoch, worker=self.worker_id
             )
-            return
+            return "lease_lost"
         except TimeoutError:
-            await self._fail(
+            return await self._fail(
                 claimed,
                 started,
                 f"timed out after {timeout:.3g} s",
@@ -311,9 +358,8 @@ class Worker:
                 max_attempts=policy_attempts,
                 spec=spec,
             )
-            return
         except Exception as exc:  # the agent's own failure: record it, maybe retry
-            await self._fail(
+            return await self._fail(
                 claimed,
                 started,
                 f"{type(exc).__name__}: {exc}",
@@ -321,18 +367,16 @@ class Worker:
                 max_attempts=policy_attempts,
                 spec=spec,
             )
-            return
         try:
             encoded = json.dumps(result)
         except (TypeError, ValueError) as exc:
-            await self._fail(
+            return await self._fail(
                 claimed,
                 started,
                 f"result is not JSON-serialisable: {exc}",
                 retryable=False,
                 max_attempts=policy_attempts,
             )
-            return
         done = await self.client.apply(
             Complete(claimed.id, claimed.epoch, encoded, self.worker_id, started)
         )
@@ -344,6 +388,8 @@ class Worker:
                 worker=self.worker_id,
                 at="complete",
             )
+            return "lease_lost"
+        return "succeeded"
 
     async def _fail(
         self,
@@ -354,7 +400,7 @@ class Worker:
         retryable: bool,
         max_attempts: int,
         spec: AgentSpec | None = None,
-    ) -> None:
+    ) -> str:
         failures = claimed.failures + 1
         retry_at: float | None = None
         reason = None
@@ -382,6 +428,9 @@ class Worker:
             dead_lettered=retry_at is None and result.ok,
             lease_held=result.ok,
         )
+        if not result.ok:
+            return "lease_lost"
+        return "failed" if retry_at is not None else "dead_lettered"
 
     # --- heartbeats, reaping, child results --------------------------------------------------
 
@@ -429,8 +478,24 @@ class Worker:
             await self.clock.sleep(self.settings.reap_interval)
             requeued = await self.client.run(self.client.store.requeue_expired, self.clock.now())
             if requeued:
+                self.metrics.inc(catalog.LEASE_EXPIRATIONS, (self.cluster,), len(requeued))
                 log.warning("lease.expired", tasks=requeued[:20], count=len(requeued))
                 self.wake_claimer()
+
+    async def _telemetry_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.settings.telemetry_interval)
+            await self.flush_telemetry()
+
+    async def flush_telemetry(self) -> None:
+        """Write this worker's metrics snapshot to the store (cumulative values)."""
+        busy = len(self._running) / max(1, self.settings.concurrency)
+        self.metrics.set(catalog.AGENT_UTILIZATION, (self.cluster, self.worker_id), busy)
+        data = json.dumps(self.metrics.snapshot(), separators=(",", ":"))
+        store = self.client.store
+        await self.client.run(
+            store.put_telemetry, self.worker_id, self.cluster, self.clock.now(), data
+        )
 
     async def wait_for_result(self, child_id: int, ctx: Context, poll_interval: float) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -8,7 +8,7 @@ that changes state commits before it returns.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._models import (
     AttemptRecord,
@@ -137,6 +137,19 @@ class Store(Protocol):
     def running_count(self, queue: str) -> int: ...
 
     def count_dead_since(self, since: float) -> int: ...
+
+    # telemetry
+    def put_telemetry(self, worker: str, cluster: str, now: float, data: str) -> None: ...
+
+    def get_telemetry(self) -> list[tuple[str, str, float, str]]: ...
+
+    def put_spans(self, spans: Sequence[tuple[Any, ...]]) -> None: ...
+
+    def get_spans(
+        self, trace_id: str | None = None, task_id: int | None = None, limit: int = 1000
+    ) -> list[tuple[Any, ...]]: ...
+
+    def prune_spans(self, before: float) -> int: ...
 
     # workers and events
     def register_worker(

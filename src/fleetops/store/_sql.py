@@ -565,6 +565,58 @@ class SqlStore:
         ).fetchone()
         return int(row[0])
 
+    # --- telemetry: metric snapshots and spans ---------------------------------------------
+
+    def put_telemetry(self, worker: str, cluster: str, now: float, data: str) -> None:
+        with self._tx():
+            self._exec(
+                "INSERT INTO telemetry (worker, cluster, at, data) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (worker) DO UPDATE SET cluster = excluded.cluster, "
+                "at = excluded.at, data = excluded.data",
+                (worker, cluster, now, data),
+            )
+
+    def get_telemetry(self) -> list[tuple[str, str, float, str]]:
+        """(worker, cluster, written at, snapshot JSON) of every worker ever seen."""
+        rows = self._exec("SELECT worker, cluster, at, data FROM telemetry ORDER BY worker")
+        return [(r[0], r[1], float(r[2]), r[3]) for r in rows.fetchall()]
+
+    def put_spans(self, spans: Sequence[tuple[Any, ...]]) -> None:
+        """Insert finished spans: (trace_id, span_id, parent_span_id, name, kind, start,
+        end, status, task_id, cluster, agent, attributes JSON)."""
+        if not spans:
+            return
+        with self._tx():
+            for span in spans:
+                self._exec(
+                    "INSERT INTO spans (trace_id, span_id, parent_span_id, name, kind, "
+                    "start_time, end_time, status, task_id, cluster, agent, attributes) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (trace_id, span_id) DO NOTHING",
+                    span,
+                )
+
+    def get_spans(
+        self, trace_id: str | None = None, task_id: int | None = None, limit: int = 1000
+    ) -> list[tuple[Any, ...]]:
+        """Spans of one trace, or of the traces one task took part in, by start time."""
+        columns = (
+            "trace_id, span_id, parent_span_id, name, kind, start_time, end_time, status, "
+            "task_id, cluster, agent, attributes"
+        )
+        if trace_id is not None:
+            sql = f"SELECT {columns} FROM spans WHERE trace_id = ? ORDER BY start_time LIMIT ?"
+            return [tuple(r) for r in self._exec(sql, (trace_id, limit)).fetchall()]
+        sql = (
+            f"SELECT {columns} FROM spans WHERE trace_id IN "
+            "(SELECT trace_id FROM spans WHERE task_id = ?) ORDER BY start_time LIMIT ?"
+        )
+        return [tuple(r) for r in self._exec(sql, (task_id, limit)).fetchall()]
+
+    def prune_spans(self, before: float) -> int:
+        with self._tx():
+            return int(self._exec("DELETE FROM spans WHERE end_time < ?", (before,)).rowcount)
+
     # --- workers and events -------------------------------------------------------------------
 
     def register_worker(

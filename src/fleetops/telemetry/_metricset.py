@@ -60,6 +60,10 @@ class MetricSet:
     def set(self, metric: MetricDef, labels: Mapping[str, object] | Labels, value: float) -> None:
         self._gauges.setdefault(metric.name, {})[self._key(metric, labels)] = float(value)
 
+    def forget(self, metric: MetricDef, labels: Mapping[str, object] | Labels) -> None:
+        """Drop one series of a gauge (e.g. the phi of a worker that is gone)."""
+        self._gauges.get(metric.name, {}).pop(self._key(metric, labels), None)
+
     def observe(
         self, metric: MetricDef, labels: Mapping[str, object] | Labels, value: float
     ) -> None:
