@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetops import Context, EffectCall, RetryPolicy, TaskFailed, TaskInfo, agent
-from fleetops.providers import ProviderError
+from fleetops.providers import ChatResponse, ProviderError
 
 from .orders import find_order_number
 from .outbox import append_once, default_outbox_path
@@ -140,10 +140,11 @@ async def classify(task: TaskInfo, ctx: Context) -> dict[str, Any]:
 
     Answers ``{"request_id", "customer", "category", "keyword_hits", "summary",
     "order_number", "status": "sent" | "escalated", "reply", "research": {"steps",
-    "complete", "tool_calls"} | None, "review": {"verdict", "approvals", "votes"} | None,
-    "error": str | None, "delivery": {"key", "written", "reexecution"}}``. A reply the
-    reviewers reject, or research that failed for good, is escalated to a person: the
-    customer gets a hand-off note instead of the draft.
+    "complete", "tool_calls"} | None, "review": {"verdict", "approvals", "consensus",
+    "votes"} | None, "error": str | None, "delivery": {"key", "written", "reexecution"}}``.
+    A reply the reviewers reject, or research that failed for good, is escalated to a
+    person: the customer gets a hand-off note instead of the draft. The wait for
+    research is timed as an ``agent_coordination_efficiency`` sample.
     """
     request = _customer_request(task)
     category, hits = classify_text(request["message"])
@@ -151,18 +152,19 @@ async def classify(task: TaskInfo, ctx: Context) -> dict[str, Any]:
     summary = await _summarise(ctx, request["message"])
     error = None
     try:
-        research: dict[str, Any] | None = await ctx.call(
-            "research/investigate",
-            {
-                "request_id": request["request_id"],
-                "message": request["message"],
-                "category": category,
-                "summary": summary,
-                "order_number": order_number,
-            },
-            key="investigate",
-            priority=_child_priority(task),
-        )
+        async with ctx.coordinate("research"):
+            research: dict[str, Any] | None = await ctx.call(
+                "research/investigate",
+                {
+                    "request_id": request["request_id"],
+                    "message": request["message"],
+                    "category": category,
+                    "summary": summary,
+                    "order_number": order_number,
+                },
+                key="investigate",
+                priority=_child_priority(task),
+            )
     except TaskFailed as exc:
         research, error = None, f"research failed: {exc}"
     review = research["review"] if research is not None else None
@@ -208,13 +210,26 @@ async def classify(task: TaskInfo, ctx: Context) -> dict[str, Any]:
 # --- research ----------------------------------------------------------------------------------
 
 
+async def _react_step(ctx: Context, step: int, messages: list[dict[str, Any]]) -> ChatResponse:
+    """One model turn of the loop, journaled: a redelivered task replays the turns it
+    already paid for (and gets the same answers) instead of asking the model again."""
+
+    async def ask() -> dict[str, Any]:
+        response = await ctx.llm(messages, tools=TOOLS, max_tokens=RESEARCH_MAX_TOKENS)
+        return response.to_dict()
+
+    return ChatResponse.from_dict(await ctx.effect(f"react-step-{step}", ask))
+
+
 @agent(name="investigate", retry=RETRY)
 async def investigate(task: TaskInfo, ctx: Context) -> dict[str, Any]:
     """A ReAct loop over ``search_kb`` and ``lookup_order``, then a review of the draft.
 
     Each step asks the model with the tools offered; tool calls are run here and their
     results appended as ``tool`` messages; the loop ends at a final answer or after
-    ``max_steps`` (payload, default 4) steps. Answers ``{"request_id", "draft",
+    ``max_steps`` (payload, default 4) steps. The chain's length and whether it reached
+    an answer feed the ``reasoning_chain_length`` and ``planning_success_rate`` metrics.
+    Answers ``{"request_id", "draft",
     "complete", "steps", "tool_calls": [{"step", "tool", "arguments", "found",
     "refs"}], "evidence", "review"}``.
     """
@@ -231,7 +246,7 @@ async def investigate(task: TaskInfo, ctx: Context) -> dict[str, Any]:
     steps = 0
     while steps < max_steps and draft is None:
         steps += 1
-        response = await ctx.llm(messages, tools=TOOLS, max_tokens=RESEARCH_MAX_TOKENS)
+        response = await _react_step(ctx, steps, messages)
         messages.append(response.to_message().to_dict())
         if not response.tool_calls:
             # a model that skips the 'Final Answer:' marker still answered
@@ -253,6 +268,8 @@ async def investigate(task: TaskInfo, ctx: Context) -> dict[str, Any]:
             )
             evidence.append(result.evidence(call.name))
     complete = draft is not None
+    ctx.report_reasoning(steps)
+    ctx.report_plan(complete)
     if draft is None:
         draft = f"I looked into this in {steps} step(s) but could not reach an answer."
     review = await ctx.call(
@@ -290,22 +307,34 @@ async def _ask_reviewer(ctx: Context, persona: str, payload: Mapping[str, Any]) 
             key=f"vote-{persona}",
             priority=_child_priority(ctx.task),
         )
-    except TaskFailed as exc:  # a reviewer that cannot vote does not approve
-        return {"reviewer": persona, "vote": "reject", "reason": f"no vote: {exc}", "note": ""}
+    except TaskFailed as exc:  # a reviewer that cannot vote abstains, which does not approve
+        return {"reviewer": persona, "vote": "abstain", "reason": f"no vote: {exc}", "note": ""}
     return vote
 
 
 @agent(name="review", retry=RETRY)
 async def review(task: TaskInfo, ctx: Context) -> dict[str, Any]:
-    """Three reviewers vote at once; the majority decides.
+    """Three reviewers vote at once; a majority of all three must approve.
 
-    Answers ``{"verdict": "approve" | "reject", "approvals", "votes": [{"reviewer",
-    "vote", "reason", "note"}, ...]}``.
+    Answers ``{"verdict": "approve" | "reject", "approvals", "consensus", "votes":
+    [{"reviewer", "vote", "reason", "note"}, ...]}``. ``consensus`` is False when no
+    two reviewers agreed (one abstained because its task failed); it feeds the
+    ``consensus_success_rate`` metric, and the vote's duration
+    ``agent_coordination_efficiency``.
     """
-    votes = await asyncio.gather(*(_ask_reviewer(ctx, p, task.payload) for p in PERSONAS))
+    async with ctx.coordinate("vote"):
+        votes = await asyncio.gather(*(_ask_reviewer(ctx, p, task.payload) for p in PERSONAS))
     verdict = majority(votes)
     approvals = sum(1 for v in votes if v["vote"] == "approve")
-    return {"verdict": verdict, "approvals": approvals, "votes": list(votes)}
+    rejections = sum(1 for v in votes if v["vote"] == "reject")
+    consensus = max(approvals, rejections) * 2 > len(votes)
+    ctx.report_consensus(consensus)
+    return {
+        "verdict": verdict,
+        "approvals": approvals,
+        "consensus": consensus,
+        "votes": list(votes),
+    }
 
 
 @agent(name="reviewer", retry=RETRY)
