@@ -8,8 +8,9 @@
 
 Payloads (small JSON objects):
 
-- ``intake/classify``: ``{"request_id", "customer", "message"}`` and optionally
-  ``"outbox"`` (a file path). Answers the delivered reply; see :func:`classify`.
+- ``intake/classify``: ``{"request_id", "customer", "channel", "message"}`` (only
+  ``message`` is required) and optionally ``"outbox"`` (a file path). Answers the
+  delivered reply; see :func:`classify`.
 - ``research/investigate``: ``{"request_id", "message", "category", "summary",
   "order_number"}``. Answers the draft, the tool calls made and the review.
 - ``review/review``: ``{"request_id", "category", "order_number", "draft", "complete",
@@ -97,6 +98,7 @@ def _customer_request(task: TaskInfo) -> dict[str, str]:
     return {
         "request_id": str(payload.get("request_id") or f"task-{task.id}"),
         "customer": str(payload.get("customer") or "unknown"),
+        "channel": str(payload.get("channel") or "email"),
         "message": payload["message"],
     }
 
@@ -178,6 +180,7 @@ async def classify(task: TaskInfo, ctx: Context) -> dict[str, Any]:
         {
             "request_id": request["request_id"],
             "customer": request["customer"],
+            "channel": request["channel"],
             "category": category,
             "status": status,
             "reply": reply,
