@@ -232,9 +232,8 @@ async def investigate(task: TaskInfo, ctx: Context) -> dict[str, Any]:
     results appended as ``tool`` messages; the loop ends at a final answer or after
     ``max_steps`` (payload, default 4) steps. The chain's length and whether it reached
     an answer feed the ``reasoning_chain_length`` and ``planning_success_rate`` metrics.
-    Answers ``{"request_id", "draft",
-    "complete", "steps", "tool_calls": [{"step", "tool", "arguments", "found",
-    "refs"}], "evidence", "review"}``.
+    Answers ``{"request_id", "draft", "complete", "steps", "tool_calls": [{"step",
+    "tool", "arguments", "found", "refs"}], "evidence", "review"}``.
     """
     payload = task.payload
     max_steps = int(payload.get("max_steps", DEFAULT_MAX_STEPS))
