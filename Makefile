@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+DEMO_SPEC := examples/support-desk/fleet.yaml
+
 demo: $(STAMP)
-	$(BIN)/fleetops chaos kill-workers --tasks 2000 --workers 4 --kill-every 1s
+	$(BIN)/fleetops load $(DEMO_SPEC) --workload support_desk.workload:generate_requests \
+		--target intake/classify --duration 60s --rate 5 --kill-worker-at 0.5
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

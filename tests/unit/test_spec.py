@@ -558,7 +558,7 @@ def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
 
 
 def test_issues_render_as_file_line_column_path_message_value_fix(tmp_path: Path) -> None:
-    path = write(tmp_path, MINIMAL.replace("clusters:", "api: {port: 0}\nclusters:"))
+    path = write(tmp_path, MINIMAL.replace("clusters:", "api: {port: -1}\nclusters:"))
     with pytest.raises(SpecError) as raised:
         load_spec(path)
 
@@ -566,7 +566,7 @@ def test_issues_render_as_file_line_column_path_message_value_fix(tmp_path: Path
     assert isinstance(error, UsageError)
     assert [issue.path for issue in error.issues] == ["api.port"]
     assert format_issues(error.issues, str(path)) == (
-        f"{path}:2:13: api.port: must be at least 1 (got 0); fix: use a value at least 1"
+        f"{path}:2:13: api.port: must be at least 0 (got -1); fix: use a value at least 0"
     )
     assert str(error).splitlines() == [
         f"{path}: 1 problem in the fleet spec",
