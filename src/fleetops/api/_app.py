@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from .. import __version__
 from .._exceptions import UnknownTask, UsageError
 from ..runtime._context import split_address
 from ..store import TASK_STATES, NewTask, TaskRecord
+from ..telemetry._logsearch import LogFilter, search_logs
+from ..telemetry._tracing import TRACEPARENT, new_traceparent
 from . import _problems
 from ._metrics import render
 from ._models import ApplyRequest, ApplyResponse, Submitted, TaskSubmit
@@ -110,6 +113,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
             deadline=body.deadline,
             idempotency_key=body.idempotency_key,
             max_attempts=body.max_attempts,
+            headers=json.dumps({TRACEPARENT: new_traceparent()}),
         )
         done = await client().submit(task)
         return Submitted(id=done.id, created=done.created)
@@ -239,12 +243,69 @@ def create_app(plane: ControlPlane) -> FastAPI:
         )
         return ApplyResponse(change_id=result.change_id, diff=result.diff, actions=result.actions)
 
+    @app.get("/api/v1/traces", tags=["observability"])
+    async def traces(
+        task_id: int | None = None, trace_id: str | None = None, limit: int = 2000
+    ) -> dict[str, Any]:
+        """Every span of the trace(s) a task took part in, or of one trace, by start time."""
+        if task_id is None and trace_id is None:
+            raise UsageError("task_id or trace_id: give one, e.g. /api/v1/traces?task_id=12")
+        c = client()
+        rows = await c.run(c.store.get_spans, trace_id, task_id, limit)
+        return {"spans": [_span(r) for r in rows]}
+
+    @app.get("/api/v1/logs", tags=["observability"])
+    async def logs(
+        q: str | None = None,
+        level: str | None = None,
+        task_id: int | None = None,
+        cluster: str | None = None,
+        trace_id: str | None = None,
+        limit: int = Query(200, ge=1, le=5000),
+    ) -> dict[str, Any]:
+        """Structured log records of every process of the fleet, newest first."""
+        where = LogFilter(text=q, level=level, task_id=task_id, cluster=cluster, trace_id=trace_id)
+        items = await asyncio.to_thread(search_logs, plane.log_dir, where, limit)
+        return {"items": items}
+
+    @app.get("/api/v1/alerts", tags=["operations"])
+    async def alerts() -> dict[str, Any]:
+        """Firing alerts (the alert engine fills this)."""
+        return {"items": []}
+
+    @app.get("/api/v1/incidents", tags=["operations"])
+    async def incidents() -> dict[str, Any]:
+        """Open incidents (the alert engine fills this)."""
+        return {"items": []}
+
     @app.get("/api/v1/readiness", tags=["fleet"])
     async def readiness() -> dict[str, Any]:
         """The production-readiness score now, check by check."""
         return (await plane.readiness()).as_dict()
 
     return app
+
+
+SPAN_FIELDS = (
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "kind",
+    "start_time",
+    "end_time",
+    "status",
+    "task_id",
+    "cluster",
+    "agent",
+    "attributes",
+)
+
+
+def _span(row: tuple[Any, ...]) -> dict[str, Any]:
+    out = dict(zip(SPAN_FIELDS, row, strict=True))
+    out["attributes"] = json.loads(out["attributes"] or "{}")
+    return out
 
 
 def _attempt(a: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ for command in (
     _fleet.readiness,
     _fleet.changes,
     _fleet.load,
+    _fleet.logs,
 ):
     app.command()(command)
 

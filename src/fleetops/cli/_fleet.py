@@ -436,3 +436,51 @@ def load(
             _run_load(plane, workload, target, count, rate, kill_worker_at, seed, json_output)
         )
     raise typer.Exit(code)
+
+
+def logs(
+    file: Path = typer.Argument(None, help="The fleet spec (default: the fleet run from here)."),
+    query: str = typer.Option(None, "-q", "--query", help="Text to look for."),
+    level: str = typer.Option(None, help="Lowest level: debug, info, warning, error."),
+    task_id: int = typer.Option(None, "--task", help="Only this task's records."),
+    cluster: str = typer.Option(None, help="Only this cluster's records."),
+    trace_id: str = typer.Option(None, "--trace", help="Only this trace's records."),
+    limit: int = typer.Option(50, min=1, max=100000, help="How many (newest first)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records."),
+    json_output: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """Search the fleet's structured logs (every worker and the control plane)."""
+    from ..telemetry._logsearch import LogFilter, follow_logs, search_logs
+
+    base = file.resolve().parent if file is not None else Path.cwd()
+    log_dir = base / ".fleetops" / "logs"
+    if not log_dir.is_dir():
+        fail(f"no fleet logs in {log_dir}: run the fleet from here (or name its spec)", EXIT_USAGE)
+    with user_errors():
+        where = LogFilter(
+            text=query, level=level, task_id=task_id, cluster=cluster, trace_id=trace_id
+        )
+    records = list(reversed(search_logs(log_dir, where, limit)))
+    for record in records:
+        _print_log(record, json_output)
+    if follow:
+        with contextlib.suppress(KeyboardInterrupt):
+            for record in follow_logs(log_dir, where):
+                _print_log(record, json_output)
+
+
+def _print_log(record: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        print(json.dumps(record, default=str), flush=True)
+        return
+    level = str(record.get("level", "info"))
+    colour = {"error": "red", "critical": "red", "warning": "yellow"}.get(level, "dim")
+    extra = {
+        k: v for k, v in record.items() if k not in ("ts", "level", "logger", "event", "source")
+    }
+    fields = " ".join(f"{k}={v}" for k, v in extra.items())
+    out.print(
+        f"{_time(record.get('ts'))} [{colour}]{level:<7}[/] {record.get('source', '')} "
+        f"[bold]{record.get('event', '')}[/] {fields}",
+        highlight=False,
+    )

@@ -21,6 +21,7 @@ from typing import Any
 from .._exceptions import ConfigError
 from ..runtime._context import split_address
 from ..store import TERMINAL_STATES, NewTask
+from ..telemetry._tracing import TRACEPARENT, new_traceparent
 from ._plane import ControlPlane
 
 DRAIN_TIMEOUT = 120.0
@@ -95,7 +96,12 @@ async def run_load(
         due = began + index / rate
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         submitted = await client.submit(
-            NewTask(queue=cluster, agent=agent, payload=json.dumps(payload))
+            NewTask(
+                queue=cluster,
+                agent=agent,
+                payload=json.dumps(payload),
+                headers=json.dumps({TRACEPARENT: new_traceparent()}),
+            )
         )
         ids.append(submitted.id)
         if kill_index is not None and index == kill_index and killed is None:

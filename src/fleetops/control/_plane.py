@@ -15,6 +15,7 @@ import asyncio
 import getpass
 import hashlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -32,7 +33,8 @@ from ..queue import QueueClient
 from ..runtime import ClusterPlan, Supervisor, load_agent
 from ..spec import FleetSpec, load_spec_text
 from ..store import TERMINAL_STATES, NewTask, Store, open_store
-from ..telemetry import get_logger
+from ..telemetry import JsonFormatter, get_logger
+from ..telemetry._tracing import TRACEPARENT, new_traceparent
 from ._diff import diff
 from ._readiness import FleetFacts, ReadinessReport, score
 from ._smoke import SMOKE_AGENT, SMOKE_ENTRYPOINT
@@ -136,6 +138,8 @@ class ControlPlane:
         self._on_phase = on_phase
         base = spec.base_dir or Path.cwd()
         self.state_dir = base / STATE_DIR
+        self.log_dir = self.state_dir / "logs"
+        self._log_handler: logging.Handler | None = None
         self.store_url = spec.store_url()
         self.supervisor: Supervisor | None = None
         self.client: QueueClient | None = None
@@ -179,6 +183,10 @@ class ControlPlane:
             self.client = None
         self._lock.release()
         self.deployed = False
+        if self._log_handler is not None:
+            logging.getLogger("fleetops").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
 
     @property
     def api_url(self) -> str:
@@ -243,6 +251,21 @@ class ControlPlane:
         applied_path = self.state_dir / "applied-spec.yaml"
         applied_path.write_text(self.spec_text, encoding="utf-8")
         return f"store {_redact(self.store_url)} at schema version {version}"
+
+    def _start_log_file(self) -> None:
+        """Keep the control plane's own logs beside the workers', for search."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.log_dir / "control.log", encoding="utf-8")
+        handler.setFormatter(JsonFormatter())
+        handler.setLevel(logging.INFO)
+        root = logging.getLogger("fleetops")
+        root.addHandler(handler)
+        if root.getEffectiveLevel() > logging.INFO:
+            root.setLevel(logging.INFO)
+            for other in root.handlers:
+                if other is not handler and other.level == logging.NOTSET:
+                    other.setLevel(logging.CRITICAL)
+        self._log_handler = handler
 
     def _lock_info(self) -> dict[str, Any]:
         return {
@@ -327,7 +350,7 @@ class ControlPlane:
             self.store_url,
             plans,
             clock=self.clock,
-            log_dir=self.state_dir / "logs",
+            log_dir=self.log_dir,
         )
         assert self._tg is not None
         self._supervisor_stop = asyncio.Event()
@@ -376,6 +399,7 @@ class ControlPlane:
                     priority=100,
                     idempotency_key=f"smoke/{stamp}/{name}",
                     max_attempts=1,
+                    headers=json.dumps({TRACEPARENT: new_traceparent()}),
                 )
             )
             ids[name] = submitted.id

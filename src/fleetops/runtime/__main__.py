@@ -16,6 +16,7 @@ from dataclasses import replace
 from ..providers import Gateway
 from ..queue import QueueClient
 from ..telemetry import configure_json_logging
+from ..telemetry._tracing import otlp_endpoint_from_env
 from ._agent import AgentSpec, load_agent
 from ._worker import Worker, WorkerSettings
 
@@ -43,6 +44,7 @@ async def _main(config: dict[str, object]) -> int:
             parent_pid=config.get("parent_pid"),  # type: ignore[arg-type]
             gateway=gateway,
             routes=routes,
+            otlp_endpoint=otlp_endpoint_from_env(),
         )
         try:
             await worker.run(stop)

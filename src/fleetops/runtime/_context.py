@@ -10,9 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.trace import SpanKind
+
 from .._exceptions import LeaseLost, UsageError
 from ..store import ClaimedTask, EffectBegin, EffectEnd, NewTask, SubmitChild
 from ..telemetry import catalog
+from ..telemetry._tracing import TRACEPARENT, current_traceparent
 
 SENT_AT = "fleetops.sent_at"
 SOURCE_CLUSTER = "fleetops.source_cluster"
@@ -154,6 +157,7 @@ class Context:
             headers=json.dumps(
                 {
                     **self.task.headers,
+                    **({TRACEPARENT: parent} if (parent := current_traceparent()) else {}),
                     SENT_AT: self._worker.clock.now(),
                     SOURCE_CLUSTER: self.task.cluster,
                 }
@@ -217,15 +221,56 @@ class Context:
         cluster's tokens-per-minute quota.
         """
         gateway = self._worker.gateway()
-        return await gateway.chat(
-            messages,
-            cluster=self.task.cluster,
-            provider=provider,
-            model=model,
-            tools=tools,
-            temperature=temperature,
-            max_tokens=max_tokens,
-        )
+        name = model or "default"
+        with self._worker.tracer.start_as_current_span(
+            f"chat {name}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": provider or gateway.default,
+                "gen_ai.request.model": name,
+                "gen_ai.agent.name": self.task.agent,
+                "fleetops.task.id": self.task.id,
+                "fleetops.cluster": self.task.cluster,
+            },
+        ) as span:
+            response = await gateway.chat(
+                messages,
+                cluster=self.task.cluster,
+                provider=provider,
+                model=model,
+                tools=tools,
+                temperature=temperature,
+                max_tokens=max_tokens,
+            )
+            span.update_name(f"chat {response.model}")
+            span.set_attributes(
+                {
+                    "gen_ai.provider.name": response.provider,
+                    "gen_ai.response.model": response.model,
+                    "gen_ai.usage.input_tokens": response.usage.input_tokens,
+                    "gen_ai.usage.output_tokens": response.usage.output_tokens,
+                    "gen_ai.response.finish_reasons": [response.finish_reason],
+                }
+            )
+            return response
+
+    @contextlib.asynccontextmanager
+    async def tool(self, name: str, call_id: str | None = None) -> AsyncIterator[None]:
+        """Trace a tool run: ``async with ctx.tool("search_kb", call.id): ...``."""
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            "gen_ai.agent.name": self.task.agent,
+            "fleetops.task.id": self.task.id,
+            "fleetops.cluster": self.task.cluster,
+        }
+        if call_id:
+            attributes["gen_ai.tool.call.id"] = call_id
+        with self._worker.tracer.start_as_current_span(
+            f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attributes
+        ):
+            yield
 
     # --- the seed's multi-agent metrics (docs/metrics.md) ----------------------------------
 

@@ -20,12 +20,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from .._clock import Clock
 from .._exceptions import LeaseLost, TaskFailed
 from ..queue import QueueClient
 from ..queue._client import ChangeWatcher
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
 from ..telemetry import MetricSet, catalog, get_logger
+from ..telemetry._tracing import context_from_headers, make_tracer_provider, task_context
 from ._agent import AgentSpec
 
 if TYPE_CHECKING:
@@ -81,6 +85,7 @@ class Worker:
         parent_pid: int | None = None,
         gateway: Gateway | None = None,
         routes: Sequence[str] | None = None,
+        otlp_endpoint: str | None = None,
     ) -> None:
         self.client = client
         self.worker_id = worker_id
@@ -105,6 +110,13 @@ class Worker:
         self.processed = 0
         self.dead = False
         self.metrics = MetricSet()
+        provider, self.spans = make_tracer_provider(
+            "fleetops-worker",
+            {"fleetops.cluster": cluster, "fleetops.worker": worker_id},
+            otlp_endpoint=otlp_endpoint,
+        )
+        self._tracer_provider = provider
+        self.tracer = provider.get_tracer("fleetops")
         self._outcomes: dict[tuple[str, ...], collections.deque[bool]] = {}
         if gateway is not None:
             gateway.stats.subscribe(self._record_llm_call)
@@ -186,6 +198,7 @@ class Worker:
             for loop_task in loops:
                 loop_task.cancel()
         await self.flush_telemetry()
+        self._tracer_provider.shutdown()
         if not self.dead:
             await self.client.run(
                 self.client.store.set_worker_state, self.worker_id, "stopped", self.clock.now()
@@ -271,8 +284,27 @@ class Worker:
         started = self.clock.now()
         self._record_start(claimed, started)
         outcome = "lease_lost"
+        headers = json.loads(claimed.headers)
+        span = self.tracer.start_span(
+            f"invoke_agent {claimed.agent}",
+            context=context_from_headers(headers),
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": claimed.agent,
+                "fleetops.task.id": claimed.id,
+                "fleetops.cluster": claimed.queue,
+                "fleetops.attempt": claimed.attempt,
+                "fleetops.epoch": claimed.epoch,
+                "fleetops.worker": self.worker_id,
+            },
+        )
+        token = task_context.set(
+            {"task_id": claimed.id, "agent": claimed.agent, "cluster": claimed.queue}
+        )
         try:
-            outcome = await self._run_handler(claimed, started)
+            with trace.use_span(span, end_on_exit=False):
+                outcome = await self._run_handler(claimed, started)
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(claimed.id, None)
             if reason == "shutdown":
@@ -282,6 +314,11 @@ class Worker:
             elif reason is None:
                 raise
         finally:
+            task_context.reset(token)
+            span.set_attribute("fleetops.outcome", outcome)
+            if outcome != "succeeded":
+                span.set_status(Status(StatusCode.ERROR, outcome))
+            span.end()
             self._running.pop(claimed.id, None)
             self._cancel_reasons.pop(claimed.id, None)
             self.processed += 1
@@ -488,7 +525,7 @@ class Worker:
             await self.flush_telemetry()
 
     async def flush_telemetry(self) -> None:
-        """Write this worker's metrics snapshot to the store (cumulative values)."""
+        """Write this worker's metrics snapshot (cumulative values) and finished spans."""
         busy = len(self._running) / max(1, self.settings.concurrency)
         self.metrics.set(catalog.AGENT_UTILIZATION, (self.cluster, self.worker_id), busy)
         data = json.dumps(self.metrics.snapshot(), separators=(",", ":"))
@@ -496,6 +533,9 @@ class Worker:
         await self.client.run(
             store.put_telemetry, self.worker_id, self.cluster, self.clock.now(), data
         )
+        spans = self.spans.drain()
+        if spans:
+            await self.client.run(store.put_spans, spans)
 
     async def wait_for_result(self, child_id: int, ctx: Context, poll_interval: float) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -13,6 +13,10 @@ import sys
 import time
 from typing import Any
 
+from opentelemetry import trace
+
+from ._tracing import task_context
+
 
 class EventLogger:
     """A thin wrapper that turns keyword fields into structured log records."""
@@ -51,6 +55,14 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        task = task_context.get()
+        if task:
+            out.update(task)
+        span = trace.get_current_span()
+        ctx = span.get_span_context()
+        if ctx.is_valid:
+            out["trace_id"] = f"{ctx.trace_id:032x}"
+            out["span_id"] = f"{ctx.span_id:016x}"
         fields = getattr(record, "fleetops", None)
         if isinstance(fields, dict):
             out.update(fields)

@@ -1,0 +1,113 @@
+"""Searching the fleet's JSON logs (the embedded default keeps them as files).
+
+Every process of a fleet writes one JSON object per line to its own file under
+``.fleetops/logs/``: the control plane to ``control.log``, each worker to
+``<worker id>.log``. :func:`search_logs` reads them newest first with filters;
+:func:`follow_logs` yields new matching lines as they are written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import ConfigError
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+#: How much of each file's end a search reads (old lines beyond it are not searched).
+TAIL_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    text: str | None = None
+    level: str | None = None
+    task_id: int | None = None
+    cluster: str | None = None
+    trace_id: str | None = None
+    event: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.level is not None and self.level not in LEVELS:
+            raise ConfigError("level", self.level, f"use one of {', '.join(LEVELS)}")
+
+    def matches(self, record: dict[str, Any], line: str) -> bool:
+        if self.level is not None:
+            level = str(record.get("level", "info"))
+            if level not in LEVELS or LEVELS.index(level) < LEVELS.index(self.level):
+                return False
+        if self.task_id is not None and record.get("task_id") != self.task_id:
+            return False
+        if self.cluster is not None and record.get("cluster") != self.cluster:
+            return False
+        if self.trace_id is not None and record.get("trace_id") != self.trace_id:
+            return False
+        if self.event is not None and not str(record.get("event", "")).startswith(self.event):
+            return False
+        return self.text is None or self.text.lower() in line.lower()
+
+
+def _lines(path: Path) -> list[str]:
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(max(0, size - TAIL_BYTES))
+        data = handle.read()
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[1:] if size > TAIL_BYTES else lines
+
+
+def _parse(line: str, source: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    record.setdefault("source", source)
+    return record
+
+
+def search_logs(log_dir: Path, where: LogFilter, limit: int = 200) -> list[dict[str, Any]]:
+    """Matching records from every log file, newest first, at most ``limit``."""
+    found: list[dict[str, Any]] = []
+    if not log_dir.is_dir():
+        return found
+    for path in log_dir.glob("*.log"):
+        for line in _lines(path):
+            record = _parse(line, path.stem)
+            if record is not None and where.matches(record, line):
+                found.append(record)
+    found.sort(key=lambda r: float(r.get("ts", 0)), reverse=True)
+    return found[:limit]
+
+
+def follow_logs(
+    log_dir: Path, where: LogFilter, *, poll: float = 0.25, stop_after: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yield matching records appended to any log file from now on."""
+    offsets: dict[Path, int] = {}
+    for path in log_dir.glob("*.log"):
+        offsets[path] = path.stat().st_size
+    began = time.monotonic()
+    while stop_after is None or time.monotonic() - began < stop_after:
+        for path in sorted(log_dir.glob("*.log")):
+            start = offsets.get(path, 0)
+            size = path.stat().st_size
+            if size <= start:
+                offsets[path] = size
+                continue
+            with open(path, "rb") as handle:
+                handle.seek(start)
+                chunk = handle.read(size - start)
+            complete = chunk.rfind(b"\n") + 1
+            offsets[path] = start + complete
+            for line in chunk[:complete].decode("utf-8", errors="replace").splitlines():
+                record = _parse(line, path.stem)
+                if record is not None and where.matches(record, line):
+                    yield record
+        time.sleep(poll)
