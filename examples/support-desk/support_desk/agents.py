@@ -255,7 +255,8 @@ async def investigate(task: TaskInfo, ctx: Context) -> dict[str, Any]:
             draft = final_answer(response.content) or (response.content or "").strip() or None
             break
         for call in response.tool_calls:
-            result = run_tool(call.name, call.arguments)
+            async with ctx.tool(call.name, call.id):  # an execute_tool span in the trace
+                result = run_tool(call.name, call.arguments)
             messages.append(
                 {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": result.text}
             )
