@@ -1,0 +1,121 @@
+"""One trace follows a request across clusters and redeliveries; logs carry its ids."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from typing import Any
+
+from _polling import wait_until
+from fleetops import Context, RetryPolicy, TaskInfo
+from fleetops.queue import QueueClient
+from fleetops.runtime import Worker, WorkerSettings, agent
+from fleetops.store import NewTask
+from fleetops.telemetry import JsonFormatter, catalog, new_traceparent
+
+ATTEMPTS: dict[int, int] = {}
+
+
+@agent(name="front", retry=RetryPolicy(max_attempts=3, backoff_base=0.0))
+async def front(task: TaskInfo, ctx: Context) -> Any:
+    ctx.log.info("front.started")
+    answer = await ctx.call("back/answer", {"q": task.payload})
+    ATTEMPTS[task.id] = ATTEMPTS.get(task.id, 0) + 1
+    if ATTEMPTS[task.id] == 1:
+        raise RuntimeError("first attempt fails after its child answered")
+    ctx.report_reasoning(4)
+    return answer
+
+
+@agent(name="answer")
+async def answer(task: TaskInfo, ctx: Context) -> Any:
+    reply = await ctx.llm([{"role": "user", "content": "hello"}])
+    async with ctx.tool("search_kb", "call-1"):
+        await asyncio.sleep(0)
+    return {"len": len(reply.content or "")}
+
+
+def test_trace_crosses_clusters_and_survives_redelivery(sqlite_url: str) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("fleetops")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+
+    async def scenario() -> None:
+        async with QueueClient(sqlite_url) as client:
+            settings = WorkerSettings(telemetry_interval=0.1, shutdown_grace=1.0)
+            workers = [
+                Worker(
+                    client,
+                    worker_id="wf",
+                    cluster="front",
+                    settings=settings,
+                    agents={"front": front.__fleetops_agent__},
+                ),  # type: ignore[attr-defined]
+                Worker(
+                    client,
+                    worker_id="wb",
+                    cluster="back",
+                    settings=settings,
+                    agents={"answer": answer.__fleetops_agent__},
+                ),  # type: ignore[attr-defined]
+            ]
+            traceparent = new_traceparent()
+            trace_id = traceparent.split("-")[1]
+            stop = asyncio.Event()
+            async with asyncio.TaskGroup() as tg:
+                for w in workers:
+                    tg.create_task(w.run(stop))
+                sub = await client.submit(
+                    NewTask(
+                        "front", "front", '"why?"', headers=json.dumps({"traceparent": traceparent})
+                    )
+                )
+
+                async def done() -> bool:
+                    record = await client.run(client.store.get_task, sub.id)
+                    return record is not None and record.state == "succeeded"
+
+                await wait_until(done, within=20)
+                stop.set()
+            spans = await client.run(client.store.get_spans, trace_id, None, 100)
+            names = sorted(s[3] for s in spans)
+            # two attempts of the parent, one child (found again, not re-sent), its LLM
+            # call and its tool run: all in the caller's trace
+            assert names.count("invoke_agent front") == 2
+            assert names.count("invoke_agent answer") == 1
+            assert any(n.startswith("chat ") for n in names)
+            assert "execute_tool search_kb" in names
+            assert {s[0] for s in spans} == {trace_id}
+            by_id = {s[1]: s for s in spans}
+            child = next(s for s in spans if s[3] == "invoke_agent answer")
+            assert by_id[child[2]][3] == "invoke_agent front"  # parented by the caller
+            chat = next(s for s in spans if s[3].startswith("chat "))
+            attributes = json.loads(chat[11])
+            assert attributes["gen_ai.operation.name"] == "chat"
+            assert attributes["gen_ai.provider.name"] == "simulated"
+            assert attributes["gen_ai.usage.input_tokens"] > 0
+            # metrics from both workers reached the store
+            rows = await client.run(client.store.get_telemetry)
+            assert {r[0] for r in rows} == {"wf", "wb"}
+            front_metrics = json.loads(next(r[3] for r in rows if r[0] == "wf"))
+            assert catalog.REASONING_CHAIN_LENGTH.name in front_metrics["h"]
+            back_metrics = json.loads(next(r[3] for r in rows if r[0] == "wb"))
+            assert catalog.MESSAGE_DELIVERY_LATENCY.name in back_metrics["h"]
+
+            records = [json.loads(line) for line in stream.getvalue().splitlines()]
+            started = [r for r in records if r["event"] == "front.started"]
+            assert len(started) == 2
+            assert all(r["trace_id"] == trace_id for r in started)
+            assert all(r["task_id"] == sub.id and r["cluster"] == "front" for r in started)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
