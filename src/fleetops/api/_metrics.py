@@ -9,12 +9,7 @@ every number is current and nothing is double-counted across worker processes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
 from ..telemetry import MetricSet, catalog
 
@@ -62,16 +57,6 @@ async def fleet_metrics(plane: ControlPlane) -> MetricSet:
     return merged
 
 
-class _Snapshot(Collector):
-    def __init__(self, metrics: MetricSet) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.metrics.families()
-
-
 async def render(plane: ControlPlane) -> bytes:
     """The Prometheus text exposition of the fleet's metrics."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(await fleet_metrics(plane)))
-    return generate_latest(registry)
+    return (await fleet_metrics(plane)).exposition()

@@ -42,6 +42,10 @@ class QueueBenchConfig:
     durability: str = "full"
     workers: int = 2
     overhead_seconds: float = 5.0
+    #: metrics and traces in the workers (off only to measure what they cost)
+    telemetry: bool = True
+    #: run the overhead phase (at half the measured rate) after the throughput phase
+    measure_overhead: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,7 @@ async def bench_queue(
             worker=WorkerSettings(
                 concurrency=config.inflight // config.workers,
                 claim_batch=max(50, config.inflight // config.workers // 2),
+                telemetry=config.telemetry,
             ),
         )
         supervisor = Supervisor(
@@ -128,6 +133,26 @@ async def bench_queue(
 
             # phase 2: overhead at half that rate
             rate = throughput / 2
+            if not config.measure_overhead:
+                stop.set()
+                return QueueBenchResult(
+                    throughput_tps=round(throughput, 1),
+                    overhead_p50_ms=None,
+                    overhead_p99_ms=None,
+                    durability=durability,
+                    tasks=len(ids),
+                    work=config.work,
+                    workers=config.workers,
+                    inflight=config.inflight,
+                    store="sqlite" if config.store == "sqlite" else "postgresql",
+                    overhead_rate_tps=0.0,
+                    queue_wait_p50_ms=None,
+                    queue_wait_p99_ms=None,
+                    run_overhead_p50_ms=None,
+                    run_overhead_p99_ms=None,
+                    overhead_tasks=0,
+                    elapsed_s=round(time.monotonic() - started, 2),
+                )
             count = max(50, min(config.tasks, int(rate * config.overhead_seconds)))
             paced = await _submit_paced(client, cluster, agent, payload, count, rate, clock)
             await _wait_terminal(client, cluster, len(ids) + len(paced), "overhead", progress)

@@ -43,3 +43,26 @@ def queue(
         print_json(result.as_dict())
     else:
         print_mapping("bench queue", result.as_dict())
+
+
+@app.command("telemetry")
+def telemetry(
+    tasks: int = typer.Option(10000, min=100, help="Tasks per throughput round."),
+    rounds: int = typer.Option(2, min=1, help="Rounds of (off, on)."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
+) -> None:
+    """What metrics and traces cost: throughput off vs on, scrape time, history ingest."""
+    from ..bench._telemetry import bench_telemetry
+
+    setup_logging(verbose)
+    with user_errors(), progress_bar("throughput") as update:
+
+        def report(phase: str, done: int, total: int) -> None:
+            update(done, total, description=phase)
+
+        result = asyncio.run(bench_telemetry(tasks=tasks, rounds=rounds, progress=report))
+    if json_output:
+        print_json(result.as_dict())
+    else:
+        print_mapping("bench telemetry", result.as_dict())

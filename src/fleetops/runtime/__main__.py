@@ -32,7 +32,7 @@ async def _main(config: dict[str, object]) -> int:
     specs = [load_agent(str(e)) for e in config["agents"]]  # type: ignore[attr-defined]
     settings = WorkerSettings(**config.get("settings", {}))  # type: ignore[arg-type]
     cluster = str(config["cluster"])
-    gateway, routes, named = _from_spec(config.get("spec"), cluster)  # type: ignore[arg-type]
+    gateway, routes, named, pricing = _from_spec(config.get("spec"), cluster)  # type: ignore[arg-type]
     agents = {s.name: s for s in specs} | named
     async with QueueClient(str(config["store"])) as client:
         worker = Worker(
@@ -45,6 +45,7 @@ async def _main(config: dict[str, object]) -> int:
             gateway=gateway,
             routes=routes,
             otlp_endpoint=otlp_endpoint_from_env(),
+            pricing=pricing,
         )
         try:
             await worker.run(stop)
@@ -56,14 +57,14 @@ async def _main(config: dict[str, object]) -> int:
 
 def _from_spec(
     spec_path: str | None, cluster: str
-) -> tuple[Gateway | None, list[str] | None, dict[str, AgentSpec]]:
+) -> tuple[Gateway | None, list[str] | None, dict[str, AgentSpec], dict[str, tuple[float, float]]]:
     """The gateway, routes and agents of ``cluster`` as the fleet spec at ``spec_path``
     sets them: agents under the spec's names, with the spec's timeout and retry policy.
 
     The cluster's tokens-per-minute quota is shared evenly among its workers.
     """
     if not spec_path:
-        return None, None, {}
+        return None, None, {}, {}
     from ..providers import Gateway
     from ..spec import load_spec
 
@@ -87,7 +88,11 @@ def _from_spec(
         default=cluster_spec.provider,
         tokens_per_minute=share,
     )
-    return gateway, list(cluster_spec.routes), named
+    pricing = {
+        name: (provider.pricing.prompt_per_1k, provider.pricing.completion_per_1k)
+        for name, provider in spec.provider_specs().items()
+    }
+    return gateway, list(cluster_spec.routes), named, pricing
 
 
 def main() -> None:

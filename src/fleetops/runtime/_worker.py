@@ -29,6 +29,7 @@ from ..queue import QueueClient
 from ..queue._client import ChangeWatcher
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
 from ..telemetry import MetricSet, catalog, get_logger
+from ..telemetry._metricset import NullMetricSet
 from ..telemetry._tracing import context_from_headers, make_tracer_provider, task_context
 from ._agent import AgentSpec
 
@@ -58,6 +59,8 @@ class WorkerSettings:
     shutdown_grace: float = 10.0
     #: How often the worker writes its metrics snapshot to the store.
     telemetry_interval: float = 2.0
+    #: Metrics and traces on (off only to measure what they cost).
+    telemetry: bool = True
     #: The cluster's quota of concurrent tasks across all its workers (None: no quota).
     max_cluster_running: int | None = None
 
@@ -86,6 +89,7 @@ class Worker:
         gateway: Gateway | None = None,
         routes: Sequence[str] | None = None,
         otlp_endpoint: str | None = None,
+        pricing: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.client = client
         self.worker_id = worker_id
@@ -109,14 +113,18 @@ class Worker:
         self._handlers: asyncio.TaskGroup | None = None
         self.processed = 0
         self.dead = False
-        self.metrics = MetricSet()
+        self.metrics = MetricSet() if self.settings.telemetry else NullMetricSet()
+        #: $ per 1,000 (input, output) tokens, by provider name, for the cost metric.
+        self._pricing = dict(pricing or {})
         provider, self.spans = make_tracer_provider(
             "fleetops-worker",
             {"fleetops.cluster": cluster, "fleetops.worker": worker_id},
             otlp_endpoint=otlp_endpoint,
         )
         self._tracer_provider = provider
-        self.tracer = provider.get_tracer("fleetops")
+        self.tracer: trace.Tracer = (
+            provider.get_tracer("fleetops") if self.settings.telemetry else trace.NoOpTracer()
+        )
         self._outcomes: dict[tuple[str, ...], collections.deque[bool]] = {}
         if gateway is not None:
             gateway.stats.subscribe(self._record_llm_call)
@@ -142,6 +150,9 @@ class Worker:
         if call.outcome == "ok":
             m.observe(catalog.GENAI_TOKEN_USAGE, (*labels, "input"), call.input_tokens)
             m.observe(catalog.GENAI_TOKEN_USAGE, (*labels, "output"), call.output_tokens)
+            price_in, price_out = self._pricing.get(call.provider, (0.0, 0.0))
+            cost = (call.input_tokens * price_in + call.output_tokens * price_out) / 1000
+            m.inc(catalog.LLM_COST, (call.cluster, call.provider, model), cost)
 
     def outcome_rate(self, key: tuple[str, ...], ok: bool, window: int = 100) -> float:
         """Record one outcome under ``key``; answer the success share of the last ``window``."""
@@ -526,6 +537,8 @@ class Worker:
 
     async def flush_telemetry(self) -> None:
         """Write this worker's metrics snapshot (cumulative values) and finished spans."""
+        if not self.settings.telemetry:
+            return
         busy = len(self._running) / max(1, self.settings.concurrency)
         self.metrics.set(catalog.AGENT_UTILIZATION, (self.cluster, self.worker_id), busy)
         data = json.dumps(self.metrics.snapshot(), separators=(",", ":"))

@@ -15,12 +15,14 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.registry import Collector
 
 from ._catalog import BY_NAME, MetricDef
 
@@ -186,6 +188,12 @@ class MetricSet:
                 family_h.add_metric(list(key), buckets, hist.sum)
             yield family_h
 
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of every value."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(self))
+        return generate_latest(registry)
+
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         """Every value as a Prometheus-style sample (histograms as _bucket/_sum/_count)."""
         for name, series in self._counters.items():
@@ -206,6 +214,29 @@ class MetricSet:
                     yield f"{name}_bucket", {**labels, "le": _le(bound)}, float(cumulative)
                 yield f"{name}_sum", labels, hist.sum
                 yield f"{name}_count", labels, float(hist.count)
+
+
+class _Families(Collector):
+    def __init__(self, metrics: MetricSet) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.metrics.families()
+
+
+class NullMetricSet(MetricSet):
+    """Records nothing: what a worker uses with telemetry turned off."""
+
+    def inc(self, metric: MetricDef, labels: Mapping[str, object] | Labels, by: float = 1) -> None:
+        pass
+
+    def set(self, metric: MetricDef, labels: Mapping[str, object] | Labels, value: float) -> None:
+        pass
+
+    def observe(
+        self, metric: MetricDef, labels: Mapping[str, object] | Labels, value: float
+    ) -> None:
+        pass
 
 
 def _labels(metric: MetricDef | None, key: Labels) -> dict[str, str]:
