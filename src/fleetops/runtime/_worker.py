@@ -293,9 +293,9 @@ class Worker:
 
     async def _execute(self, claimed: ClaimedTask) -> None:
         started = self.clock.now()
-        self._record_start(claimed, started)
-        outcome = "lease_lost"
         headers = json.loads(claimed.headers)
+        self._record_start(claimed, started, headers)
+        outcome = "lease_lost"
         span = self.tracer.start_span(
             f"invoke_agent {claimed.agent}",
             context=context_from_headers(headers),
@@ -306,8 +306,6 @@ class Worker:
                 "fleetops.task.id": claimed.id,
                 "fleetops.cluster": claimed.queue,
                 "fleetops.attempt": claimed.attempt,
-                "fleetops.epoch": claimed.epoch,
-                "fleetops.worker": self.worker_id,
             },
         )
         token = task_context.set(
@@ -338,12 +336,11 @@ class Worker:
             self.metrics.inc(catalog.TASKS_FINISHED, (*labels, outcome))
             self.metrics.observe(catalog.TASK_DURATION, labels, self.clock.now() - started)
 
-    def _record_start(self, claimed: ClaimedTask, started: float) -> None:
+    def _record_start(self, claimed: ClaimedTask, started: float, headers: dict[str, Any]) -> None:
         labels = (claimed.queue, claimed.agent)
         if claimed.attempt == 1:
             self.metrics.observe(catalog.QUEUE_WAIT, labels, max(0.0, started - claimed.created_at))
             if claimed.parent_id is not None:
-                headers = json.loads(claimed.headers)
                 sent_at = headers.get(SENT_AT)
                 if isinstance(sent_at, int | float):
                     self.metrics.observe(
