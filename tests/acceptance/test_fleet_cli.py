@@ -245,3 +245,22 @@ def test_api_errors_are_problem_json(running_fleet: tuple[Path, str]) -> None:
         assert http.get("/readyz").status_code == 200
         metrics = http.get("/metrics").text
         assert 'fleetops_workers{cluster="back"} 2.0' in metrics
+
+
+def test_the_support_desk_example_deploys_with_a_full_readiness_score(tmp_path: Path) -> None:
+    import shutil
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "support-desk"
+    shutil.copytree(
+        example,
+        tmp_path / "support-desk",
+        ignore=shutil.ignore_patterns(".fleetops", "__pycache__"),
+    )
+    proc = run(
+        "up", "fleet.yaml", "--smoke", "--json", "--api-port", "0", cwd=tmp_path / "support-desk"
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["deployment_successful"] is True
+    assert len(report["completed_phases"]) == 7
+    assert report["readiness_score"] == 100, report["readiness_checks"]
