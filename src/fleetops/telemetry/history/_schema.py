@@ -63,46 +63,24 @@ OLDEST_MEDIUM = (
     "SELECT min((SELECT min(ts) FROM rollup_medium WHERE series_id = s.id)) FROM series AS s"
 )
 
-# The delta a sample adds to its counter: nothing after a gap longer than the staleness
-# limit (the series restarted or was not scraped), its whole value after a reset.
-_DELTA = (
-    "CASE WHEN prev_ts IS NULL OR ts - prev_ts > :stale THEN 0.0 "
-    "WHEN value >= prev_value THEN value - prev_value ELSE value END"
+# A medium row is the last of its low bucket when its series' next row is in a later one.
+HEAD_RANGE = "SELECT ts, series_id, value FROM samples_head WHERE ts > ? AND ts <= ?"
+INSERT_MEDIUM = (
+    "INSERT OR REPLACE INTO rollup_medium (series_id, ts, count, sum, min, max, last, inc) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-ROLL_MEDIUM = f"""
-INSERT OR REPLACE INTO rollup_medium (series_id, ts, count, sum, min, max, last, inc)
-SELECT series_id, bucket, count(*), sum(value), min(value), max(value), max(last_value),
-       sum(delta)
-FROM (
-    SELECT series_id, value, bucket, delta,
-           first_value(value) OVER (PARTITION BY series_id, bucket ORDER BY ts DESC)
-               AS last_value
-    FROM (
-        SELECT series_id, ts, value, ((ts + :step - 1) / :step) * :step AS bucket,
-               {_DELTA} AS delta
-        FROM (
-            SELECT series_id, ts, value,
-                   lag(ts) OVER per_series AS prev_ts, lag(value) OVER per_series AS prev_value
-            FROM samples_head
-            WHERE ts > :lookback AND ts <= :hi
-            WINDOW per_series AS (PARTITION BY series_id ORDER BY ts)
-        )
-        WHERE ts > :lo
-    )
-)
-GROUP BY series_id, bucket
-"""
 
 ROLL_LOW = """
 INSERT OR REPLACE INTO rollup_low (series_id, ts, count, sum, min, max, last, inc)
-SELECT series_id, bucket, sum(count), sum(sum), min(min), max(max), max(last_value), sum(inc)
+SELECT series_id, (ts + :step - 1) / :step * :step AS bucket, sum(count), sum(sum),
+       min(min), max(max),
+       max(CASE WHEN next_ts IS NULL OR (next_ts + :step - 1) / :step > (ts + :step - 1) / :step
+           THEN last END),
+       sum(inc)
 FROM (
-    SELECT m.series_id AS series_id, m.count AS count, m.sum AS sum, m.min AS min,
-           m.max AS max, m.inc AS inc, ((m.ts + :step - 1) / :step) * :step AS bucket,
-           first_value(m.last) OVER (
-               PARTITION BY m.series_id, (m.ts + :step - 1) / :step ORDER BY m.ts DESC
-           ) AS last_value
+    SELECT m.series_id AS series_id, m.ts AS ts, m.count AS count, m.sum AS sum,
+           m.min AS min, m.max AS max, m.last AS last, m.inc AS inc,
+           lead(m.ts) OVER (PARTITION BY m.series_id ORDER BY m.ts) AS next_ts
     FROM series AS s CROSS JOIN rollup_medium AS m
     WHERE m.series_id = s.id AND m.ts > :lo AND m.ts <= :hi
 )

@@ -39,6 +39,7 @@ from ._model import (
 )
 from ._policy import TIERS, RetentionPolicy
 from ._query import Rows, aggregate, bucket_quantile, evaluate, points, raw_points
+from ._rollup import roll_up
 from ._series import SeriesIndex, SeriesKey, check_matchers, check_series
 
 log = get_logger("fleetops.history")
@@ -115,6 +116,9 @@ class HistoryStore:
         self._floor = -1  # samples at or before this (ms) are already rolled up
         self._wm_medium: int | None = None
         self._expired_at: dict[str, int] = {}
+        # Each series' last sample before the medium watermark, for counter deltas.
+        self._previous: dict[int, tuple[int, float]] = {}
+        self._previous_at: int | None = None
         self._dropped = {"late": 0, "future": 0, "nan": 0}
         self._db: Database | None = None
         db = Database(path, lock_timeout=lock_timeout)
@@ -297,18 +301,24 @@ class HistoryStore:
                     if target <= wm:
                         break
                     hi = min(target, wm + max(step, _CATCH_UP_MS // step * step))
-                    params = {
-                        "step": step,
-                        "stale": self._stale_ms,
-                        "lookback": wm - self._stale_ms,
-                        "lo": wm,
-                        "hi": hi,
-                    }
-                    medium += db.execute(sql.ROLL_MEDIUM, params).rowcount
+                    if self._previous_at != wm:  # first roll here, or another process rolled
+                        self._previous, self._previous_at = {}, None
+                        since = wm - self._stale_ms
+                    else:
+                        since = wm
+                    found = db.execute(sql.HEAD_RANGE, (since, hi))
+                    try:
+                        made = roll_up(found, wm, step, self._stale_ms, self._previous)
+                        db.executemany(sql.INSERT_MEDIUM, made)
+                    except BaseException:
+                        self._previous, self._previous_at = {}, None
+                        raise
+                    medium += len(made)
                     db.execute(sql.SET_META, ("wm_medium", hi))
                     cut = hi - self._stale_ms
                     compacted += db.execute(sql.COMPACT_HEAD, (cut,)).rowcount
                     db.execute(sql.DROP_COMPACTED, (cut,))
+                    self._previous_at = hi
                     self._wm_medium = self._floor = hi
                 if hi >= target:
                     break
