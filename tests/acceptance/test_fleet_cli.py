@@ -264,3 +264,35 @@ def test_the_support_desk_example_deploys_with_a_full_readiness_score(tmp_path: 
     assert report["deployment_successful"] is True
     assert len(report["completed_phases"]) == 7
     assert report["readiness_score"] == 100, report["readiness_checks"]
+
+
+def test_rolling_restart_under_load_loses_nothing(running_fleet: tuple[Path, str]) -> None:
+    fleet_dir, api = running_fleet
+    with httpx.Client(base_url=api, timeout=60) as http:
+        submitted = [
+            http.post("/api/v1/tasks", json={"agent": "back/work", "payload": 0.3}).json()["id"]
+            for _ in range(60)
+        ]
+        before = {
+            w["id"]
+            for w in http.get("/api/v1/workers", params={"cluster": "back"}).json()
+            if w["state"] == "running"
+        }
+        proc = run(
+            "apply", "fleet.yaml", "--rollout", "back", "--reason", "new version", cwd=fleet_dir
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "rolled out cluster back" in proc.stdout
+        after = {
+            w["id"]
+            for w in http.get("/api/v1/workers", params={"cluster": "back"}).json()
+            if w["state"] == "running"
+        }
+        assert len(after) == 2 and not (before & after)  # every worker was replaced
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = {http.get(f"/api/v1/tasks/{i}").json()["state"] for i in submitted}
+            if states == {"succeeded"}:
+                break
+            time.sleep(0.5)
+        assert states == {"succeeded"}
