@@ -6,6 +6,7 @@ import typer
 
 from .. import __version__
 from . import _bench, _chaos, _fleet, _spec
+from ._export import app as export_app
 
 app = typer.Typer(
     name="fleetops",
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(_bench.app, name="bench")
 app.add_typer(_chaos.app, name="chaos")
+app.add_typer(export_app, name="export")
 for command in (
     _fleet.up,
     _fleet.down,
