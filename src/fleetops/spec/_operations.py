@@ -81,7 +81,7 @@ class Resolution(BaseModel):
     model_config = SPEC_CONFIG
 
     high: PositiveSeconds = 10.0
-    medium: PositiveSeconds = 300.0
+    medium: PositiveSeconds = 60.0
     low: PositiveSeconds = 3600.0
 
     @model_validator(mode="after")
