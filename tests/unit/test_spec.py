@@ -406,7 +406,7 @@ def test_section_checks_report_every_problem_of_the_section() -> None:
         + """\
 observability:
   retention: {medium: 12h}
-  resolution: {low: 1m}
+  resolution: {low: 30s}
 alerting:
   thresholds:
     critical:
