@@ -13,6 +13,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import __version__
 from .._exceptions import UnknownTask, UsageError
+from .._units import parse_duration
+from ..dashboard import mount_dashboard
 from ..runtime._context import split_address
 from ..store import TASK_STATES, NewTask, TaskRecord
 from ..telemetry._logsearch import LogFilter, search_logs
@@ -243,6 +245,47 @@ def create_app(plane: ControlPlane) -> FastAPI:
         )
         return ApplyResponse(change_id=result.change_id, diff=result.diff, actions=result.actions)
 
+    @app.get("/api/v1/metrics/query", tags=["observability"])
+    async def metrics_query(
+        metric: str = Query(..., description="a metric of the catalogue, e.g. agent_utilization"),
+        fn: str = Query(
+            "avg",
+            description="raw, avg, min, max, sum, count, last, rate, "
+            "increase, or p50/p90/p95/p99 of a histogram",
+        ),
+        by: str | None = Query(None, description="labels to group by, comma-separated"),
+        range_: str = Query("15m", alias="range", description="how far back, e.g. 15m or 1h"),
+        step: str = Query("10s", description="the step between points, e.g. 10s"),
+        match: list[str] = Query([], description="label=value matchers"),
+    ) -> dict[str, Any]:
+        """The metric's history: one series per label set (or per ``by`` group)."""
+        history = plane.history
+        if history is None:
+            return {"series": []}
+        span = parse_duration(range_, "range")
+        every = parse_duration(step, "step")
+        if every <= 0 or span <= 0:
+            raise UsageError("range and step: use durations above zero, e.g. range=15m step=10s")
+        matchers = {}
+        for item in match:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise UsageError(f"match: {item!r} is not label=value")
+            matchers[name] = value
+        groups = [g for g in (by or "").split(",") if g] or None
+        end = plane.clock.now()
+        start = end - span
+        if fn.startswith("p") and fn[1:].isdigit():
+            q = int(fn[1:]) / 100
+            found = await asyncio.to_thread(
+                history.histogram_quantile, q, metric, matchers, start, end, every, by=groups
+            )
+        else:
+            found = await asyncio.to_thread(
+                history.query_range, metric, matchers, start, end, every, fn, by=groups
+            )
+        return {"series": [{"labels": s.labels, "points": s.points} for s in found]}
+
     @app.get("/api/v1/traces", tags=["observability"])
     async def traces(
         task_id: int | None = None, trace_id: str | None = None, limit: int = 2000
@@ -283,6 +326,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         """The production-readiness score now, check by check."""
         return (await plane.readiness()).as_dict()
 
+    mount_dashboard(app)
     return app
 
 

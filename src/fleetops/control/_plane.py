@@ -12,6 +12,7 @@ stop accepting requests, drain the workers, close the store, release the lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import hashlib
 import json
@@ -35,6 +36,7 @@ from ..spec import FleetSpec, load_spec_text
 from ..store import TERMINAL_STATES, NewTask, Store, open_store
 from ..telemetry import JsonFormatter, get_logger
 from ..telemetry._tracing import TRACEPARENT, new_traceparent
+from ..telemetry.history import HistoryStore, RetentionPolicy, Sample
 from ._diff import diff
 from ._readiness import FleetFacts, ReadinessReport, score
 from ._smoke import SMOKE_AGENT, SMOKE_ENTRYPOINT
@@ -152,6 +154,8 @@ class ControlPlane:
         self._api_server: Any = None
         self._api_task: asyncio.Task[None] | None = None
         self._smoke: tuple[bool | None, str] = (None, "no smoke test has run")
+        self.history: HistoryStore | None = None
+        self._history_task: asyncio.Task[None] | None = None
         self._apply_lock = asyncio.Lock()
         self._started: list[str] = []
 
@@ -174,6 +178,14 @@ class ControlPlane:
             if self._api_task is not None:
                 await self._api_task
             self._api_server = None
+        if self._history_task is not None:
+            self._history_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._history_task
+            self._history_task = None
+        if self.history is not None:
+            self.history.close()
+            self.history = None
         if self._supervisor_task is not None:
             self._supervisor_stop.set()
             await self._supervisor_task
@@ -369,15 +381,60 @@ class ControlPlane:
         return f"{total} worker(s) heartbeating in {len(plans)} cluster(s)"
 
     async def _observability(self) -> str:
+        obs = self.spec.observability
+        policy = RetentionPolicy(
+            raw=obs.retention.high,
+            medium=obs.retention.medium,
+            low=obs.retention.low,
+            medium_step=obs.resolution.medium,
+            low_step=obs.resolution.low,
+        )
+        self.history = await asyncio.to_thread(
+            HistoryStore, self.state_dir / "history.db", retention=policy, clock=self.clock
+        )
+        await self.record_history()
+        assert self._tg is not None
+        self._history_task = self._tg.create_task(self._history_loop(), name="history")
+        detail = (
+            f"metric history every {obs.resolution.high:g} s in {self.state_dir / 'history.db'}"
+        )
         if not self.serve_api:
-            return "metrics endpoint disabled with the API"
+            return detail
         import httpx
 
         async with httpx.AsyncClient(timeout=5) as http:
             response = await http.get(f"{self.api_url}/metrics")
         if response.status_code != 200:
             raise PhaseFailed(f"/metrics answered {response.status_code}")
-        return f"metrics at {self.api_url}/metrics ({len(response.text.splitlines())} lines)"
+        lines = len(response.text.splitlines())
+        return f"metrics at {self.api_url}/metrics ({lines} lines); {detail}"
+
+    async def record_history(self) -> int:
+        """Ingest the fleet's merged metrics into the history store once; answer samples."""
+        from ..api._metrics import fleet_metrics
+
+        history = self.history
+        if history is None:
+            return 0
+        now = self.clock.now()
+        merged = await fleet_metrics(self)
+        samples = [Sample(name, labels, value, now) for name, labels, value in merged.samples()]
+        return await asyncio.to_thread(history.ingest, samples)
+
+    async def _history_loop(self) -> None:
+        step = self.spec.observability.resolution.high
+        last_maintained = self.clock.monotonic()
+        while True:
+            await self.clock.sleep(step)
+            try:
+                await self.record_history()
+                if self.clock.monotonic() - last_maintained >= 60:
+                    history = self.history
+                    if history is not None:
+                        await asyncio.to_thread(history.maintain)
+                    last_maintained = self.clock.monotonic()
+            except FleetOpsError as exc:
+                log.warning("history.ingest_failed", error=str(exc))
 
     async def _integration(self) -> str:
         passed, detail = await self.smoke_test()
