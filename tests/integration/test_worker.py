@@ -308,3 +308,20 @@ def test_idempotency_key_and_priority(sqlite_url: str) -> None:
             assert {t.id for t in claimed} <= {a.id, low.id, high.id}
 
     asyncio.run(scenario())
+
+
+@agent(name="fan_out")
+async def fan_out(task: TaskInfo, ctx: Context) -> list[int]:
+    return list(await asyncio.gather(*(ctx.call("child_double", i) for i in range(3))))
+
+
+def test_a_waiting_parent_gives_its_slot_to_its_children(sqlite_url: str) -> None:
+    """With one slot, a parent calling children in its own cluster must not deadlock."""
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        sub = await client.submit(NewTask("c", "fan_out"))
+        record = await _wait_terminal(client, sub.id, within=10)
+        assert record.state == "succeeded"
+        assert json.loads(record.result or "null") == [0, 2, 4]
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(fan_out), spec(child_double)], concurrency=1))

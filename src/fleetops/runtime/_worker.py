@@ -110,6 +110,7 @@ class Worker:
         self._waiters: dict[int, list[asyncio.Future[Any]]] = {}
         self._waiter_hint = asyncio.Event()
         self._waiter_poll = 0.01
+        self._awaiting = 0
         self._handlers: asyncio.TaskGroup | None = None
         self.processed = 0
         self.dead = False
@@ -238,7 +239,9 @@ class Worker:
         poll = s.poll_min
         try:
             while not self._stopping.is_set():
-                free = s.concurrency - len(self._running)
+                # a task waiting for a child's result gives its slot up meanwhile, so
+                # that a fan-out inside one cluster cannot starve its own children
+                free = s.concurrency - len(self._running) + self._awaiting
                 if free <= 0:
                     self._slot_free.clear()
                     await self._slot_free.wait()
@@ -536,7 +539,7 @@ class Worker:
         """Write this worker's metrics snapshot (cumulative values) and finished spans."""
         if not self.settings.telemetry:
             return
-        busy = len(self._running) / max(1, self.settings.concurrency)
+        busy = (len(self._running) - self._awaiting) / max(1, self.settings.concurrency)
         self.metrics.set(catalog.AGENT_UTILIZATION, (self.cluster, self.worker_id), busy)
         data = json.dumps(self.metrics.snapshot(), separators=(",", ":"))
         store = self.client.store
@@ -552,7 +555,12 @@ class Worker:
         self._waiters.setdefault(child_id, []).append(fut)
         self._waiter_poll = min(self._waiter_poll, poll_interval)
         self._waiter_hint.set()
-        return await fut
+        self._awaiting += 1
+        self._slot_free.set()
+        try:
+            return await fut
+        finally:
+            self._awaiting -= 1
 
     async def _waiter_loop(self) -> None:
         while True:
