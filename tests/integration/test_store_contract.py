@@ -798,6 +798,20 @@ def test_effect_journal_begin_end_begin_answers_done(store: Store) -> None:
     )
 
 
+def test_a_journaled_result_is_never_overwritten(store: Store) -> None:
+    held = running_task(store, "w1")
+    assert apply_one(store, EffectBegin(held.id, held.epoch, "pay"), T0 + 1).ok
+    assert apply_one(store, EffectEnd(held.id, held.epoch, "pay", '"first"'), T0 + 2).ok
+    before = store.effects(held.id)
+
+    assert apply_one(store, EffectEnd(held.id, held.epoch, "pay", '"second"'), T0 + 3).ok
+
+    assert store.effects(held.id) == before
+    assert apply_one(store, EffectBegin(held.id, held.epoch, "pay")) == OpResult(
+        True, ("done", '"first"')
+    )
+
+
 def test_effect_done_before_a_crash_is_not_repeated(store: Store) -> None:
     held = running_task(store, "w1", max_redeliveries=5)
     assert apply_one(store, EffectBegin(held.id, held.epoch, "pay")).ok
