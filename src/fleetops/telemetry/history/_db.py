@@ -24,6 +24,8 @@ LOCK_TIMEOUT_SECONDS = 30.0
 #: Page cache per connection, KiB. The hot set is the head and the newest page of
 #: each series in the per-series tables.
 CACHE_KIB = 64 * 1024
+#: After a checkpoint the write-ahead log is truncated to at most this many bytes.
+WAL_LIMIT_BYTES = 16 * 1024 * 1024
 
 
 class Database:
@@ -49,6 +51,7 @@ class Database:
             self.conn.execute("PRAGMA busy_timeout=0")
             self.conn.execute("PRAGMA temp_store=MEMORY")
             self.conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         except sqlite3.Error as exc:
             self.conn.close()
             raise StoreUnavailable(f"cannot open the history file {self.path}: {exc}") from exc

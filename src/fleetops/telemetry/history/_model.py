@@ -104,7 +104,11 @@ class HistoryStats:
     """Size and progress of a history file."""
 
     disk_bytes: int
-    """``page_count × page_size`` plus the write-ahead log."""
+    """``file_bytes + wal_bytes``: what the history takes on disk."""
+    file_bytes: int
+    """``page_count × page_size`` of the database file."""
+    wal_bytes: int
+    """The write-ahead log, emptied into the file at each checkpoint."""
     free_bytes: int
     """Bytes of free pages inside the file, reused before the file grows."""
     series: int

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from ..._clock import Clock, SystemClock
-from ..._exceptions import Closed, ConfigError, SchemaError
+from ..._exceptions import Closed, ConfigError, SchemaError, StoreError
 from .._logs import get_logger
 from . import _schema as sql
 from ._db import LOCK_TIMEOUT_SECONDS, Database
@@ -115,6 +115,7 @@ class HistoryStore:
         self._index = SeriesIndex()
         self._floor = -1  # samples at or before this (ms) are already rolled up
         self._wm_medium: int | None = None
+        self._wm_low: int | None = None
         self._expired_at: dict[str, int] = {}
         # Each series' last sample before the medium watermark, for counter deltas.
         self._previous: dict[int, tuple[int, float]] = {}
@@ -192,7 +193,7 @@ class HistoryStore:
 
     def _load_watermarks(self, db: Database) -> tuple[int | None, int | None]:
         medium, low = self._meta(db, "wm_medium"), self._meta(db, "wm_low")
-        self._wm_medium = medium
+        self._wm_medium, self._wm_low = medium, low
         self._floor = -1 if medium is None else medium
         return medium, low
 
@@ -287,67 +288,75 @@ class HistoryStore:
         with self._lock:
             db = self._open()
             now_ms = self._now_ms(now)
-            medium = low = compacted = 0
             step = self._step_ms["medium"]
             target = (now_ms - self._grace_ms) // step * step
+            medium = compacted = 0
             while True:
-                with db.write():
-                    wm = self._meta(db, "wm_medium")
-                    if wm is None:
-                        oldest = db.scalar(sql.OLDEST_HEAD)
-                        if oldest is None:
-                            break
-                        wm = _bucket_end(int(oldest), step) - step
-                    if target <= wm:
-                        break
-                    hi = min(target, wm + max(step, _CATCH_UP_MS // step * step))
-                    if self._previous_at != wm:  # first roll here, or another process rolled
-                        self._previous, self._previous_at = {}, None
-                        since = wm - self._stale_ms
-                    else:
-                        since = wm
-                    found = db.execute(sql.HEAD_RANGE, (since, hi))
-                    try:
-                        made = roll_up(found, wm, step, self._stale_ms, self._previous)
-                        db.executemany(sql.INSERT_MEDIUM, made)
-                    except BaseException:
-                        self._previous, self._previous_at = {}, None
-                        raise
-                    medium += len(made)
-                    db.execute(sql.SET_META, ("wm_medium", hi))
-                    cut = hi - self._stale_ms
-                    compacted += db.execute(sql.COMPACT_HEAD, (cut,)).rowcount
-                    db.execute(sql.DROP_COMPACTED, (cut,))
-                    self._previous_at = hi
-                    self._wm_medium = self._floor = hi
-                if hi >= target:
+                rows, moved, reached = self._roll_medium(db, target)
+                medium += rows
+                compacted += moved
+                if reached is None or reached >= target:
                     break
-            low = self._roll_low(db)
+            low = 0
+            while True:
+                rows, reached = self._roll_low(db)
+                low += rows
+                if reached is None:
+                    break
             return DownsampleResult(medium_rows=medium, low_rows=low, compacted=compacted)
 
-    def _roll_low(self, db: Database) -> int:
+    def _roll_medium(self, db: Database, target: int) -> tuple[int, int, int | None]:
+        """One transaction of medium rollups towards ``target``: (rows, moved, new watermark)."""
+        step = self._step_ms["medium"]
+        with db.write():
+            wm = self._meta(db, "wm_medium")
+            if wm is None:
+                oldest = db.scalar(sql.OLDEST_HEAD)
+                if oldest is None:
+                    return 0, 0, None
+                wm = _bucket_end(int(oldest), step) - step
+            if target <= wm:
+                return 0, 0, None
+            hi = min(target, wm + max(step, _CATCH_UP_MS // step * step))
+            if self._previous_at != wm:  # first roll here, or another process rolled
+                self._previous, self._previous_at = {}, None
+                since = wm - self._stale_ms
+            else:
+                since = wm
+            try:
+                found = db.execute(sql.HEAD_RANGE, (since, hi))
+                made = roll_up(found, wm, step, self._stale_ms, self._previous)
+                db.executemany(sql.INSERT_MEDIUM, made)
+                db.execute(sql.SET_META, ("wm_medium", hi))
+                cut = hi - self._stale_ms
+                moved = db.execute(sql.COMPACT_HEAD, (cut,)).rowcount
+                db.execute(sql.DROP_COMPACTED, (cut,))
+            except BaseException:
+                self._previous, self._previous_at = {}, None
+                raise
+        self._previous_at = self._wm_medium = self._floor = hi
+        return len(made), moved, hi
+
+    def _roll_low(self, db: Database) -> tuple[int, int | None]:
+        """One transaction of low rollups: (rows, new watermark), or None when caught up."""
         step = self._step_ms["low"]
-        written = 0
-        while True:
-            with db.write():
-                medium_wm, wm = self._meta(db, "wm_medium"), self._meta(db, "wm_low")
-                if medium_wm is None:
-                    break
-                target = medium_wm // step * step
-                if wm is None:
-                    oldest = db.scalar(sql.OLDEST_MEDIUM)
-                    if oldest is None:
-                        break
-                    wm = _bucket_end(int(oldest), step) - step
-                if target <= wm:
-                    break
-                hi = min(target, wm + max(step, _LOW_CATCH_UP_MS // step * step))
-                params = {"step": step, "lo": wm, "hi": hi}
-                written += db.execute(sql.ROLL_LOW, params).rowcount
-                db.execute(sql.SET_META, ("wm_low", hi))
-            if hi >= target:
-                break
-        return written
+        with db.write():
+            medium_wm, wm = self._meta(db, "wm_medium"), self._meta(db, "wm_low")
+            if medium_wm is None:
+                return 0, None
+            target = medium_wm // step * step
+            if wm is None:
+                oldest = db.scalar(sql.OLDEST_MEDIUM)
+                if oldest is None:
+                    return 0, None
+                wm = _bucket_end(int(oldest), step) - step
+            if target <= wm:
+                return 0, None
+            hi = min(target, wm + max(step, _LOW_CATCH_UP_MS // step * step))
+            written = db.execute(sql.ROLL_LOW, {"step": step, "lo": wm, "hi": hi}).rowcount
+            db.execute(sql.SET_META, ("wm_low", hi))
+        self._wm_low = hi
+        return written, hi
 
     def enforce_retention(self, now: float | None = None) -> RetentionResult:
         """Delete the rows each tier no longer keeps; safe to call at any time.
@@ -355,40 +364,49 @@ class HistoryStore:
         A row expires when its timestamp (a bucket's end, for rollups) is older than
         ``now`` minus the tier's retention. Rows not yet rolled up into the next tier
         are kept until they are. To stay cheap when called every few seconds, a tier is
-        only swept once its cutoff has moved by a bucket width (a medium step for raw)
-        since the last sweep, so rows may outlive their retention by up to that much.
+        swept again only once its cutoff has moved by its bucket width (raw: the medium
+        step) or ``compact_every``, whichever is longer, so a row can outlive its
+        retention by up to that much; the first call after opening sweeps every tier.
         """
         with self._lock:
             db = self._open()
             now_ms = self._now_ms(now)
             deleted = {"raw": 0, "medium": 0, "low": 0}
             gone: list[int] = []
+            if not self._due(now_ms, self._wm_low):
+                return RetentionResult()
             with db.write():
-                wm_low = self._meta(db, "wm_low")
-                sids: list[int] | None = None
-                for tier in TIERS:
-                    cutoff = now_ms - self._keep_ms[tier]
-                    if tier == "medium":
-                        if wm_low is None:
-                            continue
-                        cutoff = min(cutoff, wm_low + 1)
-                    gate = self._step_ms["medium" if tier == "raw" else tier]
-                    last = self._expired_at.get(tier)
-                    if last is not None and cutoff - last < gate:
-                        continue
-                    if sids is None:
-                        sids = [int(r[0]) for r in db.execute(sql.SERIES_IDS)]
+                due = self._due(now_ms, self._meta(db, "wm_low"))
+                sids = [int(r[0]) for r in db.execute(sql.SERIES_IDS)] if due else []
+                for tier, cutoff in due.items():
                     deleted[tier] = db.executemany(
                         sql.EXPIRE[tier], [(sid, cutoff) for sid in sids]
                     )
-                    self._expired_at[tier] = cutoff
                 if deleted["low"]:
                     gone = [int(r[0]) for r in db.execute(sql.EMPTY_SERIES)]
                     db.executemany(sql.DELETE_SERIES, [(sid,) for sid in gone])
+            self._expired_at.update(due)
             self._index.dropped(gone)
+            for sid in gone:
+                self._previous.pop(sid, None)
             if any(deleted.values()):
                 self._release_free_pages(db)
             return RetentionResult(series=len(gone), **deleted)
+
+    def _due(self, now_ms: int, wm_low: int | None) -> dict[str, int]:
+        """The tiers to sweep now, each with its cutoff (rows before it expire)."""
+        due = {}
+        for tier in TIERS:
+            cutoff = now_ms - self._keep_ms[tier]
+            if tier == "medium":
+                if wm_low is None:
+                    continue  # nothing has been rolled into the low tier yet
+                cutoff = min(cutoff, wm_low + 1)
+            gate = max(self._step_ms["medium" if tier == "raw" else tier], self._compact_ms)
+            last = self._expired_at.get(tier)
+            if last is None or cutoff - last >= gate:
+                due[tier] = cutoff
+        return due
 
     def _release_free_pages(self, db: Database) -> None:
         # Freed pages are reused by later inserts, so the file stays bounded without
@@ -717,6 +735,8 @@ class HistoryStore:
             wal_bytes = wal.stat().st_size if wal.exists() else 0
             return HistoryStats(
                 disk_bytes=pages * page_size + wal_bytes,
+                file_bytes=pages * page_size,
+                wal_bytes=wal_bytes,
                 free_bytes=free * page_size,
                 series=series,
                 rows=rows,
@@ -739,7 +759,7 @@ def _table_bytes(db: Database) -> dict[str, int] | None:
     try:
         owners: dict[str, Any] = dict(db.execute(sql.TABLE_OF_INDEX).fetchall())
         sizes = db.execute(sql.TABLE_BYTES).fetchall()
-    except Exception:
+    except StoreError:
         return None
     out: dict[str, int] = {}
     for name, size in sizes:
