@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -31,19 +32,27 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ConfigError("retry.max_attempts", self.max_attempts, "use 1 or more")
-        if self.backoff_base < 0:
-            raise ConfigError("retry.backoff_base", self.backoff_base, "use 0 or more seconds")
-        if self.backoff_max < self.backoff_base:
+        # Written so that NaN and infinity fail the checks too.
+        if not (math.isfinite(self.backoff_base) and self.backoff_base >= 0):
             raise ConfigError(
-                "retry.backoff_max", self.backoff_max, "use a value no smaller than backoff_base"
+                "retry.backoff_base", self.backoff_base, "use a finite number of seconds, 0 or more"
+            )
+        if not (math.isfinite(self.backoff_max) and self.backoff_max >= self.backoff_base):
+            raise ConfigError(
+                "retry.backoff_max",
+                self.backoff_max,
+                "use a finite number of seconds no smaller than backoff_base",
             )
         if self.max_redeliveries < 0:
             raise ConfigError("retry.max_redeliveries", self.max_redeliveries, "use 0 or more")
 
     def delay(self, failures: int, rng: random.Random) -> float:
         """Seconds to wait after the ``failures``-th failure: uniform in [0, capped exp]."""
-        ceiling = min(self.backoff_max, self.backoff_base * (2 ** max(0, failures - 1)))
-        return rng.uniform(0.0, ceiling)
+        try:
+            grown = math.ldexp(self.backoff_base, max(0, failures - 1))
+        except OverflowError:  # 2 ** failures is past any float: the cap applies
+            grown = math.inf
+        return rng.uniform(0.0, min(self.backoff_max, grown))
 
     def gives_up_after(self, failures: int) -> bool:
         """True when ``failures`` failed attempts exhaust the policy."""
