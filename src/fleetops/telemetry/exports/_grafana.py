@@ -14,7 +14,7 @@ from typing import Any
 from ...spec import FleetSpec
 from .. import _catalog as catalog
 from .._catalog import MetricDef
-from ._rules import ERROR_OUTCOMES, TASK_ERROR_RATIO, Thresholds
+from ._rules import ERROR_OUTCOMES, TASK_ERROR_RATIO, Thresholds, histogram_p95
 
 SCHEMA_VERSION = 39
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -47,11 +47,7 @@ def _cluster(label: str = "cluster") -> str:
 
 
 def _p95(metric: MetricDef, label: str = "cluster", by: tuple[str, ...] | None = None) -> str:
-    keep = ", ".join(("le", *(metric.labels if by is None else by)))
-    return (
-        f"histogram_quantile(0.95, sum by ({keep}) "
-        f"(rate({metric.name}_bucket{{{_cluster(label)}}}[{RATE}])))"
-    )
+    return histogram_p95(metric, by, matchers=f"{{{_cluster(label)}}}", window=RATE)
 
 
 def _legend(labels: tuple[str, ...]) -> str:

@@ -90,10 +90,6 @@ def histogram_p95(
     )
 
 
-def _strip_total(name: str) -> str:
-    return name[: -len("_total")] if name.endswith("_total") else name
-
-
 # --- recording rules -------------------------------------------------------------------------
 
 TASK_ATTEMPTS = catalog.TASKS_FINISHED
@@ -106,13 +102,13 @@ LLM_BY = ("cluster", "gen_ai_provider_name")
 
 UTILIZATION_RECORD = f"cluster:{catalog.AGENT_UTILIZATION.name}:avg"
 THROUGHPUT_RECORD = f"cluster_agent:fleetops_task_throughput:rate{WINDOW}"
-ATTEMPTS_RECORD = f"cluster_agent_outcome:{_strip_total(TASK_ATTEMPTS.name)}:rate{WINDOW}"
+ATTEMPTS_RECORD = f"cluster_agent_outcome:{TASK_ATTEMPTS.name.removesuffix('_total')}:rate{WINDOW}"
 ERROR_RATIO_RECORD = f"cluster_agent:fleetops_task_errors:ratio_rate{WINDOW}"
 TOKENS_RECORD = f"cluster_gen_ai_token_type:{catalog.GENAI_TOKEN_USAGE.name}:rate{WINDOW}"
 LLM_ERROR_RATIO_RECORD = (
     f"cluster_gen_ai_provider_name:gen_ai_client_operation_errors:ratio_rate{WINDOW}"
 )
-LLM_COST_RECORD = f"cluster:{_strip_total(catalog.LLM_COST.name)}_per_hour:rate{WINDOW}"
+LLM_COST_RECORD = f"cluster:{catalog.LLM_COST.name.removesuffix('_total')}_per_hour:rate{WINDOW}"
 
 
 def _rate(name: str, matchers: str = "") -> str:
