@@ -420,7 +420,9 @@ class Supervisor:
                         await self._suspect(handle, "no heartbeat within the startup timeout")
                     continue
                 phi = handle.detector.phi(now)
-                self.metrics.set(catalog.HEARTBEAT_PHI, (handle.cluster, handle.id), min(phi, 1e6))
+                self.metrics.set(
+                    catalog.HEARTBEAT_PHI, (handle.cluster, handle.id), min(max(phi, 0.0), 1e6)
+                )
                 threshold = handle.detector.settings.threshold
                 if phi >= threshold:
                     silent = now - (handle.detector.last_heartbeat or now)
