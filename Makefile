@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration bench chaos clean
+.PHONY: demo test lint typecheck unit integration bench chaos clean dashboard-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,9 +12,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The dashboard's chart library, uPlot, from its npm package into a gitignored folder;
+# the dashboard serves it from there (and draws plain SVG charts when it is missing).
+DASHBOARD_DEPS := .dashboard-deps
+UPLOT_VERSION := 1.6.32
+UPLOT := $(DASHBOARD_DEPS)/node_modules/uplot/dist/uPlot.esm.js
+
+$(UPLOT):
+	npm install --no-audit --no-fund --prefix $(DASHBOARD_DEPS) uplot@$(UPLOT_VERSION)
+	touch $(UPLOT)
+
+dashboard-deps: $(UPLOT)
+
 DEMO_SPEC := examples/support-desk/fleet.yaml
 
-demo: $(STAMP)
+demo: $(STAMP) $(UPLOT)
 	$(BIN)/fleetops load $(DEMO_SPEC) --workload support_desk.workload:generate_requests \
 		--target intake/classify --duration 60s --rate 5 --kill-worker-at 0.5
 
@@ -25,7 +37,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck $(UPLOT)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
@@ -35,4 +47,4 @@ chaos: $(STAMP)
 	$(BIN)/fleetops chaos kill-workers --tasks 2000 --workers 4 --kill-every 1s --json
 
 clean:
-	rm -rf $(VENV) .fleetops .pytest_cache .mypy_cache .ruff_cache artifacts
+	rm -rf $(VENV) .fleetops .pytest_cache .mypy_cache .ruff_cache artifacts $(DASHBOARD_DEPS)

@@ -22,6 +22,7 @@ export const GOLDEN_CHARTS = [
     id: "errors", title: "Errors", unit: "/s",
     metric: "fleetops_task_attempts_total", fn: "rate", by: ["outcome"],
     exclude: { outcome: ["succeeded"] },
+    emptyText: "No failed attempt in this range",
     help: "Attempts per second that did not succeed, by outcome.",
   },
 ];

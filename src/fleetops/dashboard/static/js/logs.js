@@ -47,16 +47,20 @@ export class LogsView {
   async search() {
     const data = new FormData(this.form);
     const params = Object.fromEntries([...data.entries()].map(([k, v]) => [k, String(v).trim()]));
+    const generation = (this.generation = (this.generation ?? 0) + 1);
     let items;
     try {
       items = itemsOf(await getJSON("api/v1/logs", { ...params, limit: 200 }));
     } catch (error) {
+      if (generation !== this.generation) return;
       fill(this.results, empty(
         error.missing ? "Log search is not available from this API yet." : `Logs are not available: ${error.message}`,
         { missing: error.missing },
       ));
       return;
     }
+    if (generation !== this.generation) return;
+    this.results.dataset.query = JSON.stringify(params);
     if (!items.length) {
       fill(this.results, empty("No log line matches this search."));
       return;

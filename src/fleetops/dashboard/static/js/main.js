@@ -2,7 +2,7 @@
 // End), the address bar's #view/arg as the route, and one refresh loop that updates
 // the visible view every few seconds (``?refresh=SECONDS`` sets how often).
 
-import { onConnection } from "./api.js";
+import { getJSON, onConnection } from "./api.js";
 import { AlertsView } from "./alerts.js";
 import { MetricsView, describeRenderer } from "./charts.js";
 import { fmtClock } from "./dom.js";
@@ -131,6 +131,12 @@ async function tick() {
 }
 
 window.addEventListener("hashchange", route_);
+
+getJSON("api/v1/deployments", { limit: 1 })
+  .then((deployments) => {
+    if (deployments.length) setFleetName(deployments[0].fleet);
+  })
+  .catch(() => {});
 
 loadChartLibrary().then((loaded) => {
   document.body.dataset.charts = loaded ? "uplot" : "svg";

@@ -33,8 +33,8 @@ function usage(label, used, limit, format = fmtInteger) {
   );
 }
 
-function limitOnly(label, value, unit) {
-  const text = value === null || value === undefined ? "no limit" : `${fmtNumber(value)}${unit}`;
+function limitOnly(label, value, format) {
+  const text = value === null || value === undefined ? "no limit" : format(value);
   return h("div", {}, h("div", { class: "quota-label" }, h("span", {}, label), h("strong", {}, text)));
 }
 
@@ -58,8 +58,8 @@ function clusterCard(c) {
     h("div", { class: "quotas", "aria-label": `${c.name} quotas` },
       usage("workers (max agents)", c.live_workers, q.max_agents),
       usage("tasks in flight", tasks.running ?? 0, q.max_concurrent_tasks),
-      limitOnly("tokens per minute", q.tokens_per_minute, ""),
-      limitOnly("cost per hour", q.cost_per_hour, " $")),
+      limitOnly("tokens per minute", q.tokens_per_minute, fmtNumber),
+      limitOnly("cost per hour", q.cost_per_hour, (v) => `$${fmtNumber(v)}`)),
     h("p", { class: "note" },
       `${fmtInteger(tasks.succeeded ?? 0)} succeeded · concurrency ${c.concurrency} per worker`,
       c.routes?.length ? ` · routes to ${c.routes.join(", ")}` : "",
@@ -192,9 +192,10 @@ export class OverviewView {
       h("p", { class: "score" }, h("strong", {}, String(r.readiness_score)), h("span", { class: "note" }, "of 100 points")),
       h("ul", { class: "checks" }, checks.map((c) => h("li", {},
         h("span", { "aria-hidden": "true", class: c.passed ? "ok" : "error-text" }, c.passed ? "✓" : "✗"),
-        h("span", {}, h("span", { class: "visually-hidden" }, c.passed ? "passed: " : "failed: "), c.name.replaceAll("_", " ")),
-        h("span", { class: "note" }, `${c.weight} pts`),
-        h("span", { class: "why" }, c.why)))),
+        h("span", {},
+          h("span", { class: "visually-hidden" }, c.passed ? "passed: " : "failed: "),
+          c.name.replaceAll("_", " "), " ", h("span", { class: "why" }, `— ${c.why}`)),
+        h("span", { class: "note" }, `${c.weight} pts`)))),
     );
   }
 

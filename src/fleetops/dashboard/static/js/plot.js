@@ -42,8 +42,9 @@ export function align(series) {
 
 /** One chart in ``container``; ``update(series)`` redraws it in place. */
 export class LineChart {
-  constructor(container, { title, unit }) {
+  constructor(container, { title, unit, emptyText = "No data in this range yet" }) {
     this.container = container;
+    this.emptyText = emptyText;
     this.title = title;
     this.unit = unit;
     this.series = [];
@@ -71,7 +72,7 @@ export class LineChart {
     this.series = shown;
     this.data = data;
     const points = data.slice(1).reduce((n, ys) => n + ys.filter((y) => y !== null).length, 0);
-    this.emptyNote.textContent = "No data in this range yet";
+    this.emptyNote.textContent = this.emptyText;
     this.emptyNote.hidden = points > 0;
     if (library) this.drawUPlot(labelsChanged);
     else this.drawSvg();
@@ -132,8 +133,10 @@ export class LineChart {
         legend: { show: false },
         cursor: { drag: { x: false, y: false } },
         scales: {
-          x: { time: true },
-          y: { range: (u, min, max) => yRange(min, max) },
+          // The data's own extent: for a lone timestamp uPlot would span years (it pads
+          // by a day in milliseconds), so show a minute around it instead.
+          x: { time: true, range: () => xExtent(this.data[0]) },
+          y: { range: (u, min, max) => yRange(min, max, unit) },
         },
         series: [
           {},
@@ -142,11 +145,18 @@ export class LineChart {
             stroke: PALETTE[i],
             width: 1.75,
             spanGaps: false,
-            points: { show: false },
           })),
         ],
         axes: [
-          { ...axis, font: "10px system-ui, sans-serif" },
+          {
+            ...axis,
+            font: "10px system-ui, sans-serif",
+            space: 70,
+            values: (u, ticks) => {
+              const [x0, x1] = [u.scales.x.min, u.scales.x.max];
+              return ticks.map((t) => (x1 - x0 > 1800 ? fmtClock(t).slice(0, 5) : fmtClock(t)));
+            },
+          },
           {
             ...axis,
             font: "10px system-ui, sans-serif",
@@ -182,13 +192,12 @@ export class LineChart {
     const svg = el("svg", { viewBox: `0 0 ${width} ${HEIGHT}`, "aria-hidden": "true", focusable: "false" });
     const values = ys.flat().filter((v) => v !== null);
     if (xs.length && values.length) {
-      const [lo, hi] = yRange(Math.min(...values), Math.max(...values));
-      const x0 = xs[0];
-      const x1 = xs[xs.length - 1] > x0 ? xs[xs.length - 1] : x0 + 1;
+      const [lo, hi] = yRange(Math.min(...values), Math.max(...values), this.unit);
+      const step = niceStep(hi - lo);
+      const [x0, x1] = xExtent(xs);
       const px = (x) => left + ((x - x0) / (x1 - x0)) * (width - left - right);
       const py = (y) => top + (1 - (y - lo) / (hi - lo)) * (HEIGHT - top - bottom);
-      for (let k = 0; k <= 4; k += 1) {
-        const y = lo + ((hi - lo) * k) / 4;
+      for (let y = lo; y <= hi + step / 1000; y += step) {
         svg.append(el("line", { class: "grid", x1: left, x2: width - right, y1: py(y), y2: py(y) }));
         svg.append(el("text", { x: left - 6, y: py(y) + 3, "text-anchor": "end" }, fmtValue(y, this.unit)));
       }
@@ -223,10 +232,33 @@ export class LineChart {
   }
 }
 
-function yRange(min, max) {
-  if (min === null || max === null || !Number.isFinite(min) || !Number.isFinite(max)) return [0, 1];
-  const lo = Math.min(0, min);
+function xExtent(xs) {
+  if (!xs.length) return [Date.now() / 1000 - 60, Date.now() / 1000];
+  const first = xs[0];
+  const last = xs[xs.length - 1];
+  return last > first ? [first, last] : [first - 30, last + 30];
+}
+
+/** A round tick step (1, 2, 2.5 or 5 times a power of ten) giving about ``count`` ticks. */
+function niceStep(span, count = 4) {
+  const raw = span / count;
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  const norm = raw / magnitude;
+  const nice = norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 2.5 ? 2.5 : norm <= 5 ? 5 : 10;
+  return nice * magnitude;
+}
+
+/** The y axis: from zero (or below), to a round value above the data; ratios to 100 %. */
+function yRange(min, max, unit) {
+  if (min === null || max === null || !Number.isFinite(min) || !Number.isFinite(max)) {
+    return [0, 1];
+  }
+  let lo = Math.min(0, min);
   let hi = max;
+  if (unit === "ratio" && hi <= 1) return [lo, 1];
   if (hi <= lo) hi = lo + (Math.abs(lo) || 1);
-  return [lo, hi + (hi - lo) * 0.1];
+  const step = niceStep(hi - lo);
+  lo = Math.floor(lo / step) * step;
+  hi = Math.ceil((hi * 1.02) / step) * step;
+  return [lo, hi];
 }

@@ -13,6 +13,10 @@ const SHOWN = 100;
 const FILTERED_SPAN = 2000;
 const PAGE = 1000;
 const MAX_REQUESTS = 6;
+const TERMINAL_STATES = new Set(["succeeded", "dead", "cancelled"]);
+// Workers send their spans to the store in batches: a task's trace can fill in for a
+// few seconds after it finished, so its detail keeps refreshing that long.
+const SETTLE_SECONDS = 30;
 
 /**
  * The newest tasks matching ``filters`` with ids below ``before`` (Infinity: all),
@@ -57,6 +61,9 @@ export class TasksView {
     this.openForm = panel.querySelector("#task-open");
     this.before = null; // null: the newest tasks; else ids below this one
     this.selected = null;
+    this.settling = false;
+    this.trace = null;
+    this.taskSignature = null;
     this.form.addEventListener("submit", (event) => {
       event.preventDefault();
       this.before = null;
@@ -102,7 +109,10 @@ export class TasksView {
   hide() {}
 
   async refresh() {
-    if (this.live.checked && this.before === null) await this.loadList();
+    await Promise.all([
+      this.live.checked && this.before === null ? this.loadList() : null,
+      this.selected && this.settling ? this.openTask(this.selected, { quiet: true }) : null,
+    ]);
   }
 
   async loadClusters() {
@@ -118,14 +128,23 @@ export class TasksView {
   }
 
   async loadList() {
+    // Only the latest search may draw: an earlier one can answer after it.
+    const generation = (this.listGeneration = (this.listGeneration ?? 0) + 1);
+    const filters = this.filters();
+    this.list.setAttribute("aria-busy", "true");
     let tasks;
     try {
       const total = await this.loadClusters();
-      tasks = await newestTasks(this.filters(), this.before ?? Infinity, total);
+      tasks = await newestTasks(filters, this.before ?? Infinity, total);
     } catch (error) {
+      if (generation !== this.listGeneration) return;
+      this.list.setAttribute("aria-busy", "false");
       fill(this.list, empty(`Tasks are not available: ${error.message}`, { missing: error.missing }));
       return;
     }
+    if (generation !== this.listGeneration) return;
+    this.list.setAttribute("aria-busy", "false");
+    this.list.dataset.query = JSON.stringify(filters);
     this.listNote.textContent = this.before === null ? "newest first" : `below #${this.before}, newest first`;
     this.olderButton.disabled = tasks.length === 0;
     if (!tasks.length) {
@@ -154,52 +173,78 @@ export class TasksView {
     );
   }
 
-  async openTask(id) {
-    this.selected = id;
-    for (const row of this.list.querySelectorAll("tr[data-task-id]")) {
-      row.classList.toggle("selected", Number(row.dataset.taskId) === id);
+  /**
+   * Show task ``id``. A quiet call (the refresh loop's, while the task runs or has just
+   * finished) redraws only what changed, so an open span or section stays open.
+   */
+  async openTask(id, { quiet = false } = {}) {
+    if (!quiet) {
+      this.selected = id;
+      this.taskSignature = null;
+      for (const row of this.list.querySelectorAll("tr[data-task-id]")) {
+        row.classList.toggle("selected", Number(row.dataset.taskId) === id);
+      }
+      fill(this.detail, h("h3", { id: "task-detail-title" }, `Task #${id}`), empty("Loading…"));
     }
-    fill(this.detail, h("h3", { id: "task-detail-title" }, `Task #${id}`), empty("Loading…"));
     let task;
     try {
       task = await getJSON(`api/v1/tasks/${id}`);
     } catch (error) {
-      fill(this.detail, h("h3", { id: "task-detail-title" }, `Task #${id}`), empty(error.message, { missing: error.missing }));
+      if (!quiet) {
+        fill(this.detail, h("h3", { id: "task-detail-title" }, `Task #${id}`), empty(error.message, { missing: error.missing }));
+      }
       return;
     }
     if (this.selected !== id) return;
-    const trace = h("div", { id: "task-trace", class: "trace" }, empty("Loading the trace…"));
-    fill(this.detail, ...this.renderTask(task), h("h4", {}, "Trace"), trace);
-    this.detail.dataset.taskId = String(id);
+    const signature = JSON.stringify([task.state, task.attempt_history, task.effects]);
+    if (signature !== this.taskSignature) {
+      this.taskSignature = signature;
+      const trace = quiet && this.trace ? this.trace : h("div", { id: "task-trace", class: "trace" }, empty("Loading the trace…"));
+      fill(this.detail, ...this.renderTask(task), h("h4", {}, "Trace"), trace);
+      this.trace = trace;
+      this.detail.dataset.taskId = String(id);
+    }
+    const finishedAgo = task.finished_at ? Date.now() / 1000 - task.finished_at : 0;
+    this.settling = !TERMINAL_STATES.has(task.state) || finishedAgo < SETTLE_SECONDS;
+    await this.loadTrace(id, quiet);
+  }
+
+  async loadTrace(id, quiet) {
+    let spans;
     try {
       const answer = await getJSON("api/v1/traces", { task_id: id });
-      drawWaterfall(trace, answer.spans ?? itemsOf(answer));
+      spans = answer.spans ?? itemsOf(answer);
     } catch (error) {
-      fill(trace, empty(
-        error.missing ? "Traces are not available from this API yet." : `The trace is not available: ${error.message}`,
-        { missing: error.missing },
-      ));
+      if (!quiet || error.missing) {
+        fill(this.trace, empty(
+          error.missing ? "Traces are not available from this API yet." : `The trace is not available: ${error.message}`,
+          { missing: error.missing },
+        ));
+      }
+      return;
     }
+    if (this.selected !== id) return;
+    if (quiet && String(spans.length) === this.trace.dataset.spans) return;
+    drawWaterfall(this.trace, spans, { settling: this.settling });
   }
 
   renderTask(t) {
-    const fact = (label, value) => h("div", {}, h("dt", {}, label), h("dd", {}, value ?? "–"));
+    const fact = (label, value, wide) =>
+      h("div", { class: wide ?? null }, h("dt", {}, label), h("dd", {}, value ?? "–"));
     const took = t.finished_at && t.started_at ? fmtSeconds(t.finished_at - t.started_at) : "–";
     const attempts = t.attempt_history ?? [];
     const effects = t.effects ?? [];
     return [
       h("h3", { id: "task-detail-title" }, `Task #${t.id}`, h("span", { class: "note" }, `${t.cluster}/${t.agent}`), stateBadge(t.state)),
       h("dl", { class: "task-facts" },
-        fact("created", timeEl(t.created_at, fmtDateTime(t.created_at))),
-        fact("started", t.started_at ? timeEl(t.started_at, fmtDateTime(t.started_at)) : "–"),
-        fact("finished", t.finished_at ? timeEl(t.finished_at, fmtDateTime(t.finished_at)) : "–"),
-        fact("last attempt took", took),
+        fact("created", timeEl(t.created_at, fmtDateTime(t.created_at)), "wide"),
+        fact("waited", t.started_at ? fmtSeconds(t.started_at - t.created_at) : "–"),
+        fact("last attempt ran", took),
         fact("attempts · failures · redeliveries", `${t.attempts} · ${t.failures} · ${t.redeliveries}`),
-        fact("epoch", String(t.epoch)),
-        fact("priority", String(t.priority)),
+        fact("epoch · priority", `${t.epoch} · ${t.priority}`),
         fact("parent", t.parent_id ? h("a", { href: `#tasks/${t.parent_id}` }, `#${t.parent_id}`) : "–"),
         t.lease_owner ? fact("lease held by", t.lease_owner) : null,
-        t.idempotency_key ? fact("idempotency key", t.idempotency_key) : null),
+        t.idempotency_key ? fact("idempotency key", t.idempotency_key, "wide") : null),
       t.error ? h("p", { class: "error-text" }, h("strong", {}, "Error: "), t.error) : null,
       t.dead_reason ? h("p", { class: "error-text" }, h("strong", {}, "Dead-lettered: "), t.dead_reason) : null,
       h("h4", {}, `Attempts (${attempts.length})`),

@@ -37,7 +37,7 @@ function isError(span) {
   return String(code ?? "").toLowerCase().includes("error");
 }
 
-export function drawWaterfall(holder, rawSpans) {
+export function drawWaterfall(holder, rawSpans, { settling = false } = {}) {
   const spans = (rawSpans ?? []).map((s) => ({
     ...s,
     start: toSeconds(s.start_time),
@@ -45,7 +45,9 @@ export function drawWaterfall(holder, rawSpans) {
   })).filter((s) => s.start !== null);
   holder.dataset.spans = String(spans.length);
   if (!spans.length) {
-    fill(holder, empty("No span was recorded for this task."));
+    fill(holder, empty(settling
+      ? "No span has reached the store yet; workers send them every few seconds. Looking again…"
+      : "No span was recorded for this task."));
     return;
   }
   const t0 = Math.min(...spans.map((s) => s.start));
