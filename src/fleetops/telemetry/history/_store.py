@@ -16,8 +16,6 @@ import math
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import groupby
-from operator import itemgetter
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +24,7 @@ from ..._exceptions import Closed, ConfigError, SchemaError, StoreError
 from .._logs import get_logger
 from . import _schema as sql
 from ._db import LOCK_TIMEOUT_SECONDS, Database
+from ._maintenance import Maintainer, partition_widths
 from ._model import (
     AGGREGATIONS,
     DEFAULT_AGGREGATION,
@@ -39,7 +38,7 @@ from ._model import (
 )
 from ._policy import TIERS, RetentionPolicy
 from ._query import Rows, aggregate, bucket_quantile, evaluate, points, raw_points
-from ._rollup import roll_up
+from ._reader import read_rows
 from ._series import SeriesIndex, SeriesKey, check_matchers, check_series
 
 log = get_logger("fleetops.history")
@@ -59,17 +58,9 @@ FUTURE_TOLERANCE_SECONDS = 600.0
 #: At most this many points per series in one answer, as Prometheus.
 MAX_POINTS = 11_000
 
-_CATCH_UP_MS = 30 * 60_000  # raw time rolled up per transaction when behind
-_LOW_CATCH_UP_MS = 24 * 3_600_000  # medium time rolled up per transaction when behind
-_IN_BATCH = 500  # series ids per IN (...) list
-
 
 def _ms(seconds: float) -> int:
     return int(round(seconds * 1000))
-
-
-def _bucket_end(ts_ms: int, step_ms: int) -> int:
-    return -(-ts_ms // step_ms) * step_ms
 
 
 def _number(field: str, value: object, fix: str) -> float:
@@ -113,13 +104,7 @@ class HistoryStore:
         self._step_ms = {tier: _ms(self.retention.step(tier)) for tier in TIERS}
         self._lock = threading.RLock()
         self._index = SeriesIndex()
-        self._floor = -1  # samples at or before this (ms) are already rolled up
-        self._wm_medium: int | None = None
-        self._wm_low: int | None = None
-        self._expired_at: dict[str, int] = {}
-        # Each series' last sample before the medium watermark, for counter deltas.
-        self._previous: dict[int, tuple[int, float]] = {}
-        self._previous_at: int | None = None
+        self._maintainer: Maintainer | None = None
         self._dropped = {"late": 0, "future": 0, "nan": 0}
         self._db: Database | None = None
         db = Database(path, lock_timeout=lock_timeout)
@@ -156,7 +141,23 @@ class HistoryStore:
                         f"this history file was written with {int(stored) / 1000:g} s "
                         f"{tier} buckets; use that step or a new file",
                     )
-            self._load_watermarks(db)
+            widths = partition_widths(self._step_ms["medium"], self._step_ms["low"])
+            for tier in TIERS:
+                key = f"{tier}_partition_ms"
+                stored = db.scalar(sql.GET_META, (key,))
+                if stored is None:
+                    db.execute(sql.SET_META, (key, widths[tier]))
+                else:
+                    widths[tier] = int(stored)
+            self._maintainer = Maintainer(
+                steps_ms=self._step_ms,
+                keep_ms=self._keep_ms,
+                widths_ms=widths,
+                grace_ms=self._grace_ms,
+                stale_ms=self._stale_ms,
+                compact_ms=self._compact_ms,
+            )
+            self._maintainer.load(db)
             self._index.refresh(db)
 
     def close(self) -> None:
@@ -177,25 +178,15 @@ class HistoryStore:
     ) -> None:
         self.close()
 
-    def _open(self) -> Database:
-        if self._db is None:
+    def _open(self) -> tuple[Database, Maintainer]:
+        if self._db is None or self._maintainer is None:
             raise Closed("this history store was closed")
-        return self._db
+        return self._db, self._maintainer
 
     def _now_ms(self, now: float | None) -> int:
         if now is None:
             return _ms(self._clock.now())
         return _ms(_number("now", now, "use seconds since the epoch"))
-
-    def _meta(self, db: Database, key: str) -> int | None:
-        value = db.scalar(sql.GET_META, (key,))
-        return None if value is None else int(value)
-
-    def _load_watermarks(self, db: Database) -> tuple[int | None, int | None]:
-        medium, low = self._meta(db, "wm_medium"), self._meta(db, "wm_low")
-        self._wm_medium, self._wm_low = medium, low
-        self._floor = -1 if medium is None else medium
-        return medium, low
 
     # --- ingest ----------------------------------------------------------------------------
 
@@ -208,10 +199,10 @@ class HistoryStore:
         and nothing of the batch is stored.
         """
         with self._lock:
-            db = self._open()
+            db, maintainer = self._open()
             now_ms = _ms(self._clock.now())
             ceiling = now_ms + _ms(FUTURE_TOLERANCE_SECONDS)
-            floor = self._floor
+            floor = -1 if maintainer.wm_medium is None else maintainer.wm_medium
             ids = self._index.ids
             rows: list[tuple[int, int, float]] = []
             pending: dict[SeriesKey, list[tuple[int, float]]] = {}
@@ -245,7 +236,7 @@ class HistoryStore:
             made: dict[SeriesKey, int] = {}
             if rows or pending:
                 with db.write():
-                    wm = self._meta(db, "wm_medium")
+                    wm = db.scalar(sql.GET_META, ("wm_medium",))
                     if wm is not None and wm > floor:  # another process rolled up meanwhile
                         kept = [r for r in rows if r[0] > wm]
                         late += len(rows) - len(kept)
@@ -260,8 +251,8 @@ class HistoryStore:
                         rows.extend((t, sid, v) for t, v in pending[key])
                     db.executemany(sql.INSERT_HEAD, rows)
                 self._index.created(made)
-                if wm is not None:
-                    self._floor = max(self._floor, wm)
+                if wm is not None and wm > floor:
+                    maintainer.wm_medium = int(wm)
             self._count_dropped(late, future, nan)
             return len(rows)
 
@@ -283,130 +274,43 @@ class HistoryStore:
         and only buckets after it that ended at least ``grace`` ago are computed, so a
         second call with the same ``now`` does nothing. Raw samples that have been
         rolled up (and are older than the staleness limit, which counter deltas need)
-        are moved from the head to the per-series table in the same transaction.
+        are moved from the head to the per-series partitions in the same transaction.
         """
         with self._lock:
-            db = self._open()
-            now_ms = self._now_ms(now)
-            step = self._step_ms["medium"]
-            target = (now_ms - self._grace_ms) // step * step
-            medium = compacted = 0
+            db, maintainer = self._open()
+            target = maintainer.target(self._now_ms(now))
+            medium = compacted = low = 0
             while True:
-                rows, moved, reached = self._roll_medium(db, target)
+                rows, moved, reached = maintainer.roll_medium(db, target)
                 medium += rows
                 compacted += moved
                 if reached is None or reached >= target:
                     break
-            low = 0
             while True:
-                rows, reached = self._roll_low(db)
+                rows, reached = maintainer.roll_low(db)
                 low += rows
                 if reached is None:
                     break
             return DownsampleResult(medium_rows=medium, low_rows=low, compacted=compacted)
 
-    def _roll_medium(self, db: Database, target: int) -> tuple[int, int, int | None]:
-        """One transaction of medium rollups towards ``target``: (rows, moved, new watermark)."""
-        step = self._step_ms["medium"]
-        with db.write():
-            wm = self._meta(db, "wm_medium")
-            if wm is None:
-                oldest = db.scalar(sql.OLDEST_HEAD)
-                if oldest is None:
-                    return 0, 0, None
-                wm = _bucket_end(int(oldest), step) - step
-            if target <= wm:
-                return 0, 0, None
-            hi = min(target, wm + max(step, _CATCH_UP_MS // step * step))
-            if self._previous_at != wm:  # first roll here, or another process rolled
-                self._previous, self._previous_at = {}, None
-                since = wm - self._stale_ms
-            else:
-                since = wm
-            try:
-                found = db.execute(sql.HEAD_RANGE, (since, hi))
-                made = roll_up(found, wm, step, self._stale_ms, self._previous)
-                db.executemany(sql.INSERT_MEDIUM, made)
-                db.execute(sql.SET_META, ("wm_medium", hi))
-                cut = hi - self._stale_ms
-                moved = db.execute(sql.COMPACT_HEAD, (cut,)).rowcount
-                db.execute(sql.DROP_COMPACTED, (cut,))
-            except BaseException:
-                self._previous, self._previous_at = {}, None
-                raise
-        self._previous_at = self._wm_medium = self._floor = hi
-        return len(made), moved, hi
-
-    def _roll_low(self, db: Database) -> tuple[int, int | None]:
-        """One transaction of low rollups: (rows, new watermark), or None when caught up."""
-        step = self._step_ms["low"]
-        with db.write():
-            medium_wm, wm = self._meta(db, "wm_medium"), self._meta(db, "wm_low")
-            if medium_wm is None:
-                return 0, None
-            target = medium_wm // step * step
-            if wm is None:
-                oldest = db.scalar(sql.OLDEST_MEDIUM)
-                if oldest is None:
-                    return 0, None
-                wm = _bucket_end(int(oldest), step) - step
-            if target <= wm:
-                return 0, None
-            hi = min(target, wm + max(step, _LOW_CATCH_UP_MS // step * step))
-            written = db.execute(sql.ROLL_LOW, {"step": step, "lo": wm, "hi": hi}).rowcount
-            db.execute(sql.SET_META, ("wm_low", hi))
-        self._wm_low = hi
-        return written, hi
-
     def enforce_retention(self, now: float | None = None) -> RetentionResult:
         """Delete the rows each tier no longer keeps; safe to call at any time.
 
         A row expires when its timestamp (a bucket's end, for rollups) is older than
-        ``now`` minus the tier's retention. Rows not yet rolled up into the next tier
-        are kept until they are. To stay cheap when called every few seconds, a tier is
-        swept again only once its cutoff has moved by its bucket width (raw: the medium
-        step) or ``compact_every``, whichever is longer, so a row can outlive its
-        retention by up to that much; the first call after opening sweeps every tier.
+        ``now`` minus the tier's retention. Whole partitions are dropped; in the one the
+        cutoff falls in, the expired rows are deleted. Rows not yet rolled up into the
+        next tier are kept until they are. To stay cheap when called every few seconds,
+        a tier is swept again only once its cutoff has moved by its bucket width (raw:
+        the medium step) or ``compact_every``, whichever is longer, so a row can outlive
+        its retention by up to that much; the first call after opening sweeps every tier.
         """
         with self._lock:
-            db = self._open()
-            now_ms = self._now_ms(now)
-            deleted = {"raw": 0, "medium": 0, "low": 0}
-            gone: list[int] = []
-            if not self._due(now_ms, self._wm_low):
-                return RetentionResult()
-            with db.write():
-                due = self._due(now_ms, self._meta(db, "wm_low"))
-                sids = [int(r[0]) for r in db.execute(sql.SERIES_IDS)] if due else []
-                for tier, cutoff in due.items():
-                    deleted[tier] = db.executemany(
-                        sql.EXPIRE[tier], [(sid, cutoff) for sid in sids]
-                    )
-                if deleted["low"]:
-                    gone = [int(r[0]) for r in db.execute(sql.EMPTY_SERIES)]
-                    db.executemany(sql.DELETE_SERIES, [(sid,) for sid in gone])
-            self._expired_at.update(due)
+            db, maintainer = self._open()
+            deleted, gone = maintainer.expire(db, self._now_ms(now))
             self._index.dropped(gone)
-            for sid in gone:
-                self._previous.pop(sid, None)
             if any(deleted.values()):
                 self._release_free_pages(db)
             return RetentionResult(series=len(gone), **deleted)
-
-    def _due(self, now_ms: int, wm_low: int | None) -> dict[str, int]:
-        """The tiers to sweep now, each with its cutoff (rows before it expire)."""
-        due = {}
-        for tier in TIERS:
-            cutoff = now_ms - self._keep_ms[tier]
-            if tier == "medium":
-                if wm_low is None:
-                    continue  # nothing has been rolled into the low tier yet
-                cutoff = min(cutoff, wm_low + 1)
-            gate = max(self._step_ms["medium" if tier == "raw" else tier], self._compact_ms)
-            last = self._expired_at.get(tier)
-            if last is None or cutoff - last >= gate:
-                due[tier] = cutoff
-        return due
 
     def _release_free_pages(self, db: Database) -> None:
         # Freed pages are reused by later inserts, so the file stays bounded without
@@ -424,15 +328,10 @@ class HistoryStore:
         The control plane calls this every few seconds.
         """
         with self._lock:
-            now_ms = self._now_ms(now)
-            step = self._step_ms["medium"]
-            target = (now_ms - self._grace_ms) // step * step
-            wm = self._wm_medium
-            if wm is None or target - wm >= max(self._compact_ms, step):
-                rolled = self.downsample(now_ms / 1000)
-            else:
-                rolled = DownsampleResult()
-            return rolled, self.enforce_retention(now_ms / 1000)
+            _, maintainer = self._open()
+            now_s = self._now_ms(now) / 1000
+            rolled = self.downsample(now_s) if maintainer.due(_ms(now_s)) else DownsampleResult()
+            return rolled, self.enforce_retention(now_s)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -444,7 +343,7 @@ class HistoryStore:
             check_series(metric, {}, "series")
         wanted = check_matchers(matchers)
         with self._lock:
-            db = self._open()
+            db, _ = self._open()
             with db.read():
                 self._index.refresh(db)
             found = [self._index.labels[sid] for sid in self._index.match(metric, wanted)]
@@ -491,7 +390,7 @@ class HistoryStore:
         if agg is not None and agg not in AGGREGATIONS:
             raise ConfigError("agg", agg, f"use one of {', '.join(AGGREGATIONS)}")
         with self._lock:
-            db = self._open()
+            db, _ = self._open()
             times, window_ms, level = self._plan(start, end, step, window, tier)
             start_ms, end_ms = times[0], times[-1]
             if fn == "raw":
@@ -559,7 +458,7 @@ class HistoryStore:
         if groups is not None and "le" in groups:
             raise ConfigError("by", by, "leave out 'le': buckets are always combined by le")
         with self._lock:
-            db = self._open()
+            db, _ = self._open()
             times, window_ms, level = self._plan(start, end, step, window, tier)
             with db.read():
                 self._index.refresh(db)
@@ -678,59 +577,40 @@ class HistoryStore:
     def _read(
         self, db: Database, sids: list[int], level: int, lo: int, hi: int, fn: str
     ) -> dict[int, Rows]:
-        """Entries in ``(lo, hi]`` per series: rollups up to their watermarks, raw after."""
-        rows = {sid: Rows() for sid in sids}
-        if not sids:
-            return rows
-        watermarks = {"medium": self._meta(db, "wm_medium"), "low": self._meta(db, "wm_low")}
-        bound = lo
-        for i in range(level, 0, -1):
-            name = TIERS[i]
-            wm = watermarks[name]
-            if wm is None:
-                continue
-            upto = min(hi, wm)
-            if upto <= bound:
-                continue
-            table = sql.ROLLUP_TABLES[name]
-            for batch in _batches(sids):
-                found = db.execute(sql.read_rollup(table, len(batch)), (*batch, bound, upto))
-                for sid, group in groupby(found.fetchall(), key=itemgetter(0)):
-                    rows[sid].add_rollups(list(group), i)
-            bound = upto
-        if hi > bound:
-            deltas = fn in ("rate", "increase")
-            since = bound - self._stale_ms if deltas else bound
-            for batch in _batches(sids):
-                samples: dict[int, tuple[list[int], list[float]]] = {}
-                for table, params in (
-                    ("samples_raw", (*batch, since, hi)),
-                    ("samples_head", (since, hi, *batch)),
-                ):
-                    found = db.execute(sql.read_raw(table, len(batch)), params)
-                    for sid, group in groupby(found.fetchall(), key=itemgetter(0)):
-                        ts, values = samples.setdefault(sid, ([], []))
-                        for _, t, v in group:
-                            ts.append(t)
-                            values.append(v)
-                for sid, (ts, values) in samples.items():
-                    rows[sid].add_samples(ts, values, bound, self._stale_ms, deltas=deltas)
-        return rows
+        """Entries in ``(lo, hi]`` per series; call inside a read transaction."""
+        _, maintainer = self._open()
+        watermarks = dict(zip(("medium", "low"), maintainer.load(db), strict=True))
+        return read_rows(
+            db,
+            maintainer.parts,
+            watermarks,
+            sids,
+            level,
+            lo,
+            hi,
+            deltas=fn in ("rate", "increase"),
+            stale_ms=self._stale_ms,
+        )
 
     # --- inspection ------------------------------------------------------------------------
 
     def stats(self) -> HistoryStats:
-        """Sizes, row counts per table, watermarks and dropped-sample counts."""
+        """Sizes, row counts per tier, watermarks and dropped-sample counts."""
         with self._lock:
-            db = self._open()
+            db, maintainer = self._open()
             with db.read():
                 page_size = int(db.scalar("PRAGMA page_size"))
                 pages = int(db.scalar("PRAGMA page_count"))
                 free = int(db.scalar("PRAGMA freelist_count"))
-                rows = {name: int(db.scalar(q)) for name, q in sql.COUNT_ROWS.items()}
+                rows = {"head": int(db.scalar(sql.count_rows("samples_head")))}
+                tier_of: dict[str, str] = {"samples_head": "head", "series": "series"}
+                for tier, part in maintainer.parts.items():
+                    tables = part.tables(db)
+                    rows[tier] = sum(int(db.scalar(sql.count_rows(t))) for t in tables)
+                    tier_of.update(dict.fromkeys(tables, tier))
                 series = int(db.scalar(sql.SERIES_SHAPE))
-                medium, low = self._load_watermarks(db)
-                table_bytes = _table_bytes(db)
+                medium, low = maintainer.load(db)
+                table_bytes = _bytes_by_tier(db, tier_of)
             wal = db.path.with_name(db.path.name + "-wal")
             wal_bytes = wal.stat().st_size if wal.exists() else 0
             return HistoryStats(
@@ -749,20 +629,17 @@ class HistoryStore:
             )
 
 
-def _batches(sids: list[int]) -> Iterator[list[int]]:
-    for i in range(0, len(sids), _IN_BATCH):
-        yield sids[i : i + _IN_BATCH]
-
-
-def _table_bytes(db: Database) -> dict[str, int] | None:
-    """Bytes per table, its indexes included; None when SQLite lacks ``dbstat``."""
+def _bytes_by_tier(db: Database, tier_of: dict[str, str]) -> dict[str, int] | None:
+    """Bytes of each tier's tables (indexes included), the head, the series map and
+    the rest; None when SQLite lacks ``dbstat``."""
     try:
         owners: dict[str, Any] = dict(db.execute(sql.TABLE_OF_INDEX).fetchall())
         sizes = db.execute(sql.TABLE_BYTES).fetchall()
     except StoreError:
         return None
-    out: dict[str, int] = {}
+    out = dict.fromkeys(("head", *TIERS, "series", "other"), 0)
     for name, size in sizes:
         table = str(owners.get(name, name))
-        out[table] = out.get(table, 0) + int(size)
+        key = tier_of.get(table, "other")
+        out[key] += int(size)
     return out
