@@ -24,3 +24,15 @@ async def crash(task: TaskInfo, ctx: Context) -> None:
 async def slow(task: TaskInfo, ctx: Context) -> str:
     await asyncio.sleep(float(task.payload or 0.5))
     return "slept"
+
+
+@agent(name="hold_write_lock")
+async def hold_write_lock(task: TaskInfo, ctx: Context) -> str:
+    """On its first attempt, take the SQLite store's write lock and keep it."""
+    if task.attempt == 1:
+        import sqlite3
+
+        conn = sqlite3.connect(task.payload["db"], isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        await asyncio.sleep(60)
+    return "done"

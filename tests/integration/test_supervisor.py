@@ -22,7 +22,12 @@ from fleetops.runtime import (
 from fleetops.store import TERMINAL_STATES, NewTask, open_store
 
 TESTS_DIR = str(Path(__file__).resolve().parents[1])
-AGENTS = ("agents_for_tests:echo", "agents_for_tests:crash", "agents_for_tests:slow")
+AGENTS = (
+    "agents_for_tests:echo",
+    "agents_for_tests:crash",
+    "agents_for_tests:slow",
+    "agents_for_tests:hold_write_lock",
+)
 
 
 def _plan(replicas: int = 2, **worker: float) -> ClusterPlan:
@@ -176,3 +181,34 @@ def test_stop_drains_workers_and_unregisters_them(sqlite_url: str) -> None:
     finally:
         store.close()
     assert "worker.failed" not in _kinds(events)
+
+
+def test_a_worker_hung_while_holding_the_write_lock_does_not_stall_the_fleet(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The supervisor must kill a hung worker before it writes anything: the hung
+    worker may hold the store's write lock, and every write would wait on it."""
+
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        db = str(tmp_path / "fleet.db")
+        holder_task = await client.submit(NewTask("c", "hold_write_lock", json.dumps({"db": db})))
+
+        async def holder() -> str | None:
+            record = await client.run(client.store.get_task, holder_task.id)
+            return record.lease_owner if record and record.state == "running" else None
+
+        await wait_until(holder, within=10)
+        await asyncio.sleep(0.3)  # let it take the lock
+        owner = await holder()
+        victim = next(h for h in sup.live_workers("c") if h.id == owner)
+        stopped_at = client.clock.now()
+        os.kill(victim.pid, signal.SIGSTOP)
+        await wait_until(lambda: "worker.suspected" in _kinds(events), within=10)
+        suspected = next(e for e in events if e.kind == "worker.suspected")
+        assert suspected.at - stopped_at < 3.0
+        await wait_until(lambda: _terminal(client, holder_task.id), within=15)
+        record = await client.run(client.store.get_task, holder_task.id)
+        assert record is not None and record.state == "succeeded"
+        assert record.redeliveries == 1
+
+    asyncio.run(_supervised(sqlite_url, body, _plan()))

@@ -50,6 +50,9 @@ class KillWorkersConfig:
     store_url: str | None = None
     seed: int | None = None
     timeout: float = 600.0
+    #: stop killing after this many kills (None: until the work is done); bounds the
+    #: faults per run whatever the machine's speed
+    max_kills: int | None = None
 
 
 @dataclass(slots=True)
@@ -221,7 +224,7 @@ async def _killer(
     stops: dict[str, float],
 ) -> None:
     rounds = 0
-    while True:
+    while config.max_kills is None or len(kills) < config.max_kills:
         await asyncio.sleep(config.kill_every)
         candidates: list[WorkerHandle] = [
             h

@@ -31,6 +31,14 @@ class DetectorSettings:
     first_interval: float = 0.2
 
     def __post_init__(self) -> None:
+        for name in ("threshold", "min_std", "acceptable_pause", "first_interval"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ConfigError(f"failure_detector.{name}", value, "use a finite number")
+        if self.first_interval <= 0:
+            raise ConfigError(
+                "failure_detector.first_interval", self.first_interval, "use seconds > 0"
+            )
         if self.threshold <= 0:
             raise ConfigError("failure_detector.threshold", self.threshold, "use a value > 0")
         if self.min_std <= 0:

@@ -100,6 +100,7 @@ class WorkerHandle:
     stopping: bool = False
     rolling: bool = False
     suspected: bool = False
+    pipe_beats: bool = False
     lost_handled: bool = False
 
     @property
@@ -154,6 +155,7 @@ class Supervisor:
         self._slots: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._stopping = False
         self._client: QueueClient | None = None
+        self._watch: QueueClient | None = None
         self._group: asyncio.TaskGroup | None = None
         self.ready = asyncio.Event()
 
@@ -168,8 +170,14 @@ class Supervisor:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Supervise until ``stop`` is set, then stop every worker gracefully."""
-        async with QueueClient(self.store_url, clock=self.clock) as client:
+        # The failure detector reads through a connection of its own, so that it never
+        # queues behind a write that waits for a lock a hung worker holds.
+        async with (
+            QueueClient(self.store_url, clock=self.clock) as client,
+            QueueClient(self.store_url, clock=self.clock) as watch,
+        ):
             self._client = client
+            self._watch = watch
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 for name in self.plans:
@@ -297,7 +305,9 @@ class Supervisor:
             "worker_id": worker_id,
             "cluster": cluster,
             "agents": list(plan.agents),
-            "settings": asdict(plan.worker),
+            # a local worker also beats on its stdout pipe: liveness that does not
+            # depend on the store (a worker blocked on a store lock is not hung)
+            "settings": {**asdict(plan.worker), "pipe_heartbeat": True},
             "python_path": list(plan.python_path),
             "parent_pid": os.getpid(),
             **dict(plan.extra),
@@ -310,7 +320,7 @@ class Supervisor:
                 "fleetops.runtime",
                 json.dumps(config),
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
                 start_new_session=True,
                 env=self._env,
@@ -327,8 +337,22 @@ class Supervisor:
             detector=PhiAccrualFailureDetector(plan.detector or self.detector_settings),
         )
         self.workers[worker_id] = handle
+        assert self._group is not None
+        self._group.create_task(self._read_beats(handle), name=f"beats-{worker_id}")
         await self._event("worker.started", cluster, worker_id, pid=process.pid, slot=slot)
         return handle
+
+    async def _read_beats(self, handle: WorkerHandle) -> None:
+        """Feed the failure detector from the worker's pipe heartbeats until it exits."""
+        stream = handle.process.stdout
+        if stream is None:
+            return
+        while True:
+            chunk = await stream.read(256)
+            if not chunk:
+                return
+            handle.detector.heartbeat(self.clock.now())
+            handle.pipe_beats = True
 
     async def _restart_delay(self, cluster: str, failures: int) -> float:
         policy = self.plans[cluster].restart or self.restart
@@ -394,8 +418,8 @@ class Supervisor:
     # --- failure detection ----------------------------------------------------------------
 
     async def _detect_loop(self) -> None:
-        assert self._client is not None
-        client = self._client
+        assert self._watch is not None
+        client = self._watch
         while True:
             await self.clock.sleep(self.detect_interval)
             records = {w.id: w for w in await client.run(client.store.list_workers)}
@@ -412,7 +436,8 @@ class Supervisor:
                 beat = record.heartbeat_at if record else None
                 if beat is not None and beat != handle.heartbeat_seen:
                     handle.heartbeat_seen = beat
-                    handle.detector.heartbeat(now)
+                    if not handle.pipe_beats:
+                        handle.detector.heartbeat(now)  # no pipe: the store is the signal
                     if handle.first_heartbeat_at is None:
                         handle.first_heartbeat_at = now
                 if handle.first_heartbeat_at is None:
@@ -432,10 +457,18 @@ class Supervisor:
 
     async def _suspect(self, handle: WorkerHandle, why: str) -> None:
         handle.suspected = True
+        # Kill first, write after: a hung worker may hold the store's write lock (SQLite)
+        # or row locks (PostgreSQL) that the revocation would wait on. SIGKILL works on
+        # a stopped process too, and its death releases its locks. The bookkeeping runs
+        # in a task of its own so that the detector keeps watching the other workers.
+        with contextlib.suppress(ProcessLookupError):
+            handle.process.kill()
+        assert self._group is not None
+        self._group.create_task(self._record_hang(handle, why), name=f"hung-{handle.id}")
+
+    async def _record_hang(self, handle: WorkerHandle, why: str) -> None:
         await self._event("worker.suspected", handle.cluster, handle.id, reason=why, pid=handle.pid)
         await self._worker_lost(handle, f"hung: {why}")
-        with contextlib.suppress(ProcessLookupError):
-            handle.process.kill()  # SIGKILL works on a stopped process too
 
     async def _await_ready(self) -> None:
         while True:

@@ -61,6 +61,8 @@ class WorkerSettings:
     telemetry_interval: float = 2.0
     #: Metrics and traces on (off only to measure what they cost).
     telemetry: bool = True
+    #: Also beat on stdout, for a local supervisor: liveness that needs no store.
+    pipe_heartbeat: bool = False
     #: The cluster's quota of concurrent tasks across all its workers (None: no quota).
     max_cluster_running: int | None = None
 
@@ -197,6 +199,8 @@ class Worker:
                 background.create_task(self._waiter_loop(), name="child-results"),
                 background.create_task(self._telemetry_loop(), name="telemetry"),
             ]
+            if s.pipe_heartbeat:
+                loops.append(background.create_task(self._pipe_beat_loop(), name="pipe-beat"))
             async with asyncio.TaskGroup() as handlers:
                 self._handlers = handlers
                 claimer = handlers.create_task(self._claim_loop(), name="claimer")
@@ -520,6 +524,15 @@ class Worker:
                 self._cancel_reasons[task_id] = "lease_lost"
                 running.task.cancel()
                 log.warning("lease.revoked", task_id=task_id, worker=self.worker_id)
+
+    async def _pipe_beat_loop(self) -> None:
+        """One byte on stdout per interval while the event loop runs (see the supervisor)."""
+        while True:
+            try:
+                os.write(1, b".")
+            except (BlockingIOError, BrokenPipeError):
+                pass
+            await self.clock.sleep(self.settings.heartbeat_interval)
 
     async def _reap_loop(self) -> None:
         while True:

@@ -197,6 +197,10 @@ class SqlStore:
         """Hold a lock on ``queue`` until the transaction ends (for exact quotas)."""
         raise NotImplementedError
 
+    def _for_update_wait(self) -> str:
+        """Like :meth:`_for_update` but waiting for locked rows instead of skipping them."""
+        return self._for_update().replace(" SKIP LOCKED", "")
+
     def _for_update(self) -> str:
         """The row-locking suffix of a SELECT in a write transaction ('' where moot)."""
         raise NotImplementedError
@@ -369,11 +373,14 @@ class SqlStore:
         ).fetchall()
         return {int(r[0]): int(r[1]) for r in rows}
 
-    def _revoke(self, where: str, params: Sequence[Any], now: float, reason: str) -> list[int]:
+    def _revoke(
+        self, where: str, params: Sequence[Any], now: float, reason: str, *, wait: bool = False
+    ) -> list[int]:
+        lock = self._for_update_wait() if wait else self._for_update()
         owners = {
             int(r[0]): r[1]
             for r in self._exec(
-                f"SELECT id, lease_owner FROM tasks WHERE {where}{self._for_update()}", params
+                f"SELECT id, lease_owner FROM tasks WHERE {where}{lock}", params
             ).fetchall()
         }
         revoked: list[int] = []
@@ -405,7 +412,11 @@ class SqlStore:
     def revoke_worker(self, worker: str, now: float, reason: str) -> list[int]:
         with self._tx():
             self._exec(MARK_WORKER, ("dead", now, worker))
-            return self._revoke("lease_owner = ? AND state = 'running'", (worker,), now, reason)
+            # wait for row locks: the worker is dead, so whatever it held is released as
+            # soon as its connection goes; skipping them would leave leases to expire
+            return self._revoke(
+                "lease_owner = ? AND state = 'running'", (worker,), now, reason, wait=True
+            )
 
     def requeue_expired(self, now: float, limit: int = 1000) -> list[int]:
         where = "state = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?"
