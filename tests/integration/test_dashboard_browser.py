@@ -180,6 +180,7 @@ def chart_state(page: Page) -> dict[str, dict[str, Any]]:
 
 
 HAS_THROUGHPUT = "() => Number(document.querySelector('#chart-throughput').dataset.points) > 0"
+ALL_DRAWN = "() => [...document.querySelectorAll('figure.chart')].every(f => f.dataset.renderer)"
 
 
 def wait_for_charts(page: Page, condition: str, arg: Any = None, timeout: float = 20_000) -> None:
@@ -246,6 +247,12 @@ def test_a_task_opens_with_attempts_effects_and_trace(page: Page) -> None:
     expect(detail.locator(".span-attrs table")).to_be_visible()
     expect(spans.nth(1)).to_have_attribute("aria-pressed", "true")
     screenshot(page, "dashboard-task.png")
+    # the detail panel scrolls by itself: bring its trace to the top for the picture
+    page.locator("#task-trace-title").evaluate(
+        "title => { const panel = title.closest('#task-detail');"
+        " panel.scrollTop = title.offsetTop - panel.offsetTop - 8; }"
+    )
+    screenshot(page, "dashboard-trace.png")
 
 
 def test_log_search_finds_the_replies(page: Page) -> None:
@@ -309,6 +316,7 @@ def test_charts_have_data_and_update_in_place(page: Page) -> None:
         arg=[before["lastTs"], before["points"]],
         timeout=30_000,
     )
+    wait_for_charts(page, ALL_DRAWN)
     after = chart_state(page)
     with_data = [name for name, chart in after.items() if chart["points"] > 0]
     assert len(with_data) >= 5, after
@@ -324,12 +332,26 @@ def test_charts_have_data_and_update_in_place(page: Page) -> None:
     screenshot(page, "dashboard-metrics.png", full_page=True)
 
 
-def test_charts_fall_back_to_svg_without_the_chart_library(page: Page) -> None:
+def test_without_the_chart_library_and_history_charts_are_svg_of_sampled_metrics(
+    page: Page,
+) -> None:
+    # as an installed fleetops without the npm package, on an API without metric history
     page.route("**/static/vendor/**", lambda route: route.abort())
+    page.route(
+        "**/api/v1/metrics/query?**",
+        lambda route: route.fulfill(status=404, json={"detail": "Not Found"}),
+    )
     open_dashboard(page, "metrics")
     expect(page.locator("#chart-library")).to_contain_text("plain SVG")
+    expect(page.locator("#metrics-source")).to_contain_text("sampled from /metrics")
+    # two samples of /metrics make the first rates and quantiles
     wait_for_charts(page, HAS_THROUGHPUT)
+    wait_for_charts(page, ALL_DRAWN)
     state = chart_state(page)
     assert {c["renderer"] for c in state.values()} == {"svg"}
+    assert state["chart-latency"]["points"] > 0, state
+    assert not [c["error"] for c in state.values() if c["error"]], state
+    # a line needs two rates, one more sample
+    wait_for_charts(page, HAS_THROUGHPUT.replace("> 0", "> 3"))
     expect(page.locator("#chart-throughput svg path").first).to_be_attached()
     screenshot(page, "dashboard-metrics-svg.png")

@@ -200,7 +200,8 @@ export class TasksView {
     if (signature !== this.taskSignature) {
       this.taskSignature = signature;
       const trace = quiet && this.trace ? this.trace : h("div", { id: "task-trace", class: "trace" }, empty("Loading the trace…"));
-      fill(this.detail, ...this.renderTask(task), h("h4", {}, "Trace"), trace);
+      const [head, data] = this.renderTask(task);
+      fill(this.detail, ...head, h("h4", { id: "task-trace-title" }, "Trace"), trace, ...data);
       this.trace = trace;
       this.detail.dataset.taskId = String(id);
     }
@@ -228,13 +229,14 @@ export class TasksView {
     drawWaterfall(this.trace, spans, { settling: this.settling });
   }
 
+  /** The task's nodes: [those above its trace (facts, attempts, effects), those below]. */
   renderTask(t) {
     const fact = (label, value, wide) =>
       h("div", { class: wide ?? null }, h("dt", {}, label), h("dd", {}, value ?? "–"));
     const took = t.finished_at && t.started_at ? fmtSeconds(t.finished_at - t.started_at) : "–";
     const attempts = t.attempt_history ?? [];
     const effects = t.effects ?? [];
-    return [
+    return [[
       h("h3", { id: "task-detail-title" }, `Task #${t.id}`, h("span", { class: "note" }, `${t.cluster}/${t.agent}`), stateBadge(t.state)),
       h("dl", { class: "task-facts" },
         fact("created", timeEl(t.created_at, fmtDateTime(t.created_at)), "wide"),
@@ -278,8 +280,9 @@ export class TasksView {
             h("td", { class: "num" }, String(e.epoch)),
             h("td", { class: "num" }, e.finished_at && e.started_at ? fmtSeconds(e.finished_at - e.started_at) : "–")))))
         : empty("No side effect journaled."),
+    ], [
       h("details", {}, h("summary", {}, "Payload"), h("pre", {}, JSON.stringify(t.payload, null, 2))),
       h("details", {}, h("summary", {}, "Result"), h("pre", {}, JSON.stringify(t.result, null, 2))),
-    ];
+    ]];
   }
 }
