@@ -689,3 +689,22 @@ def test_the_reference_spec_in_the_docs_is_valid_and_shows_the_defaults() -> Non
     assert (documented.replicas, documented.concurrency) == (default.replicas, default.concurrency)
     retry = documented.agents[0].retry
     assert retry is not None and retry.policy() == type(retry.policy())()
+
+
+def test_provider_fallbacks_must_name_other_providers() -> None:
+    text = (
+        "fleet: {name: f}\n"
+        "providers:\n"
+        "  gpt: {kind: openai, base_url: 'http://127.0.0.1:9/v1', model: m,\n"
+        "        fallbacks: [simulated, nope, gpt]}\n"
+        "clusters:\n"
+        "  a: {agents: [{name: x, entrypoint: 'm:x'}], provider: gpt}\n"
+    )
+    issues = by_path(issues_of(text))
+    assert set(issues) == {"providers.gpt.fallbacks[1]", "providers.gpt.fallbacks[2]"}
+    assert issues["providers.gpt.fallbacks[1]"].line == 4
+    assert "no provider" in issues["providers.gpt.fallbacks[1]"].message
+    assert issues["providers.gpt.fallbacks[2]"].fix == "remove it from the list"
+    ok = check_spec_text(text.replace(", nope, gpt", ""))
+    assert isinstance(ok, FleetSpec)
+    assert ok.provider_for("a").fallbacks == ("simulated",)  # type: ignore[union-attr]

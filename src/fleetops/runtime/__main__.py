@@ -83,9 +83,11 @@ def _from_spec(
     share = {}
     if cluster in quotas:
         share = {cluster: max(1, quotas[cluster] // max(1, cluster_spec.replicas))}
+    chain = tuple(getattr(spec.provider_for(cluster), "fallbacks", ()))
     gateway = Gateway(
-        spec.build_providers(names={cluster_spec.provider}),
+        spec.build_providers(names={cluster_spec.provider, *chain}),
         default=cluster_spec.provider,
+        fallbacks={cluster_spec.provider: list(chain)} if chain else None,
         tokens_per_minute=share,
     )
     pricing = {

@@ -212,7 +212,10 @@ class FleetSpec(BaseModel):
         raise_problems(
             reference_problems(
                 {
-                    "providers": dict(self.providers),
+                    "providers": {
+                        name: {"fallbacks": list(getattr(p, "fallbacks", ()))}
+                        for name, p in self.providers.items()
+                    },
                     "clusters": {
                         name: {"routes": list(c.routes), "provider": c.provider}
                         for name, c in self.clusters.items()
@@ -317,6 +320,26 @@ def reference_problems(data: Mapping[str, Any]) -> list[Problem]:
         provider_names |= {str(p) for p in providers}
     cluster_names = {str(c) for c in clusters}
     problems = []
+    if isinstance(providers, Mapping):
+        for pname, pspec in providers.items():
+            fallbacks = pspec.get("fallbacks") if isinstance(pspec, Mapping) else None
+            if not isinstance(fallbacks, list | tuple):
+                continue
+            for index, target in enumerate(fallbacks):
+                if isinstance(target, str) and (target not in provider_names or target == pname):
+                    problems.append(
+                        Problem(
+                            ("providers", pname, "fallbacks", index),
+                            target,
+                            "a provider cannot fall back to itself"
+                            if target == pname
+                            else "no provider has this name",
+                            "remove it from the list"
+                            if target == pname
+                            else f"{did_you_mean(target, provider_names)}use one of: "
+                            f"{', '.join(sorted(provider_names - {str(pname)}))}",
+                        )
+                    )
     for name, cluster in clusters.items():
         if not isinstance(cluster, Mapping):
             continue

@@ -136,6 +136,8 @@ class OpenAIProviderSpec(BaseModel):
     timeout: PositiveSeconds = DEFAULT_TIMEOUT
     """Per-request timeout."""
     pricing: TokenPricing = TokenPricing()
+    fallbacks: tuple[Annotated[str, Field(strict=True, min_length=1)], ...] = ()
+    """Providers to try, in order, when this one fails (breaker open, retries spent)."""
 
     def config(self, name: str) -> OpenAIConfig:
         return OpenAIConfig(
