@@ -73,6 +73,15 @@ class PostgresStore(SqlStore):
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
 
+    def _execmany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        try:
+            with self._conn.cursor() as cur:
+                cur.executemany(_pg(sql), [tuple(r) for r in rows])
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+
     def _claim_sql(self, n_queues: int, n_agents: int) -> str:
         queues = ", ".join("?" * n_queues)
         agents = f" AND agent IN ({', '.join('?' * n_agents)})" if n_agents else ""

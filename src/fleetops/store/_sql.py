@@ -187,6 +187,10 @@ class SqlStore:
     def _claim_sql(self, n_queues: int, n_agents: int) -> str:
         raise NotImplementedError
 
+    def _execmany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for many rows (inside a transaction)."""
+        raise NotImplementedError
+
     def _lock_task_sql(self) -> str:
         raise NotImplementedError
 
@@ -598,14 +602,13 @@ class SqlStore:
         if not spans:
             return
         with self._tx():
-            for span in spans:
-                self._exec(
-                    "INSERT INTO spans (trace_id, span_id, parent_span_id, name, kind, "
-                    "start_time, end_time, status, task_id, cluster, agent, attributes) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (trace_id, span_id) DO NOTHING",
-                    span,
-                )
+            self._execmany(
+                "INSERT INTO spans (trace_id, span_id, parent_span_id, name, kind, "
+                "start_time, end_time, status, task_id, cluster, agent, attributes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (trace_id, span_id) DO NOTHING",
+                spans,
+            )
 
     def get_spans(
         self, trace_id: str | None = None, task_id: int | None = None, limit: int = 1000

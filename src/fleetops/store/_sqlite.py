@@ -117,6 +117,12 @@ class SqliteStore(SqlStore):
                 raise StoreError(f"SQLite store {self.path}: {exc}") from exc
         return self._retrying(sql, params)
 
+    def _execmany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        try:
+            self._conn.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+
     def _claim_sql(self, n_queues: int, n_agents: int) -> str:
         queues = ", ".join("?" * n_queues)
         agents = f" AND agent IN ({', '.join('?' * n_agents)})" if n_agents else ""
