@@ -314,19 +314,36 @@ def test_long_ranges_read_rollups_and_agree_with_raw_data(
         now = clock.now()
         assert history.stats().rows["raw"] + history.stats().rows["head"] < 2 * 3 * 360
 
-        for start, step, tier in ((now - 1500, 60, "medium"), (now - 6900, 300, "low")):
+        for start, step, tier in ((now - 1200, 60, "medium"), (now - 5400, 300, "low")):
             start -= start % step
             for fn in ("avg", "min", "max", "sum", "count", "last", "rate", "increase"):
                 metric = "c_total" if fn in ("rate", "increase") else "g"
-                got = history.query_range(metric, {}, start, now, step, fn)
-                want = reference.query_range(metric, {}, start, now, step, fn, tier="raw")
-                assert got and all(len(s.points) > 5 for s in got), fn
-                assert {s.tier for s in got} == {tier}, fn
-                assert [s.labels for s in got] == [s.labels for s in want]
-                for mine, theirs in zip(got, want, strict=True):
-                    assert [t for t, _ in mine.points] == [t for t, _ in theirs.points]
-                    for (_, a), (_, b) in zip(mine.points, theirs.points, strict=True):
-                        assert a == pytest.approx(b, rel=1e-9, abs=1e-9), (fn, tier)
+                for window in (None, 5 * step):  # windows that tile the range, and sliding
+                    got = history.query_range(metric, {}, start, now, step, fn, window=window)
+                    want = reference.query_range(
+                        metric, {}, start, now, step, fn, window=window, tier="raw"
+                    )
+                    assert got and all(len(s.points) > 5 for s in got), fn
+                    assert {s.tier for s in got} == {tier}, fn
+                    assert [s.labels for s in got] == [s.labels for s in want]
+                    for mine, theirs in zip(got, want, strict=True):
+                        assert [t for t, _ in mine.points] == [t for t, _ in theirs.points]
+                        for (_, a), (_, b) in zip(mine.points, theirs.points, strict=True):
+                            assert a == pytest.approx(b, rel=1e-9, abs=1e-9), (fn, tier, window)
+
+
+def test_wide_steps_read_rollups_even_inside_the_raw_retention(
+    store: HistoryStore, clock: VirtualClock
+) -> None:
+    scrape(store, clock, {("g", ()): [float(k % 17) for k in range(721)]})  # two hours
+    store.maintain()
+    now = clock.now() - clock.now() % 300
+    fine = store.query_range("g", {}, now - 3600, now, 60, "avg")
+    wide = store.query_range("g", {}, now - 3600, now, 300, "max")
+    assert fine[0].tier == "raw"  # a one-minute window holds one medium bucket: too coarse
+    assert wide[0].tier == "medium"  # five buckets per window: read the rollups
+    exact = store.query_range("g", {}, now - 3600, now, 300, "max", tier="raw")
+    assert wide[0].points == exact[0].points
 
 
 # --- retention ---------------------------------------------------------------------------------

@@ -24,64 +24,69 @@ from dataclasses import dataclass, field
 Value = float | None
 
 
+#: The entry columns each function reads; only those are fetched.
+COLUMNS = {
+    "raw": ("last",),
+    "avg": ("count", "sum"),
+    "min": ("min",),
+    "max": ("max",),
+    "sum": ("sum",),
+    "count": ("count",),
+    "last": ("last",),
+    "rate": ("inc",),
+    "increase": ("inc",),
+}
+
+
 @dataclass(slots=True)
 class Rows:
-    """The entries of one series, oldest first, as parallel columns."""
+    """The entries of one series, oldest first: timestamps and some columns of
+    ``count``, ``sum``, ``min``, ``max``, ``last`` and ``inc``."""
 
+    columns: tuple[str, ...]
     ts: list[int] = field(default_factory=list)
-    count: list[float] = field(default_factory=list)
-    sum: list[float] = field(default_factory=list)
-    min: list[float] = field(default_factory=list)
-    max: list[float] = field(default_factory=list)
-    last: list[float] = field(default_factory=list)
-    inc: list[float] = field(default_factory=list)
+    data: dict[str, list[float]] = field(default_factory=dict)
     tier: int = 0
     """Index in ``TIERS`` of the coarsest tier that contributed entries."""
 
+    def __post_init__(self) -> None:
+        self.data = {name: [] for name in self.columns}
+
     def add_rollups(self, rows: Sequence[Sequence[float]], tier: int) -> None:
-        """Append rollup rows ``(series_id, ts, count, sum, min, max, last, inc)``."""
+        """Append rollup rows ``(series_id, ts, *columns)``."""
         if not rows:
             return
-        _, ts, count, total, low, high, last, inc = zip(*rows, strict=True)
-        self.ts.extend(ts)
-        self.count.extend(count)
-        self.sum.extend(total)
-        self.min.extend(low)
-        self.max.extend(high)
-        self.last.extend(last)
-        self.inc.extend(inc)
+        columns = list(zip(*rows, strict=True))
+        self.ts.extend(columns[1])
+        for name, column in zip(self.columns, columns[2:], strict=True):
+            self.data[name].extend(column)
         self.tier = max(self.tier, tier)
 
     def add_samples(
-        self,
-        ts: Sequence[int],
-        values: Sequence[float],
-        after: int,
-        stale_ms: int,
-        *,
-        deltas: bool = True,
+        self, ts: Sequence[int], values: Sequence[float], after: int, stale_ms: int
     ) -> None:
         """Append raw samples newer than ``after``; older ones only seed the first delta."""
-        incs = increments(ts, values, stale_ms) if deltas else [0.0] * len(values)
         start = bisect_right(ts, after)
         kept = values[start:]
         self.ts.extend(ts[start:])
-        self.count.extend([1.0] * len(kept))
-        self.sum.extend(kept)
-        self.min.extend(kept)
-        self.max.extend(kept)
-        self.last.extend(kept)
-        self.inc.extend(incs[start:])
+        for name, column in self.data.items():
+            if name == "count":
+                column.extend([1.0] * len(kept))
+            elif name == "inc":
+                column.extend(increments(ts, values, stale_ms)[start:])
+            else:
+                column.extend(kept)
 
 
 def increments(ts: Sequence[int], values: Sequence[float], stale_ms: int) -> list[float]:
     """Each sample's counter delta from the previous one (see the module docstring)."""
-    out = [0.0] * len(values)
-    for i in range(1, len(values)):
-        if ts[i] - ts[i - 1] <= stale_ms:
-            delta = values[i] - values[i - 1]
-            out[i] = delta if delta >= 0 else values[i]
-    return out
+    if not values:
+        return []
+    deltas = [
+        (v - u if v >= u else v) if t - s <= stale_ms else 0.0
+        for s, t, u, v in zip(ts, ts[1:], values, values[1:], strict=False)
+    ]
+    return [0.0, *deltas]
 
 
 def step_times(start_ms: int, end_ms: int, step_ms: int) -> list[int]:
@@ -92,6 +97,8 @@ def evaluate(rows: Rows, fn: str, times: Sequence[int], window_ms: int) -> list[
     """``fn`` over the window ending at each of ``times``; None where it has no entries."""
     out: list[Value] = []
     ts = rows.ts
+    column = rows.data[COLUMNS[fn][-1]]
+    counts = rows.data.get("count", column)
     seconds = window_ms / 1000.0
     lo = 0
     for t in times:
@@ -101,21 +108,17 @@ def evaluate(rows: Rows, fn: str, times: Sequence[int], window_ms: int) -> list[
         if i == j:
             out.append(None)
         elif fn == "avg":
-            out.append(math.fsum(rows.sum[i:j]) / math.fsum(rows.count[i:j]))
+            out.append(math.fsum(column[i:j]) / math.fsum(counts[i:j]))
         elif fn == "max":
-            out.append(max(rows.max[i:j]))
+            out.append(max(column[i:j]))
         elif fn == "min":
-            out.append(min(rows.min[i:j]))
-        elif fn == "sum":
-            out.append(math.fsum(rows.sum[i:j]))
-        elif fn == "count":
-            out.append(math.fsum(rows.count[i:j]))
+            out.append(min(column[i:j]))
+        elif fn in ("sum", "count", "increase"):
+            out.append(math.fsum(column[i:j]))
         elif fn == "last":
-            out.append(rows.last[j - 1])
-        elif fn == "increase":
-            out.append(math.fsum(rows.inc[i:j]))
+            out.append(column[j - 1])
         elif fn == "rate":
-            out.append(math.fsum(rows.inc[i:j]) / seconds)
+            out.append(math.fsum(column[i:j]) / seconds)
         else:  # pragma: no cover - the store validates fn
             raise ValueError(fn)
     return out
@@ -125,7 +128,8 @@ def raw_points(rows: Rows, start_ms: int, end_ms: int) -> list[tuple[float, floa
     """The stored entries in ``[start, end]``: samples, or the last value of each bucket."""
     i = bisect_right(rows.ts, start_ms - 1)
     j = bisect_right(rows.ts, end_ms)
-    return [(t / 1000.0, v) for t, v in zip(rows.ts[i:j], rows.last[i:j], strict=True)]
+    last = rows.data["last"]
+    return [(t / 1000.0, v) for t, v in zip(rows.ts[i:j], last[i:j], strict=True)]
 
 
 def aggregate(columns: Sequence[Sequence[Value]], how: str) -> list[Value]:

@@ -30,15 +30,20 @@ def read_rows(
     lo: int,
     hi: int,
     *,
-    deltas: bool,
+    columns: tuple[str, ...],
     stale_ms: int,
+    tiling: tuple[int, int] | None = None,
 ) -> dict[int, Rows]:
-    """Entries in ``(lo, hi]`` per series, from tier ``TIERS[level]`` and finer ones.
+    """``columns`` of the entries in ``(lo, hi]`` per series, from tier ``TIERS[level]``
+    and finer ones.
 
-    With ``deltas``, raw samples are read from ``stale_ms`` earlier so that the first
-    sample's counter delta is known.
+    With ``tiling`` ``(start, step)``, the query's windows are the steps themselves,
+    ``(start + (k-1)·step, start + k·step]``, and rollup rows are combined per step by
+    SQLite: one entry per series and step comes back instead of one per bucket. For
+    counter increments (``inc``), raw samples are read from ``stale_ms`` earlier so that
+    the first sample's delta is known.
     """
-    rows = {sid: Rows() for sid in sids}
+    rows = {sid: Rows(columns) for sid in sids}
     if not sids:
         return rows
     bound = lo
@@ -52,30 +57,36 @@ def read_rows(
         for end in part.overlapping(db, bound, upto):
             table = part.table(end)
             for batch in _batches(sids):
-                query = sql.read_partition(tier, table, len(batch))
-                found = db.execute(query, (*batch, bound, upto)).fetchall()
+                if tiling is None:
+                    query = sql.read_rollups(table, columns, len(batch))
+                    params: tuple[int, ...] = (*batch, bound, upto)
+                else:
+                    start, step = tiling
+                    query = sql.read_rollups_per_step(table, columns, len(batch))
+                    params = (*batch, bound, upto, start - step + 1, step)
+                found = db.execute(query, params).fetchall()
                 for sid, group in groupby(found, key=itemgetter(0)):
                     rows[sid].add_rollups(list(group), i)
         bound = upto
     if hi <= bound:
         return rows
-    since = bound - stale_ms if deltas else bound
+    since = bound - stale_ms if "inc" in columns else bound
     raw = parts["raw"]
     for batch in _batches(sids):
         samples: dict[int, tuple[list[int], list[float]]] = {}
         queries = [
-            (sql.read_partition("raw", raw.table(end), len(batch)), (*batch, since, hi))
+            (sql.read_samples(raw.table(end), len(batch)), (*batch, since, hi))
             for end in raw.overlapping(db, since, hi)
         ]
         queries.append((sql.read_head(len(batch)), (since, hi, *batch)))
         for query, params in queries:
             for sid, group in groupby(db.execute(query, params).fetchall(), key=itemgetter(0)):
                 ts, values = samples.setdefault(sid, ([], []))
-                for _, t, v in group:
-                    ts.append(t)
-                    values.append(v)
+                _, new_ts, new_values = zip(*group, strict=True)
+                ts.extend(new_ts)
+                values.extend(new_values)
         for sid, (ts, values) in samples.items():
-            rows[sid].add_samples(ts, values, bound, stale_ms, deltas=deltas)
+            rows[sid].add_samples(ts, values, bound, stale_ms)
     return rows
 
 

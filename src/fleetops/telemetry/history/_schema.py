@@ -161,15 +161,46 @@ def read_head(n_ids: int) -> str:
     )
 
 
-def read_partition(tier: str, table: str, n_ids: int) -> str:
-    """Rows of ``n_ids`` series in ``(?, ?]``, in series then time order."""
+def read_samples(table: str, n_ids: int) -> str:
+    """Raw samples of ``n_ids`` series in ``(?, ?]``, in series then time order."""
     marks = ", ".join("?" * n_ids)
-    columns = (
-        "series_id, ts, value"
-        if tier == "raw"
-        else ("series_id, ts, count, sum, min, max, last, inc")
-    )
     return (
-        f"SELECT {columns} FROM {table} WHERE series_id IN ({marks}) AND ts > ? AND ts <= ? "
-        "ORDER BY series_id, ts"
+        f"SELECT series_id, ts, value FROM {table} "
+        f"WHERE series_id IN ({marks}) AND ts > ? AND ts <= ? ORDER BY series_id, ts"
+    )
+
+
+def read_rollups(table: str, columns: tuple[str, ...], n_ids: int) -> str:
+    """``columns`` of the rollups of ``n_ids`` series in ``(?, ?]``, in series then time order."""
+    marks = ", ".join("?" * n_ids)
+    return (
+        f"SELECT series_id, ts, {', '.join(columns)} FROM {table} "
+        f"WHERE series_id IN ({marks}) AND ts > ? AND ts <= ? ORDER BY series_id, ts"
+    )
+
+
+#: How each entry column combines over the rollups of one step.
+_PER_STEP = {
+    "count": "sum(count)",
+    "sum": "sum(sum)",
+    "min": "min(min)",
+    "max": "max(max)",
+    "last": "last",  # SQLite takes a bare column from the row holding max(ts)
+    "inc": "sum(inc)",
+}
+
+
+def read_rollups_per_step(table: str, columns: tuple[str, ...], n_ids: int) -> str:
+    """Like :func:`read_rollups`, but one row per series and query step.
+
+    The step of a row is ``(ts - ?) / ?`` (integer division), with the parameters
+    ``start - step + 1`` and ``step``; each output row is stamped with the newest
+    bucket end of its step, so it stays inside the step's window.
+    """
+    marks = ", ".join("?" * n_ids)
+    combined = ", ".join(_PER_STEP[name] for name in columns)
+    return (
+        f"SELECT series_id, max(ts), {combined} FROM {table} "
+        f"WHERE series_id IN ({marks}) AND ts > ? AND ts <= ? "
+        "GROUP BY series_id, (ts - ?) / ? ORDER BY series_id, 2"
     )

@@ -37,7 +37,7 @@ from ._model import (
     SeriesInfo,
 )
 from ._policy import TIERS, RetentionPolicy
-from ._query import Rows, aggregate, bucket_quantile, evaluate, points, raw_points
+from ._query import COLUMNS, Rows, aggregate, bucket_quantile, evaluate, points, raw_points
 from ._reader import read_rows
 from ._series import SeriesIndex, SeriesKey, check_matchers, check_series
 
@@ -57,6 +57,9 @@ COMPACT_EVERY_SECONDS = 300.0
 FUTURE_TOLERANCE_SECONDS = 600.0
 #: At most this many points per series in one answer, as Prometheus.
 MAX_POINTS = 11_000
+#: A rollup tier is read by default only when each query window spans at least this
+#: many of its buckets (the rule Thanos' automatic downsampling uses).
+MIN_BUCKETS_PER_WINDOW = 5
 
 
 def _ms(seconds: float) -> int:
@@ -392,13 +395,13 @@ class HistoryStore:
         with self._lock:
             db, _ = self._open()
             times, window_ms, level = self._plan(start, end, step, window, tier)
+            if fn == "raw":  # the stored entries in [start, end], not steps
+                times = [_ms(start), _ms(end)]
             start_ms, end_ms = times[0], times[-1]
-            if fn == "raw":
-                start_ms, end_ms = _ms(start), _ms(end)
             with db.read():
                 self._index.refresh(db)
                 sids = self._index.match(metric, wanted)
-                rows = self._read(db, sids, level, start_ms - window_ms, end_ms, fn)
+                rows = self._read(db, sids, level, times, window_ms, fn)
             labels = {sid: self._index.labels[sid][1] for sid in sids}
         if fn == "raw":
             found = [
@@ -467,7 +470,7 @@ class HistoryStore:
                     for sid in self._index.match(bucket_metric, wanted)
                     if "le" in self._index.labels[sid][1]
                 ]
-                rows = self._read(db, sids, level, times[0] - window_ms, times[-1], "increase")
+                rows = self._read(db, sids, level, times, window_ms, "increase")
             labels = {sid: self._index.labels[sid][1] for sid in sids}
         bounds: dict[int, float] = {}
         for sid in sids:
@@ -559,12 +562,7 @@ class HistoryStore:
                 raise ConfigError("window", window, "use a window in seconds greater than 0")
             window_ms = _ms(window_s)
         if tier is None:
-            now_ms = _ms(self._clock.now())
-            earliest = start_ms - window_ms
-            level = next(
-                (i for i, name in enumerate(TIERS) if earliest >= now_ms - self._keep_ms[name]),
-                len(TIERS) - 1,
-            )
+            level = self._choose_tier(start_ms - window_ms, window_ms)
         elif tier in TIERS:
             level = TIERS.index(str(tier))
         else:
@@ -574,10 +572,37 @@ class HistoryStore:
         times = list(range(start_ms, end_ms + 1, step_ms))
         return times, window_ms, level
 
+    def _choose_tier(self, earliest_ms: int, window_ms: int) -> int:
+        """The tier a range query reads by default (an index in ``TIERS``).
+
+        Among the tiers whose retention reaches back to ``earliest_ms``, the coarsest
+        with at least ``MIN_BUCKETS_PER_WINDOW`` buckets in each window, so a long range
+        reads few rows yet every point still summarises several buckets; failing that,
+        the finest tier that reaches back far enough (or the coarsest, if none does).
+        """
+        now_ms = _ms(self._clock.now())
+        covering = [
+            i for i, name in enumerate(TIERS) if earliest_ms >= now_ms - self._keep_ms[name]
+        ] or [len(TIERS) - 1]
+        detailed = [
+            i for i in covering if self._step_ms[TIERS[i]] * MIN_BUCKETS_PER_WINDOW <= window_ms
+        ]
+        return max(detailed) if detailed else min(covering)
+
     def _read(
-        self, db: Database, sids: list[int], level: int, lo: int, hi: int, fn: str
+        self,
+        db: Database,
+        sids: list[int],
+        level: int,
+        times: list[int],
+        window_ms: int,
+        fn: str,
     ) -> dict[int, Rows]:
-        """Entries in ``(lo, hi]`` per series; call inside a read transaction."""
+        """Entries for ``fn`` at ``times`` per series; call inside a read transaction."""
+        lo, hi = times[0] - window_ms, times[-1]
+        tiling = None
+        if fn != "raw" and (len(times) == 1 or times[1] - times[0] == window_ms):
+            tiling = (times[0], window_ms)
         _, maintainer = self._open()
         watermarks = dict(zip(("medium", "low"), maintainer.load(db), strict=True))
         return read_rows(
@@ -588,8 +613,9 @@ class HistoryStore:
             level,
             lo,
             hi,
-            deltas=fn in ("rate", "increase"),
+            columns=COLUMNS[fn],
             stale_ms=self._stale_ms,
+            tiling=tiling,
         )
 
     # --- inspection ------------------------------------------------------------------------
