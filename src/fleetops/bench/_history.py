@@ -40,7 +40,6 @@ class HistoryBenchResult:
     ingest_s: float
     maintain_s: float
     disk_bytes: int
-    bytes_per_sample: float
     elapsed_s: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -114,7 +113,6 @@ def bench_history_ingest(
         ingest_s=round(ingest_s, 3),
         maintain_s=round(maintain_s, 3),
         disk_bytes=disk,
-        bytes_per_sample=round(disk / max(written, 1), 2),
         elapsed_s=round(time.perf_counter() - started, 2),
     )
     return result.as_dict()
