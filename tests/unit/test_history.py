@@ -288,6 +288,27 @@ def test_downsampling_rolls_up_whole_minutes_once(store: HistoryStore, clock: Vi
     assert only(later) == [(T0 + 180, 100.0)]
 
 
+def test_downsampling_resumes_where_it_stopped_after_a_restart(
+    tmp_path: Path, clock: VirtualClock
+) -> None:
+    counter = [float(10 * k) for k in range(25)]  # T0 … T0+240, 10 per scrape
+    with HistoryStore(tmp_path / "h.db", clock=clock) as history:
+        scrape(history, clock, {("c_total", ()): counter[:13]})
+        assert history.downsample().medium_rows == 3  # minutes ending T0, T0+60, T0+120
+    with HistoryStore(tmp_path / "h.db", clock=clock) as history:
+        assert history.downsample().medium_rows == 0
+        assert history.ingest([Sample("c_total", {}, 5.0, T0 + 100)]) == 0  # rolled up
+        assert clock.now() == T0 + 130  # the scrapes go on where they stopped
+        scrape(history, clock, {("c_total", ()): counter[13:]})
+        assert history.downsample().medium_rows == 2
+        # The first delta after the restart is measured from the sample before it.
+        rolled = history.query_range(
+            "c_total", {}, T0 + 60, T0 + 240, 60, "increase", tier="medium"
+        )
+        raw = history.query_range("c_total", {}, T0 + 60, T0 + 240, 60, "increase", tier="raw")
+        assert only(rolled) == only(raw) == [(T0 + 60 * m, 60.0) for m in (1, 2, 3, 4)]
+
+
 def test_long_ranges_read_rollups_and_agree_with_raw_data(
     tmp_path: Path, clock: VirtualClock
 ) -> None:

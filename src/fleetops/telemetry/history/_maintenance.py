@@ -90,20 +90,17 @@ class Maintainer:
                 return 0, 0, None
             hi = min(target, wm + max(step, _CATCH_UP_MS // step * step))
             if self._previous_at != wm:  # first roll here, or another process rolled
-                self._previous, self._previous_at = {}, None
+                self._previous = {}
                 since = wm - self._stale
             else:
                 since = wm
-            try:
-                found = db.execute(sql.HEAD_RANGE, (since, hi))
-                made = roll_up(found, wm, step, self._stale, self._previous)
-                self.parts["medium"].insert(db, made)
-                db.execute(sql.SET_META, ("wm_medium", hi))
-                # Keep the samples counter deltas of the next roll still need.
-                moved = self._compact_head(db, hi - self._stale)
-            except BaseException:
-                self._previous, self._previous_at = {}, None
-                raise
+            self._previous_at = None  # not to be trusted unless this transaction commits
+            found = db.execute(sql.HEAD_RANGE, (since, hi))
+            made = roll_up(found, wm, step, self._stale, self._previous)
+            self.parts["medium"].insert(db, made)
+            db.execute(sql.SET_META, ("wm_medium", hi))
+            # Keep the samples that counter deltas of the next roll still need.
+            moved = self._compact_head(db, hi - self._stale)
         self._previous_at = self.wm_medium = hi
         return len(made), moved, hi
 

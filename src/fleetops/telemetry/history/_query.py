@@ -89,10 +89,6 @@ def increments(ts: Sequence[int], values: Sequence[float], stale_ms: int) -> lis
     return [0.0, *deltas]
 
 
-def step_times(start_ms: int, end_ms: int, step_ms: int) -> list[int]:
-    return list(range(start_ms, end_ms + 1, step_ms))
-
-
 def evaluate(rows: Rows, fn: str, times: Sequence[int], window_ms: int) -> list[Value]:
     """``fn`` over the window ending at each of ``times``; None where it has no entries."""
     out: list[Value] = []

@@ -2,9 +2,10 @@
 
 Writes append to a time-ordered head; :meth:`HistoryStore.downsample` rolls complete
 buckets up into the medium tier (and complete medium hours into the low tier) and then
-moves rolled-up raw samples into a per-series table; :meth:`HistoryStore.enforce_retention`
-deletes what each tier no longer keeps. :meth:`HistoryStore.maintain` runs both at a
-pace that keeps disk writes low and is meant to be called every few seconds.
+moves rolled-up raw samples into per-series, time-partitioned tables;
+:meth:`HistoryStore.enforce_retention` deletes what each tier no longer keeps.
+:meth:`HistoryStore.maintain` runs both at a pace that keeps disk writes low and is
+meant to be called every few seconds.
 
 Queries read the coarsest tier they need for the oldest part of the range and finer
 tiers for the newest part that has not been rolled up yet, so answers never lag.
@@ -379,9 +380,11 @@ class HistoryStore:
 
         ``by`` groups series by those labels and combines each group per step with
         ``agg``: by default ``sum`` for ``rate``, ``increase``, ``sum`` and ``count``,
-        ``avg`` for ``avg`` and ``last``, ``min`` and ``max`` for themselves. ``tier``
-        forces a tier; by default the finest tier whose retention covers the range.
-        Series with no points are left out.
+        ``avg`` for ``avg`` and ``last``, ``min`` and ``max`` for themselves.
+
+        ``tier`` forces a tier. By default, among the tiers whose retention reaches back
+        to ``start - window``, the coarsest with at least five buckets per window, else
+        the finest (``raw`` always takes the finest). Series with no points are left out.
         """
         check_series(metric, {}, "query")
         wanted = check_matchers(matchers)
@@ -392,9 +395,11 @@ class HistoryStore:
             raise ConfigError("by", by, "raw answers stored samples; group a function such as avg")
         if agg is not None and agg not in AGGREGATIONS:
             raise ConfigError("agg", agg, f"use one of {', '.join(AGGREGATIONS)}")
+        if agg is not None and groups is None:
+            raise ConfigError("agg", agg, "agg combines the series of each group: add by=[...]")
         with self._lock:
             db, _ = self._open()
-            times, window_ms, level = self._plan(start, end, step, window, tier)
+            times, window_ms, level = self._plan(start, end, step, window, tier, fn)
             if fn == "raw":  # the stored entries in [start, end], not steps
                 times = [_ms(start), _ms(end)]
             start_ms, end_ms = times[0], times[-1]
@@ -462,7 +467,7 @@ class HistoryStore:
             raise ConfigError("by", by, "leave out 'le': buckets are always combined by le")
         with self._lock:
             db, _ = self._open()
-            times, window_ms, level = self._plan(start, end, step, window, tier)
+            times, window_ms, level = self._plan(start, end, step, window, tier, "increase")
             with db.read():
                 self._index.refresh(db)
                 sids = [
@@ -536,8 +541,9 @@ class HistoryStore:
         step: object,
         window: object,
         tier: object,
+        fn: str,
     ) -> tuple[list[int], int, int]:
-        """Step times, the window (ms) and the tier index a range query reads."""
+        """Step times, the window (ms) and the tier index a range query of ``fn`` reads."""
         start_s = _number("start", start, "use seconds since the epoch")
         end_s = _number("end", end, "use seconds since the epoch")
         step_s = _number("step", step, "use a step in seconds greater than 0")
@@ -562,7 +568,8 @@ class HistoryStore:
                 raise ConfigError("window", window, "use a window in seconds greater than 0")
             window_ms = _ms(window_s)
         if tier is None:
-            level = self._choose_tier(start_ms - window_ms, window_ms)
+            # raw wants the stored samples: the finest tier that reaches back far enough.
+            level = self._choose_tier(start_ms - window_ms, 0 if fn == "raw" else window_ms)
         elif tier in TIERS:
             level = TIERS.index(str(tier))
         else:
