@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -486,6 +487,7 @@ def test_bad_queries_raise_clear_errors(store: HistoryStore) -> None:
         ("by", {"by": "cluster"}),
         ("by", {"fn": "raw", "by": ["cluster"]}),
         ("agg", {"by": ["cluster"], "agg": "median"}),
+        ("agg", {"agg": "max"}),  # agg combines groups: without by there are none
         ("matchers", {"matchers": {"cluster": 3}}),
         ("start", {"start": "yesterday"}),
         ("query.metric", {"metric": "bad name"}),
@@ -545,7 +547,7 @@ def test_a_newer_file_is_refused_and_a_closed_store_says_so(tmp_path: Path) -> N
     history.close()
     with pytest.raises(Closed):
         history.ingest([Sample("g", {}, 1.0)])
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(SchemaError, match="upgrade fleetops"):
         HistoryStore(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,16 @@ def _scrape(fleet: list[tuple[str, dict[str, str], str]], k: int, ts: float) -> 
 
 
 def bench_history_ingest(
-    samples: int = 1_000_000, series: int = 1_000, interval: float = 10.0
+    samples: int = 1_000_000,
+    series: int = 1_000,
+    interval: float = 10.0,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Write ``samples`` samples for ``series`` series, one scrape per ``interval``."""
+    """Write ``samples`` samples for ``series`` series, one scrape per ``interval``.
+
+    ``progress("ingest", written, total)`` is called every hundred scrapes and at the end.
+    """
     if samples < 1:
         raise ConfigError("--samples", samples, "use 1 or more")
     if series < 1:
@@ -102,6 +110,8 @@ def bench_history_ingest(
                 ingest_s += t1 - t0
                 maintain_s += t2 - t1
                 clock.advance(interval)
+                if progress is not None and (k % 100 == 99 or k == scrapes - 1):
+                    progress("ingest", written, scrapes * series)
             disk = history.stats().disk_bytes
     result = HistoryBenchResult(
         history_ingest_samples_per_s=round(written / (ingest_s + maintain_s), 1),
