@@ -280,22 +280,27 @@ class HistoryStore:
         rolled up (and are older than the staleness limit, which counter deltas need)
         are moved from the head to the per-series partitions in the same transaction.
         """
+        # The lock is taken per transaction, so ingest from other threads goes on while
+        # a long catch-up runs.
         with self._lock:
-            db, maintainer = self._open()
-            target = maintainer.target(self._now_ms(now))
-            medium = compacted = low = 0
-            while True:
+            target = self._open()[1].target(self._now_ms(now))
+        medium = compacted = low = 0
+        while True:
+            with self._lock:
+                db, maintainer = self._open()
                 rows, moved, reached = maintainer.roll_medium(db, target)
-                medium += rows
-                compacted += moved
-                if reached is None or reached >= target:
-                    break
-            while True:
+            medium += rows
+            compacted += moved
+            if reached is None or reached >= target:
+                break
+        while True:
+            with self._lock:
+                db, maintainer = self._open()
                 rows, reached = maintainer.roll_low(db)
-                low += rows
-                if reached is None:
-                    break
-            return DownsampleResult(medium_rows=medium, low_rows=low, compacted=compacted)
+            low += rows
+            if reached is None:
+                break
+        return DownsampleResult(medium_rows=medium, low_rows=low, compacted=compacted)
 
     def enforce_retention(self, now: float | None = None) -> RetentionResult:
         """Delete the rows each tier no longer keeps; safe to call at any time.
@@ -332,10 +337,10 @@ class HistoryStore:
         The control plane calls this every few seconds.
         """
         with self._lock:
-            _, maintainer = self._open()
             now_s = self._now_ms(now) / 1000
-            rolled = self.downsample(now_s) if maintainer.due(_ms(now_s)) else DownsampleResult()
-            return rolled, self.enforce_retention(now_s)
+            due = self._open()[1].due(_ms(now_s))
+        rolled = self.downsample(now_s) if due else DownsampleResult()
+        return rolled, self.enforce_retention(now_s)
 
     # --- queries ---------------------------------------------------------------------------
 
