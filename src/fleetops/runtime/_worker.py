@@ -561,7 +561,13 @@ class Worker:
         )
         spans = self.spans.drain()
         if spans:
-            await self.client.run(store.put_spans, spans)
+            try:
+                await self.client.run(store.put_spans, spans)
+            except BaseException:
+                # cancelled (shutdown) or the store failed: keep them for the next flush;
+                # a span written twice is stored once (the span id is the key)
+                self.spans.requeue(spans)
+                raise
 
     async def wait_for_result(self, child_id: int, ctx: Context, poll_interval: float) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -100,6 +100,13 @@ class SpanBuffer(SpanProcessor):
         self._spans.clear()
         return rows
 
+    def requeue(self, rows: list[tuple[Any, ...]]) -> None:
+        """Put rows that could not be written back in front of the newer ones."""
+        room = (self._spans.maxlen or 0) - len(self._spans)
+        kept = rows[-room:] if room > 0 else []
+        self.dropped += len(rows) - len(kept)
+        self._spans.extendleft(reversed(kept))
+
     def shutdown(self) -> None:
         pass
 
