@@ -30,7 +30,7 @@ from ..queue._client import ChangeWatcher
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
 from ..telemetry import MetricSet, catalog, get_logger
 from ..telemetry._metricset import NullMetricSet
-from ..telemetry._tracing import context_from_headers, make_tracer_provider, task_context
+from ..telemetry._tracing import context_from_headers, make_tracer, task_context
 from ._agent import AgentSpec
 
 if TYPE_CHECKING:
@@ -113,21 +113,19 @@ class Worker:
         self._waiter_hint = asyncio.Event()
         self._waiter_poll = 0.01
         self._awaiting = 0
+        self._telemetry_client: QueueClient | None = None
         self._handlers: asyncio.TaskGroup | None = None
         self.processed = 0
         self.dead = False
         self.metrics = MetricSet() if self.settings.telemetry else NullMetricSet()
         #: $ per 1,000 (input, output) tokens, by provider name, for the cost metric.
         self._pricing = dict(pricing or {})
-        provider, self.spans = make_tracer_provider(
+        tracer, self.spans, self._tracer_provider = make_tracer(
             "fleetops-worker",
             {"fleetops.cluster": cluster, "fleetops.worker": worker_id},
             otlp_endpoint=otlp_endpoint,
         )
-        self._tracer_provider = provider
-        self.tracer: trace.Tracer = (
-            provider.get_tracer("fleetops") if self.settings.telemetry else trace.NoOpTracer()
-        )
+        self.tracer: trace.Tracer = tracer if self.settings.telemetry else trace.NoOpTracer()
         self._outcomes: dict[tuple[str, ...], collections.deque[bool]] = {}
         if gateway is not None:
             gateway.stats.subscribe(self._record_llm_call)
@@ -192,6 +190,15 @@ class Worker:
             concurrency=s.concurrency,
             agents=sorted(self.agents),
         )
+        # telemetry (metric snapshots, spans) is written through a connection and thread
+        # of its own, so that a bulk span insert never delays a claim or a completion
+        async with QueueClient(self.client.url, clock=self.clock) as telemetry:
+            self._telemetry_client = telemetry
+            await self._run(stop)
+        log.info("worker.stopped", worker=self.worker_id, processed=self.processed)
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        s = self.settings
         async with asyncio.TaskGroup() as background:
             loops = [
                 background.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -214,12 +221,12 @@ class Worker:
             for loop_task in loops:
                 loop_task.cancel()
         await self.flush_telemetry()
-        self._tracer_provider.shutdown()
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
         if not self.dead:
             await self.client.run(
                 self.client.store.set_worker_state, self.worker_id, "stopped", self.clock.now()
             )
-        log.info("worker.stopped", worker=self.worker_id, processed=self.processed)
 
     async def _drain(self) -> None:
         grace = self.settings.shutdown_grace
@@ -555,14 +562,13 @@ class Worker:
         busy = (len(self._running) - self._awaiting) / max(1, self.settings.concurrency)
         self.metrics.set(catalog.AGENT_UTILIZATION, (self.cluster, self.worker_id), busy)
         data = json.dumps(self.metrics.snapshot(), separators=(",", ":"))
-        store = self.client.store
-        await self.client.run(
-            store.put_telemetry, self.worker_id, self.cluster, self.clock.now(), data
-        )
+        client = self._telemetry_client or self.client
+        store = client.store
+        await client.run(store.put_telemetry, self.worker_id, self.cluster, self.clock.now(), data)
         spans = self.spans.drain()
         if spans:
             try:
-                await self.client.run(store.put_spans, spans)
+                await client.run(store.put_spans, spans)
             except BaseException:
                 # cancelled (shutdown) or the store failed: keep them for the next flush;
                 # a span written twice is stored once (the span id is the key)

@@ -602,30 +602,15 @@ class SqlStore:
         if not spans:
             return
         with self._tx():
-            self._execmany(
-                "INSERT INTO spans (trace_id, span_id, parent_span_id, name, kind, "
-                "start_time, end_time, status, task_id, cluster, agent, attributes) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (trace_id, span_id) DO NOTHING",
-                spans,
-            )
+            self._execmany(INSERT_SPAN, spans)
 
     def get_spans(
         self, trace_id: str | None = None, task_id: int | None = None, limit: int = 1000
     ) -> list[tuple[Any, ...]]:
         """Spans of one trace, or of the traces one task took part in, by start time."""
-        columns = (
-            "trace_id, span_id, parent_span_id, name, kind, start_time, end_time, status, "
-            "task_id, cluster, agent, attributes"
-        )
         if trace_id is not None:
-            sql = f"SELECT {columns} FROM spans WHERE trace_id = ? ORDER BY start_time LIMIT ?"
-            return [tuple(r) for r in self._exec(sql, (trace_id, limit)).fetchall()]
-        sql = (
-            f"SELECT {columns} FROM spans WHERE trace_id IN "
-            "(SELECT trace_id FROM spans WHERE task_id = ?) ORDER BY start_time LIMIT ?"
-        )
-        return [tuple(r) for r in self._exec(sql, (task_id, limit)).fetchall()]
+            return [tuple(r) for r in self._exec(SELECT_TRACE, (trace_id, limit)).fetchall()]
+        return [tuple(r) for r in self._exec(SELECT_TASK_TRACES, (task_id, limit)).fetchall()]
 
     def prune_spans(self, before: float) -> int:
         with self._tx():
@@ -685,6 +670,29 @@ class SqlStore:
             rows = self._exec(sql, (kind, after_id, limit)).fetchall()
         return [EventRecord(*r) for r in rows]
 
+
+SPAN_COLUMNS = (
+    "trace_id, span_id, parent_span_id, name, kind, start_time, end_time, status, "
+    "task_id, cluster, agent, attributes"
+)
+INSERT_SPAN = (
+    f"INSERT INTO spans ({SPAN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (trace_id, span_id) DO NOTHING"
+)
+SELECT_TRACE = f"SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_time LIMIT ?"
+SELECT_TASK_TRACES = (
+    f"SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id IN "
+    "(SELECT trace_id FROM spans WHERE task_id = ?) ORDER BY start_time LIMIT ?"
+)
+#: The span store's tables where it is a file of its own (SQLite).
+SPAN_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, "
+    "parent_span_id TEXT, name TEXT NOT NULL, kind TEXT NOT NULL, start_time REAL NOT NULL, "
+    "end_time REAL NOT NULL, status TEXT NOT NULL, task_id INTEGER, cluster TEXT, agent TEXT, "
+    "attributes TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (trace_id, span_id))",
+    "CREATE INDEX IF NOT EXISTS spans_task ON spans (task_id) WHERE task_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS spans_start ON spans (start_time)",
+)
 
 CHANGE_COLUMNS = "id, at, actor, kind, subject, reason, before, after, diff"
 DEPLOYMENT_COLUMNS = (

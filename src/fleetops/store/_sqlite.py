@@ -26,7 +26,16 @@ from typing import Any
 
 from .._exceptions import ConfigError, StoreError, StoreUnavailable
 from ._models import ClaimedTask, NewTask
-from ._sql import SqlStore, migration_scripts, split_statements, task_params
+from ._sql import (
+    INSERT_SPAN,
+    SELECT_TASK_TRACES,
+    SELECT_TRACE,
+    SPAN_SCHEMA,
+    SqlStore,
+    migration_scripts,
+    split_statements,
+    task_params,
+)
 
 DURABILITY_LEVELS = {"full": "FULL", "normal": "NORMAL"}
 DEFAULT_DURABILITY = "full"
@@ -56,6 +65,7 @@ class SqliteStore(SqlStore):
         self.latest_version = migration_scripts("sqlite")[-1][0]
         self._lock_timeout = lock_timeout
         self._depth = 0
+        self._spans_conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(
@@ -209,8 +219,57 @@ class SqliteStore(SqlStore):
                 applied.append(version)
         return applied
 
+    # --- spans: a file of their own -----------------------------------------------------
+
+    @property
+    def spans_path(self) -> Path:
+        """The span store: a sibling file, so that trace writes never take the task
+        queue's write lock (spans are written in bulk, tasks one commit at a time)."""
+        return self.path.with_name(self.path.name + "-spans")
+
+    def _spans(self) -> sqlite3.Connection:
+        if self._spans_conn is None:
+            conn = sqlite3.connect(
+                str(self.spans_path), isolation_level=None, check_same_thread=False, timeout=30
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            for statement in SPAN_SCHEMA:
+                conn.execute(statement)
+            self._spans_conn = conn
+        return self._spans_conn
+
+    def put_spans(self, spans: Sequence[tuple[Any, ...]]) -> None:
+        if not spans:
+            return
+        conn = self._spans()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(INSERT_SPAN, spans)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"SQLite span store {self.spans_path}: {exc}") from exc
+
+    def get_spans(
+        self, trace_id: str | None = None, task_id: int | None = None, limit: int = 1000
+    ) -> list[tuple[Any, ...]]:
+        conn = self._spans()
+        if trace_id is not None:
+            rows = conn.execute(SELECT_TRACE, (trace_id, limit)).fetchall()
+        else:
+            rows = conn.execute(SELECT_TASK_TRACES, (task_id, limit)).fetchall()
+        return [tuple(r) for r in rows]
+
+    def prune_spans(self, before: float) -> int:
+        conn = self._spans()
+        return int(conn.execute("DELETE FROM spans WHERE end_time < ?", (before,)).rowcount)
+
     def close(self) -> None:
         self._conn.close()
+        if self._spans_conn is not None:
+            self._spans_conn.close()
 
 
 class SqliteChangeWatcher:

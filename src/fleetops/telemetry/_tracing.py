@@ -91,12 +91,20 @@ class SpanBuffer(SpanProcessor):
         self.dropped = 0
 
     def on_end(self, span: ReadableSpan) -> None:
+        self.add(span_row(span))
+
+    def add(self, row: tuple[Any, ...]) -> None:
+        """Keep one finished span (its attributes as a dict or as JSON text)."""
         if len(self._spans) == self._spans.maxlen:
             self.dropped += 1
-        self._spans.append(span_row(span))
+        self._spans.append(row)
 
     def drain(self) -> list[tuple[Any, ...]]:
-        rows = list(self._spans)
+        """Every kept span as a store row (attributes encoded as JSON), oldest first."""
+        rows = [
+            row if isinstance(row[11], str) else (*row[:11], _encode(row[11]))
+            for row in self._spans
+        ]
         self._spans.clear()
         return rows
 
@@ -133,30 +141,41 @@ def span_row(span: ReadableSpan) -> tuple[Any, ...]:
         int(task_id) if isinstance(task_id, int | str) and str(task_id).isdigit() else None,
         attributes.get("fleetops.cluster"),
         attributes.get("gen_ai.agent.name"),
-        json.dumps(attributes, separators=(",", ":")),
+        _encode(attributes),
     )
 
 
-def make_tracer_provider(
+def _encode(attributes: Mapping[str, Any]) -> str:
+    return json.dumps(attributes, separators=(",", ":"), default=list)
+
+
+def make_tracer(
     service: str, attributes: Mapping[str, str], *, otlp_endpoint: str | None = None
-) -> tuple[TracerProvider, SpanBuffer]:
-    """A tracer provider feeding a :class:`SpanBuffer` (and OTLP when an endpoint is set)."""
+) -> tuple[trace.Tracer, SpanBuffer, TracerProvider | None]:
+    """A tracer feeding a :class:`SpanBuffer`: the lean one when spans go only to the
+    built-in store, the SDK's (exporting to the store and over OTLP) when an OTLP
+    endpoint is set. Answers (tracer, buffer, the SDK provider to shut down or None)."""
+    buffer = SpanBuffer()
+    if not otlp_endpoint:
+        from ._lean import LeanTracer
+
+        return LeanTracer(buffer), buffer, None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
     resource = Resource.create({"service.name": service, **attributes})
     provider = TracerProvider(resource=resource)
-    buffer = SpanBuffer()
     provider.add_span_processor(buffer)
-    if otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return provider, buffer
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+    return provider.get_tracer("fleetops"), buffer, provider
 
 
 def otlp_endpoint_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The collector named by the standard OpenTelemetry variables, if any."""
-    return environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
+    """The OTLP/HTTP traces URL the standard OpenTelemetry variables name, if any."""
+    traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if traces:
+        return traces
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return f"{base.rstrip('/')}/v1/traces" if base else None
 
 
 def remote_parent(trace_id: str, span_id: str) -> Any:

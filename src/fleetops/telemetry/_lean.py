@@ -1,0 +1,180 @@
+"""A lean span recorder behind the OpenTelemetry API, for the built-in span store.
+
+The OpenTelemetry SDK costs some 35 µs per span (attribute validation, locks,
+processor fan-out); a worker starting thousands of tasks a second spends a fifth of
+its time there. When no collector is configured, spans only go to the built-in store,
+so fleetops records them with this tracer instead: the same API (``trace.use_span``,
+``get_current_span``, context propagation and log correlation all work unchanged),
+the same rows in the store, at a fraction of the cost. With
+``OTEL_EXPORTER_OTLP_ENDPOINT`` set, the SDK is used, exporting to both.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+from opentelemetry.trace import (
+    Link,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+from opentelemetry.util.types import Attributes, AttributeValue
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+
+    from ._tracing import SpanBuffer
+
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+class LeanSpan(trace.Span):
+    __slots__ = (
+        "_name",
+        "_ctx",
+        "_parent",
+        "_kind",
+        "_attributes",
+        "_start",
+        "_end",
+        "_status",
+        "_buffer",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        ctx: SpanContext,
+        parent: int | None,
+        kind: SpanKind,
+        attributes: Attributes,
+        buffer: SpanBuffer,
+    ) -> None:
+        self._name = name
+        self._ctx = ctx
+        self._parent = parent
+        self._kind = kind
+        self._attributes: dict[str, AttributeValue] = dict(attributes or {})
+        self._start = time.time()
+        self._end: float | None = None
+        self._status = "unset"
+        self._buffer = buffer
+
+    def get_span_context(self) -> SpanContext:
+        return self._ctx
+
+    def is_recording(self) -> bool:
+        return self._end is None
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        self._attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        self._attributes.update(attributes)
+
+    def add_event(
+        self, name: str, attributes: Attributes = None, timestamp: int | None = None
+    ) -> None:
+        pass  # events are not kept by the built-in store
+
+    def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
+        pass
+
+    def update_name(self, name: str) -> None:
+        self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        code = status.status_code if isinstance(status, Status) else status
+        self._status = code.name.lower()
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        self._attributes["exception.type"] = type(exception).__name__
+        self._attributes["exception.message"] = str(exception)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end is not None:
+            return
+        self._end = end_time / 1e9 if end_time is not None else time.time()
+        task_id = self._attributes.get("fleetops.task.id")
+        cluster = self._attributes.get("fleetops.cluster")
+        agent = self._attributes.get("gen_ai.agent.name")
+        self._buffer.add(
+            (
+                f"{self._ctx.trace_id:032x}",
+                f"{self._ctx.span_id:016x}",
+                f"{self._parent:016x}" if self._parent is not None else None,
+                self._name,
+                self._kind.name.lower(),
+                self._start,
+                self._end,
+                self._status,
+                task_id if isinstance(task_id, int) else None,
+                cluster if isinstance(cluster, str) else None,
+                agent if isinstance(agent, str) else None,
+                self._attributes,
+            )
+        )
+
+
+class LeanTracer(trace.Tracer):
+    """Creates :class:`LeanSpan` objects that end up in a :class:`SpanBuffer`."""
+
+    def __init__(self, buffer: SpanBuffer) -> None:
+        self._buffer = buffer
+        self._bits = random.SystemRandom().getrandbits(64)
+        self._rng = random.Random(self._bits)
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        parent = trace.get_current_span(context).get_span_context()
+        if parent.is_valid:
+            trace_id, parent_id = parent.trace_id, parent.span_id
+        else:
+            trace_id, parent_id = self._rng.getrandbits(128) or 1, None
+        ctx = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _SAMPLED)
+        return LeanSpan(name, ctx, parent_id, kind, attributes, self._buffer)
+
+    @contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[trace.Span]:
+        span = self.start_span(name, context, kind, attributes)
+        with trace.use_span(
+            span,
+            end_on_exit=end_on_exit,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        ) as current:
+            yield current

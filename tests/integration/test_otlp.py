@@ -1,0 +1,102 @@
+"""With a collector configured, spans leave through OTLP/HTTP as well (a real HTTP
+server on loopback stands in for the collector)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.trace import SpanKind
+
+from fleetops.telemetry._tracing import make_tracer, otlp_endpoint_from_env
+
+RECEIVED: list[bytes] = []
+
+
+class Collector(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        length = int(self.headers["Content-Length"])
+        RECEIVED.append(self.rfile.read(length))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def collector() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_endpoint_comes_from_the_standard_variables() -> None:
+    assert otlp_endpoint_from_env({}) is None
+    assert otlp_endpoint_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}) == (
+        "http://c:4318/v1/traces"
+    )
+    assert (
+        otlp_endpoint_from_env(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/x",
+            }
+        )
+        == "http://t:1/x"
+    )
+
+
+def test_spans_reach_the_collector_and_the_built_in_store(collector: str) -> None:
+    RECEIVED.clear()
+    url = otlp_endpoint_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": collector})
+    tracer, buffer, provider = make_tracer(
+        "fleetops-test", {"fleetops.cluster": "c"}, otlp_endpoint=url
+    )
+    assert provider is not None  # the SDK does the exporting
+    with tracer.start_as_current_span(
+        "invoke_agent classify",
+        kind=SpanKind.INTERNAL,
+        attributes={
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": "classify",
+            "fleetops.task.id": 7,
+        },
+    ):
+        pass
+    provider.shutdown()  # flushes the batch processor
+    rows = buffer.drain()
+    assert [(r[3], r[8], r[10]) for r in rows] == [("invoke_agent classify", 7, "classify")]
+    assert RECEIVED, "the collector received nothing"
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(RECEIVED[0])
+    spans = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert [s.name for s in spans] == ["invoke_agent classify"]
+    assert spans[0].trace_id.hex() == rows[0][0]
+    keys = {kv.key for kv in request.resource_spans[0].resource.attributes}
+    assert {"service.name", "fleetops.cluster"} <= keys
+
+
+def test_without_a_collector_the_lean_tracer_records_the_same_rows() -> None:
+    tracer, buffer, provider = make_tracer("fleetops-test", {})
+    assert provider is None
+    with tracer.start_as_current_span(
+        "chat m", kind=SpanKind.CLIENT, attributes={"fleetops.task.id": 3}
+    ) as parent:
+        child = tracer.start_span("execute_tool search")
+        child.end()
+    rows = {r[3]: r for r in buffer.drain()}
+    assert rows["execute_tool search"][2] == rows["chat m"][1]  # parented by the current span
+    assert rows["execute_tool search"][0] == rows["chat m"][0]
+    assert rows["chat m"][4] == "client" and rows["chat m"][8] == 3
+    assert parent.get_span_context().is_valid
