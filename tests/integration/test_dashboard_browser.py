@@ -269,6 +269,8 @@ def test_log_search_finds_the_replies(page: Page) -> None:
     page.keyboard.press("Enter")
     rows = page.locator("#log-table tbody tr")
     expect(rows.first).to_contain_text("support_desk.replied")
+    # the table is redrawn when the answer arrives: wait until no other event is shown
+    expect(rows.filter(has_not_text="support_desk.replied")).to_have_count(0)
     events = rows.locator("td:nth-child(3)").all_text_contents()
     assert events and set(events) == {"support_desk.replied"}, events
     screenshot(page, "dashboard-logs.png")
