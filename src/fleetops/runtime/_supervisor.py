@@ -178,17 +178,23 @@ class Supervisor:
         ):
             self._client = client
             self._watch = watch
-            async with asyncio.TaskGroup() as group:
-                self._group = group
-                for name in self.plans:
-                    self._reconcile_slots(name)
-                watcher = group.create_task(self._detect_loop(), name="failure-detector")
-                readiness = group.create_task(self._await_ready(), name="readiness")
-                await stop.wait()
+            try:
+                async with asyncio.TaskGroup() as group:
+                    self._group = group
+                    for name in self.plans:
+                        self._reconcile_slots(name)
+                    watcher = group.create_task(self._detect_loop(), name="failure-detector")
+                    readiness = group.create_task(self._await_ready(), name="readiness")
+                    await stop.wait()
+                    self._stopping = True
+                    readiness.cancel()
+                    watcher.cancel()
+                    await self._stop_all()
+            finally:
+                # cancelled or failed: no worker may outlive its supervisor (a stopped
+                # one could not even notice that its parent is gone)
                 self._stopping = True
-                readiness.cancel()
-                watcher.cancel()
-                await self._stop_all()
+                self._kill_all()
             self._client = None
 
     def scale(self, cluster: str, replicas: int) -> None:
@@ -484,6 +490,12 @@ class Supervisor:
     def _terminate(self, handle: WorkerHandle) -> None:
         with contextlib.suppress(ProcessLookupError):
             handle.process.send_signal(signal.SIGTERM)
+
+    def _kill_all(self) -> None:
+        for handle in self.workers.values():
+            if handle.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    handle.process.kill()
 
     async def _stop_all(self) -> None:
         handles = self.live_workers()
