@@ -156,6 +156,7 @@ class Supervisor:
         self._stopping = False
         self._client: QueueClient | None = None
         self._watch: QueueClient | None = None
+        self._beat_readers: set[asyncio.Task[None]] = set()
         self._group: asyncio.TaskGroup | None = None
         self.ready = asyncio.Event()
 
@@ -344,7 +345,9 @@ class Supervisor:
         )
         self.workers[worker_id] = handle
         assert self._group is not None
-        self._group.create_task(self._read_beats(handle), name=f"beats-{worker_id}")
+        reader = self._group.create_task(self._read_beats(handle), name=f"beats-{worker_id}")
+        self._beat_readers.add(reader)
+        reader.add_done_callback(self._beat_readers.discard)
         await self._event("worker.started", cluster, worker_id, pid=process.pid, slot=slot)
         return handle
 
@@ -510,13 +513,19 @@ class Supervisor:
             )
             for task in pending:
                 task.cancel()
-        for handle in handles:
-            if handle.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    handle.process.kill()
-                await handle.process.wait()
         for slot_task in self._slots.values():
             slot_task.cancel()
+        await asyncio.gather(*self._slots.values(), return_exceptions=True)
+        # a slot may have been starting a worker while this stop began: whatever is still
+        # alive now, including those, is killed; then nothing is left reading their pipes
+        stragglers = [h for h in self.workers.values() if h.process.returncode is None]
+        for handle in stragglers:
+            with contextlib.suppress(ProcessLookupError):
+                handle.process.kill()
+        for handle in stragglers:
+            await handle.process.wait()
+        for reader in list(self._beat_readers):
+            reader.cancel()
 
     # --- events --------------------------------------------------------------------------------
 
