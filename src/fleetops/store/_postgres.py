@@ -6,7 +6,6 @@ Statements are written with ``?`` and rewritten to psycopg's ``%s`` once, cached
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -16,7 +15,7 @@ import psycopg
 
 from .._exceptions import StoreError, StoreUnavailable
 from ._models import NewTask
-from ._sql import INSERT_TASK, SqlStore, migration_scripts, split_statements, task_params
+from ._sql import INSERT_TASK, SqlStore, migration_scripts, task_params
 
 #: An arbitrary constant: the advisory lock that serialises concurrent migrations.
 MIGRATION_LOCK = 0x466C6565744F7073 & 0x7FFFFFFFFFFFFFFF
@@ -31,6 +30,8 @@ class PostgresStore(SqlStore):
     """A :class:`~fleetops.store.Store` on a PostgreSQL database."""
 
     dialect = "postgresql"
+    migrations_dir = "postgres"
+    real_type = "DOUBLE PRECISION"
 
     def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
         self.url = url
@@ -126,27 +127,8 @@ class PostgresStore(SqlStore):
         row = self._exec("SELECT MAX(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
 
-    def migrate(self) -> list[int]:
-        applied: list[int] = []
-        with self._tx():
-            self._exec("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
-            self._exec(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-            )
-            current = self.schema_version()
-            self._check_version(current)
-            for version, script in migration_scripts("postgres"):
-                if version <= current:
-                    continue
-                for statement in split_statements(script):
-                    self._exec(statement)
-                self._exec(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                    (version, time.time()),
-                )
-                applied.append(version)
-        return applied
+    def _migration_lock(self) -> None:
+        self._exec("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
 
     def close(self) -> None:
         self._conn.close()

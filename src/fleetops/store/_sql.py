@@ -8,6 +8,7 @@ the claim statement's ``SKIP LOCKED``, bulk submit) lives in each store's module
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
@@ -210,6 +211,39 @@ class SqlStore:
         raise NotImplementedError
 
     # --- schema ------------------------------------------------------------------------------
+
+    #: The folder of this dialect's migration scripts, and the SQL type of a timestamp.
+    migrations_dir: str
+    real_type: str
+
+    def _migration_lock(self) -> None:
+        """Serialise concurrent migrations for the rest of the transaction."""
+
+    def schema_version(self) -> int:
+        raise NotImplementedError
+
+    def migrate(self) -> list[int]:
+        """Apply the packaged migrations newer than the store's version, in one transaction."""
+        applied: list[int] = []
+        with self._tx():
+            self._migration_lock()
+            self._exec(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                f"(version INTEGER PRIMARY KEY, applied_at {self.real_type} NOT NULL)"
+            )
+            current = self.schema_version()
+            self._check_version(current)
+            for version, script in migration_scripts(self.migrations_dir):
+                if version <= current:
+                    continue
+                for statement in split_statements(script):
+                    self._exec(statement)
+                self._exec(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+                applied.append(version)
+        return applied
 
     def _check_version(self, current: int) -> None:
         if current > self.latest_version:

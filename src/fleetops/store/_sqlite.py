@@ -33,7 +33,6 @@ from ._sql import (
     SPAN_SCHEMA,
     SqlStore,
     migration_scripts,
-    split_statements,
     task_params,
 )
 
@@ -47,6 +46,8 @@ class SqliteStore(SqlStore):
     """A :class:`~fleetops.store.Store` on one SQLite file."""
 
     dialect = "sqlite"
+    migrations_dir = "sqlite"
+    real_type = "REAL"
 
     def __init__(
         self,
@@ -197,27 +198,6 @@ class SqliteStore(SqlStore):
             return 0
         row = self._exec("SELECT MAX(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
-
-    def migrate(self) -> list[int]:
-        applied: list[int] = []
-        with self._tx():
-            self._exec(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-            )
-            current = self.schema_version()
-            self._check_version(current)
-            for version, script in migration_scripts("sqlite"):
-                if version <= current:
-                    continue
-                for statement in split_statements(script):
-                    self._exec(statement)
-                self._exec(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                    (version, time.time()),
-                )
-                applied.append(version)
-        return applied
 
     # --- spans: a file of their own -----------------------------------------------------
 
