@@ -536,30 +536,35 @@ class ControlPlane:
         )
         return score(self.spec, facts)
 
-    async def _record_deploy(self, report: DeploymentReport) -> int:
-        client = self._need_client()
+    async def _record_deployment(self, client: QueueClient, report: DeploymentReport) -> int:
+        """Keep the deployment, its phases, its outcome and readiness in the store."""
         store = client.store
-        now = self.clock.now()
         deployment = await client.run(
             store.start_deployment,
-            now,
+            self.clock.now(),
             self.spec.fleet.name,
             spec_hash(self.spec_text),
             self.actor,
         )
+        readiness = report.readiness.as_dict() if report.readiness else None
         await client.run(
             store.finish_deployment,
             deployment,
             self.clock.now(),
-            "succeeded",
+            "succeeded" if report.deployment_successful else "failed",
             json.dumps([asdict(p) for p in report.phases]),
-            None,
-            None,
-            json.dumps(report.readiness.as_dict() if report.readiness else None),
+            report.failed_phase,
+            report.error,
+            json.dumps(readiness) if readiness else None,
         )
+        return deployment
+
+    async def _record_deploy(self, report: DeploymentReport) -> int:
+        client = self._need_client()
+        deployment = await self._record_deployment(client, report)
         await client.run(
-            store.record_change,
-            now,
+            client.store.record_change,
+            self.clock.now(),
             self.actor,
             "deploy",
             f"fleet/{self.spec.fleet.name}",
@@ -571,29 +576,10 @@ class ControlPlane:
         return deployment
 
     async def _record_failed_deploy(self, report: DeploymentReport) -> None:
-        client = self.client
-        if client is None:
-            return
+        if self.client is None:
+            return  # the store itself could not be opened
         try:
-            store = client.store
-            now = self.clock.now()
-            deployment = await client.run(
-                store.start_deployment,
-                now,
-                self.spec.fleet.name,
-                spec_hash(self.spec_text),
-                self.actor,
-            )
-            await client.run(
-                store.finish_deployment,
-                deployment,
-                now,
-                "failed",
-                json.dumps([asdict(p) for p in report.phases]),
-                report.failed_phase,
-                report.error,
-                None,
-            )
+            await self._record_deployment(self.client, report)
         except FleetOpsError as exc:
             log.warning("deploy.record_failed", error=str(exc))
 
