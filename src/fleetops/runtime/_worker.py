@@ -112,7 +112,8 @@ class Worker:
         self._waiters: dict[int, list[asyncio.Future[Any]]] = {}
         self._waiter_hint = asyncio.Event()
         self._waiter_poll = 0.01
-        self._awaiting = 0
+        #: tasks waiting for a child's result, by id: how many children each awaits
+        self._waiting: dict[int, int] = {}
         self._telemetry_client: QueueClient | None = None
         self._handlers: asyncio.TaskGroup | None = None
         self.processed = 0
@@ -252,7 +253,7 @@ class Worker:
             while not self._stopping.is_set():
                 # a task waiting for a child's result gives its slot up meanwhile, so
                 # that a fan-out inside one cluster cannot starve its own children
-                free = s.concurrency - len(self._running) + self._awaiting
+                free = s.concurrency - len(self._running) + len(self._waiting)
                 if free <= 0:
                     self._slot_free.clear()
                     await self._slot_free.wait()
@@ -559,7 +560,7 @@ class Worker:
         """Write this worker's metrics snapshot (cumulative values) and finished spans."""
         if not self.settings.telemetry:
             return
-        busy = (len(self._running) - self._awaiting) / max(1, self.settings.concurrency)
+        busy = (len(self._running) - len(self._waiting)) / max(1, self.settings.concurrency)
         self.metrics.set(catalog.AGENT_UTILIZATION, (self.cluster, self.worker_id), busy)
         data = json.dumps(self.metrics.snapshot(), separators=(",", ":"))
         client = self._telemetry_client or self.client
@@ -580,12 +581,18 @@ class Worker:
         self._waiters.setdefault(child_id, []).append(fut)
         self._waiter_poll = min(self._waiter_poll, poll_interval)
         self._waiter_hint.set()
-        self._awaiting += 1
+        # a task that waits (on one child or on several at once) gives up its one slot
+        task_id = ctx.task.id
+        self._waiting[task_id] = self._waiting.get(task_id, 0) + 1
         self._slot_free.set()
         try:
             return await fut
         finally:
-            self._awaiting -= 1
+            left = self._waiting[task_id] - 1
+            if left:
+                self._waiting[task_id] = left
+            else:
+                del self._waiting[task_id]
 
     async def _waiter_loop(self) -> None:
         while True:
