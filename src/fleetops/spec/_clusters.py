@@ -35,6 +35,21 @@ _RESTART = RestartPolicy()
 DEFAULT_REPLICAS = 1
 
 
+def _check_backoff(base: float, most: float) -> None:
+    """Backoff settings are consistent: the longest wait is no shorter than the first."""
+    if most < base:
+        raise_problems(
+            [
+                Problem(
+                    ("backoff_max",),
+                    most,
+                    f"backoff_max is below backoff_base ({human_duration(base)})",
+                    "use a backoff_max no smaller than backoff_base",
+                )
+            ]
+        )
+
+
 class RetrySettings(BaseModel):
     """Retry policy for one agent's tasks (see :class:`fleetops.RetryPolicy`)."""
 
@@ -51,17 +66,7 @@ class RetrySettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> RetrySettings:
-        if self.backoff_max < self.backoff_base:
-            raise_problems(
-                [
-                    Problem(
-                        ("backoff_max",),
-                        self.backoff_max,
-                        f"backoff_max is below backoff_base ({human_duration(self.backoff_base)})",
-                        "use a backoff_max no smaller than backoff_base",
-                    )
-                ]
-            )
+        _check_backoff(self.backoff_base, self.backoff_max)
         return self
 
     def policy(self) -> RetryPolicy:
@@ -131,17 +136,7 @@ class RestartSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> RestartSettings:
-        if self.backoff_max < self.backoff_base:
-            raise_problems(
-                [
-                    Problem(
-                        ("backoff_max",),
-                        self.backoff_max,
-                        f"backoff_max is below backoff_base ({human_duration(self.backoff_base)})",
-                        "use a backoff_max no smaller than backoff_base",
-                    )
-                ]
-            )
+        _check_backoff(self.backoff_base, self.backoff_max)
         return self
 
 
