@@ -89,10 +89,18 @@ class Context:
         self.task = info
         self._journal = dict(claimed.journal)
         self._seq = 0
-        self.log = TaskLogger(
-            logging.getLogger("fleetops.agent"),
-            {"task_id": info.id, "agent": info.agent, "cluster": info.cluster},
-        )
+        self._log: TaskLogger | None = None
+
+    @property
+    def log(self) -> TaskLogger:
+        """A logger whose records carry the task, agent and cluster (made on first use:
+        most tasks never log, and a context is built for every attempt)."""
+        if self._log is None:
+            self._log = TaskLogger(
+                logging.getLogger("fleetops.agent"),
+                {"task_id": self.task.id, "agent": self.task.agent, "cluster": self.task.cluster},
+            )
+        return self._log
 
     def _next_key(self, kind: str, key: str | None) -> str:
         if key is not None:
