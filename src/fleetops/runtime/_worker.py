@@ -560,7 +560,9 @@ class Worker:
         """Write this worker's metrics snapshot (cumulative values) and finished spans."""
         if not self.settings.telemetry:
             return
-        busy = (len(self._running) - len(self._waiting)) / max(1, self.settings.concurrency)
+        # tasks waiting on children count as busy here: they hold an agent instance
+        # even though they gave their claim slot up (see _claim_loop)
+        busy = min(1.0, len(self._running) / max(1, self.settings.concurrency))
         self.metrics.set(catalog.AGENT_UTILIZATION, (self.cluster, self.worker_id), busy)
         data = json.dumps(self.metrics.snapshot(), separators=(",", ":"))
         client = self._telemetry_client or self.client
