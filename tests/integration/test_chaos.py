@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -12,12 +13,20 @@ pytestmark = pytest.mark.chaos
 
 
 @pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+    "backend",
+    ["sqlite", "sqlite-normal", pytest.param("postgresql", marks=pytest.mark.postgres)],
 )
 def test_kill_and_stop_workers_loses_nothing_and_duplicates_no_effect(
-    backend: str, request: pytest.FixtureRequest
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    store_url = None if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    # workers run their store calls inline on the event loop at either SQLite durability
+    # (at "full" the commit itself goes to a thread); both are killed mid-transaction here
+    if backend == "sqlite":
+        store_url = None  # a temporary file at the default durability, full
+    elif backend == "sqlite-normal":
+        store_url = f"sqlite:///{tmp_path / 'fleet.db'}?durability=normal"
+    else:
+        store_url = request.getfixturevalue("postgres_url")
     config = KillWorkersConfig(
         tasks=500,
         workers=3,

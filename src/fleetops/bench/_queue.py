@@ -6,8 +6,11 @@ Two phases in one run, on real worker processes and a real store:
    workers (``inflight`` concurrent handlers in all) drain them; throughput is tasks
    divided by the time from the first submit to the last durable completion.
 2. **Overhead at half the maximum rate.** Tasks are submitted at half the measured
-   rate, paced; overhead is end-to-end latency (submit → durable completion) minus
-   the task's own work, as p50 and p99.
+   rate (or at ``overhead_rate``), paced evenly: every millisecond the tasks that
+   have come due are submitted, as a steady stream of producers would. Overhead is
+   end-to-end latency (submit → durable completion) minus the task's nominal work,
+   as p50 and p99; ``queue_wait_*`` (submit → claimed) and ``run_overhead_*``
+   (claimed → completion committed, minus the work) say where it goes.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class QueueBenchConfig:
     durability: str = "full"
     workers: int = 2
     overhead_seconds: float = 5.0
+    #: tasks/s in the overhead phase (None: half the measured maximum)
+    overhead_rate: float | None = None
     #: metrics and traces in the workers (off only to measure what they cost)
     telemetry: bool = True
     #: run the overhead phase (at half the measured rate) after the throughput phase
@@ -90,6 +95,8 @@ async def bench_queue(
     agent, work_s = parse_work(config.work)
     if config.tasks < 1:
         raise ConfigError("--tasks", config.tasks, "use 1 or more")
+    if config.overhead_rate is not None and config.overhead_rate <= 0:
+        raise ConfigError("--overhead-rate", config.overhead_rate, "use a rate above 0 tasks/s")
     if config.inflight < config.workers:
         raise ConfigError(
             "--inflight", config.inflight, f"use at least --workers ({config.workers})"
@@ -120,7 +127,7 @@ async def bench_queue(
         stop = asyncio.Event()
         payload = json.dumps({"seconds": work_s})
         started = time.monotonic()
-        async with QueueClient(url, clock=clock) as client, asyncio.TaskGroup() as tg:
+        async with QueueClient(url, clock=clock, inline=True) as client, asyncio.TaskGroup() as tg:
             tg.create_task(supervisor.run(stop), name="supervisor")
             await supervisor.ready.wait()
 
@@ -132,7 +139,7 @@ async def bench_queue(
             throughput = len(ids) / max(last - t0, 1e-9)
 
             # phase 2: overhead at half that rate
-            rate = throughput / 2
+            rate = config.overhead_rate or throughput / 2
             if not config.measure_overhead:
                 stop.set()
                 return QueueBenchResult(
@@ -206,7 +213,7 @@ async def _submit_paced(
     clock: SystemClock,
 ) -> list[int]:
     ids: list[int] = []
-    tick = 0.005
+    tick = 0.001
     begin = clock.monotonic()
     while len(ids) < n:
         due = min(n, int((clock.monotonic() - begin) * rate) + 1)

@@ -20,6 +20,14 @@ def queue(
     store: str = typer.Option("sqlite", help="'sqlite' (a temporary file) or a postgresql:// URL."),
     durability: str = typer.Option("full", help="SQLite durability: 'full' or 'normal'."),
     workers: int = typer.Option(2, min=1, help="Worker processes."),
+    overhead_rate: float | None = typer.Option(
+        None,
+        min=1.0,
+        help="Tasks/s in the overhead phase (default: half the measured maximum).",
+    ),
+    overhead_seconds: float = typer.Option(
+        5.0, min=0.5, help="Length of the overhead phase in seconds."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
 ) -> None:
@@ -32,6 +40,8 @@ def queue(
         store=store,
         durability=durability,
         workers=workers,
+        overhead_rate=overhead_rate,
+        overhead_seconds=overhead_seconds,
     )
     with user_errors(), progress_bar("throughput") as update:
 

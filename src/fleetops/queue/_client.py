@@ -4,6 +4,15 @@ A :class:`QueueClient` owns a store connection on a thread of its own. Writes fr
 many coroutines (completions, failures, effect journal entries, child submissions)
 queue up while the previous transaction commits and then go in together, so a
 thousand tasks finishing at once cost a handful of fsyncs, not a thousand.
+
+``inline=True`` (used by workers) runs the hot calls — claim, the group commit,
+heartbeats, submits — on the event loop itself when the store is SQLite: such a
+transaction is a few hundred microseconds of CPU, and handing it to a thread costs
+more than it does. Worse, a store thread holds SQLite's write lock while it waits
+for the GIL between statements, so every other process waits too. A busy write
+lock is never waited for on the loop: the call is retried after an asynchronous
+pause. At durability ``full`` the COMMIT, which waits for the disk, still runs on
+the thread. Every other call stays on the thread.
 """
 
 from __future__ import annotations
@@ -11,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._clock import Clock, SystemClock
-from .._exceptions import Closed
+from .._exceptions import Closed, StoreUnavailable
 from ..store import (
     ClaimedTask,
     NewTask,
@@ -25,6 +34,9 @@ from ..store import (
     Submitted,
     open_store,
 )
+
+if TYPE_CHECKING:
+    from ..store._sqlite import SqliteCheckpointer
 
 T = TypeVar("T")
 
@@ -49,6 +61,7 @@ class QueueClient:
         clock: Clock | None = None,
         store_factory: Callable[[str], Store] = open_store,
         max_batch: int = 2000,
+        inline: bool = False,
     ) -> None:
         self.url = url
         self.clock: Clock = clock or SystemClock()
@@ -60,6 +73,12 @@ class QueueClient:
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        self._want_inline = inline
+        #: Whether hot calls run on the event loop (see the module doc).
+        self.inline = False
+        #: In inline mode, one caller at a time uses the connection (loop or thread).
+        self._conn_lock = asyncio.Lock()
+        self._checkpointer: SqliteCheckpointer | None = None
         self.commits = 0
 
     async def __aenter__(self) -> QueueClient:
@@ -67,6 +86,17 @@ class QueueClient:
             max_workers=1, thread_name_prefix="fleetops-store"
         )
         self._store = await self._call(self._factory, self.url)
+        self.inline = self._want_inline and _inline_capable(self._store)
+        if self.inline:
+            from ..store._sqlite import SqliteCheckpointer, SqliteStore
+
+            assert isinstance(self._store, SqliteStore)
+            # checkpoints (megabytes of copying and an fsync) run on a thread of their
+            # own, never inline on the event loop
+            self._store.set_autocheckpoint(0)
+            self._checkpointer = SqliteCheckpointer(
+                self._store.path, durability=self._store.durability
+            )
         self._flusher = asyncio.create_task(self._flush_loop(), name="fleetops-group-commit")
         return self
 
@@ -82,6 +112,8 @@ class QueueClient:
             await self._flusher
         if self._store is not None:
             await self._call(self._store.close)
+        if self._checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.close)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
@@ -95,8 +127,62 @@ class QueueClient:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise Closed("the queue client is not open: use 'async with QueueClient(...)'")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        if not self.inline:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        async with self._conn_lock:
+            return await self._on_thread(fn, *args)
+
+    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the store thread; if the caller is cancelled meanwhile, still
+        wait for ``fn`` to finish (the connection lock must not be released while the
+        thread uses the connection)."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])
+            raise
+
+    async def _hot(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a one-transaction store call inline when the client may, else on the thread.
+
+        Inline, a busy write lock is waited for asynchronously, and at durability
+        ``full`` the COMMIT (the fsync) runs on the store thread.
+        """
+        if not self.inline:
+            return await self._call(fn, *args)
+        from ..store._sqlite import LockBusy, SqliteStore
+
+        store = self.store
+        assert isinstance(store, SqliteStore)
+        deadline: float | None = None
+        tries = 0
+        async with self._conn_lock:
+            while True:
+                store.nonblocking = True
+                store.defer_commit = store.durability == "full"
+                busy = False
+                try:
+                    result = fn(*args)
+                except LockBusy:
+                    busy = True
+                finally:
+                    store.nonblocking = False
+                    store.defer_commit = False
+                if not busy:
+                    if store.commit_pending:
+                        await self._on_thread(store.finish_commit)
+                    return result
+                # another process holds the write lock: let the loop run, then try again
+                now = self.clock.monotonic()
+                if deadline is None:
+                    deadline = now + store.lock_timeout
+                elif now > deadline:
+                    raise StoreUnavailable(
+                        f"SQLite store {store.path} stayed locked for {store.lock_timeout:.0f} s"
+                    )
+                tries += 1
+                await asyncio.sleep(0 if tries <= 2 else 0.0005)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the store thread (``fn`` is usually a store method)."""
@@ -121,7 +207,7 @@ class QueueClient:
 
     async def submit_many(self, tasks: Sequence[NewTask]) -> list[Submitted]:
         """Submit many tasks in one transaction."""
-        return await self._call(self.store.submit, list(tasks), self.clock.now())
+        return await self._hot(self.store.submit, list(tasks), self.clock.now())
 
     async def _flush_loop(self) -> None:
         while True:
@@ -131,7 +217,7 @@ class QueueClient:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 try:
-                    results = await self._call(
+                    results = await self._hot(
                         self.store.apply, [op for op, _ in batch], self.clock.now()
                     )
                 except Exception as exc:
@@ -167,7 +253,7 @@ class QueueClient:
         agents: Sequence[str] | None = None,
         max_running: int | None = None,
     ) -> list[ClaimedTask]:
-        return await self._call(
+        return await self._hot(
             self.store.claim,
             worker,
             list(queues),
@@ -179,11 +265,17 @@ class QueueClient:
         )
 
     async def beat(self, worker: str, inflight: int, processed: int) -> bool:
-        return await self._call(self.store.beat, worker, self.clock.now(), inflight, processed)
+        return await self._hot(self.store.beat, worker, self.clock.now(), inflight, processed)
 
     async def heartbeat(
         self, worker: str, lease_seconds: float, inflight: int, processed: int
     ) -> dict[int, int] | None:
-        return await self._call(
+        return await self._hot(
             self.store.heartbeat, worker, self.clock.now(), lease_seconds, inflight, processed
         )
+
+
+def _inline_capable(store: Store) -> bool:
+    from ..store import SqliteStore
+
+    return isinstance(store, SqliteStore)

@@ -7,6 +7,7 @@ and cluster, its agents' entrypoints and its settings. SIGTERM or SIGINT drains.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -34,7 +35,13 @@ async def _main(config: dict[str, object]) -> int:
     cluster = str(config["cluster"])
     gateway, routes, named, pricing = _from_spec(config.get("spec"), cluster)  # type: ignore[arg-type]
     agents = {s.name: s for s in specs} | named
-    async with QueueClient(str(config["store"])) as client:
+    # Everything loaded by now (modules, agents, the spec) lives as long as the process:
+    # keep it out of the collector's full passes, which would otherwise walk all of it
+    # and stall the event loop for tens of milliseconds every few seconds.
+    gc.collect()
+    gc.freeze()
+    # hot store calls run on the event loop (SQLite at durability normal; see QueueClient)
+    async with QueueClient(str(config["store"]), inline=True) as client:
         worker = Worker(
             client,
             worker_id=str(config["worker_id"]),

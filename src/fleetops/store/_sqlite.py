@@ -12,12 +12,23 @@ Durability levels map to SQLite's ``synchronous`` setting in WAL mode:
 Many processes share one file. Writers take the lock with ``BEGIN IMMEDIATE`` and,
 when another process holds it, retry with short sleeps of our own rather than
 SQLite's coarse busy handler, which keeps tail latency low under contention.
+
+A caller on an event loop can set :attr:`SqliteStore.nonblocking` for the length of
+one call: a busy write lock then raises :class:`LockBusy` before anything was done,
+and the caller retries the call after an asynchronous wait instead of sleeping in
+the store (see ``QueueClient(inline=True)``); with :attr:`SqliteStore.defer_commit`
+the call also leaves its COMMIT (an fsync at durability ``full``) to
+:meth:`SqliteStore.finish_commit`, which the caller runs on a thread. Such a
+caller also turns SQLite's automatic checkpoints off on its connection and leaves
+them to a :class:`SqliteCheckpointer`: otherwise every so many commits one of them
+copies megabytes of WAL into the database file and fsyncs it, on the event loop.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +53,11 @@ DEFAULT_DURABILITY = "full"
 LOCK_TIMEOUT_SECONDS = 30.0
 
 
+class LockBusy(StoreError):
+    """Another connection holds the write lock (raised only in nonblocking mode,
+    before the call changed anything: the whole call may be retried)."""
+
+
 class SqliteStore(SqlStore):
     """A :class:`~fleetops.store.Store` on one SQLite file."""
 
@@ -64,7 +80,13 @@ class SqliteStore(SqlStore):
         self.durability = durability
         self.url = f"sqlite:///{self.path}?durability={durability}"
         self.latest_version = migration_scripts("sqlite")[-1][0]
-        self._lock_timeout = lock_timeout
+        self.lock_timeout = lock_timeout
+        #: Raise LockBusy instead of waiting when the write lock is taken (see module doc).
+        self.nonblocking = False
+        #: Leave a call's transaction open for :meth:`finish_commit` (run on another
+        #: thread: at durability ``full`` the commit waits for the disk).
+        self.defer_commit = False
+        self.commit_pending = False
         self._depth = 0
         self._spans_conn: sqlite3.Connection | None = None
         try:
@@ -83,7 +105,7 @@ class SqliteStore(SqlStore):
     # --- connection plumbing ------------------------------------------------------------------
 
     def _retrying(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        deadline = time.monotonic() + self._lock_timeout
+        deadline = time.monotonic() + self.lock_timeout
         pause = 0.0002
         while True:
             try:
@@ -92,9 +114,12 @@ class SqliteStore(SqlStore):
                 message = str(exc)
                 if "locked" not in message and "busy" not in message:
                     raise StoreError(f"SQLite store {self.path}: {message}") from exc
+                if self.nonblocking and sql != "COMMIT":
+                    # outside a transaction or at its BEGIN: nothing has been done yet
+                    raise LockBusy(f"SQLite store {self.path}: {message}") from exc
                 if time.monotonic() > deadline:
                     raise StoreUnavailable(
-                        f"SQLite store {self.path} stayed locked for {self._lock_timeout:.0f} s"
+                        f"SQLite store {self.path} stayed locked for {self.lock_timeout:.0f} s"
                     ) from exc
                 time.sleep(pause)
                 pause = min(pause * 1.5, 0.005)
@@ -108,6 +133,8 @@ class SqliteStore(SqlStore):
             finally:
                 self._depth -= 1
             return
+        if self.commit_pending:
+            raise StoreError("internal: a transaction began before the last one committed")
         self._retrying("BEGIN IMMEDIATE")
         self._depth = 1
         try:
@@ -118,7 +145,26 @@ class SqliteStore(SqlStore):
                 self._conn.execute("ROLLBACK")
             raise
         self._depth = 0
+        if self.defer_commit:
+            self.commit_pending = True
+            return
         self._retrying("COMMIT")
+
+    def finish_commit(self) -> None:
+        """COMMIT the transaction a call left open under :attr:`defer_commit`.
+
+        On failure the transaction is rolled back and the error raised: none of the
+        call's changes happened.
+        """
+        if not self.commit_pending:
+            return
+        self.commit_pending = False
+        try:
+            self._retrying("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         if self._depth:
@@ -187,6 +233,11 @@ class SqliteStore(SqlStore):
             cur = self._conn.execute(INSERT_TASK, task_params(task, now))
             ids.append(int(cur.lastrowid or 0))
         return ids
+
+    def set_autocheckpoint(self, pages: int) -> None:
+        """Checkpoint when a commit leaves more than ``pages`` in the WAL (0: never,
+        for a connection whose process runs a :class:`SqliteCheckpointer`)."""
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
 
     # --- schema ----------------------------------------------------------------------------
 
@@ -275,4 +326,44 @@ class SqliteChangeWatcher:
         return False
 
     def close(self) -> None:
+        self._conn.close()
+
+
+class SqliteCheckpointer:
+    """Copies the WAL back into the database file from a thread and connection of its
+    own, every ``interval`` seconds.
+
+    A ``PASSIVE`` checkpoint never blocks writers or readers and skips the frames it
+    cannot copy yet; when another checkpoint is running, this round is skipped.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, durability: str, interval: float = 0.1
+    ) -> None:
+        self.interval = interval
+        self.checkpoints = 0
+        self._conn = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=0
+        )
+        self._conn.execute(f"PRAGMA synchronous={DURABILITY_LEVELS[durability]}")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleetops-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.checkpoint()
+
+    def checkpoint(self) -> bool:
+        """One passive checkpoint; False if it could not run (another one was running)."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            return False
+        self.checkpoints += 1
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
         self._conn.close()

@@ -28,6 +28,8 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import Attributes, AttributeValue
 
+from ._tracing import _encode
+
 if TYPE_CHECKING:
     from opentelemetry.context import Context
 
@@ -125,7 +127,7 @@ class LeanSpan(trace.Span):
                 task_id if isinstance(task_id, int) else None,
                 cluster if isinstance(cluster, str) else None,
                 agent if isinstance(agent, str) else None,
-                self._attributes,
+                _encode(self._attributes),
             )
         )
 

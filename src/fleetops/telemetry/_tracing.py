@@ -94,17 +94,20 @@ class SpanBuffer(SpanProcessor):
         self.add(span_row(span))
 
     def add(self, row: tuple[Any, ...]) -> None:
-        """Keep one finished span (its attributes as a dict or as JSON text)."""
+        """Keep one finished span (its attributes as a dict or as JSON text).
+
+        Attributes are encoded here, as each span ends, not all at once when the
+        buffer is drained: a drain of thousands of spans would stall the event loop.
+        """
+        if not isinstance(row[11], str):
+            row = (*row[:11], _encode(row[11]))
         if len(self._spans) == self._spans.maxlen:
             self.dropped += 1
         self._spans.append(row)
 
     def drain(self) -> list[tuple[Any, ...]]:
         """Every kept span as a store row (attributes encoded as JSON), oldest first."""
-        rows = [
-            row if isinstance(row[11], str) else (*row[:11], _encode(row[11]))
-            for row in self._spans
-        ]
+        rows = list(self._spans)
         self._spans.clear()
         return rows
 

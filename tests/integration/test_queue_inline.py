@@ -1,0 +1,215 @@
+"""QueueClient(inline=True) on SQLite: hot calls on the event loop, never blocking it.
+
+Each test holds SQLite's write lock from another connection, the way another worker
+process does, and checks what the inline client does meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetops import StoreUnavailable
+from fleetops.queue import QueueClient
+from fleetops.store import Complete, NewTask, SqliteStore, open_store
+from fleetops.store._sqlite import LockBusy
+
+
+def _db(tmp_path: Path, durability: str) -> tuple[str, Path]:
+    path = tmp_path / "fleet.db"
+    return f"sqlite:///{path}?durability={durability}", path
+
+
+@contextmanager
+def write_lock_held(path: Path, seconds: float) -> Iterator[threading.Event]:
+    """Another connection takes the write lock and keeps it for ``seconds``; the event
+    is set once it has let go."""
+    taken, released = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=0)
+        conn.execute("BEGIN IMMEDIATE")
+        taken.set()
+        time.sleep(seconds)
+        conn.execute("ROLLBACK")
+        conn.close()
+        released.set()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    taken.wait(5)
+    try:
+        yield released
+    finally:
+        thread.join()
+
+
+async def _ticks(stop: asyncio.Event) -> int:
+    """How many times the event loop got round to this coroutine until ``stop``."""
+    n = 0
+    while not stop.is_set():
+        await asyncio.sleep(0.001)
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_a_claim_waits_for_a_busy_write_lock_while_the_loop_keeps_running(
+    tmp_path: Path, durability: str
+) -> None:
+    url, path = _db(tmp_path, durability)
+
+    async def main() -> tuple[int, int, bool]:
+        async with QueueClient(url, inline=True) as client:
+            assert client.inline
+            await client.submit_many([NewTask("q", "a", "{}") for _ in range(5)])
+            stop = asyncio.Event()
+            ticker = asyncio.create_task(_ticks(stop))
+            with write_lock_held(path, 0.4) as released:
+                claimed = await client.claim("w1", ["q"], 10, 10.0)
+                lock_was_released = released.is_set()
+            stop.set()
+            return len(claimed), await ticker, lock_was_released
+
+    claimed, ticks, lock_was_released = asyncio.run(main())
+    assert claimed == 5
+    assert lock_was_released  # the claim could only go in after the other writer let go
+    # a claim sleeping in the store would have frozen the loop for the 0.4 s (0 ticks)
+    assert ticks >= 20
+
+
+def test_a_write_lock_held_past_the_timeout_is_reported_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
+    url, path = _db(tmp_path, "normal")
+
+    def factory(u: str) -> SqliteStore:
+        store = SqliteStore(path, durability="normal", lock_timeout=0.2)
+        store.migrate()
+        return store
+
+    async def main() -> int:
+        async with QueueClient(url, inline=True, store_factory=factory) as client:
+            with write_lock_held(path, 0.6), pytest.raises(StoreUnavailable, match="locked"):
+                await client.submit_many([NewTask("q", "a", "{}")])
+            counts = await client.run(client.store.count_tasks)
+            return sum(counts.values())
+
+    assert asyncio.run(main()) == 0
+
+
+def test_nonblocking_store_raises_lock_busy_before_changing_anything(tmp_path: Path) -> None:
+    _, path = _db(tmp_path, "normal")
+    store = SqliteStore(path, durability="normal")
+    store.migrate()
+    store.nonblocking = True
+    with write_lock_held(path, 0.3), pytest.raises(LockBusy):
+        store.submit([NewTask("q", "a", "{}")], time.time())
+    store.nonblocking = False
+    assert sum(store.count_tasks().values()) == 0
+    store.close()
+
+
+class _ThreadRecordingStore(SqliteStore):
+    """Notes which thread ran each claim's statements and which ran its COMMIT."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.claim_threads: list[int] = []
+        self.commit_threads: list[int] = []
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        self.claim_threads.append(threading.get_ident())
+        return super().claim(*args, **kwargs)
+
+    def finish_commit(self) -> None:
+        if self.commit_pending:
+            self.commit_threads.append(threading.get_ident())
+        super().finish_commit()
+
+
+def test_at_durability_full_the_commit_runs_off_the_loop_and_is_durable(
+    tmp_path: Path,
+) -> None:
+    url, path = _db(tmp_path, "full")
+    stores: list[_ThreadRecordingStore] = []
+
+    def factory(u: str) -> SqliteStore:
+        store = _ThreadRecordingStore(path, durability="full")
+        store.migrate()
+        stores.append(store)
+        return store
+
+    async def main() -> tuple[int, list[int]]:
+        loop_thread = threading.get_ident()
+        async with QueueClient(url, inline=True, store_factory=factory) as client:
+            await client.submit_many([NewTask("q", "a", "{}") for _ in range(3)])
+            claimed = await client.claim("w1", ["q"], 10, 10.0)
+            done = await client.apply(Complete(claimed[0].id, claimed[0].epoch, "1", "w1", 0.0))
+            assert done.ok
+            return loop_thread, [t.id for t in claimed]
+
+    loop_thread, ids = asyncio.run(main())
+    store = stores[0]
+    assert store.claim_threads == [loop_thread]
+    assert store.commit_threads and loop_thread not in store.commit_threads
+    # what the client acknowledged is in the file, as another connection sees it
+    reader = open_store(url)
+    states = [r.state for r in reader.get_tasks(ids)]
+    reader.close()
+    assert sorted(states) == ["running", "running", "succeeded"]
+
+
+def test_a_cancelled_thread_call_keeps_the_connection_until_it_is_done(tmp_path: Path) -> None:
+    url, _ = _db(tmp_path, "normal")
+    events: list[tuple[str, float]] = []
+
+    def slow_read(store: SqliteStore) -> None:
+        events.append(("thread-start", time.monotonic()))
+        store.count_tasks()
+        time.sleep(0.3)
+        events.append(("thread-end", time.monotonic()))
+
+    async def main() -> None:
+        async with QueueClient(url, inline=True) as client:
+            store = client.store
+            assert isinstance(store, SqliteStore)
+            call = asyncio.create_task(client.run(slow_read, store))
+            await asyncio.sleep(0.05)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await client.submit_many([NewTask("q", "a", "{}")])
+            events.append(("inline-done", time.monotonic()))
+
+    asyncio.run(main())
+    assert [e for e, _ in events] == ["thread-start", "thread-end", "inline-done"]
+
+
+def test_the_inline_client_leaves_checkpoints_to_its_own_thread(tmp_path: Path) -> None:
+    url, path = _db(tmp_path, "normal")
+
+    async def main() -> int:
+        async with QueueClient(url, inline=True) as client:
+            store = client.store
+            assert isinstance(store, SqliteStore)
+            auto = store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            size_before = path.stat().st_size
+            for _ in range(20):
+                await client.submit_many([NewTask("q", "a", "x" * 2000) for _ in range(50)])
+            deadline = time.monotonic() + 10
+            # the WAL's pages reach the database file without any commit checkpointing
+            while path.stat().st_size <= size_before + 1_000_000:
+                assert time.monotonic() < deadline, "no checkpoint copied the WAL"
+                await asyncio.sleep(0.05)
+            return int(auto)
+
+    assert asyncio.run(main()) == 0
