@@ -81,6 +81,34 @@ def test_bench_queue_json(tmp_path: Path) -> None:
     assert result["throughput_tps"] > 0
 
 
+def test_bench_queue_measures_overhead_at_a_chosen_rate(tmp_path: Path) -> None:
+    proc = run(
+        "bench",
+        "queue",
+        "--tasks",
+        "300",
+        "--inflight",
+        "40",
+        "--work",
+        "sleep:5ms",
+        "--overhead-rate",
+        "200",
+        "--overhead-seconds",
+        "1",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["overhead_rate_tps"] == 200
+    assert result["overhead_tasks"] == 200  # one second at 200 tasks/s
+    # the parts add up: submit -> claimed, claimed -> committed (the work taken off)
+    assert result["queue_wait_p50_ms"] >= 0 and result["run_overhead_p50_ms"] >= 0
+    # the agent's own sleep can only be late, never early
+    assert result["sleep_late_p50_ms"] >= 0
+    assert result["sleep_late_p99_ms"] >= result["sleep_late_p50_ms"]
+
+
 def test_bad_arguments_name_the_field_the_value_and_the_fix(tmp_path: Path) -> None:
     proc = run("bench", "queue", "--work", "sleep:forever", "--json", cwd=tmp_path)
     assert proc.returncode == 2

@@ -950,3 +950,24 @@ def test_concurrent_claimers_never_claim_a_task_twice(store: Store, store_url: s
             assert row.lease_owner == worker
         else:
             assert (row.state, row.result) == ("succeeded", f'"{worker}"')
+
+
+def test_bells_are_those_of_running_workers(store: Store) -> None:
+    store.register_worker("w1", "c", 1, "h", 4, T0, "udp://127.0.0.1:5001")
+    store.register_worker("w2", "c", 2, "h", 4, T0, "udp://127.0.0.1:5002")
+    store.register_worker("w3", "d", 3, "h2", 4, T0, "udp://127.0.0.1:5003")
+    store.register_worker("w4", "d", 4, "h2", 4, T0)  # no doorbell
+
+    assert sorted(store.bells()) == [
+        ("c", "h", "udp://127.0.0.1:5001"),
+        ("c", "h", "udp://127.0.0.1:5002"),
+        ("d", "h2", "udp://127.0.0.1:5003"),
+    ]
+    store.set_worker_state("w1", "draining", T0 + 1)
+    store.revoke_worker("w3", T0 + 1, "gone")
+    assert store.bells() == [("c", "h", "udp://127.0.0.1:5002")]
+    store.register_worker("w1", "c", 5, "h", 4, T0 + 2, "udp://127.0.0.1:6001")  # restarted
+    assert sorted(store.bells()) == [
+        ("c", "h", "udp://127.0.0.1:5002"),
+        ("c", "h", "udp://127.0.0.1:6001"),
+    ]

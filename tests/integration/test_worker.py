@@ -325,3 +325,18 @@ def test_a_waiting_parent_gives_its_slot_to_its_children(sqlite_url: str) -> Non
         assert json.loads(record.result or "null") == [0, 2, 4]
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(fan_out), spec(child_double)], concurrency=1))
+
+
+def test_a_submit_from_another_client_rings_the_workers_doorbell(sqlite_url: str) -> None:
+    async def body(client: QueueClient, worker: Worker) -> None:
+        await wait_until(lambda: worker.doorbell is not None, within=5)
+        assert worker.doorbell is not None
+        async with QueueClient(sqlite_url) as producer:
+            submitted = await producer.submit_many([NewTask("c", "child_double", "4")])
+            record = await _wait_terminal(client, submitted[0].id)
+            assert json.loads(record.result or "null") == 8
+            # a cluster this worker does not serve rings nothing here
+            await producer.submit_many([NewTask("elsewhere", "child_double", "1")])
+        assert worker.doorbell.rings == 1
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(child_double)]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from ..runtime import Context, TaskInfo, agent
@@ -14,6 +15,10 @@ async def noop(task: TaskInfo, ctx: Context) -> None:
 
 
 @agent(name="sleep")
-async def sleep(task: TaskInfo, ctx: Context) -> None:
+async def sleep(task: TaskInfo, ctx: Context) -> float:
+    """Sleep the payload's seconds; answer how long the sleep really took (the event
+    loop's timers are late by up to a millisecond, and later when it is busy)."""
     payload: Any = task.payload
+    began = time.perf_counter()
     await asyncio.sleep(float(payload["seconds"]) if payload else 0.01)
+    return time.perf_counter() - began

@@ -69,6 +69,10 @@ class QueueBenchResult:
     queue_wait_p99_ms: float | None
     run_overhead_p50_ms: float | None
     run_overhead_p99_ms: float | None
+    #: how much later than asked the agent's own asyncio.sleep returned (part of the
+    #: overhead: timers fire on the event loop's millisecond ticks)
+    sleep_late_p50_ms: float | None
+    sleep_late_p99_ms: float | None
     overhead_tasks: int
     elapsed_s: float
 
@@ -157,6 +161,8 @@ async def bench_queue(
                     queue_wait_p99_ms=None,
                     run_overhead_p50_ms=None,
                     run_overhead_p99_ms=None,
+                    sleep_late_p50_ms=None,
+                    sleep_late_p99_ms=None,
                     overhead_tasks=0,
                     elapsed_s=round(time.monotonic() - started, 2),
                 )
@@ -168,6 +174,11 @@ async def bench_queue(
             overheads = [(r.finished_at - r.created_at - work_s) * 1000 for r in done]  # type: ignore[operator]
             waits = [(r.started_at - r.created_at) * 1000 for r in done]  # type: ignore[operator]
             runs = [(r.finished_at - r.started_at - work_s) * 1000 for r in done]  # type: ignore[operator]
+            late = [
+                (float(json.loads(r.result)) - work_s) * 1000
+                for r in done
+                if agent == "sleep" and r.result
+            ]
             stop.set()
     return QueueBenchResult(
         throughput_tps=round(throughput, 1),
@@ -184,6 +195,8 @@ async def bench_queue(
         queue_wait_p99_ms=_r(percentile(waits, 99)),
         run_overhead_p50_ms=_r(percentile(runs, 50)),
         run_overhead_p99_ms=_r(percentile(runs, 99)),
+        sleep_late_p50_ms=_r(percentile(late, 50)),
+        sleep_late_p99_ms=_r(percentile(late, 99)),
         overhead_tasks=len(paced),
         elapsed_s=round(time.monotonic() - started, 2),
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._clock import Clock, SystemClock
@@ -31,9 +31,11 @@ from ..store import (
     OpResult,
     Store,
     Submit,
+    SubmitChild,
     Submitted,
     open_store,
 )
+from ._bell import BellRinger
 
 if TYPE_CHECKING:
     from ..store._sqlite import SqliteCheckpointer
@@ -62,6 +64,7 @@ class QueueClient:
         store_factory: Callable[[str], Store] = open_store,
         max_batch: int = 2000,
         inline: bool = False,
+        doorbells: bool = True,
     ) -> None:
         self.url = url
         self.clock: Clock = clock or SystemClock()
@@ -79,6 +82,8 @@ class QueueClient:
         #: In inline mode, one caller at a time uses the connection (loop or thread).
         self._conn_lock = asyncio.Lock()
         self._checkpointer: SqliteCheckpointer | None = None
+        #: Rings the doorbells of workers when this client commits new tasks.
+        self._ringer = BellRinger() if doorbells else None
         self.commits = 0
 
     async def __aenter__(self) -> QueueClient:
@@ -114,6 +119,8 @@ class QueueClient:
             await self._call(self._store.close)
         if self._checkpointer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.close)
+        if self._ringer is not None:
+            self._ringer.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
@@ -207,7 +214,26 @@ class QueueClient:
 
     async def submit_many(self, tasks: Sequence[NewTask]) -> list[Submitted]:
         """Submit many tasks in one transaction."""
-        return await self._hot(self.store.submit, list(tasks), self.clock.now())
+        submitted = await self._hot(self.store.submit, list(tasks), self.clock.now())
+        await self.ring(t.queue for t in tasks)
+        return submitted
+
+    async def ring(self, clusters: Iterable[str]) -> None:
+        """Wake the workers of ``clusters`` on this host: new work was committed.
+
+        A hint only (see :mod:`fleetops.queue._bell`): it never fails the caller.
+        """
+        ringer = self._ringer
+        if ringer is None:
+            return
+        now = self.clock.monotonic()
+        if ringer.stale(now):
+            try:
+                rows = await self._hot(self.store.bells)
+            except Exception:  # the store is unwell: the workers will poll it anyway
+                rows = []
+            ringer.load(rows, now)
+        ringer.ring(clusters)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -226,9 +252,14 @@ class QueueClient:
                             fut.set_exception(exc)
                     continue
                 self.commits += 1
-                for (_, fut), result in zip(batch, results, strict=True):
+                queued: set[str] = set()
+                for (op, fut), result in zip(batch, results, strict=True):
                     if not fut.done():
                         fut.set_result(result)
+                    if result.ok and isinstance(op, Submit | SubmitChild):
+                        queued.add(op.task.queue)
+                if queued:
+                    await self.ring(queued)
             if self._closed:
                 return
 

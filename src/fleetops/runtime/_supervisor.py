@@ -398,6 +398,8 @@ class Supervisor:
         revoked = await self._client.run(
             self._client.store.revoke_worker, handle.id, self.clock.now(), why
         )
+        if revoked:  # the surviving workers pick the redelivered tasks up at once
+            await self._client.ring([handle.cluster])
         reason = "hung" if why.startswith("hung") else "exited"
         self.metrics.inc(catalog.WORKER_RESTARTS, (handle.cluster, reason))
         self.metrics.inc(catalog.REDELIVERIES, (handle.cluster,), len(revoked))

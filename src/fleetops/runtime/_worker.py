@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from .._clock import Clock
 from .._exceptions import LeaseLost, TaskFailed
 from ..queue import QueueClient
+from ..queue._bell import Doorbell
 from ..queue._client import ChangeWatcher
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
 from ..telemetry import MetricSet, catalog, get_logger
@@ -116,6 +117,7 @@ class Worker:
         self._waiting: dict[int, int] = {}
         self._telemetry_client: QueueClient | None = None
         self._handlers: asyncio.TaskGroup | None = None
+        self.doorbell: Doorbell | None = None
         self.processed = 0
         self.dead = False
         self.metrics = MetricSet() if self.settings.telemetry else NullMetricSet()
@@ -175,6 +177,8 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then shut down in order."""
         s = self.settings
+        # clients that queue work for this cluster ring this bell (see queue._bell)
+        doorbell = Doorbell()
         await self.client.run(
             self.client.store.register_worker,
             self.worker_id,
@@ -183,7 +187,10 @@ class Worker:
             socket.gethostname(),
             s.concurrency,
             self.clock.now(),
+            doorbell.address,
         )
+        doorbell.listen(self.wake_claimer)
+        self.doorbell = doorbell
         log.info(
             "worker.started",
             worker=self.worker_id,
@@ -193,9 +200,12 @@ class Worker:
         )
         # telemetry (metric snapshots, spans) is written through a connection and thread
         # of its own, so that a bulk span insert never delays a claim or a completion
-        async with QueueClient(self.client.url, clock=self.clock) as telemetry:
-            self._telemetry_client = telemetry
-            await self._run(stop)
+        try:
+            async with QueueClient(self.client.url, clock=self.clock) as telemetry:
+                self._telemetry_client = telemetry
+                await self._run(stop)
+        finally:
+            doorbell.close()
         log.info("worker.stopped", worker=self.worker_id, processed=self.processed)
 
     async def _run(self, stop: asyncio.Event) -> None:

@@ -160,7 +160,10 @@ class Store(Protocol):
         host: str | None,
         concurrency: int,
         now: float,
+        bell: str | None = None,
     ) -> None: ...
+
+    def bells(self) -> list[tuple[str, str | None, str]]: ...
 
     def set_worker_state(self, worker: str, state: str, now: float) -> None: ...
 

@@ -126,12 +126,15 @@ INSERT_EVENT = (
     "RETURNING id"
 )
 UPSERT_WORKER = (
-    "INSERT INTO workers (id, cluster, pid, host, state, started_at, heartbeat_at, concurrency) "
-    "VALUES (?, ?, ?, ?, 'running', ?, ?, ?) "
+    "INSERT INTO workers (id, cluster, pid, host, state, started_at, heartbeat_at, concurrency, "
+    "bell) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET cluster = excluded.cluster, pid = excluded.pid, "
     "host = excluded.host, state = 'running', started_at = excluded.started_at, "
     "heartbeat_at = excluded.heartbeat_at, stopped_at = NULL, "
-    "concurrency = excluded.concurrency, inflight = 0, processed = 0"
+    "concurrency = excluded.concurrency, inflight = 0, processed = 0, bell = excluded.bell"
+)
+SELECT_BELLS = (
+    "SELECT cluster, host, bell FROM workers WHERE state = 'running' AND bell IS NOT NULL"
 )
 
 
@@ -660,9 +663,14 @@ class SqlStore:
         host: str | None,
         concurrency: int,
         now: float,
+        bell: str | None = None,
     ) -> None:
         with self._tx():
-            self._exec(UPSERT_WORKER, (worker, cluster, pid, host, now, now, concurrency))
+            self._exec(UPSERT_WORKER, (worker, cluster, pid, host, now, now, concurrency, bell))
+
+    def bells(self) -> list[tuple[str, str | None, str]]:
+        """(cluster, host, bell address) of every running worker that has a doorbell."""
+        return [(r[0], r[1], r[2]) for r in self._exec(SELECT_BELLS).fetchall()]
 
     def set_worker_state(self, worker: str, state: str, now: float) -> None:
         with self._tx():

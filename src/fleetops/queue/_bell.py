@@ -1,0 +1,110 @@
+"""Doorbells: a worker hears of new work the moment it is committed.
+
+Each worker listens on a UDP socket on the loopback interface and records the
+address in the workers table. A client that commits new tasks sends one empty
+datagram to each running worker of those tasks' clusters on the same host, and the
+worker's claim loop wakes at once instead of at its next look at the store.
+
+A doorbell is only a hint. Workers still watch the store, so a datagram that is lost,
+or a client that rings no bell at all (another host, an older fleetops), costs one
+poll interval, never a task. Only workers on the ringing client's own host are rung:
+a loopback address means nothing anywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Iterable, Sequence
+
+LOOPBACK = "127.0.0.1"
+SCHEME = "udp://"
+
+
+def parse_bell(address: str) -> tuple[str, int] | None:
+    """``udp://127.0.0.1:40123`` → ("127.0.0.1", 40123); None if it is not one."""
+    if not address.startswith(SCHEME):
+        return None
+    host, _, port = address[len(SCHEME) :].rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host, int(port)
+
+
+class Doorbell:
+    """The listening side: a non-blocking UDP socket on loopback, watched by the loop."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind((LOOPBACK, 0))
+        self._sock.setblocking(False)
+        port = self._sock.getsockname()[1]
+        self.address = f"{SCHEME}{LOOPBACK}:{port}"
+        self.rings = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def listen(self, on_ring: Callable[[], None]) -> None:
+        """Call ``on_ring`` from the running event loop whenever the bell rings."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.fileno(), self._read, on_ring)
+
+    def _read(self, on_ring: Callable[[], None]) -> None:
+        heard = 0
+        while True:  # many rings since the last look wake the claimer once
+            try:
+                self._sock.recv(16)
+            except OSError:  # BlockingIOError: read them all
+                break
+            heard += 1
+        if heard:
+            self.rings += heard
+            on_ring()
+
+    def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+
+
+class BellRinger:
+    """The ringing side: knows the doorbells by cluster and rings them."""
+
+    #: How long a list of doorbells read from the store is used before it is read again.
+    REFRESH_SECONDS = 1.0
+
+    def __init__(self, hostname: str | None = None) -> None:
+        self.hostname = hostname if hostname is not None else socket.gethostname()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self._by_cluster: dict[str, list[tuple[str, int]]] = {}
+        self._loaded_at: float | None = None
+        self.rung = 0
+
+    def stale(self, now: float) -> bool:
+        return self._loaded_at is None or now - self._loaded_at > self.REFRESH_SECONDS
+
+    def load(self, rows: Sequence[tuple[str, str | None, str]], now: float) -> None:
+        """Take the store's (cluster, host, bell) rows; keep this host's."""
+        by_cluster: dict[str, list[tuple[str, int]]] = {}
+        for cluster, host, bell in rows:
+            address = parse_bell(bell)
+            if address is not None and host == self.hostname:
+                by_cluster.setdefault(cluster, []).append(address)
+        self._by_cluster = by_cluster
+        self._loaded_at = now
+
+    def ring(self, clusters: Iterable[str]) -> int:
+        """Ring every known doorbell of ``clusters``; answer how many were rung."""
+        rung = 0
+        for cluster in set(clusters):
+            for address in self._by_cluster.get(cluster, ()):
+                try:
+                    self._sock.sendto(b"", address)
+                except OSError:  # gone, or its buffer is full: it will poll
+                    continue
+                rung += 1
+        self.rung += rung
+        return rung
+
+    def close(self) -> None:
+        self._sock.close()

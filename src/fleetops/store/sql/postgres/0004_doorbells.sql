@@ -1,0 +1,2 @@
+-- fleetops schema 4: where each worker listens for "new work" doorbells (udp://host:port).
+ALTER TABLE workers ADD COLUMN bell TEXT;
