@@ -36,6 +36,7 @@ from fleetops.store import (
     Submitted,
     open_store,
 )
+from fleetops.store._sql import BATCH_ROWS
 
 T0 = 1_000_000.0
 LEASE = 30.0
@@ -205,6 +206,18 @@ def test_claim_takes_a_batch_under_a_lease(store: Store) -> None:
     assert store.claim("w3", ["q"], 3, T0 + 3, LEASE) == []
     assert store.get_task(ids[0]).lease_owner == "w1"  # type: ignore[union-attr]
     assert store.get_task(ids[4]).lease_owner == "w2"  # type: ignore[union-attr]
+
+
+def test_a_worker_declared_dead_claims_nothing(store: Store) -> None:
+    for worker in ("w1", "w2"):
+        store.register_worker(worker, "c", None, None, 4, T0)
+    store.submit([new_task() for _ in range(3)], T0)
+    store.set_worker_state("w1", "dead", T0 + 1)
+
+    assert store.claim("w1", ["q"], 10, T0 + 2, LEASE) == []
+    assert store.claim("w1", ["q"], 10, T0 + 2, LEASE, max_running=10) == []
+    assert store.count_tasks() == {("q", "a", "queued"): 3}
+    assert len(store.claim("w2", ["q"], 10, T0 + 3, LEASE, max_running=10)) == 3
 
 
 def test_claim_with_no_room_or_no_queue_takes_nothing(store: Store) -> None:
@@ -437,6 +450,114 @@ def test_a_rejected_write_does_not_spoil_its_batch(store: Store) -> None:
     assert row is not None and (row.state, row.result) == ("succeeded", '"ok"')
     assert [e.key for e in store.effects(other.id)] == ["mail"]
     assert store.list_tasks(agent="child") == []
+
+
+def test_a_batch_of_completes_answers_each_in_order(store: Store) -> None:
+    """Completes are applied together; each answers for itself and the stale change nothing."""
+    revoked_id, revoked_epoch = _situation(store, "revoked")
+    store.submit([new_task(queue="q2") for _ in range(4)], T0)
+    a, b, c, done = store.claim("w2", ["q2"], 4, T0, LEASE)
+    assert apply_one(store, Complete(done.id, done.epoch, '"first"', "w2"), T0 + 1).ok
+    stale_before = [snapshot(store, t)[:3] for t in (revoked_id, done.id)]
+
+    results = store.apply(
+        [
+            Complete(a.id, a.epoch, '"a"', "w2"),
+            Complete(revoked_id, revoked_epoch, '"late"', "w1"),
+            Complete(b.id, b.epoch + 1, '"future"', "w2"),
+            Complete(c.id, c.epoch, '"c"', "w3"),
+            Complete(done.id, done.epoch, '"again"', "w2"),
+            Complete(b.id, b.epoch, '"b"', "w2"),
+            Complete(a.id, a.epoch, '"a twice"', "w2"),
+            Complete(task_id=10_000, epoch=1, result='"nobody"', worker="w2"),
+        ],
+        T0 + 5,
+    )
+
+    assert results == [OpResult(ok) for ok in (True, False, False, True, False, True, False, False)]
+    for task, result, worker in ((a, '"a"', "w2"), (b, '"b"', "w2"), (c, '"c"', "w3")):
+        row = store.get_task(task.id)
+        assert row is not None
+        assert (row.state, row.result, row.finished_at, row.lease_owner) == (
+            "succeeded",
+            result,
+            T0 + 5,
+            None,
+        )
+        assert store.attempts(task.id) == [
+            AttemptRecord(task.id, 1, task.epoch, worker, T0, T0 + 5, "succeeded", None)
+        ]
+    assert [snapshot(store, t)[:3] for t in (revoked_id, done.id)] == stale_before
+    assert store.get_task(10_000) is None
+
+
+def test_a_batch_of_completes_longer_than_one_statement(store: Store) -> None:
+    n = 2 * BATCH_ROWS + 7
+    store.submit([new_task(payload=str(i)) for i in range(n)], T0)
+    held = store.claim("w1", ["q"], n, T0, LEASE)
+    assert len(held) == n
+    stale = {held[i].id for i in (0, BATCH_ROWS - 1, BATCH_ROWS, n - 1)}
+    ops = [
+        Complete(t.id, t.epoch + 1 if t.id in stale else t.epoch, f'"r{t.id}"', "w1") for t in held
+    ]
+
+    results = store.apply(ops, T0 + 1)
+
+    assert results == [OpResult(t.id not in stale) for t in held]
+    rows = {row.id: row for row in store.get_tasks([t.id for t in held])}
+    for t in held:
+        row = rows[t.id]
+        if t.id in stale:
+            assert (row.state, row.result, row.lease_owner) == ("running", None, "w1")
+            assert store.attempts(t.id) == []
+        else:
+            assert (row.state, row.result) == ("succeeded", f'"r{t.id}"')
+    assert store.count_tasks() == {("q", "a", "succeeded"): n - 4, ("q", "a", "running"): 4}
+    assert store.attempts(held[1].id) == [
+        AttemptRecord(held[1].id, 1, held[1].epoch, "w1", T0, T0 + 1, "succeeded", None)
+    ]
+    assert store.attempts(held[-2].id)[0].outcome == "succeeded"
+
+
+def test_ops_on_a_task_keep_their_order_around_its_complete(store: Store) -> None:
+    """A task's fenced ops see it running before its Complete and finished after it."""
+    store.submit([new_task() for _ in range(3)], T0)
+    x, y, z = store.claim("w1", ["q"], 3, T0, LEASE)
+    for task in (x, y):
+        assert apply_one(store, EffectBegin(task.id, task.epoch, "charge")).ok
+    child = new_task(agent="child", parent_id=x.id, idempotency_key="x/0")
+    late_child = new_task(agent="child", parent_id=x.id, idempotency_key="x/1")
+
+    results = store.apply(
+        [
+            EffectEnd(x.id, x.epoch, "charge", '"paid"'),
+            SubmitChild(x.id, x.epoch, child),
+            Complete(y.id, y.epoch, '"y"', "w1"),
+            Fail(z.id, z.epoch, "boom", "w1", retry_at=T0 + 60),
+            Complete(x.id, x.epoch, '"x"', "w1"),
+            Complete(z.id, z.epoch, '"z"', "w1"),
+            EffectEnd(y.id, y.epoch, "charge", '"too late"'),
+            Submit(new_task(agent="other")),
+            SubmitChild(x.id, x.epoch, late_child),
+            Release(x.id, x.epoch, "w1"),
+        ],
+        T0 + 1,
+    )
+
+    assert [r.ok for r in results] == [True] * 5 + [False, False, True, False, False]
+    assert isinstance(results[1].value, Submitted) and results[1].value.created
+    assert isinstance(results[7].value, Submitted) and results[7].value.created
+    assert [(e.state, e.result) for e in store.effects(x.id)] == [("done", '"paid"')]
+    assert [(e.state, e.result) for e in store.effects(y.id)] == [("started", None)]
+    assert [t.id for t in store.list_tasks(agent="child")] == [results[1].value.id]
+    states = {t.id: (t.state, t.result) for t in store.get_tasks([x.id, y.id, z.id])}
+    assert states == {
+        x.id: ("succeeded", '"x"'),
+        y.id: ("succeeded", '"y"'),
+        z.id: ("queued", None),
+    }
+    assert [a.outcome for a in store.attempts(x.id)] == ["succeeded"]
+    assert [a.outcome for a in store.attempts(z.id)] == ["failed"]
 
 
 def test_submit_child_under_the_lease(store: Store) -> None:

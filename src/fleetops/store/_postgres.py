@@ -15,7 +15,7 @@ import psycopg
 
 from .._exceptions import StoreError, StoreUnavailable
 from ._models import NewTask
-from ._sql import INSERT_TASK, SqlStore, migration_scripts, task_params
+from ._sql import INSERT_TASK, NOT_DEAD_WORKER, SqlStore, migration_scripts, task_params
 
 #: An arbitrary constant: the advisory lock that serialises concurrent migrations.
 MIGRATION_LOCK = 0x466C6565744F7073 & 0x7FFFFFFFFFFFFFFF
@@ -90,7 +90,7 @@ class PostgresStore(SqlStore):
             "UPDATE tasks SET state = 'running', lease_owner = ?, lease_expires_at = ?, "
             "epoch = epoch + 1, attempts = attempts + 1, started_at = ? "
             "WHERE id IN (SELECT id FROM tasks WHERE state = 'queued' "
-            f"AND queue IN ({queues}){agents} AND run_after <= ? "
+            f"AND queue IN ({queues}){agents} AND run_after <= ? {NOT_DEAD_WORKER}"
             "ORDER BY priority DESC, run_after, id LIMIT ? FOR UPDATE SKIP LOCKED) "
             "RETURNING id, queue, agent, payload, priority, epoch, attempts, failures, "
             "redeliveries, max_attempts, max_redeliveries, deadline, idempotency_key, "

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 
@@ -48,6 +49,9 @@ CLAIM_RETURNING = (
     "max_attempts, max_redeliveries, deadline, idempotency_key, parent_id, created_at, "
     "headers, lease_expires_at"
 )
+#: The claim's condition that fences off a worker declared dead as a whole: it may
+#: not take new leases. Parameter: the worker.
+NOT_DEAD_WORKER = "AND NOT EXISTS (SELECT 1 FROM workers WHERE id = ? AND state = 'dead') "
 WORKER_COLUMNS = (
     "id, cluster, pid, host, state, started_at, heartbeat_at, stopped_at, concurrency, "
     "inflight, processed"
@@ -64,7 +68,7 @@ SELECT_BY_KEY = "SELECT id FROM tasks WHERE idempotency_key = ?"
 COMPLETE = (
     "UPDATE tasks SET state = 'succeeded', result = ?, error = NULL, finished_at = ?, "
     "lease_owner = NULL, lease_expires_at = NULL "
-    "WHERE id = ? AND epoch = ? AND state = 'running' RETURNING attempts, started_at"
+    "WHERE id = ? AND epoch = ? AND state = 'running' RETURNING id, epoch, attempts, started_at"
 )
 FAIL_RETRY = (
     "UPDATE tasks SET state = 'queued', failures = failures + 1, run_after = ?, error = ?, "
@@ -85,6 +89,50 @@ INSERT_ATTEMPT = (
     "INSERT INTO attempts (task_id, attempt, epoch, worker, started_at, ended_at, outcome, error) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id, attempt) DO NOTHING"
 )
+#: Rows per statement where many rows go into one (Completes, attempts): at most
+#: 8 parameters a row, far below SQLite's and PostgreSQL's limits on parameters.
+BATCH_ROWS = 500
+
+
+def padded_size(n: int) -> int:
+    """The number of rows a statement for ``n`` rows is written for: the next power of
+    two, at most :data:`BATCH_ROWS`. The padding rows change nothing. The point: ten
+    statement texts of each kind serve every batch size, so they stay in the
+    connection's statement cache (SQLite) or prepared (PostgreSQL); preparing a long
+    statement afresh costs more than a few padding rows."""
+    return min(1 << (n - 1).bit_length(), BATCH_ROWS)
+
+
+@lru_cache(maxsize=16)
+def complete_many_sql(n: int) -> str:
+    """Complete up to ``n`` tasks in one UPDATE, each fenced on its own (id, epoch).
+
+    Parameters: (id, epoch, result) per task, then the finish time; a row of NULLs
+    matches no task (padding). Answers a row per task completed, as :data:`COMPLETE`
+    does for one task. The VALUES columns take their types from the parameters
+    (integers and text on both databases; psycopg sends an int as the smallest
+    integer type that holds it), so they compare with and assign to the task's
+    columns without casts.
+    """
+    rows = ", ".join(["(?, ?, ?)"] * n)
+    return (
+        f"WITH done (id, epoch, result) AS (VALUES {rows}) "
+        "UPDATE tasks SET state = 'succeeded', result = done.result, error = NULL, "
+        "finished_at = ?, lease_owner = NULL, lease_expires_at = NULL "
+        "FROM done WHERE tasks.id = done.id AND tasks.epoch = done.epoch "
+        "AND tasks.state = 'running' "
+        "RETURNING tasks.id, tasks.epoch, tasks.attempts, tasks.started_at"
+    )
+
+
+@lru_cache(maxsize=16)
+def insert_attempts_sql(n: int) -> str:
+    """:data:`INSERT_ATTEMPT` for ``n`` rows at once (a repeated row is skipped: padding)."""
+    return INSERT_ATTEMPT.replace(
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n)
+    )
+
+
 SELECT_EFFECT = "SELECT state, result FROM effects WHERE task_id = ? AND key = ?"
 INSERT_EFFECT = (
     "INSERT INTO effects (task_id, key, state, epoch, started_at) VALUES (?, ?, 'started', ?, ?)"
@@ -155,6 +203,23 @@ def split_statements(script: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
+#: The two results of an op without a value (OpResult is immutable: shared).
+OK = OpResult(True)
+REJECTED = OpResult(False)
+
+#: The ops :meth:`SqlStore.apply` applies one at a time (Completes go set-wise).
+OneByOne = Fail | Release | EffectBegin | EffectEnd | SubmitChild | Submit
+
+
+def task_of(op: OneByOne) -> int | None:
+    """The task whose lease fences ``op`` (None for a Submit: not fenced)."""
+    if isinstance(op, SubmitChild):
+        return op.parent_id
+    if isinstance(op, Submit):
+        return None
+    return op.task_id
+
+
 def task_params(task: NewTask, now: float) -> tuple[Any, ...]:
     return (
         task.queue,
@@ -189,6 +254,8 @@ class SqlStore:
         raise NotImplementedError
 
     def _claim_sql(self, n_queues: int, n_agents: int) -> str:
+        """The claim UPDATE. Parameters: worker, lease expiry, now, the queues, the
+        agents, now (for run_after), worker (for :data:`NOT_DEAD_WORKER`), limit."""
         raise NotImplementedError
 
     def _execmany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -293,14 +360,8 @@ class SqlStore:
             return []
         agents = list(agents or [])
         sql = self._claim_sql(len(queues), len(agents))
-        params = [worker, now + lease_seconds, now, *queues, *agents, now, limit]
+        params = [worker, now + lease_seconds, now, *queues, *agents, now, worker, limit]
         with self._tx():
-            # A worker declared dead is fenced off as a whole: it may not take new leases.
-            fenced = self._exec(
-                "SELECT 1 FROM workers WHERE id = ? AND state = 'dead'", (worker,)
-            ).fetchone()
-            if fenced is not None:
-                return []
             if max_running is not None:
                 # Admission control: a cluster's quota of concurrent tasks. Excess work
                 # waits in the queue.
@@ -328,18 +389,84 @@ class SqlStore:
         return claimed
 
     def apply(self, ops: Sequence[Operation], now: float) -> list[OpResult]:
+        """Apply ``ops`` in one transaction; answer one result per op, in their order.
+
+        Completes, the bulk of a group commit, are applied set-wise: a run of them
+        costs one UPDATE and one INSERT (per :data:`BATCH_ROWS`) however long it is.
+        The other ops are applied one by one, in order, as they come; a Complete is
+        held back until a later op touches its task, or to the end of the batch.
+
+        That gives the same results and the same end state as applying every op in
+        order. A Complete on task X reads X's row and writes X's row and X's attempt
+        only. An op on another task Y reads Y's row (its fence), Y's effects, and
+        tasks by idempotency key (which no Complete changes); it writes Y's row, Y's
+        effects or attempts, or inserts a new queued task. Neither touches what the
+        other reads or writes, so a Complete commutes with every op on another task.
+        Ops on the same task keep their order: an op on X applies the held Completes
+        first. The usual batch, EffectEnd or SubmitChild on X then Complete on X,
+        needs no such flush: the fenced ops run first, while X still runs, as in order.
+        """
         if not ops:
             return []
+        # A Complete's result stays REJECTED unless its UPDATE matched; every other
+        # op's result is set when it is applied.
+        results = [REJECTED] * len(ops)
+        # The Completes not applied yet, by (task id, epoch): of Completes with the same
+        # key only the first can succeed (once it ran, the task no longer runs).
+        held: dict[tuple[int, int], tuple[int, Complete]] = {}
+        held_tasks: set[int] = set()
         with self._tx():
-            return [self._apply_one(op, now) for op in ops]
+            for i, op in enumerate(ops):
+                if isinstance(op, Complete):
+                    held.setdefault((op.task_id, op.epoch), (i, op))
+                    held_tasks.add(op.task_id)
+                    continue
+                if task_of(op) in held_tasks:
+                    self._complete_held(held, now, results)
+                    held_tasks.clear()
+                results[i] = self._apply_one(op, now)
+            self._complete_held(held, now, results)
+        return results
+
+    def _complete_held(
+        self,
+        held: dict[tuple[int, int], tuple[int, Complete]],
+        now: float,
+        results: list[OpResult],
+    ) -> None:
+        """Apply the ``held`` Completes set-wise, mark in ``results`` (by index) those
+        that succeeded, and empty ``held``."""
+        attempts: list[tuple[Any, ...]] = []
+        for chunk in iter_chunks(list(held.values()), BATCH_ROWS):
+            if len(chunk) == 1:  # the plain UPDATE: cheaper than a join on one row
+                _, op = chunk[0]
+                cursor = self._exec(COMPLETE, (op.result, now, op.task_id, op.epoch))
+            else:
+                size = padded_size(len(chunk))
+                params = [v for _, op in chunk for v in (op.task_id, op.epoch, op.result)]
+                params += [None, None, None] * (size - len(chunk))
+                cursor = self._exec(complete_many_sql(size), [*params, now])
+            for task_id, epoch, attempt, started_at in cursor.fetchall():
+                i, op = held[(task_id, epoch)]
+                results[i] = OK
+                attempts.append(
+                    (task_id, attempt, epoch, op.worker, started_at, now, "succeeded", None)
+                )
+        self._insert_attempts(attempts)
+        held.clear()
+
+    def _insert_attempts(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Record ended attempts: (task id, attempt, epoch, worker, started at, ended at,
+        outcome, error) each; an attempt already recorded is left as it was."""
+        for chunk in iter_chunks(rows, BATCH_ROWS):
+            size = padded_size(len(chunk))
+            params = [v for row in chunk for v in row] + list(chunk[-1]) * (size - len(chunk))
+            self._exec(insert_attempts_sql(size), params)
 
     def _fenced(self, task_id: int, epoch: int) -> bool:
         return self._exec(self._lock_task_sql(), (task_id, epoch)).fetchone() is not None
 
-    def _apply_one(self, op: Operation, now: float) -> OpResult:
-        if isinstance(op, Complete):
-            row = self._exec(COMPLETE, (op.result, now, op.task_id, op.epoch)).fetchone()
-            return self._attempt_ended(op.task_id, op.epoch, op.worker, row, now, "succeeded", None)
+    def _apply_one(self, op: OneByOne, now: float) -> OpResult:
         if isinstance(op, Fail):
             if op.retry_at is not None:
                 params: tuple[Any, ...] = (op.retry_at, op.error, op.task_id, op.epoch)
@@ -355,7 +482,7 @@ class SqlStore:
             return self._attempt_ended(op.task_id, op.epoch, op.worker, row, now, "released", None)
         if isinstance(op, EffectBegin):
             if not self._fenced(op.task_id, op.epoch):
-                return OpResult(False)
+                return REJECTED
             found = self._exec(SELECT_EFFECT, (op.task_id, op.key)).fetchone()
             if found is None:
                 self._exec(INSERT_EFFECT, (op.task_id, op.key, op.epoch, now))
@@ -366,12 +493,12 @@ class SqlStore:
             return OpResult(True, ("started", None))
         if isinstance(op, EffectEnd):
             if not self._fenced(op.task_id, op.epoch):
-                return OpResult(False)
+                return REJECTED
             self._exec(FINISH_EFFECT, (op.result, now, op.task_id, op.key))
-            return OpResult(True)
+            return OK
         if isinstance(op, SubmitChild):
             if not self._fenced(op.parent_id, op.epoch):
-                return OpResult(False)
+                return REJECTED
             return OpResult(True, self._submit_in_tx([op.task], now)[0])
         if isinstance(op, Submit):
             return OpResult(True, self._submit_in_tx([op.task], now)[0])
@@ -388,9 +515,9 @@ class SqlStore:
         error: str | None,
     ) -> OpResult:
         if row is None:
-            return OpResult(False)
+            return REJECTED
         self._exec(INSERT_ATTEMPT, (task_id, row[0], epoch, worker, row[1], now, outcome, error))
-        return OpResult(True)
+        return OK
 
     def heartbeat(
         self, worker: str, now: float, lease_seconds: float, inflight: int, processed: int
@@ -433,21 +560,21 @@ class SqlStore:
                 "RETURNING id, attempts, epoch, started_at",
                 (dead_reason, now, *chunk),
             ).fetchall()
-            for task_id, attempts, epoch, started_at in rows:
-                self._exec(
-                    INSERT_ATTEMPT,
-                    (
-                        task_id,
-                        attempts,
-                        epoch - 1,
-                        owners[task_id],
-                        started_at,
-                        now,
-                        "lease_lost",
-                        reason,
-                    ),
+            ended = [
+                (
+                    task_id,
+                    attempt,
+                    epoch - 1,
+                    owners[task_id],
+                    started_at,
+                    now,
+                    "lease_lost",
+                    reason,
                 )
-                revoked.append(int(task_id))
+                for task_id, attempt, epoch, started_at in rows
+            ]
+            self._insert_attempts(ended)
+            revoked.extend(int(r[0]) for r in rows)
         return sorted(revoked)
 
     def revoke_worker(self, worker: str, now: float, reason: str) -> list[int]:

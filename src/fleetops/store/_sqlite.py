@@ -39,6 +39,7 @@ from .._exceptions import ConfigError, StoreError, StoreUnavailable
 from ._models import ClaimedTask, NewTask
 from ._sql import (
     INSERT_SPAN,
+    NOT_DEAD_WORKER,
     SELECT_TASK_TRACES,
     SELECT_TRACE,
     SPAN_SCHEMA,
@@ -187,7 +188,7 @@ class SqliteStore(SqlStore):
             "UPDATE tasks SET state = 'running', lease_owner = ?, lease_expires_at = ?, "
             "epoch = epoch + 1, attempts = attempts + 1, started_at = ? "
             "WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_ready WHERE state = 'queued' "
-            f"AND queue IN ({queues}){agents} AND run_after <= ? "
+            f"AND queue IN ({queues}){agents} AND run_after <= ? {NOT_DEAD_WORKER}"
             "ORDER BY priority DESC, run_after, id LIMIT ?) "
             "RETURNING id, queue, agent, payload, priority, epoch, attempts, failures, "
             "redeliveries, max_attempts, max_redeliveries, deadline, idempotency_key, "
