@@ -64,6 +64,12 @@ async def sleepy(task: TaskInfo, ctx: Context) -> None:
     await asyncio.sleep(float(task.payload))
 
 
+@agent(name="own_timeout", retry=RetryPolicy(max_attempts=1))
+async def own_timeout(task: TaskInfo, ctx: Context) -> None:
+    # no timeout of its own in the spec: this TimeoutError is the agent's failure
+    await asyncio.wait_for(asyncio.sleep(1), timeout=0.01)
+
+
 @agent(name="unserialisable", retry=RetryPolicy(max_attempts=3))
 async def unserialisable(task: TaskInfo, ctx: Context) -> object:
     return object()
@@ -340,3 +346,18 @@ def test_a_submit_from_another_client_rings_the_workers_doorbell(sqlite_url: str
         assert worker.doorbell.rings == 1
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(child_double)]))
+
+
+def test_an_agents_own_timeout_error_fails_its_task_not_the_worker(sqlite_url: str) -> None:
+    async def body(client: QueueClient, worker: Worker) -> None:
+        failing, fine = await client.submit_many(
+            [NewTask("c", "own_timeout", "null"), NewTask("c", "child_double", "5")]
+        )
+        record = await _wait_terminal(client, failing.id)
+        assert record.state == "dead"
+        assert "TimeoutError" in (record.dead_reason or "")
+        assert json.loads((await _wait_terminal(client, fine.id)).result or "null") == 10
+        late = await client.submit_many([NewTask("c", "child_double", "6")])
+        assert json.loads((await _wait_terminal(client, late[0].id)).result or "null") == 12
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(own_timeout), spec(child_double)]))

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 LOOPBACK = "127.0.0.1"
+#: New tasks per worker rung (see :meth:`BellRinger.ring`).
+TASKS_PER_RING = 16
 SCHEME = "udp://"
 
 
@@ -78,6 +80,7 @@ class BellRinger:
         self._sock.setblocking(False)
         self._by_cluster: dict[str, list[tuple[str, int]]] = {}
         self._loaded_at: float | None = None
+        self._turn: dict[str, int] = {}
         self.rung = 0
 
     def stale(self, now: float) -> bool:
@@ -93,13 +96,25 @@ class BellRinger:
         self._by_cluster = by_cluster
         self._loaded_at = now
 
-    def ring(self, clusters: Iterable[str]) -> int:
-        """Ring every known doorbell of ``clusters``; answer how many were rung."""
+    def ring(self, tasks_by_cluster: Mapping[str, int]) -> int:
+        """Ring doorbells for ``{cluster: tasks queued}``; answer how many were rung.
+
+        One worker per :data:`TASKS_PER_RING` new tasks, taken in turn, not all of them:
+        a handful of tasks woke every worker of the cluster, which then all raced for
+        the same rows and the write lock. The workers not rung find the rest at their
+        next look at the store.
+        """
         rung = 0
-        for cluster in set(clusters):
-            for address in self._by_cluster.get(cluster, ()):
+        for cluster, tasks in tasks_by_cluster.items():
+            addresses = self._by_cluster.get(cluster)
+            if not addresses:
+                continue
+            wanted = min(len(addresses), -(-tasks // TASKS_PER_RING))
+            start = self._turn.get(cluster, 0)
+            self._turn[cluster] = start + wanted
+            for k in range(wanted):
                 try:
-                    self._sock.sendto(b"", address)
+                    self._sock.sendto(b"", addresses[(start + k) % len(addresses)])
                 except OSError:  # gone, or its buffer is full: it will poll
                     continue
                 rung += 1

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._clock import Clock, SystemClock
@@ -215,11 +216,12 @@ class QueueClient:
     async def submit_many(self, tasks: Sequence[NewTask]) -> list[Submitted]:
         """Submit many tasks in one transaction."""
         submitted = await self._hot(self.store.submit, list(tasks), self.clock.now())
-        await self.ring(t.queue for t in tasks)
+        await self.ring(Counter(t.queue for t in tasks))
         return submitted
 
-    async def ring(self, clusters: Iterable[str]) -> None:
-        """Wake the workers of ``clusters`` on this host: new work was committed.
+    async def ring(self, tasks_by_cluster: Mapping[str, int]) -> None:
+        """Wake workers of the clusters in ``{cluster: tasks queued}`` on this host:
+        new work was committed.
 
         A hint only (see :mod:`fleetops.queue._bell`): it never fails the caller.
         """
@@ -233,7 +235,7 @@ class QueueClient:
             except Exception:  # the store is unwell: the workers will poll it anyway
                 rows = []
             ringer.load(rows, now)
-        ringer.ring(clusters)
+        ringer.ring(tasks_by_cluster)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -252,12 +254,12 @@ class QueueClient:
                             fut.set_exception(exc)
                     continue
                 self.commits += 1
-                queued: set[str] = set()
+                queued: Counter[str] = Counter()
                 for (op, fut), result in zip(batch, results, strict=True):
                     if not fut.done():
                         fut.set_result(result)
                     if result.ok and isinstance(op, Submit | SubmitChild):
-                        queued.add(op.task.queue)
+                        queued[op.task.queue] += 1
                 if queued:
                     await self.ring(queued)
             if self._closed:

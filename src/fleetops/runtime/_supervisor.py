@@ -399,7 +399,7 @@ class Supervisor:
             self._client.store.revoke_worker, handle.id, self.clock.now(), why
         )
         if revoked:  # the surviving workers pick the redelivered tasks up at once
-            await self._client.ring([handle.cluster])
+            await self._client.ring({handle.cluster: len(revoked)})
         reason = "hung" if why.startswith("hung") else "exited"
         self.metrics.inc(catalog.WORKER_RESTARTS, (handle.cluster, reason))
         self.metrics.inc(catalog.REDELIVERIES, (handle.cluster,), len(revoked))

@@ -338,7 +338,7 @@ class Worker:
         )
         try:
             with trace.use_span(span, end_on_exit=False):
-                outcome = await self._run_handler(claimed, started)
+                outcome = await self._run_handler(claimed, started, headers)
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(claimed.id, None)
             if reason == "shutdown":
@@ -374,7 +374,9 @@ class Worker:
                         max(0.0, (started - sent_at) * 1000.0),
                     )
 
-    async def _run_handler(self, claimed: ClaimedTask, started: float) -> str:
+    async def _run_handler(
+        self, claimed: ClaimedTask, started: float, headers: dict[str, Any]
+    ) -> str:
         """Run the task's agent; answer the attempt's outcome."""
         spec = self.agents.get(claimed.agent)
         policy_attempts = claimed.max_attempts or (spec.retry.max_attempts if spec else 1)
@@ -408,22 +410,27 @@ class Worker:
             priority=claimed.priority,
             deadline=claimed.deadline,
             parent_id=claimed.parent_id,
-            headers=json.loads(claimed.headers),
+            headers=headers,
         )
         ctx = Context(self, claimed, info)
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 result = await spec.handler(info, ctx)
+            else:
+                async with asyncio.timeout(timeout):
+                    result = await spec.handler(info, ctx)
         except LeaseLost:
             log.warning(
                 "lease.lost", task_id=claimed.id, epoch=claimed.epoch, worker=self.worker_id
             )
             return "lease_lost"
-        except TimeoutError:
+        except TimeoutError as exc:  # the task's timeout, or one of the agent's own
             return await self._fail(
                 claimed,
                 started,
-                f"timed out after {timeout:.3g} s",
+                f"timed out after {timeout:.3g} s"
+                if timeout is not None
+                else f"{type(exc).__name__}: {exc}",
                 retryable=True,
                 max_attempts=policy_attempts,
                 spec=spec,
