@@ -11,7 +11,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.trace import SpanKind
 
-from fleetops.telemetry._tracing import make_tracer, otlp_endpoint_from_env
+from fleetops.telemetry._lean import LeanTracer
+from fleetops.telemetry._tracing import make_tracer, otlp_endpoint_from_env, store_rows
 
 RECEIVED: list[bytes] = []
 
@@ -75,7 +76,7 @@ def test_spans_reach_the_collector_and_the_built_in_store(collector: str) -> Non
     ):
         pass
     provider.shutdown()  # flushes the batch processor
-    rows = buffer.drain()
+    rows = list(store_rows(buffer.drain()))
     assert [(r[3], r[8], r[10]) for r in rows] == [("invoke_agent classify", 7, "classify")]
     assert RECEIVED, "the collector received nothing"
     request = ExportTraceServiceRequest()
@@ -95,8 +96,30 @@ def test_without_a_collector_the_lean_tracer_records_the_same_rows() -> None:
     ) as parent:
         child = tracer.start_span("execute_tool search")
         child.end()
-    rows = {r[3]: r for r in buffer.drain()}
+    rows = {r[3]: r for r in store_rows(buffer.drain())}
     assert rows["execute_tool search"][2] == rows["chat m"][1]  # parented by the current span
     assert rows["execute_tool search"][0] == rows["chat m"][0]
     assert rows["chat m"][4] == "client" and rows["chat m"][8] == 3
     assert parent.get_span_context().is_valid
+
+
+def test_the_lean_task_span_reads_the_traceparent_and_formats_like_the_sdk() -> None:
+    tracer, buffer, _ = make_tracer("fleetops-test", {})
+    assert isinstance(tracer, LeanTracer)
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    child = tracer.start_task_span("invoke_agent a", parent, {"fleetops.task.id": 5})
+    child.end()
+    for bad in ("garbage", "ff" + parent[2:], parent[:35] + "+" + parent[36:], None):
+        tracer.start_task_span("invoke_agent b", bad, {}).end()
+    first, *orphans = list(store_rows(buffer.drain()))
+    assert first[:5] == (
+        "0af7651916cd43dd8448eb211c80319c",
+        first[1],
+        "b7ad6b7169203331",
+        "invoke_agent a",
+        "internal",
+    )
+    assert len(first[1]) == 16 and first[8] == 5 and first[11] == '{"fleetops.task.id":5}'
+    # a missing or malformed traceparent starts a new trace instead of failing the task
+    assert [o[2] for o in orphans] == [None] * 4
+    assert len({o[0] for o in orphans}) == 4

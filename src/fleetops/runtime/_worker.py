@@ -20,8 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from .._clock import Clock
 from .._exceptions import LeaseLost, TaskFailed
@@ -30,8 +32,15 @@ from ..queue._bell import Doorbell
 from ..queue._client import ChangeWatcher
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
 from ..telemetry import MetricSet, catalog, get_logger
+from ..telemetry._lean import LeanTracer
 from ..telemetry._metricset import NullMetricSet
-from ..telemetry._tracing import context_from_headers, make_tracer, task_context
+from ..telemetry._tracing import (
+    TRACEPARENT,
+    context_from_headers,
+    make_tracer,
+    store_rows,
+    task_context,
+)
 from ._agent import AgentSpec
 
 if TYPE_CHECKING:
@@ -321,24 +330,29 @@ class Worker:
         headers = json.loads(claimed.headers)
         self._record_start(claimed, started, headers)
         outcome = "lease_lost"
-        span = self.tracer.start_span(
-            f"invoke_agent {claimed.agent}",
-            context=context_from_headers(headers),
-            kind=SpanKind.INTERNAL,
-            attributes={
-                "gen_ai.operation.name": "invoke_agent",
-                "gen_ai.agent.name": claimed.agent,
-                "fleetops.task.id": claimed.id,
-                "fleetops.cluster": claimed.queue,
-                "fleetops.attempt": claimed.attempt,
-            },
-        )
+        name = f"invoke_agent {claimed.agent}"
+        attributes: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": claimed.agent,
+            "fleetops.task.id": claimed.id,
+            "fleetops.cluster": claimed.queue,
+            "fleetops.attempt": claimed.attempt,
+        }
+        span: trace.Span
+        if isinstance(self.tracer, LeanTracer):  # the built-in store only: the quick way
+            span = self.tracer.start_task_span(name, headers.get(TRACEPARENT), attributes)
+        else:
+            span = self.tracer.start_span(
+                name, context=context_from_headers(headers), attributes=attributes
+            )
         token = task_context.set(
             {"task_id": claimed.id, "agent": claimed.agent, "cluster": claimed.queue}
         )
+        # the task's span is the current one while its handler runs (child spans and
+        # traceparents of child tasks hang off it); its status is set below
+        span_token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            with trace.use_span(span, end_on_exit=False):
-                outcome = await self._run_handler(claimed, started, headers)
+            outcome = await self._run_handler(claimed, started, headers)
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(claimed.id, None)
             if reason == "shutdown":
@@ -348,6 +362,7 @@ class Worker:
             elif reason is None:
                 raise
         finally:
+            otel_context.detach(span_token)
             task_context.reset(token)
             span.set_attribute("fleetops.outcome", outcome)
             if outcome != "succeeded":
@@ -588,7 +603,8 @@ class Worker:
         spans = self.spans.drain()
         if spans:
             try:
-                await client.run(store.put_spans, spans)
+                # formatted row by row as the store thread writes them (see store_rows)
+                await client.run(store.put_spans, store_rows(spans))
             except BaseException:
                 # cancelled (shutdown) or the store failed: keep them for the next flush;
                 # a span written twice is stored once (the span id is the key)

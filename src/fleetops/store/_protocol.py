@@ -7,7 +7,7 @@ that changes state commits before it returns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from ._models import (
@@ -143,7 +143,7 @@ class Store(Protocol):
 
     def get_telemetry(self) -> list[tuple[str, str, float, str]]: ...
 
-    def put_spans(self, spans: Sequence[tuple[Any, ...]]) -> None: ...
+    def put_spans(self, spans: Iterable[tuple[Any, ...]]) -> None: ...
 
     def get_spans(
         self, trace_id: str | None = None, task_id: int | None = None, limit: int = 1000

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from functools import lru_cache
 from importlib import resources
@@ -760,13 +760,15 @@ class SqlStore:
         rows = self._exec("SELECT worker, cluster, at, data FROM telemetry ORDER BY worker")
         return [(r[0], r[1], float(r[2]), r[3]) for r in rows.fetchall()]
 
-    def put_spans(self, spans: Sequence[tuple[Any, ...]]) -> None:
+    def put_spans(self, spans: Iterable[tuple[Any, ...]]) -> None:
         """Insert finished spans: (trace_id, span_id, parent_span_id, name, kind, start,
-        end, status, task_id, cluster, agent, attributes JSON)."""
-        if not spans:
+        end, status, task_id, cluster, agent, attributes JSON). ``spans`` is read once,
+        row by row (it may be a generator)."""
+        rows = spans if isinstance(spans, Sequence) else list(spans)
+        if not rows:
             return
         with self._tx():
-            self._execmany(INSERT_SPAN, spans)
+            self._execmany(INSERT_SPAN, rows)
 
     def get_spans(
         self, trace_id: str | None = None, task_id: int | None = None, limit: int = 1000

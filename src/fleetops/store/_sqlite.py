@@ -30,7 +30,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -266,13 +266,17 @@ class SqliteStore(SqlStore):
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # span ids are random: their index is written all over, so keep it in memory
+            conn.execute("PRAGMA cache_size=-65536")
             for statement in SPAN_SCHEMA:
                 conn.execute(statement)
             self._spans_conn = conn
         return self._spans_conn
 
-    def put_spans(self, spans: Sequence[tuple[Any, ...]]) -> None:
-        if not spans:
+    def put_spans(self, spans: Iterable[tuple[Any, ...]]) -> None:
+        # ``spans`` may be a generator that builds each row as it is asked for: the
+        # GIL is then let go at every row's insert, never held for the whole batch
+        if isinstance(spans, Sequence) and not spans:
             return
         conn = self._spans()
         try:

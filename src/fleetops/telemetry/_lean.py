@@ -28,7 +28,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from ._tracing import _encode
+from ._tracing import parse_traceparent
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -111,23 +111,26 @@ class LeanSpan(trace.Span):
         if self._end is not None:
             return
         self._end = end_time / 1e9 if end_time is not None else time.time()
-        task_id = self._attributes.get("fleetops.task.id")
-        cluster = self._attributes.get("fleetops.cluster")
-        agent = self._attributes.get("gen_ai.agent.name")
+        attributes = self._attributes
+        task_id = attributes.get("fleetops.task.id")
+        cluster = attributes.get("fleetops.cluster")
+        agent = attributes.get("gen_ai.agent.name")
+        # a raw row: ids as integers, attributes as a dict; the writer formats them
+        # (telemetry._tracing.store_row), off the event loop
         self._buffer.add(
             (
-                f"{self._ctx.trace_id:032x}",
-                f"{self._ctx.span_id:016x}",
-                f"{self._parent:016x}" if self._parent is not None else None,
+                self._ctx.trace_id,
+                self._ctx.span_id,
+                self._parent,
                 self._name,
-                self._kind.name.lower(),
+                self._kind,
                 self._start,
                 self._end,
                 self._status,
                 task_id if isinstance(task_id, int) else None,
                 cluster if isinstance(cluster, str) else None,
                 agent if isinstance(agent, str) else None,
-                _encode(self._attributes),
+                attributes,
             )
         )
 
@@ -158,6 +161,23 @@ class LeanTracer(trace.Tracer):
             trace_id, parent_id = self._rng.getrandbits(128) or 1, None
         ctx = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _SAMPLED)
         return LeanSpan(name, ctx, parent_id, kind, attributes, self._buffer)
+
+    def start_task_span(
+        self, name: str, traceparent: object, attributes: dict[str, AttributeValue]
+    ) -> LeanSpan:
+        """:meth:`start_span` for a task: the parent is the W3C ``traceparent`` the task
+        carries (or a new trace when it carries none or a bad one), read without
+        building an OpenTelemetry context. ``attributes`` is kept, not copied."""
+        parsed = parse_traceparent(traceparent)
+        parent: int | None
+        if parsed is None:
+            trace_id, parent = self._rng.getrandbits(128) or 1, None
+        else:
+            trace_id, parent, _ = parsed
+        ctx = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _SAMPLED)
+        span = LeanSpan(name, ctx, parent, SpanKind.INTERNAL, None, self._buffer)
+        span._attributes = attributes
+        return span
 
     @contextmanager
     def start_as_current_span(  # type: ignore[override]

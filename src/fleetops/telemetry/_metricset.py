@@ -51,11 +51,13 @@ class MetricSet:
         if isinstance(labels, tuple):
             if len(labels) != len(metric.labels):
                 raise ValueError(f"{metric.name} takes labels {metric.labels}, got {labels}")
-            return tuple(str(v) for v in labels)
+            return tuple(map(str, labels))  # per task, several times: the quick way
         return tuple(str(labels.get(name, "")) for name in metric.labels)
 
     def inc(self, metric: MetricDef, labels: Mapping[str, object] | Labels, by: float = 1) -> None:
-        series = self._counters.setdefault(metric.name, {})
+        series = self._counters.get(metric.name)
+        if series is None:
+            series = self._counters[metric.name] = {}
         key = self._key(metric, labels)
         series[key] = series.get(key, 0.0) + by
 
@@ -69,7 +71,9 @@ class MetricSet:
     def observe(
         self, metric: MetricDef, labels: Mapping[str, object] | Labels, value: float
     ) -> None:
-        series = self._histograms.setdefault(metric.name, {})
+        series = self._histograms.get(metric.name)
+        if series is None:
+            series = self._histograms[metric.name] = {}
         key = self._key(metric, labels)
         hist = series.get(key)
         if hist is None:

@@ -19,14 +19,14 @@ import json
 import os
 import secrets
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanContext, TraceFlags
+from opentelemetry.trace import Span, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACEPARENT = "traceparent"
@@ -43,27 +43,31 @@ def new_traceparent() -> str:
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
-def context_from_headers(headers: Mapping[str, Any]) -> Any:
-    """The OpenTelemetry context a task's headers carry (None if none).
-
-    Parses the W3C ``traceparent`` directly: this runs for every task, and the
-    generic propagator costs several times more.
-    """
-    value = headers.get(TRACEPARENT)
+def parse_traceparent(value: object) -> tuple[int, int, int] | None:
+    """(trace id, parent span id, flags) of a W3C ``traceparent``; None if it is not a
+    valid one. Read directly: this runs for every task, and the generic propagator
+    costs several times more."""
     if not isinstance(value, str) or len(value) != 55:
         return None
-    version, trace_id, span_id, flags = value.split("-")
+    if value[2] != "-" or value[35] != "-" or value[52] != "-" or value[:2] == "ff":
+        return None
     try:
-        ctx = SpanContext(
-            int(trace_id, 16),
-            int(span_id, 16),
-            is_remote=True,
-            trace_flags=TraceFlags(int(flags, 16)),
-        )
+        trace_id, span_id = int(value[3:35], 16), int(value[36:52], 16)
+        flags = int(value[53:], 16)
     except ValueError:
         return None
-    if not ctx.is_valid or version == "ff":
+    if not trace_id or not span_id:
         return None
+    return trace_id, span_id, flags
+
+
+def context_from_headers(headers: Mapping[str, Any]) -> Any:
+    """The OpenTelemetry context a task's headers carry (None if none)."""
+    parsed = parse_traceparent(headers.get(TRACEPARENT))
+    if parsed is None:
+        return None
+    trace_id, span_id, flags = parsed
+    ctx = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
     return trace.set_span_in_context(trace.NonRecordingSpan(ctx))
 
 
@@ -94,19 +98,15 @@ class SpanBuffer(SpanProcessor):
         self.add(span_row(span))
 
     def add(self, row: tuple[Any, ...]) -> None:
-        """Keep one finished span (its attributes as a dict or as JSON text).
-
-        Attributes are encoded here, as each span ends, not all at once when the
-        buffer is drained: a drain of thousands of spans would stall the event loop.
-        """
-        if not isinstance(row[11], str):
-            row = (*row[:11], _encode(row[11]))
+        """Keep one finished span: a store row, or a raw one (see :func:`store_row`)."""
         if len(self._spans) == self._spans.maxlen:
             self.dropped += 1
         self._spans.append(row)
 
     def drain(self) -> list[tuple[Any, ...]]:
-        """Every kept span as a store row (attributes encoded as JSON), oldest first."""
+        """Every kept span, oldest first, as added: pass them through :func:`store_rows`
+        (on the thread that writes them, not on the event loop: it costs microseconds
+        a span)."""
         rows = list(self._spans)
         self._spans.clear()
         return rows
@@ -148,8 +148,44 @@ def span_row(span: ReadableSpan) -> tuple[Any, ...]:
     )
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=list)
+_KIND_NAMES = {kind: kind.name.lower() for kind in SpanKind}
+
+
+def store_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A span as the store keeps it, from the form a :class:`SpanBuffer` holds.
+
+    The lean tracer adds raw rows, cheap to make when a span ends: trace, span and
+    parent ids as integers, the kind as a :class:`SpanKind`, attributes as a dict. Here
+    they become hex text, a lower-case name and JSON. A store row (attributes already
+    JSON text, as :func:`span_row` makes them) passes unchanged.
+    """
+    trace_id, span_id, parent, name, kind, start, end, status, task, cluster, agent, attrs = row
+    if isinstance(attrs, str):
+        return row
+    return (
+        f"{trace_id:032x}",
+        f"{span_id:016x}",
+        None if parent is None else f"{parent:016x}",
+        name,
+        _KIND_NAMES[kind],
+        start,
+        end,
+        status,
+        task,
+        cluster,
+        agent,
+        _ENCODER.encode(attrs),
+    )
+
+
+def store_rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """:func:`store_row` of each row, one at a time (for ``Store.put_spans``)."""
+    return map(store_row, rows)
+
+
 def _encode(attributes: Mapping[str, Any]) -> str:
-    return json.dumps(attributes, separators=(",", ":"), default=list)
+    return _ENCODER.encode(attributes)
 
 
 def make_tracer(
