@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.trace import SpanKind
 
 from fleetops.telemetry._lean import LeanTracer
-from fleetops.telemetry._tracing import make_tracer, otlp_endpoint_from_env, store_rows
+from fleetops.telemetry._tracing import SpanBuffer, make_tracer, otlp_endpoint_from_env, store_rows
 
 RECEIVED: list[bytes] = []
 
@@ -123,3 +123,17 @@ def test_the_lean_task_span_reads_the_traceparent_and_formats_like_the_sdk() -> 
     # a missing or malformed traceparent starts a new trace instead of failing the task
     assert [o[2] for o in orphans] == [None] * 4
     assert len({o[0] for o in orphans}) == 4
+
+
+def test_the_span_buffer_asks_for_a_flush_when_full_enough_and_counts_what_it_drops() -> None:
+    buffer = SpanBuffer(limit=10, flush_at=4)
+    row = (1, 2, None, "s", SpanKind.INTERNAL, 0.0, 1.0, "unset", None, None, None, {})
+    for _ in range(3):
+        buffer.add(row)
+    assert not buffer.due.is_set()
+    buffer.add(row)
+    assert buffer.due.is_set()
+    assert len(buffer.drain()) == 4 and not buffer.due.is_set()
+    for _ in range(13):
+        buffer.add(row)
+    assert buffer.dropped == 3 and len(buffer.drain()) == 10

@@ -584,9 +584,19 @@ class Worker:
                 self.wake_claimer()
 
     async def _telemetry_loop(self) -> None:
+        """Write the metrics snapshot and the spans every ``telemetry_interval``, and
+        the spans alone whenever enough of them are waiting (see SpanBuffer)."""
+        interval = self.settings.telemetry_interval
+        next_snapshot = self.clock.monotonic() + interval
         while True:
-            await self.clock.sleep(self.settings.telemetry_interval)
-            await self.flush_telemetry()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_snapshot - self.clock.monotonic())):
+                    await self.spans.due.wait()
+            if self.clock.monotonic() >= next_snapshot:
+                await self.flush_telemetry()
+                next_snapshot = self.clock.monotonic() + interval
+            else:
+                await self._flush_spans()
 
     async def flush_telemetry(self) -> None:
         """Write this worker's metrics snapshot (cumulative values) and finished spans."""
@@ -596,10 +606,18 @@ class Worker:
         # even though they gave their claim slot up (see _claim_loop)
         busy = min(1.0, len(self._running) / max(1, self.settings.concurrency))
         self.metrics.set(catalog.AGENT_UTILIZATION, (self.cluster, self.worker_id), busy)
+        dropped, self.spans.dropped = self.spans.dropped, 0
+        if dropped:
+            self.metrics.inc(catalog.SPANS_DROPPED, (self.cluster,), dropped)
         data = json.dumps(self.metrics.snapshot(), separators=(",", ":"))
         client = self._telemetry_client or self.client
         store = client.store
         await client.run(store.put_telemetry, self.worker_id, self.cluster, self.clock.now(), data)
+        await self._flush_spans()
+
+    async def _flush_spans(self) -> None:
+        client = self._telemetry_client or self.client
+        store = client.store
         spans = self.spans.drain()
         if spans:
             try:

@@ -174,6 +174,12 @@ LLM_COST = MetricDef(
     ("cluster", "gen_ai_provider_name", "gen_ai_request_model"),
     "Money spent on LLM calls, from the provider's token prices.",
 )
+SPANS_DROPPED = MetricDef(
+    "fleetops_spans_dropped_total",
+    "counter",
+    ("cluster",),
+    "Finished spans a worker dropped because its span buffer was full (store too slow or down).",
+)
 
 RUNTIME_METRICS = (
     TASKS_FINISHED,
@@ -187,6 +193,7 @@ RUNTIME_METRICS = (
     HEARTBEAT_PHI,
     WORKERS,
     WORKERS_DESIRED,
+    SPANS_DROPPED,
 )
 GENAI_METRICS = (GENAI_TOKEN_USAGE, GENAI_OPERATION_DURATION, GENAI_TIME_TO_FIRST_CHUNK, LLM_COST)
 ALL_METRICS = SEED_METRICS + RUNTIME_METRICS + GENAI_METRICS

@@ -14,6 +14,7 @@ any OpenTelemetry collector over OTLP/HTTP as well.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import os
@@ -90,9 +91,13 @@ class SpanBuffer(SpanProcessor):
     cannot grow a worker's memory without end.
     """
 
-    def __init__(self, limit: int = 20_000) -> None:
+    def __init__(self, limit: int = 20_000, flush_at: int = 5_000) -> None:
         self._spans: deque[tuple[Any, ...]] = deque(maxlen=limit)
         self.dropped = 0
+        #: Set when ``flush_at`` spans are waiting: their writer should not wait for
+        #: its next turn (at thousands of tasks a second the buffer fills in seconds).
+        self.due = asyncio.Event()
+        self._flush_at = flush_at
 
     def on_end(self, span: ReadableSpan) -> None:
         self.add(span_row(span))
@@ -102,6 +107,8 @@ class SpanBuffer(SpanProcessor):
         if len(self._spans) == self._spans.maxlen:
             self.dropped += 1
         self._spans.append(row)
+        if len(self._spans) == self._flush_at:
+            self.due.set()
 
     def drain(self) -> list[tuple[Any, ...]]:
         """Every kept span, oldest first, as added: pass them through :func:`store_rows`
@@ -109,6 +116,7 @@ class SpanBuffer(SpanProcessor):
         a span)."""
         rows = list(self._spans)
         self._spans.clear()
+        self.due.clear()
         return rows
 
     def requeue(self, rows: list[tuple[Any, ...]]) -> None:
