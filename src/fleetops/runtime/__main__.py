@@ -19,6 +19,7 @@ from ..queue import QueueClient
 from ..telemetry import configure_json_logging
 from ..telemetry._tracing import otlp_endpoint_from_env
 from ._agent import AgentSpec, load_agent
+from ._loop import new_event_loop
 from ._worker import Worker, WorkerSettings
 
 
@@ -107,7 +108,9 @@ def _from_spec(
 def main() -> None:
     config = json.loads(sys.argv[1])
     configure_json_logging(getattr(logging, str(config.get("log_level", "INFO")).upper()))
-    sys.exit(asyncio.run(_main(config)))
+    # timers on time, not on the next millisecond (see _loop)
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        sys.exit(runner.run(_main(config)))
 
 
 if __name__ == "__main__":
