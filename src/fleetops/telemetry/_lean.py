@@ -28,7 +28,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from ._tracing import parse_traceparent
+from ._tracing import KIND_NAMES, parse_traceparent
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -116,14 +116,15 @@ class LeanSpan(trace.Span):
         cluster = attributes.get("fleetops.cluster")
         agent = attributes.get("gen_ai.agent.name")
         # a raw row: ids as integers, attributes as a dict; the writer formats them
-        # (telemetry._tracing.store_row), off the event loop
+        # (telemetry._tracing.store_row), off the event loop. Only plain values: the
+        # garbage collector then stops tracking the row, however many are waiting
         self._buffer.add(
             (
                 self._ctx.trace_id,
                 self._ctx.span_id,
                 self._parent,
                 self._name,
-                self._kind,
+                KIND_NAMES[self._kind],
                 self._start,
                 self._end,
                 self._status,

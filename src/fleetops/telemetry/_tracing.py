@@ -157,16 +157,16 @@ def span_row(span: ReadableSpan) -> tuple[Any, ...]:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=list)
-_KIND_NAMES = {kind: kind.name.lower() for kind in SpanKind}
+KIND_NAMES = {kind: kind.name.lower() for kind in SpanKind}
 
 
 def store_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A span as the store keeps it, from the form a :class:`SpanBuffer` holds.
 
     The lean tracer adds raw rows, cheap to make when a span ends: trace, span and
-    parent ids as integers, the kind as a :class:`SpanKind`, attributes as a dict. Here
-    they become hex text, a lower-case name and JSON. A store row (attributes already
-    JSON text, as :func:`span_row` makes them) passes unchanged.
+    parent ids as integers, attributes as a dict. Here they become hex text and JSON.
+    A store row (attributes already JSON text, as :func:`span_row` makes them) passes
+    unchanged.
     """
     trace_id, span_id, parent, name, kind, start, end, status, task, cluster, agent, attrs = row
     if isinstance(attrs, str):
@@ -176,7 +176,7 @@ def store_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
         f"{span_id:016x}",
         None if parent is None else f"{parent:016x}",
         name,
-        _KIND_NAMES[kind],
+        kind if isinstance(kind, str) else KIND_NAMES[kind],
         start,
         end,
         status,
