@@ -8,11 +8,18 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.trace import SpanKind
 
 from fleetops.telemetry._lean import LeanTracer
-from fleetops.telemetry._tracing import SpanBuffer, make_tracer, otlp_endpoint_from_env, store_rows
+from fleetops.telemetry._tracing import (
+    SpanBuffer,
+    current_traceparent,
+    make_tracer,
+    otlp_endpoint_from_env,
+    store_rows,
+)
 
 RECEIVED: list[bytes] = []
 
@@ -137,3 +144,37 @@ def test_the_span_buffer_asks_for_a_flush_when_full_enough_and_counts_what_it_dr
     for _ in range(13):
         buffer.add(row)
     assert buffer.dropped == 3 and len(buffer.drain()) == 10
+
+
+def test_the_lean_tracer_records_a_few_new_traces_a_second_and_whole_traces_only() -> None:
+    tracer, buffer, _ = make_tracer("fleetops-test", {}, roots_per_second=3)
+    assert isinstance(tracer, LeanTracer)
+    roots = [tracer.start_task_span("invoke_agent a", None, {}) for _ in range(20)]
+    recorded = [s for s in roots if s.is_recording()]
+    assert len(recorded) == 3  # the bucket holds one second's worth
+    assert tracer.roots_skipped == 17
+    skipped = next(s for s in roots if not s.is_recording())
+    # an unrecorded task still passes its trace on, marked "not sampled" ...
+    with trace.use_span(skipped):
+        child_header = current_traceparent()
+        child = tracer.start_span("chat m")  # its own LLM call: not recorded either
+    assert child_header is not None and child_header.endswith("-00")
+    assert not child.is_recording()
+    assert not tracer.start_task_span("invoke_agent b", child_header, {}).is_recording()
+    # ... and a recorded one marks it "sampled": its children are recorded whatever the rate
+    with trace.use_span(recorded[0]):
+        sampled_header = current_traceparent()
+    assert sampled_header is not None and sampled_header.endswith("-01")
+    assert all(
+        tracer.start_task_span("invoke_agent c", sampled_header, {}).is_recording()
+        for _ in range(10)
+    )
+    for span in roots:
+        span.end()
+    assert len(buffer.drain()) == 3  # only recorded spans reach the store
+
+
+def test_without_a_rate_every_trace_is_recorded() -> None:
+    tracer, buffer, _ = make_tracer("fleetops-test", {})
+    assert isinstance(tracer, LeanTracer)
+    assert all(tracer.start_task_span("t", None, {}).is_recording() for _ in range(5000))

@@ -53,6 +53,7 @@ log = get_logger("fleetops.worker")
 DEFAULT_CONCURRENCY = 100
 DEFAULT_LEASE_SECONDS = 10.0
 DEFAULT_HEARTBEAT_INTERVAL = 0.2
+DEFAULT_TRACES_PER_SECOND = 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,9 @@ class WorkerSettings:
     pipe_heartbeat: bool = False
     #: The cluster's quota of concurrent tasks across all its workers (None: no quota).
     max_cluster_running: int | None = None
+    #: New traces this worker records a second (None: every task's); a task of a
+    #: recorded trace is always recorded (see telemetry._lean.LeanTracer).
+    traces_per_second: float | None = DEFAULT_TRACES_PER_SECOND
 
 
 @dataclass(slots=True)
@@ -136,6 +140,7 @@ class Worker:
             "fleetops-worker",
             {"fleetops.cluster": cluster, "fleetops.worker": worker_id},
             otlp_endpoint=otlp_endpoint,
+            roots_per_second=self.settings.traces_per_second,
         )
         self.tracer: trace.Tracer = tracer if self.settings.telemetry else trace.NoOpTracer()
         self._outcomes: dict[tuple[str, ...], collections.deque[bool]] = {}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -297,7 +298,10 @@ class FleetSpec(BaseModel):
                 name=name,
                 agents=tuple(agent.entrypoint for agent in cluster.agents),
                 replicas=cluster.replicas,
-                worker=cluster.worker_settings(),
+                worker=replace(
+                    cluster.worker_settings(),
+                    traces_per_second=self.observability.traces_per_second,
+                ),
                 python_path=python_path,
             )
             for name, cluster in self.clusters.items()

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from ..runtime import WorkerSettings
 from ._types import (
     SPEC_CONFIG,
     Fraction,
@@ -38,6 +39,8 @@ RecoveryAction = Literal[
     "retry_consensus",
     "quarantine_faulty_agents",
 ]
+
+_WORKER = WorkerSettings()
 
 
 # --- observability ------------------------------------------------------------------------------
@@ -103,12 +106,15 @@ class Resolution(BaseModel):
 
 
 class ObservabilitySettings(BaseModel):
-    """Metric history: how long each tier is kept and at what resolution."""
+    """Metric history: how long each tier is kept and at what resolution; tracing."""
 
     model_config = SPEC_CONFIG
 
     retention: Retention = Retention()
     resolution: Resolution = Resolution()
+    traces_per_second: Annotated[Number, Field(gt=0)] | None = _WORKER.traces_per_second
+    """New traces each worker records a second; a task of a recorded trace is always
+    recorded; null records every task's."""
 
     @model_validator(mode="after")
     def _step_within_retention(self) -> ObservabilitySettings:

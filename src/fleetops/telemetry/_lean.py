@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ._tracing import SpanBuffer
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
 
 class LeanSpan(trace.Span):
@@ -137,12 +138,44 @@ class LeanSpan(trace.Span):
 
 
 class LeanTracer(trace.Tracer):
-    """Creates :class:`LeanSpan` objects that end up in a :class:`SpanBuffer`."""
+    """Creates :class:`LeanSpan` objects that end up in a :class:`SpanBuffer`.
 
-    def __init__(self, buffer: SpanBuffer) -> None:
+    Sampling is decided per trace, where it starts (OpenTelemetry's ``ParentBased``):
+    a span whose parent was recorded is recorded, one whose parent was not is not (a
+    non-recording span still carries the trace on, with the sampled flag off), and
+    at most ``roots_per_second`` new traces a second are recorded (None: every one).
+    At thousands of tasks a second, writing a span for each would cost a fifth of a
+    worker's throughput; every task is still counted in the metrics.
+    """
+
+    def __init__(self, buffer: SpanBuffer, roots_per_second: float | None = None) -> None:
         self._buffer = buffer
         self._bits = random.SystemRandom().getrandbits(64)
         self._rng = random.Random(self._bits)
+        self._rate = roots_per_second
+        self._tokens = max(1.0, roots_per_second or 0.0)
+        self._refilled = time.monotonic()
+        self.roots_recorded = 0
+        self.roots_skipped = 0
+
+    def _sample_root(self) -> bool:
+        """Whether to record a new trace (a token bucket of ``roots_per_second``)."""
+        if self._rate is None:
+            self.roots_recorded += 1
+            return True
+        now = time.monotonic()
+        self._tokens = min(max(1.0, self._rate), self._tokens + (now - self._refilled) * self._rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self.roots_recorded += 1
+            return True
+        self.roots_skipped += 1
+        return False
+
+    def _unrecorded(self, trace_id: int) -> trace.Span:
+        ctx = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _NOT_SAMPLED)
+        return trace.NonRecordingSpan(ctx)
 
     def start_span(
         self,
@@ -158,14 +191,18 @@ class LeanTracer(trace.Tracer):
         parent = trace.get_current_span(context).get_span_context()
         if parent.is_valid:
             trace_id, parent_id = parent.trace_id, parent.span_id
+            if not parent.trace_flags.sampled:
+                return self._unrecorded(trace_id)
         else:
             trace_id, parent_id = self._rng.getrandbits(128) or 1, None
+            if not self._sample_root():
+                return self._unrecorded(trace_id)
         ctx = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _SAMPLED)
         return LeanSpan(name, ctx, parent_id, kind, attributes, self._buffer)
 
     def start_task_span(
         self, name: str, traceparent: object, attributes: dict[str, AttributeValue]
-    ) -> LeanSpan:
+    ) -> trace.Span:
         """:meth:`start_span` for a task: the parent is the W3C ``traceparent`` the task
         carries (or a new trace when it carries none or a bad one), read without
         building an OpenTelemetry context. ``attributes`` is kept, not copied."""
@@ -173,8 +210,12 @@ class LeanTracer(trace.Tracer):
         parent: int | None
         if parsed is None:
             trace_id, parent = self._rng.getrandbits(128) or 1, None
+            if not self._sample_root():
+                return self._unrecorded(trace_id)
         else:
-            trace_id, parent, _ = parsed
+            trace_id, parent, flags = parsed
+            if not flags & 1:
+                return self._unrecorded(trace_id)
         ctx = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _SAMPLED)
         span = LeanSpan(name, ctx, parent, SpanKind.INTERNAL, None, self._buffer)
         span._attributes = attributes

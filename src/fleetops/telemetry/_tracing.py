@@ -197,16 +197,22 @@ def _encode(attributes: Mapping[str, Any]) -> str:
 
 
 def make_tracer(
-    service: str, attributes: Mapping[str, str], *, otlp_endpoint: str | None = None
+    service: str,
+    attributes: Mapping[str, str],
+    *,
+    otlp_endpoint: str | None = None,
+    roots_per_second: float | None = None,
 ) -> tuple[trace.Tracer, SpanBuffer, TracerProvider | None]:
     """A tracer feeding a :class:`SpanBuffer`: the lean one when spans go only to the
-    built-in store, the SDK's (exporting to the store and over OTLP) when an OTLP
-    endpoint is set. Answers (tracer, buffer, the SDK provider to shut down or None)."""
+    built-in store (recording at most ``roots_per_second`` new traces a second, see
+    :class:`LeanTracer`), the SDK's (exporting to the store and over OTLP, sampling as
+    the standard ``OTEL_TRACES_SAMPLER`` variables say) when an OTLP endpoint is set.
+    Answers (tracer, buffer, the SDK provider to shut down or None)."""
     buffer = SpanBuffer()
     if not otlp_endpoint:
         from ._lean import LeanTracer
 
-        return LeanTracer(buffer), buffer, None
+        return LeanTracer(buffer, roots_per_second), buffer, None
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     resource = Resource.create({"service.name": service, **attributes})
