@@ -64,6 +64,11 @@ async def sleepy(task: TaskInfo, ctx: Context) -> None:
     await asyncio.sleep(float(task.payload))
 
 
+@agent(name="nap", retry=RetryPolicy(max_attempts=1))
+async def nap(task: TaskInfo, ctx: Context) -> None:
+    await asyncio.sleep(float(task.payload))
+
+
 @agent(name="own_timeout", retry=RetryPolicy(max_attempts=1))
 async def own_timeout(task: TaskInfo, ctx: Context) -> None:
     # no timeout of its own in the spec: this TimeoutError is the agent's failure
@@ -361,3 +366,23 @@ def test_an_agents_own_timeout_error_fails_its_task_not_the_worker(sqlite_url: s
         assert json.loads((await _wait_terminal(client, late[0].id)).result or "null") == 12
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(own_timeout), spec(child_double)]))
+
+
+def test_utilization_counts_the_time_slots_were_busy_not_the_moment_of_the_snapshot(
+    sqlite_url: str,
+) -> None:
+    from fleetops.telemetry import catalog
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        await wait_until(lambda: worker.doorbell is not None, within=5)
+        began = asyncio.get_running_loop().time()
+        (task,) = await client.submit_many([NewTask("c", "nap", "0.3")])
+        await _wait_terminal(client, task.id)
+        await worker.flush_telemetry()  # no task runs at this moment
+        elapsed = asyncio.get_running_loop().time() - began
+        value = worker.metrics.value(catalog.AGENT_UTILIZATION, ("c", "w-test"))
+        assert value is not None
+        # one of 4 slots busy for 0.3 s of the time since the worker started
+        assert 0.3 / (4 * (elapsed + 5)) < value < 0.5
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(nap)], concurrency=4, telemetry_interval=3600))

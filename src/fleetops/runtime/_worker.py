@@ -134,6 +134,13 @@ class Worker:
         self.processed = 0
         self.dead = False
         self.metrics = MetricSet() if self.settings.telemetry else NullMetricSet()
+        self._task_series: dict[tuple[str, str], tuple[Any, Any]] = {}
+        # agent_utilization is time-weighted: the integral of busy slots over time,
+        # advanced whenever the number of running tasks changes
+        self._busy_slot_seconds = 0.0
+        self._busy_since = self.clock.monotonic()
+        self._busy_count = 0
+        self._utilization_mark = (self._busy_since, 0.0)
         #: $ per 1,000 (input, output) tokens, by provider name, for the cost metric.
         self._pricing = dict(pricing or {})
         tracer, self.spans, self._tracer_provider = make_tracer(
@@ -297,6 +304,8 @@ class Worker:
                     )
                     self._running[task.id] = _Running(handler, task.epoch, now)
                 if claimed:
+                    self._busy_changed()
+                if claimed:
                     idle_since, poll = None, s.poll_min
                     continue
                 idle_since = idle_since if idle_since is not None else now
@@ -374,17 +383,48 @@ class Worker:
                 span.set_status(Status(StatusCode.ERROR, outcome))
             span.end()
             self._running.pop(claimed.id, None)
+            self._busy_changed()
             self._cancel_reasons.pop(claimed.id, None)
             self.processed += 1
             self._slot_free.set()
-            labels = (claimed.queue, claimed.agent)
-            self.metrics.inc(catalog.TASKS_FINISHED, (*labels, outcome))
-            self.metrics.observe(catalog.TASK_DURATION, labels, self.clock.now() - started)
+            self.metrics.inc(catalog.TASKS_FINISHED, (claimed.queue, claimed.agent, outcome))
+            self._series(claimed)[1].observe(self.clock.now() - started)
+
+    def _series(self, claimed: ClaimedTask) -> tuple[Any, Any]:
+        """The (queue wait, duration) histogram series of a task's cluster and agent,
+        looked up once (they are observed for every task)."""
+        key = (claimed.queue, claimed.agent)
+        series = self._task_series.get(key)
+        if series is None:
+            series = self._task_series[key] = (
+                self.metrics.histogram_series(catalog.QUEUE_WAIT, key),
+                self.metrics.histogram_series(catalog.TASK_DURATION, key),
+            )
+        return series
+
+    def _busy_changed(self) -> None:
+        now = self.clock.monotonic()
+        self._busy_slot_seconds += self._busy_count * (now - self._busy_since)
+        self._busy_since = now
+        self._busy_count = len(self._running)
+
+    def _utilization(self) -> float:
+        """The share of this worker's slots busy since the last call, time-weighted.
+
+        Tasks waiting on children count as busy: they hold an agent instance even
+        though they gave their claim slot up (see _claim_loop).
+        """
+        self._busy_changed()
+        then, busy_then = self._utilization_mark
+        now, busy = self._busy_since, self._busy_slot_seconds
+        self._utilization_mark = (now, busy)
+        if now <= then:
+            return min(1.0, self._busy_count / max(1, self.settings.concurrency))
+        return min(1.0, (busy - busy_then) / ((now - then) * max(1, self.settings.concurrency)))
 
     def _record_start(self, claimed: ClaimedTask, started: float, headers: dict[str, Any]) -> None:
-        labels = (claimed.queue, claimed.agent)
         if claimed.attempt == 1:
-            self.metrics.observe(catalog.QUEUE_WAIT, labels, max(0.0, started - claimed.created_at))
+            self._series(claimed)[0].observe(max(0.0, started - claimed.created_at))
             if claimed.parent_id is not None:
                 sent_at = headers.get(SENT_AT)
                 if isinstance(sent_at, int | float):
@@ -607,10 +647,9 @@ class Worker:
         """Write this worker's metrics snapshot (cumulative values) and finished spans."""
         if not self.settings.telemetry:
             return
-        # tasks waiting on children count as busy here: they hold an agent instance
-        # even though they gave their claim slot up (see _claim_loop)
-        busy = min(1.0, len(self._running) / max(1, self.settings.concurrency))
-        self.metrics.set(catalog.AGENT_UTILIZATION, (self.cluster, self.worker_id), busy)
+        self.metrics.set(
+            catalog.AGENT_UTILIZATION, (self.cluster, self.worker_id), self._utilization()
+        )
         dropped, self.spans.dropped = self.spans.dropped, 0
         if dropped:
             self.metrics.inc(catalog.SPANS_DROPPED, (self.cluster,), dropped)

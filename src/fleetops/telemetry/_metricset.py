@@ -30,12 +30,24 @@ Labels = tuple[str, ...]
 
 
 class _Histogram:
-    __slots__ = ("counts", "sum", "count")
+    __slots__ = ("counts", "sum", "count", "bounds")
 
-    def __init__(self, buckets: int) -> None:
+    def __init__(self, buckets: int, bounds: tuple[float, ...] = ()) -> None:
         self.counts = [0] * (buckets + 1)  # the last one is +Inf
         self.sum = 0.0
         self.count = 0
+        self.bounds = bounds
+
+    def observe(self, value: float) -> None:
+        """Count one observation (of a series from :meth:`MetricSet.histogram_series`)."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+class _NullHistogram(_Histogram):
+    def observe(self, value: float) -> None:
+        pass
 
 
 class MetricSet:
@@ -71,16 +83,21 @@ class MetricSet:
     def observe(
         self, metric: MetricDef, labels: Mapping[str, object] | Labels, value: float
     ) -> None:
+        self.histogram_series(metric, labels).observe(value)
+
+    def histogram_series(
+        self, metric: MetricDef, labels: Mapping[str, object] | Labels
+    ) -> _Histogram:
+        """One series of a histogram, to observe into directly (keep it: a hot path
+        saves looking the labels up every time)."""
         series = self._histograms.get(metric.name)
         if series is None:
             series = self._histograms[metric.name] = {}
         key = self._key(metric, labels)
         hist = series.get(key)
         if hist is None:
-            hist = series[key] = _Histogram(len(metric.buckets))
-        hist.counts[bisect.bisect_left(metric.buckets, value)] += 1
-        hist.sum += value
-        hist.count += 1
+            hist = series[key] = _Histogram(len(metric.buckets), metric.buckets)
+        return hist
 
     # --- snapshots and merging -----------------------------------------------------------
 
@@ -241,6 +258,11 @@ class NullMetricSet(MetricSet):
         self, metric: MetricDef, labels: Mapping[str, object] | Labels, value: float
     ) -> None:
         pass
+
+    def histogram_series(
+        self, metric: MetricDef, labels: Mapping[str, object] | Labels
+    ) -> _Histogram:
+        return _NullHistogram(0)
 
 
 def _labels(metric: MetricDef | None, key: Labels) -> dict[str, str]:
