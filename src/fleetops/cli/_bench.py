@@ -58,7 +58,7 @@ def queue(
 @app.command("telemetry")
 def telemetry(
     tasks: int = typer.Option(30000, min=100, help="Tasks per throughput round."),
-    rounds: int = typer.Option(3, min=1, help="Rounds of (off, on)."),
+    rounds: int = typer.Option(5, min=1, help="Rounds of (off, on); the median counts."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
 ) -> None:

@@ -137,6 +137,26 @@ class LeanSpan(trace.Span):
         )
 
 
+class _UnrecordedSpan(trace.NonRecordingSpan):
+    """A span of a trace that is not recorded: it only carries the trace on, with the
+    sampled flag off. Its context is made when first asked for (by a child span or a
+    child task's traceparent); most such tasks never ask."""
+
+    def __init__(self, trace_id: int, rng: random.Random) -> None:
+        self._trace_id = trace_id
+        self._rng = rng
+        self._made: SpanContext | None = None
+
+    def get_span_context(self) -> SpanContext:
+        if self._made is None:
+            span_id = self._rng.getrandbits(64) or 1
+            self._made = SpanContext(self._trace_id, span_id, False, _NOT_SAMPLED)
+        return self._made
+
+    def __repr__(self) -> str:
+        return f"_UnrecordedSpan(trace_id={self._trace_id:032x})"
+
+
 class LeanTracer(trace.Tracer):
     """Creates :class:`LeanSpan` objects that end up in a :class:`SpanBuffer`.
 
@@ -174,8 +194,7 @@ class LeanTracer(trace.Tracer):
         return False
 
     def _unrecorded(self, trace_id: int) -> trace.Span:
-        ctx = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _NOT_SAMPLED)
-        return trace.NonRecordingSpan(ctx)
+        return _UnrecordedSpan(trace_id, self._rng)
 
     def start_span(
         self,
