@@ -92,17 +92,15 @@ class QueueClient:
             max_workers=1, thread_name_prefix="fleetops-store"
         )
         self._store = await self._call(self._factory, self.url)
-        self.inline = self._want_inline and _inline_capable(self._store)
-        if self.inline:
-            from ..store._sqlite import SqliteCheckpointer, SqliteStore
+        from ..store._sqlite import SqliteCheckpointer, SqliteStore
 
-            assert isinstance(self._store, SqliteStore)
+        store = self._store
+        if self._want_inline and isinstance(store, SqliteStore):
+            self.inline = True
             # checkpoints (megabytes of copying and an fsync) run on a thread of their
             # own, never inline on the event loop
-            self._store.set_autocheckpoint(0)
-            self._checkpointer = SqliteCheckpointer(
-                self._store.path, durability=self._store.durability
-            )
+            store.set_autocheckpoint(0)
+            self._checkpointer = SqliteCheckpointer(store.path, durability=store.durability)
         self._flusher = asyncio.create_task(self._flush_loop(), name="fleetops-group-commit")
         return self
 
@@ -306,9 +304,3 @@ class QueueClient:
         return await self._hot(
             self.store.heartbeat, worker, self.clock.now(), lease_seconds, inflight, processed
         )
-
-
-def _inline_capable(store: Store) -> bool:
-    from ..store import SqliteStore
-
-    return isinstance(store, SqliteStore)

@@ -33,7 +33,7 @@ from ..queue._client import ChangeWatcher
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
 from ..telemetry import MetricSet, catalog, get_logger
 from ..telemetry._lean import LeanTracer
-from ..telemetry._metricset import NullMetricSet
+from ..telemetry._metricset import HistogramSeries, NullMetricSet
 from ..telemetry._tracing import (
     TRACEPARENT,
     context_from_headers,
@@ -134,7 +134,7 @@ class Worker:
         self.processed = 0
         self.dead = False
         self.metrics = MetricSet() if self.settings.telemetry else NullMetricSet()
-        self._task_series: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._task_series: dict[tuple[str, str], tuple[HistogramSeries, HistogramSeries]] = {}
         # agent_utilization is time-weighted: the integral of busy slots over time,
         # advanced whenever the number of running tasks changes
         self._busy_slot_seconds = 0.0
@@ -390,7 +390,7 @@ class Worker:
             self.metrics.inc(catalog.TASKS_FINISHED, (claimed.queue, claimed.agent, outcome))
             self._series(claimed)[1].observe(self.clock.now() - started)
 
-    def _series(self, claimed: ClaimedTask) -> tuple[Any, Any]:
+    def _series(self, claimed: ClaimedTask) -> tuple[HistogramSeries, HistogramSeries]:
         """The (queue wait, duration) histogram series of a task's cluster and agent,
         looked up once (they are observed for every task)."""
         key = (claimed.queue, claimed.agent)

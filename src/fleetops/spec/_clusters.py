@@ -28,7 +28,8 @@ from ._types import (
 )
 
 _RETRY = RetryPolicy()
-_WORKER = WorkerSettings()
+#: The runtime's worker defaults, which the spec's defaults follow.
+WORKER_DEFAULTS = WorkerSettings()
 _DETECTOR = DetectorSettings()
 _RESTART = RestartPolicy()
 
@@ -145,9 +146,9 @@ class HealthChecks(BaseModel):
 
     model_config = SPEC_CONFIG
 
-    heartbeat_interval: PositiveSeconds = _WORKER.heartbeat_interval
+    heartbeat_interval: PositiveSeconds = WORKER_DEFAULTS.heartbeat_interval
     """How often a worker heartbeats and extends its leases."""
-    lease_timeout: PositiveSeconds = _WORKER.lease_seconds
+    lease_timeout: PositiveSeconds = WORKER_DEFAULTS.lease_seconds
     """A task whose lease is not extended within this long goes back to the queue."""
     failure_detector: FailureDetectorSettings = FailureDetectorSettings()
     restart: RestartSettings = RestartSettings()
@@ -186,7 +187,7 @@ class ClusterSpec(BaseModel):
     agents: Annotated[tuple[AgentDefinition, ...], Field(min_length=1)]
     replicas: Count = DEFAULT_REPLICAS
     """Worker processes to run (the autoscaler moves it within 'scaling')."""
-    concurrency: PositiveCount = _WORKER.concurrency
+    concurrency: PositiveCount = WORKER_DEFAULTS.concurrency
     """Tasks one worker runs at once."""
     resource_quotas: ResourceQuotas = ResourceQuotas()
     health_checks: HealthChecks = HealthChecks()

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from ..runtime import WorkerSettings
+from ._clusters import WORKER_DEFAULTS
 from ._types import (
     SPEC_CONFIG,
     Fraction,
@@ -39,8 +39,6 @@ RecoveryAction = Literal[
     "retry_consensus",
     "quarantine_faulty_agents",
 ]
-
-_WORKER = WorkerSettings()
 
 
 # --- observability ------------------------------------------------------------------------------
@@ -112,7 +110,7 @@ class ObservabilitySettings(BaseModel):
 
     retention: Retention = Retention()
     resolution: Resolution = Resolution()
-    traces_per_second: Annotated[Number, Field(gt=0)] | None = _WORKER.traces_per_second
+    traces_per_second: Annotated[Number, Field(gt=0)] | None = WORKER_DEFAULTS.traces_per_second
     """New traces each worker records a second; a task of a recorded trace is always
     recorded; null records every task's."""
 

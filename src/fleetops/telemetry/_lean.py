@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from opentelemetry import trace
 from opentelemetry.trace import (
@@ -58,14 +58,14 @@ class LeanSpan(trace.Span):
         ctx: SpanContext,
         parent: int | None,
         kind: SpanKind,
-        attributes: Attributes,
+        attributes: dict[str, AttributeValue],
         buffer: SpanBuffer,
     ) -> None:
         self._name = name
         self._ctx = ctx
         self._parent = parent
         self._kind = kind
-        self._attributes: dict[str, AttributeValue] = dict(attributes or {})
+        self._attributes = attributes  # the span's own: callers hand over a fresh dict
         self._start = time.time()
         self._end: float | None = None
         self._status = "unset"
@@ -193,9 +193,6 @@ class LeanTracer(trace.Tracer):
         self.roots_skipped += 1
         return False
 
-    def _unrecorded(self, trace_id: int) -> trace.Span:
-        return _UnrecordedSpan(trace_id, self._rng)
-
     def start_span(
         self,
         name: str,
@@ -209,15 +206,9 @@ class LeanTracer(trace.Tracer):
     ) -> trace.Span:
         parent = trace.get_current_span(context).get_span_context()
         if parent.is_valid:
-            trace_id, parent_id = parent.trace_id, parent.span_id
-            if not parent.trace_flags.sampled:
-                return self._unrecorded(trace_id)
-        else:
-            trace_id, parent_id = self._rng.getrandbits(128) or 1, None
-            if not self._sample_root():
-                return self._unrecorded(trace_id)
-        ctx = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _SAMPLED)
-        return LeanSpan(name, ctx, parent_id, kind, attributes, self._buffer)
+            sampled = bool(parent.trace_flags.sampled)
+            return self._start(name, kind, parent.trace_id, parent.span_id, sampled, attributes)
+        return self._start(name, kind, None, None, None, attributes)
 
     def start_task_span(
         self, name: str, traceparent: object, attributes: dict[str, AttributeValue]
@@ -226,19 +217,35 @@ class LeanTracer(trace.Tracer):
         carries (or a new trace when it carries none or a bad one), read without
         building an OpenTelemetry context. ``attributes`` is kept, not copied."""
         parsed = parse_traceparent(traceparent)
-        parent: int | None
         if parsed is None:
-            trace_id, parent = self._rng.getrandbits(128) or 1, None
-            if not self._sample_root():
-                return self._unrecorded(trace_id)
-        else:
-            trace_id, parent, flags = parsed
-            if not flags & 1:
-                return self._unrecorded(trace_id)
+            return self._start(name, SpanKind.INTERNAL, None, None, None, attributes, copy=False)
+        trace_id, parent, flags = parsed
+        sampled = bool(flags & 1)
+        return self._start(
+            name, SpanKind.INTERNAL, trace_id, parent, sampled, attributes, copy=False
+        )
+
+    def _start(
+        self,
+        name: str,
+        kind: SpanKind,
+        trace_id: int | None,
+        parent: int | None,
+        sampled: bool | None,
+        attributes: Attributes,
+        *,
+        copy: bool = True,
+    ) -> trace.Span:
+        """A span under ``parent`` of ``trace_id`` as its sampled flag says, or, with no
+        trace yet, the first span of a new one if the root budget allows."""
+        if trace_id is None:
+            trace_id = self._rng.getrandbits(128) or 1
+            sampled = self._sample_root()
+        if not sampled:
+            return _UnrecordedSpan(trace_id, self._rng)
         ctx = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _SAMPLED)
-        span = LeanSpan(name, ctx, parent, SpanKind.INTERNAL, None, self._buffer)
-        span._attributes = attributes
-        return span
+        kept = dict(attributes or {}) if copy else cast(dict[str, AttributeValue], attributes)
+        return LeanSpan(name, ctx, parent, kind, kept, self._buffer)
 
     @contextmanager
     def start_as_current_span(  # type: ignore[override]

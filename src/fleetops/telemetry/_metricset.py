@@ -29,7 +29,7 @@ from ._catalog import BY_NAME, MetricDef
 Labels = tuple[str, ...]
 
 
-class _Histogram:
+class HistogramSeries:
     __slots__ = ("counts", "sum", "count", "bounds")
 
     def __init__(self, buckets: int, bounds: tuple[float, ...] = ()) -> None:
@@ -45,7 +45,7 @@ class _Histogram:
         self.count += 1
 
 
-class _NullHistogram(_Histogram):
+class _NullHistogramSeries(HistogramSeries):
     def observe(self, value: float) -> None:
         pass
 
@@ -56,7 +56,7 @@ class MetricSet:
     def __init__(self) -> None:
         self._counters: dict[str, dict[Labels, float]] = {}
         self._gauges: dict[str, dict[Labels, float]] = {}
-        self._histograms: dict[str, dict[Labels, _Histogram]] = {}
+        self._histograms: dict[str, dict[Labels, HistogramSeries]] = {}
 
     @staticmethod
     def _key(metric: MetricDef, labels: Mapping[str, object] | Labels) -> Labels:
@@ -87,7 +87,7 @@ class MetricSet:
 
     def histogram_series(
         self, metric: MetricDef, labels: Mapping[str, object] | Labels
-    ) -> _Histogram:
+    ) -> HistogramSeries:
         """One series of a histogram, to observe into directly (keep it: a hot path
         saves looking the labels up every time)."""
         series = self._histograms.get(metric.name)
@@ -96,7 +96,7 @@ class MetricSet:
         key = self._key(metric, labels)
         hist = series.get(key)
         if hist is None:
-            hist = series[key] = _Histogram(len(metric.buckets), metric.buckets)
+            hist = series[key] = HistogramSeries(len(metric.buckets), metric.buckets)
         return hist
 
     # --- snapshots and merging -----------------------------------------------------------
@@ -136,7 +136,7 @@ class MetricSet:
                     key = tuple(labels)
                     hist = hseries.get(key)
                     if hist is None:
-                        hist = hseries[key] = _Histogram(len(counts) - 1)
+                        hist = hseries[key] = HistogramSeries(len(counts) - 1)
                     if len(hist.counts) != len(counts):
                         continue  # bucket layout changed between versions: skip
                     hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
@@ -261,8 +261,8 @@ class NullMetricSet(MetricSet):
 
     def histogram_series(
         self, metric: MetricDef, labels: Mapping[str, object] | Labels
-    ) -> _Histogram:
-        return _NullHistogram(0)
+    ) -> HistogramSeries:
+        return _NullHistogramSeries(0)
 
 
 def _labels(metric: MetricDef | None, key: Labels) -> dict[str, str]:
