@@ -1092,3 +1092,18 @@ def test_bells_are_those_of_running_workers(store: Store) -> None:
         ("c", "h", "udp://127.0.0.1:5002"),
         ("c", "h", "udp://127.0.0.1:6001"),
     ]
+
+
+def test_open_count_counts_only_unfinished_tasks_of_one_queue(store: Store) -> None:
+    """queued + running of that queue; finished, cancelled and other queues' tasks not."""
+    ids = [submit_one(store) for _ in range(5)]
+    submit_one(store, queue="other")
+    assert store.open_count("q") == 5
+    a, b = store.claim("w1", ["q"], 2, T0, LEASE)
+    assert store.open_count("q") == 5  # running still counts
+    assert apply_one(store, Complete(a.id, a.epoch, "null", "w1"), T0 + 1).ok
+    assert store.cancel(ids[4], T0 + 1)
+    assert store.open_count("q") == 3
+    assert store.open_count("other") == 1
+    assert store.open_count("nowhere") == 0
+    assert b.id in {t.id for t in store.list_tasks(state="running")}

@@ -31,7 +31,7 @@ from .._units import parse_duration
 from ..chaos import percentile
 from ..queue import QueueClient
 from ..runtime import ClusterPlan, RestartPolicy, Supervisor, WorkerSettings
-from ..store import TERMINAL_STATES, NewTask
+from ..store import NewTask
 
 AGENTS = ("fleetops.bench._agents:noop", "fleetops.bench._agents:sleep")
 
@@ -245,8 +245,9 @@ async def _wait_terminal(
     progress: Callable[[str, int, int], None] | None,
 ) -> None:
     while True:
-        counts = await client.run(client.store.count_tasks)
-        done = sum(n for (q, _, s), n in counts.items() if q == cluster and s in TERMINAL_STATES)
+        # the cluster's unfinished tasks, an index range: counting every task ever
+        # stored (count_tasks) took 20 ms of the bench's CPU per look at 140,000 tasks
+        done = total - await client.run(client.store.open_count, cluster)
         if progress is not None:
             progress(phase, done, total)
         if done >= total:

@@ -136,6 +136,11 @@ class Store(Protocol):
 
     def running_count(self, queue: str) -> int: ...
 
+    def open_count(self, queue: str) -> int:
+        """Tasks of ``queue`` not finished yet (queued or running): an index range,
+        cheap however much history the store keeps, unlike :meth:`count_tasks`."""
+        ...
+
     def count_dead_since(self, since: float) -> int: ...
 
     # telemetry

@@ -744,6 +744,13 @@ class SqlStore:
         ).fetchone()
         return int(row[0])
 
+    def open_count(self, queue: str) -> int:
+        row = self._exec(
+            "SELECT COUNT(*) FROM tasks WHERE state IN ('queued', 'running') AND queue = ?",
+            (queue,),
+        ).fetchone()
+        return int(row[0])
+
     # --- telemetry: metric snapshots and spans ---------------------------------------------
 
     def put_telemetry(self, worker: str, cluster: str, now: float, data: str) -> None:
