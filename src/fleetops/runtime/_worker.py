@@ -289,6 +289,8 @@ class Worker:
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
+                # a bell rung from here on is for work this claim may not see
+                self._work_hint.clear()
                 claimed = await self.client.claim(
                     self.worker_id,
                     queues,
@@ -305,9 +307,11 @@ class Worker:
                     self._running[task.id] = _Running(handler, task.epoch, now)
                 if claimed:
                     self._busy_changed()
-                if claimed:
                     idle_since, poll = None, s.poll_min
-                    continue
+                    if len(claimed) == min(free, s.claim_batch):
+                        continue  # there may be more: look again at once
+                    # the queue ran dry with this claim: a bell or a commit says when
+                    # there is more (claiming again now would only find nothing)
                 idle_since = idle_since if idle_since is not None else now
                 await self._idle_wait(watcher, poll, now - idle_since)
                 poll = min(poll * 2, s.poll_max)
@@ -320,9 +324,9 @@ class Worker:
 
         With a change watcher (SQLite) the wait checks for commits every millisecond
         while the worker has been idle for under a second, then every 10 ms; without
-        one it backs off exponentially from ``poll_min`` to ``poll_max``.
+        one it backs off exponentially from ``poll_min`` to ``poll_max``. A bell rung
+        since the last claim began ends the wait at once.
         """
-        self._work_hint.clear()
         if watcher is None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(poll):
