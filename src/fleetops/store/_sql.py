@@ -65,6 +65,18 @@ INSERT_TASK = (
 INSERT_TASK_KEYED = INSERT_TASK + " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
 SELECT_BY_KEY = "SELECT id FROM tasks WHERE idempotency_key = ?"
 
+#: The WHERE term of the tasks_done partial index, word for word (a query uses a
+#: partial index only when its WHERE clause contains the index's).
+FINISHED = "state IN ('succeeded', 'dead', 'cancelled')"
+COUNT_TASKS = (
+    "SELECT queue, agent, 'queued', COUNT(*) FROM tasks WHERE state = 'queued' "
+    "GROUP BY queue, agent "
+    "UNION ALL SELECT queue, agent, 'running', COUNT(*) FROM tasks WHERE state = 'running' "
+    "GROUP BY queue, agent "
+    f"UNION ALL SELECT queue, agent, state, COUNT(*) FROM tasks WHERE {FINISHED} "
+    "GROUP BY state, queue, agent"
+)
+
 COMPLETE = (
     "UPDATE tasks SET state = 'succeeded', result = ?, error = NULL, finished_at = ?, "
     "lease_owner = NULL, lease_expires_at = NULL "
@@ -633,6 +645,11 @@ class SqlStore:
     ) -> list[TaskRecord]:
         clauses: list[str] = []
         params: list[object] = []
+        if state in ("dead", "cancelled"):
+            # rare states, found through tasks_done, not by a scan of every task (the
+            # planner matches a partial index against literal values only)
+            clauses.append(f"{FINISHED} AND state = '{state}'")
+            state = None
         for column, value in (("state", state), ("queue", queue), ("agent", agent)):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -645,9 +662,8 @@ class SqlStore:
         return [TaskRecord(*r) for r in self._exec(sql, [*params, limit]).fetchall()]
 
     def count_tasks(self) -> dict[tuple[str, str, str], int]:
-        rows = self._exec(
-            "SELECT queue, agent, state, COUNT(*) FROM tasks GROUP BY queue, agent, state"
-        ).fetchall()
+        # one part per partial index (schema 5): the WHERE terms are the indexes' own
+        rows = self._exec(COUNT_TASKS).fetchall()
         return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
     def attempts(self, task_id: int) -> list[AttemptRecord]:
@@ -734,7 +750,8 @@ class SqlStore:
 
     def count_dead_since(self, since: float) -> int:
         row = self._exec(
-            "SELECT COUNT(*) FROM tasks WHERE state = 'dead' AND finished_at >= ?", (since,)
+            f"SELECT COUNT(*) FROM tasks WHERE {FINISHED} AND state = 'dead' AND finished_at >= ?",
+            (since,),
         ).fetchone()
         return int(row[0])
 
@@ -746,8 +763,9 @@ class SqlStore:
 
     def open_count(self, queue: str) -> int:
         row = self._exec(
-            "SELECT COUNT(*) FROM tasks WHERE state IN ('queued', 'running') AND queue = ?",
-            (queue,),
+            "SELECT (SELECT COUNT(*) FROM tasks WHERE state = 'queued' AND queue = ?) "
+            "+ (SELECT COUNT(*) FROM tasks WHERE state = 'running' AND queue = ?)",
+            (queue, queue),
         ).fetchone()
         return int(row[0])
 
