@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from fleetops.telemetry import MetricSet, catalog
+from fleetops.telemetry._metricset import NullMetricSet
 
 
 def _worker(tasks: int, busy: float, steps: list[int], worker: str) -> dict[str, object]:
@@ -74,3 +75,19 @@ def test_prometheus_exposition_is_cumulative_and_labelled() -> None:
 def test_labels_must_match_the_definition() -> None:
     with pytest.raises(ValueError, match="takes labels"):
         MetricSet().inc(catalog.TASKS_FINISHED, ("only-one",))
+
+
+def test_a_kept_counter_series_adds_to_the_same_series_as_inc() -> None:
+    m = MetricSet()
+    series = m.counter(catalog.TASKS_FINISHED, ("c", "a", "succeeded"))
+    name = catalog.TASKS_FINISHED.name
+    assert m.snapshot()["c"].get(name, []) == []  # kept, not yet counted: no series
+    series.inc()
+    series.inc(2)
+    m.inc(catalog.TASKS_FINISHED, {"cluster": "c", "agent": "a", "outcome": "succeeded"})
+    assert m.snapshot()["c"] == {name: [[["c", "a", "succeeded"], 4.0]]}
+    with pytest.raises(ValueError, match="takes labels"):
+        m.counter(catalog.TASKS_FINISHED, ("c", "a"))
+    off = NullMetricSet()
+    off.counter(catalog.TASKS_FINISHED, ("c", "a", "succeeded")).inc()
+    assert off.snapshot()["c"].get(name, []) == []

@@ -33,7 +33,7 @@ from ..queue._client import ChangeWatcher
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
 from ..telemetry import MetricSet, catalog, get_logger
 from ..telemetry._lean import LeanTracer
-from ..telemetry._metricset import HistogramSeries, NullMetricSet
+from ..telemetry._metricset import CounterSeries, HistogramSeries, NullMetricSet
 from ..telemetry._tracing import (
     TRACEPARENT,
     context_from_headers,
@@ -135,6 +135,7 @@ class Worker:
         self.dead = False
         self.metrics = MetricSet() if self.settings.telemetry else NullMetricSet()
         self._task_series: dict[tuple[str, str], tuple[HistogramSeries, HistogramSeries]] = {}
+        self._finished_counters: dict[tuple[str, str, str], CounterSeries] = {}
         # agent_utilization is time-weighted: the integral of busy slots over time,
         # advanced whenever the number of running tasks changes
         self._busy_slot_seconds = 0.0
@@ -345,10 +346,11 @@ class Worker:
 
     async def _execute(self, claimed: ClaimedTask) -> None:
         started = self.clock.now()
-        headers = json.loads(claimed.headers)
+        # most tasks carry no headers: skip the parse (a dict of their own all the same)
+        headers = {} if claimed.headers == "{}" else json.loads(claimed.headers)
         self._record_start(claimed, started, headers)
         outcome = "lease_lost"
-        name = f"invoke_agent {claimed.agent}"
+        name = "invoke_agent " + claimed.agent
         attributes: dict[str, AttributeValue] = {
             "gen_ai.operation.name": "invoke_agent",
             "gen_ai.agent.name": claimed.agent,
@@ -391,8 +393,19 @@ class Worker:
             self._cancel_reasons.pop(claimed.id, None)
             self.processed += 1
             self._slot_free.set()
-            self.metrics.inc(catalog.TASKS_FINISHED, (claimed.queue, claimed.agent, outcome))
+            self._finished(claimed, outcome)
             self._series(claimed)[1].observe(self.clock.now() - started)
+
+    def _finished(self, claimed: ClaimedTask, outcome: str) -> None:
+        """Count a finished task, by cluster, agent and outcome (the labels of a
+        series are looked up once: this runs for every task)."""
+        key = (claimed.queue, claimed.agent, outcome)
+        counter = self._finished_counters.get(key)
+        if counter is None:
+            counter = self._finished_counters[key] = self.metrics.counter(
+                catalog.TASKS_FINISHED, key
+            )
+        counter.inc()
 
     def _series(self, claimed: ClaimedTask) -> tuple[HistogramSeries, HistogramSeries]:
         """The (queue wait, duration) histogram series of a task's cluster and agent,
