@@ -292,10 +292,11 @@ class Worker:
                     continue
                 # a bell rung from here on is for work this claim may not see
                 self._work_hint.clear()
+                limit = min(free, s.claim_batch)
                 claimed = await self.client.claim(
                     self.worker_id,
                     queues,
-                    min(free, s.claim_batch),
+                    limit,
                     s.lease_seconds,
                     agents,
                     s.max_cluster_running,
@@ -309,7 +310,7 @@ class Worker:
                 if claimed:
                     self._busy_changed()
                     idle_since, poll = None, s.poll_min
-                    if len(claimed) == min(free, s.claim_batch):
+                    if len(claimed) == limit:
                         continue  # there may be more: look again at once
                     # the queue ran dry with this claim: a bell or a commit says when
                     # there is more (claiming again now would only find nothing)

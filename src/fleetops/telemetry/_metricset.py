@@ -85,11 +85,7 @@ class MetricSet:
         return tuple(str(labels.get(name, "")) for name in metric.labels)
 
     def inc(self, metric: MetricDef, labels: Mapping[str, object] | Labels, by: float = 1) -> None:
-        series = self._counters.get(metric.name)
-        if series is None:
-            series = self._counters[metric.name] = {}
-        key = self._key(metric, labels)
-        series[key] = series.get(key, 0.0) + by
+        self.counter(metric, labels).inc(by)
 
     def counter(self, metric: MetricDef, labels: Mapping[str, object] | Labels) -> CounterSeries:
         """One series of a counter, to add to directly (keep it: a hot path saves
