@@ -36,3 +36,9 @@ async def hold_write_lock(task: TaskInfo, ctx: Context) -> str:
         conn.execute("BEGIN IMMEDIATE")
         await asyncio.sleep(60)
     return "done"
+
+
+@agent(name="loop_kind")
+async def loop_kind(task: TaskInfo, ctx: Context) -> str:
+    """The module of the event loop the worker runs on ('uvloop', 'asyncio.unix_events')."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]

@@ -27,10 +27,11 @@ AGENTS = (
     "agents_for_tests:crash",
     "agents_for_tests:slow",
     "agents_for_tests:hold_write_lock",
+    "agents_for_tests:loop_kind",
 )
 
 
-def _plan(replicas: int = 2, **worker: float) -> ClusterPlan:
+def _plan(replicas: int = 2, **worker: float | str) -> ClusterPlan:
     return ClusterPlan(
         name="c",
         agents=AGENTS,
@@ -181,6 +182,21 @@ def test_stop_drains_workers_and_unregisters_them(sqlite_url: str) -> None:
     finally:
         store.close()
     assert "worker.failed" not in _kinds(events)
+
+
+def test_workers_run_on_the_event_loop_their_settings_name(sqlite_url: str) -> None:
+    seen: dict[str, str] = {}
+
+    async def body(sup: Supervisor, client: QueueClient, _: list[SupervisorEvent]) -> None:
+        task = await client.submit(NewTask("c", "loop_kind", "null"))
+        await wait_until(lambda: _terminal(client, task.id), within=20)
+        record = await client.run(client.store.get_task, task.id)
+        assert record is not None and record.state == "succeeded", record
+        seen[sup.plans["c"].worker.event_loop] = json.loads(record.result or "null")
+
+    for kind in ("uvloop", "asyncio"):
+        asyncio.run(_supervised(sqlite_url, body, _plan(replicas=1, event_loop=kind)))
+    assert seen == {"uvloop": "uvloop", "asyncio": "asyncio"}
 
 
 def test_a_worker_hung_while_holding_the_write_lock_does_not_stall_the_fleet(

@@ -1,4 +1,5 @@
-"""The workers' event loop: epoll, waited on with select() for sub-millisecond timers."""
+"""The workers' event loop: uvloop by default, or epoll waited on with select() for
+sub-millisecond timers; and the benchmark's work is never cut short by an early timer."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ import socket
 import time
 
 import pytest
+import uvloop
 
-from fleetops.runtime._loop import PreciseEpollSelector, new_event_loop
+from fleetops import TaskInfo
+from fleetops._exceptions import ConfigError
+from fleetops.bench._agents import sleep as sleep_agent
+from fleetops.runtime import WorkerSettings
+from fleetops.runtime._loop import PreciseEpollSelector, new_event_loop, resolve_event_loop
 
 pytestmark = pytest.mark.skipif(not hasattr(selectors, "EpollSelector"), reason="epoll is Linux's")
 
@@ -32,8 +38,30 @@ def test_a_ready_descriptor_ends_the_wait_and_is_reported() -> None:
         b.close()
 
 
-def test_the_loop_runs_timers_sockets_and_threads() -> None:
-    loop = new_event_loop()
+def test_each_kind_gives_its_loop_and_auto_prefers_uvloop() -> None:
+    assert resolve_event_loop("auto") == "uvloop"  # a dependency where it builds
+    for kind, expected in (("auto", uvloop.Loop), ("uvloop", uvloop.Loop)):
+        loop = new_event_loop(kind)
+        assert isinstance(loop, expected)
+        loop.close()
+    loop = new_event_loop("asyncio")
+    assert isinstance(loop, asyncio.SelectorEventLoop)
+    assert isinstance(loop._selector, PreciseEpollSelector)  # type: ignore[attr-defined]
+    loop.close()
+
+
+def test_an_unknown_loop_is_refused_naming_the_choices() -> None:
+    with pytest.raises(ConfigError) as caught:
+        new_event_loop("tokio")
+    assert caught.value.field == "event_loop" and caught.value.value == "tokio"
+    assert "auto, uvloop, asyncio" in caught.value.fix
+    with pytest.raises(ConfigError, match="event_loop"):
+        WorkerSettings(event_loop="tokio")
+
+
+@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
+def test_the_loop_runs_timers_sockets_and_threads(kind: str) -> None:
+    loop = new_event_loop(kind)
 
     async def main() -> tuple[str, int, bytes]:
         order: list[str] = []
@@ -61,3 +89,25 @@ def test_the_loop_runs_timers_sockets_and_threads() -> None:
         server.close()
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
+def test_the_benchmark_sleep_is_never_shorter_than_asked(kind: str) -> None:
+    """uvloop's millisecond clock fires a timer up to a millisecond early; the
+    benchmark's work must not shrink with it (it would shrink the overhead measured)."""
+    seconds = 0.004
+
+    async def main() -> list[float]:
+        task = TaskInfo(1, "c", "sleep", {"seconds": seconds}, 1, 1, 0, None, None, {})
+        runs = []
+        for i in range(200):  # starting at every phase of the loop's millisecond tick
+            runs.append(asyncio.create_task(sleep_agent(task, None)))  # type: ignore[arg-type]
+            await asyncio.sleep(0.00013 * (i % 7))
+        return [float(r) for r in await asyncio.gather(*runs)]
+
+    loop = new_event_loop(kind)
+    try:
+        slept = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert min(slept) >= seconds, f"slept {min(slept) * 1000:.3f} ms, asked {seconds * 1000} ms"

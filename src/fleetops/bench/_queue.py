@@ -31,6 +31,7 @@ from .._units import parse_duration
 from ..chaos import percentile
 from ..queue import QueueClient
 from ..runtime import ClusterPlan, RestartPolicy, Supervisor, WorkerSettings
+from ..runtime._loop import EVENT_LOOPS, resolve_event_loop
 from ..store import NewTask
 
 AGENTS = ("fleetops.bench._agents:noop", "fleetops.bench._agents:sleep")
@@ -51,6 +52,8 @@ class QueueBenchConfig:
     telemetry: bool = True
     #: run the overhead phase (at half the measured rate) after the throughput phase
     measure_overhead: bool = True
+    #: the workers' event loop (see runtime._loop)
+    event_loop: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,8 @@ class QueueBenchResult:
     sleep_late_p50_ms: float | None
     sleep_late_p99_ms: float | None
     overhead_tasks: int
+    #: the event loop the workers ran on: 'uvloop' or 'asyncio'
+    event_loop: str
     elapsed_s: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,6 +110,9 @@ async def bench_queue(
         raise ConfigError(
             "--inflight", config.inflight, f"use at least --workers ({config.workers})"
         )
+    if config.event_loop not in EVENT_LOOPS:
+        raise ConfigError("--event-loop", config.event_loop, f"use one of {', '.join(EVENT_LOOPS)}")
+    loop_used = resolve_event_loop(config.event_loop)
     clock = SystemClock()
     with tempfile.TemporaryDirectory(prefix="fleetops-bench-") as tmp:
         if config.store == "sqlite":
@@ -123,6 +131,7 @@ async def bench_queue(
                 concurrency=config.inflight // config.workers,
                 claim_batch=max(50, config.inflight // config.workers // 2),
                 telemetry=config.telemetry,
+                event_loop=config.event_loop,
             ),
         )
         supervisor = Supervisor(
@@ -164,6 +173,7 @@ async def bench_queue(
                     sleep_late_p50_ms=None,
                     sleep_late_p99_ms=None,
                     overhead_tasks=0,
+                    event_loop=loop_used,
                     elapsed_s=round(time.monotonic() - started, 2),
                 )
             count = max(50, min(config.tasks, int(rate * config.overhead_seconds)))
@@ -198,6 +208,7 @@ async def bench_queue(
         sleep_late_p50_ms=_r(percentile(late, 50)),
         sleep_late_p99_ms=_r(percentile(late, 99)),
         overhead_tasks=len(paced),
+        event_loop=loop_used,
         elapsed_s=round(time.monotonic() - started, 2),
     )
 

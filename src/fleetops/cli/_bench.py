@@ -28,6 +28,9 @@ def queue(
     overhead_seconds: float = typer.Option(
         5.0, min=0.5, help="Length of the overhead phase in seconds."
     ),
+    event_loop: str = typer.Option(
+        "auto", help="Workers' event loop: 'auto' (uvloop where installed), 'uvloop', 'asyncio'."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
 ) -> None:
@@ -42,6 +45,7 @@ def queue(
         workers=workers,
         overhead_rate=overhead_rate,
         overhead_seconds=overhead_seconds,
+        event_loop=event_loop,
     )
     with user_errors(), progress_bar("throughput") as update:
 

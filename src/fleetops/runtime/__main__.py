@@ -108,8 +108,8 @@ def _from_spec(
 def main() -> None:
     config = json.loads(sys.argv[1])
     configure_json_logging(getattr(logging, str(config.get("log_level", "INFO")).upper()))
-    # timers on time, not on the next millisecond (see _loop)
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+    kind = str(config.get("settings", {}).get("event_loop", "auto"))
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
         sys.exit(runner.run(_main(config)))
 
 

@@ -26,7 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from .._clock import Clock
-from .._exceptions import LeaseLost, TaskFailed
+from .._exceptions import ConfigError, LeaseLost, TaskFailed
 from ..queue import QueueClient
 from ..queue._bell import Doorbell
 from ..queue._client import ChangeWatcher
@@ -42,6 +42,7 @@ from ..telemetry._tracing import (
     task_context,
 )
 from ._agent import AgentSpec
+from ._loop import EVENT_LOOPS
 
 if TYPE_CHECKING:
     from ..providers import CallRecord, Gateway
@@ -79,6 +80,13 @@ class WorkerSettings:
     #: New traces this worker records a second (None: every task's); a task of a
     #: recorded trace is always recorded (see telemetry._lean.LeanTracer).
     traces_per_second: float | None = DEFAULT_TRACES_PER_SECOND
+    #: The worker process's event loop: 'auto' (uvloop where installed), 'uvloop' or
+    #: 'asyncio' (see runtime._loop).
+    event_loop: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError("event_loop", self.event_loop, f"use one of {', '.join(EVENT_LOOPS)}")
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ cannot drift apart; each model builds the runtime object it describes.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -189,6 +189,9 @@ class ClusterSpec(BaseModel):
     """Worker processes to run (the autoscaler moves it within 'scaling')."""
     concurrency: PositiveCount = WORKER_DEFAULTS.concurrency
     """Tasks one worker runs at once."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """The workers' event loop: uvloop where installed ('auto'), or asyncio's, whose
+    timers never fire early."""
     resource_quotas: ResourceQuotas = ResourceQuotas()
     health_checks: HealthChecks = HealthChecks()
     routes: tuple[Name, ...] = ()
@@ -268,6 +271,7 @@ class ClusterSpec(BaseModel):
     def worker_settings(self) -> WorkerSettings:
         return WorkerSettings(
             concurrency=self.concurrency,
+            event_loop=self.event_loop,
             heartbeat_interval=self.health_checks.heartbeat_interval,
             lease_seconds=self.health_checks.lease_timeout,
         )
