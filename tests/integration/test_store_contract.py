@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -600,6 +601,53 @@ def test_complete_records_the_result(store: Store) -> None:
     assert store.attempts(held.id) == [
         AttemptRecord(held.id, 1, held.epoch, "w1", T0, T0 + 3, "succeeded", None)
     ]
+
+
+def test_a_clock_given_as_now_is_read_once_inside_the_transaction(store: Store) -> None:
+    held = running_task(store, "w1")
+    reads: list[float] = []
+
+    def clock() -> float:
+        reads.append(T0 + 4)
+        return T0 + 4
+
+    assert store.apply([Complete(held.id, held.epoch, "1", "w1")], clock) == [OpResult(True)]
+    assert reads == [T0 + 4]
+    row = store.get_task(held.id)
+    assert row is not None and row.finished_at == T0 + 4
+    assert [a.ended_at for a in store.attempts(held.id)] == [T0 + 4]
+
+
+def test_sqlite_stamps_a_completion_after_waiting_for_the_write_lock(sqlite_url: str) -> None:
+    """The group commit passes its clock: a completion that waited for another
+    process's write lock is stamped when it got the lock, not when it began to wait."""
+    store = open_store(sqlite_url)
+    try:
+        held = running_task(store, "w1")
+        path = sqlite_url.removeprefix("sqlite:///").split("?", 1)[0]
+        other = sqlite3.connect(path, check_same_thread=False)
+        other.isolation_level = None
+        other.execute("BEGIN IMMEDIATE")
+        released: list[float] = []
+
+        def release() -> None:
+            time.sleep(0.3)
+            released.append(time.time())
+            other.execute("COMMIT")
+
+        thread = threading.Thread(target=release)
+        asked = time.time()
+        thread.start()
+        assert store.apply([Complete(held.id, held.epoch, "1", "w1")], time.time) == [
+            OpResult(True)
+        ]
+        thread.join()
+        other.close()
+        row = store.get_task(held.id)
+        assert row is not None and row.finished_at is not None
+        assert row.finished_at >= released[0] > asked + 0.25
+    finally:
+        store.close()
 
 
 def test_fail_with_retry_at_requeues_and_counts_a_failure(store: Store) -> None:

@@ -250,7 +250,11 @@ class QueueClient:
                 del self._pending[: self._max_batch]
                 try:
                     results = await self._hot(
-                        self.store.apply, [op for op, _ in batch], self.clock.now()
+                        # stamped once the write lock is held: the time a completion
+                        # is recorded at is not earlier than it could commit
+                        self.store.apply,
+                        [op for op, _ in batch],
+                        self.clock.now,
                     )
                 except Exception as exc:
                     for _, fut in batch:

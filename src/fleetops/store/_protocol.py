@@ -7,7 +7,7 @@ that changes state commits before it returns.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from ._models import (
@@ -56,7 +56,11 @@ class Store(Protocol):
         """Lease up to ``limit`` ready tasks; ``max_running`` caps the queues' running total."""
         ...
 
-    def apply(self, ops: Sequence[Operation], now: float) -> list[OpResult]: ...
+    def apply(self, ops: Sequence[Operation], now: float | Callable[[], float]) -> list[OpResult]:
+        """Apply ``ops`` in one transaction. ``now`` is the time stamped on them, or a
+        clock read once the transaction has begun (after any wait for a lock), so
+        that a completion is not stamped earlier than it could commit."""
+        ...
 
     def heartbeat(
         self, worker: str, now: float, lease_seconds: float, inflight: int, processed: int

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from functools import lru_cache
 from importlib import resources
@@ -400,8 +400,9 @@ class SqlStore:
         claimed.sort(key=lambda t: (-t.priority, t.id))
         return claimed
 
-    def apply(self, ops: Sequence[Operation], now: float) -> list[OpResult]:
+    def apply(self, ops: Sequence[Operation], now: float | Callable[[], float]) -> list[OpResult]:
         """Apply ``ops`` in one transaction; answer one result per op, in their order.
+        ``now`` is their time, or a clock read once the transaction has begun.
 
         Completes, the bulk of a group commit, are applied set-wise: a run of them
         costs one UPDATE and one INSERT (per :data:`BATCH_ROWS`) however long it is.
@@ -428,6 +429,8 @@ class SqlStore:
         held: dict[tuple[int, int], tuple[int, Complete]] = {}
         held_tasks: set[int] = set()
         with self._tx():
+            if callable(now):
+                now = now()
             for i, op in enumerate(ops):
                 if isinstance(op, Complete):
                     held.setdefault((op.task_id, op.epoch), (i, op))
