@@ -79,6 +79,8 @@ def test_bench_queue_json(tmp_path: Path) -> None:
     assert result["tasks"] == 400
     assert result["durability"] == "normal"
     assert result["throughput_tps"] > 0
+    assert result["event_loop"] == "uvloop"  # 'auto' where uvloop is installed
+    assert result["worker_failures"] == 0
 
 
 def test_bench_queue_measures_overhead_at_a_chosen_rate(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -37,7 +39,7 @@ from .._exceptions import ConfigError
 from .._units import parse_duration
 from ..chaos import percentile
 from ..queue import QueueClient
-from ..runtime import ClusterPlan, RestartPolicy, Supervisor, WorkerSettings
+from ..runtime import ClusterPlan, RestartPolicy, Supervisor, SupervisorEvent, WorkerSettings
 from ..runtime._loop import EVENT_LOOPS, resolve_event_loop
 from ..store import NewTask
 
@@ -86,6 +88,9 @@ class QueueBenchResult:
     overhead_tasks: int
     #: the event loop the workers ran on: 'uvloop' or 'asyncio'
     event_loop: str
+    #: worker processes that died or hung during the run (their logs are kept: see
+    #: _keep_logs); the supervisor replaced them and their tasks were redelivered
+    worker_failures: int
     elapsed_s: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -141,8 +146,14 @@ async def bench_queue(
                 event_loop=config.event_loop,
             ),
         )
+        failures: list[SupervisorEvent] = []
         supervisor = Supervisor(
-            url, [plan], clock=clock, restart=RestartPolicy(), log_dir=Path(tmp) / "logs"
+            url,
+            [plan],
+            clock=clock,
+            restart=RestartPolicy(),
+            log_dir=Path(tmp) / "logs",
+            on_event=lambda e: failures.append(e) if e.kind == "worker.failed" else None,
         )
         stop = asyncio.Event()
         payload = json.dumps({"seconds": work_s})
@@ -181,6 +192,7 @@ async def bench_queue(
                     sleep_late_p99_ms=None,
                     overhead_tasks=0,
                     event_loop=loop_used,
+                    worker_failures=len(failures),
                     elapsed_s=round(time.monotonic() - started, 2),
                 )
             count = max(50, min(config.tasks, int(rate * config.overhead_seconds)))
@@ -197,6 +209,8 @@ async def bench_queue(
                 if agent == "sleep" and r.result
             ]
             stop.set()
+        if failures:
+            _keep_logs(Path(tmp) / "logs", failures)
     return QueueBenchResult(
         throughput_tps=round(throughput, 1),
         overhead_p50_ms=_r(percentile(overheads, 50)),
@@ -216,8 +230,22 @@ async def bench_queue(
         sleep_late_p99_ms=_r(percentile(late, 99)),
         overhead_tasks=len(paced),
         event_loop=loop_used,
+        worker_failures=len(failures),
         elapsed_s=round(time.monotonic() - started, 2),
     )
+
+
+def _keep_logs(logs: Path, failures: list[SupervisorEvent]) -> None:
+    """Copy the run's worker logs out of its temporary directory, and say where, so
+    that a worker's failure in a benchmark can be looked into."""
+    kept = Path.cwd() / logs.parent.name
+    shutil.copytree(logs, kept, dirs_exist_ok=True)
+    for event in failures:
+        print(
+            f"bench: worker {event.worker} failed ({event.data.get('reason', '?')}); "
+            f"its log is in {kept}",
+            file=sys.stderr,
+        )
 
 
 def _r(value: float | None) -> float | None:
