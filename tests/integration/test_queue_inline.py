@@ -213,3 +213,40 @@ def test_the_inline_client_leaves_checkpoints_to_its_own_thread(tmp_path: Path) 
             return int(auto)
 
     assert asyncio.run(main()) == 0
+
+
+def test_switching_a_new_file_to_wal_waits_for_another_process_that_holds_it(
+    tmp_path: Path,
+) -> None:
+    """Two processes opening a new file at once: the one that finds the file taken
+    keeps trying. (The store's own connection has no busy timeout: it waits on the
+    event loop, not in SQLite.)"""
+    import sqlite3
+    import threading
+    import time
+
+    from fleetops.store._sqlite import use_wal
+
+    path = tmp_path / "new.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        other.execute("PRAGMA journal_mode=WAL")  # what a plain switch meets
+
+    def release() -> None:
+        time.sleep(0.2)
+        holder.execute("COMMIT")
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    began = time.monotonic()
+    use_wal(other, timeout=10)
+    thread.join()
+    assert time.monotonic() - began >= 0.15  # it waited for the holder
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert other.execute("SELECT x FROM t").fetchall() == [(1,)]
+    holder.close()
+    other.close()

@@ -386,3 +386,26 @@ def test_utilization_counts_the_time_slots_were_busy_not_the_moment_of_the_snaps
         assert 0.3 / (4 * (elapsed + 5)) < value < 0.5
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(nap)], concurrency=4, telemetry_interval=3600))
+
+
+def test_a_span_store_that_cannot_be_written_does_not_stop_the_worker(sqlite_url: str) -> None:
+    """Telemetry is never a reason to stop: with its span file unusable (a directory
+    sits where the file would be), the worker keeps running tasks and stops cleanly."""
+    from pathlib import Path
+
+    from fleetops.store import SqliteStore
+
+    db = Path(sqlite_url.removeprefix("sqlite:///").split("?", 1)[0])
+    spans_path = db.with_name(db.name + "-spans")
+    spans_path.mkdir(parents=True)
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        assert isinstance(client.store, SqliteStore) and client.store.spans_path == spans_path
+        first = await client.submit_many([NewTask("c", "nap", "0.01")])
+        assert (await _wait_terminal(client, first[0].id)).state == "succeeded"
+        await asyncio.sleep(0.3)  # a few failed telemetry flushes (every 0.05 s)
+        again = await client.submit_many([NewTask("c", "nap", "0.01")])
+        assert (await _wait_terminal(client, again[0].id)).state == "succeeded"
+
+    # worker.run raises out of the task group if a failed flush ended it
+    asyncio.run(_with_worker(sqlite_url, body, [spec(nap)], telemetry_interval=0.05))

@@ -16,7 +16,7 @@ import json
 import os
 import random
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from .._clock import Clock
-from .._exceptions import ConfigError, LeaseLost, TaskFailed
+from .._exceptions import ConfigError, LeaseLost, StoreError, TaskFailed
 from ..queue import QueueClient
 from ..queue._bell import Doorbell
 from ..queue._client import ChangeWatcher
@@ -261,7 +261,7 @@ class Worker:
                 await self._drain()
             for loop_task in loops:
                 loop_task.cancel()
-        await self.flush_telemetry()
+        await self._telemetry_guarded(self.flush_telemetry)
         if self._tracer_provider is not None:
             self._tracer_provider.shutdown()
         if not self.dead:
@@ -664,10 +664,18 @@ class Worker:
                 async with asyncio.timeout(max(0.0, next_snapshot - self.clock.monotonic())):
                     await self.spans.due.wait()
             if self.clock.monotonic() >= next_snapshot:
-                await self.flush_telemetry()
+                await self._telemetry_guarded(self.flush_telemetry)
                 next_snapshot = self.clock.monotonic() + interval
             else:
-                await self._flush_spans()
+                await self._telemetry_guarded(self._flush_spans)
+
+    async def _telemetry_guarded(self, flush: Callable[[], Awaitable[None]]) -> None:
+        """Run a telemetry write; if the store fails it, log and go on. Telemetry is
+        never a reason for a worker to stop (its spans are kept for the next flush)."""
+        try:
+            await flush()
+        except (StoreError, OSError) as exc:
+            log.warning("telemetry.write_failed", worker=self.worker_id, error=str(exc))
 
     async def flush_telemetry(self) -> None:
         """Write this worker's metrics snapshot (cumulative values) and finished spans."""

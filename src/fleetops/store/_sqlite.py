@@ -54,6 +54,29 @@ DEFAULT_DURABILITY = "full"
 LOCK_TIMEOUT_SECONDS = 30.0
 
 
+def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the database of ``conn`` in WAL mode, unless it is already.
+
+    Switching needs the database to itself, and SQLite answers "database is locked"
+    at once, without its busy handler, when another process holds it (two processes
+    opening a new file together): such a try is repeated until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            message = str(exc)
+            if ("locked" not in message and "busy" not in message) or (time.monotonic() > deadline):
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 class LockBusy(StoreError):
     """Another connection holds the write lock (raised only in nonblocking mode,
     before the call changed anything: the whole call may be retried)."""
@@ -95,7 +118,7 @@ class SqliteStore(SqlStore):
             self._conn = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=0
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            use_wal(self._conn, lock_timeout)
             self._conn.execute(f"PRAGMA synchronous={DURABILITY_LEVELS[durability]}")
             self._conn.execute("PRAGMA busy_timeout=0")
             self._conn.execute("PRAGMA temp_store=MEMORY")
@@ -261,15 +284,22 @@ class SqliteStore(SqlStore):
 
     def _spans(self) -> sqlite3.Connection:
         if self._spans_conn is None:
-            conn = sqlite3.connect(
-                str(self.spans_path), isolation_level=None, check_same_thread=False, timeout=30
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            # span ids are random: their index is written all over, so keep it in memory
-            conn.execute("PRAGMA cache_size=-65536")
-            for statement in SPAN_SCHEMA:
-                conn.execute(statement)
+            try:
+                conn = sqlite3.connect(
+                    str(self.spans_path), isolation_level=None, check_same_thread=False, timeout=30
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite span store {self.spans_path}: {exc}") from exc
+            try:
+                use_wal(conn, self.lock_timeout)
+                conn.execute("PRAGMA synchronous=NORMAL")
+                # span ids are random: their index is written all over, so keep it in memory
+                conn.execute("PRAGMA cache_size=-65536")
+                for statement in SPAN_SCHEMA:
+                    conn.execute(statement)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise StoreError(f"SQLite span store {self.spans_path}: {exc}") from exc
             self._spans_conn = conn
         return self._spans_conn
 
