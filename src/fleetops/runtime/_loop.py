@@ -39,10 +39,15 @@ EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 _SELECT_LIMIT = 1024
 
 
-def resolve_event_loop(kind: str) -> str:
-    """The loop ``kind`` stands for here: 'uvloop' or 'asyncio'."""
+def check_event_loop(kind: str, field: str = "event_loop") -> None:
+    """Refuse a ``kind`` not in :data:`EVENT_LOOPS`, naming ``field``."""
     if kind not in EVENT_LOOPS:
-        raise ConfigError("event_loop", kind, f"use one of {', '.join(EVENT_LOOPS)}")
+        raise ConfigError(field, kind, f"use one of {', '.join(EVENT_LOOPS)}")
+
+
+def resolve_event_loop(kind: str, field: str = "event_loop") -> str:
+    """The loop ``kind`` stands for here: 'uvloop' or 'asyncio'."""
+    check_event_loop(kind, field)
     if kind == "asyncio":
         return kind
     try:
@@ -50,7 +55,7 @@ def resolve_event_loop(kind: str) -> str:
     except ImportError:
         if kind == "uvloop":
             raise ConfigError(
-                "event_loop", kind, "install uvloop (pip install uvloop) or use 'auto'"
+                field, kind, "install uvloop (pip install uvloop) or use 'auto'"
             ) from None
         return "asyncio"
     return "uvloop"

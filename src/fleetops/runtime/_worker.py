@@ -26,7 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from .._clock import Clock
-from .._exceptions import ConfigError, LeaseLost, StoreError, TaskFailed
+from .._exceptions import LeaseLost, StoreError, TaskFailed
 from ..queue import QueueClient
 from ..queue._bell import Doorbell
 from ..queue._client import ChangeWatcher
@@ -42,7 +42,7 @@ from ..telemetry._tracing import (
     task_context,
 )
 from ._agent import AgentSpec
-from ._loop import EVENT_LOOPS
+from ._loop import check_event_loop
 
 if TYPE_CHECKING:
     from ..providers import CallRecord, Gateway
@@ -85,8 +85,7 @@ class WorkerSettings:
     event_loop: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.event_loop not in EVENT_LOOPS:
-            raise ConfigError("event_loop", self.event_loop, f"use one of {', '.join(EVENT_LOOPS)}")
+        check_event_loop(self.event_loop)
 
 
 @dataclass(slots=True)
