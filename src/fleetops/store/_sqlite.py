@@ -54,6 +54,12 @@ DEFAULT_DURABILITY = "full"
 LOCK_TIMEOUT_SECONDS = 30.0
 
 
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` says another connection holds a lock (worth another try)."""
+    message = str(exc)
+    return "locked" in message or "busy" in message
+
+
 def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
     """Put the database of ``conn`` in WAL mode, unless it is already.
 
@@ -70,8 +76,7 @@ def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
-            message = str(exc)
-            if ("locked" not in message and "busy" not in message) or (time.monotonic() > deadline):
+            if not is_busy(exc) or time.monotonic() > deadline:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
@@ -136,7 +141,7 @@ class SqliteStore(SqlStore):
                 return self._conn.execute(sql, params)
             except sqlite3.OperationalError as exc:
                 message = str(exc)
-                if "locked" not in message and "busy" not in message:
+                if not is_busy(exc):
                     raise StoreError(f"SQLite store {self.path}: {message}") from exc
                 if self.nonblocking and sql != "COMMIT":
                     # outside a transaction or at its BEGIN: nothing has been done yet
