@@ -943,6 +943,35 @@ def test_every_attempt_is_recorded(store: Store) -> None:
     assert store.attempts(task_id + 1000) == []
 
 
+def test_a_success_recorded_before_schema_6_is_one_attempt(store: Store) -> None:
+    """Before schema 6 a completion also inserted its attempt as a row; such a task
+    (finished_by NULL) answers that row once, not a second one from its task row."""
+    old = claim_one(store, "w1") if submit_one(store) else None
+    assert old is not None
+    with store._tx():  # type: ignore[attr-defined]
+        # what a schema-5 completion wrote
+        store._exec(  # type: ignore[attr-defined]
+            "UPDATE tasks SET state = 'succeeded', result = '1', finished_at = ?, "
+            "lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
+            (T0 + 1, old.id),
+        )
+        store._exec(  # type: ignore[attr-defined]
+            "INSERT INTO attempts (task_id, attempt, epoch, worker, started_at, ended_at, "
+            "outcome, error) VALUES (?, 1, ?, 'w1', ?, ?, 'succeeded', NULL)",
+            (old.id, old.epoch, T0, T0 + 1),
+        )
+    new_id = submit_one(store)
+    new = claim_one(store, "w2", T0 + 2)
+    assert apply_one(store, Complete(new_id, new.epoch, "2", "w2"), T0 + 3).ok
+
+    assert store.attempts(old.id) == [
+        AttemptRecord(old.id, 1, old.epoch, "w1", T0, T0 + 1, "succeeded", None)
+    ]
+    assert store.attempts(new_id) == [
+        AttemptRecord(new_id, 1, new.epoch, "w2", T0 + 2, T0 + 3, "succeeded", None)
+    ]
+
+
 def test_effect_journal_begin_end_begin_answers_done(store: Store) -> None:
     held = running_task(store, "w1")
 

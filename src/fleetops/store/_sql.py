@@ -77,10 +77,12 @@ COUNT_TASKS = (
     "GROUP BY state, queue, agent"
 )
 
+#: A successful attempt is recorded in the task's row, not as a row of attempts
+#: (schema 6): finished_by is its worker; see :meth:`SqlStore.attempts`.
 COMPLETE = (
     "UPDATE tasks SET state = 'succeeded', result = ?, error = NULL, finished_at = ?, "
-    "lease_owner = NULL, lease_expires_at = NULL "
-    "WHERE id = ? AND epoch = ? AND state = 'running' RETURNING id, epoch, attempts, started_at"
+    "finished_by = ?, lease_owner = NULL, lease_expires_at = NULL "
+    "WHERE id = ? AND epoch = ? AND state = 'running' RETURNING id, epoch"
 )
 FAIL_RETRY = (
     "UPDATE tasks SET state = 'queued', failures = failures + 1, run_after = ?, error = ?, "
@@ -119,21 +121,22 @@ def padded_size(n: int) -> int:
 def complete_many_sql(n: int) -> str:
     """Complete up to ``n`` tasks in one UPDATE, each fenced on its own (id, epoch).
 
-    Parameters: (id, epoch, result) per task, then the finish time; a row of NULLs
-    matches no task (padding). Answers a row per task completed, as :data:`COMPLETE`
-    does for one task. The VALUES columns take their types from the parameters
-    (integers and text on both databases; psycopg sends an int as the smallest
-    integer type that holds it), so they compare with and assign to the task's
-    columns without casts.
+    Parameters: (id, epoch, result, worker) per task, then the finish time; a row of
+    NULLs matches no task (padding). Answers a row per task completed, as
+    :data:`COMPLETE` does for one task. The VALUES columns take their types from the
+    parameters (integers and text on both databases; psycopg sends an int as the
+    smallest integer type that holds it), so they compare with and assign to the
+    task's columns without casts.
     """
-    rows = ", ".join(["(?, ?, ?)"] * n)
+    rows = ", ".join(["(?, ?, ?, ?)"] * n)
     return (
-        f"WITH done (id, epoch, result) AS (VALUES {rows}) "
+        f"WITH done (id, epoch, result, worker) AS (VALUES {rows}) "
         "UPDATE tasks SET state = 'succeeded', result = done.result, error = NULL, "
-        "finished_at = ?, lease_owner = NULL, lease_expires_at = NULL "
+        "finished_at = ?, finished_by = done.worker, lease_owner = NULL, "
+        "lease_expires_at = NULL "
         "FROM done WHERE tasks.id = done.id AND tasks.epoch = done.epoch "
         "AND tasks.state = 'running' "
-        "RETURNING tasks.id, tasks.epoch, tasks.attempts, tasks.started_at"
+        "RETURNING tasks.id, tasks.epoch"
     )
 
 
@@ -450,24 +453,21 @@ class SqlStore:
         results: list[OpResult],
     ) -> None:
         """Apply the ``held`` Completes set-wise, mark in ``results`` (by index) those
-        that succeeded, and empty ``held``."""
-        attempts: list[tuple[Any, ...]] = []
+        that succeeded, and empty ``held``. The successful attempt stays in the task's
+        row (see :meth:`attempts`)."""
         for chunk in iter_chunks(list(held.values()), BATCH_ROWS):
             if len(chunk) == 1:  # the plain UPDATE: cheaper than a join on one row
                 _, op = chunk[0]
-                cursor = self._exec(COMPLETE, (op.result, now, op.task_id, op.epoch))
+                cursor = self._exec(COMPLETE, (op.result, now, op.worker, op.task_id, op.epoch))
             else:
                 size = padded_size(len(chunk))
-                params = [v for _, op in chunk for v in (op.task_id, op.epoch, op.result)]
-                params += [None, None, None] * (size - len(chunk))
+                params = [
+                    v for _, op in chunk for v in (op.task_id, op.epoch, op.result, op.worker)
+                ]
+                params += [None, None, None, None] * (size - len(chunk))
                 cursor = self._exec(complete_many_sql(size), [*params, now])
-            for task_id, epoch, attempt, started_at in cursor.fetchall():
-                i, op = held[(task_id, epoch)]
-                results[i] = OK
-                attempts.append(
-                    (task_id, attempt, epoch, op.worker, started_at, now, "succeeded", None)
-                )
-        self._insert_attempts(attempts)
+            for task_id, epoch in cursor.fetchall():
+                results[held[(task_id, epoch)][0]] = OK
         held.clear()
 
     def _insert_attempts(self, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -670,10 +670,16 @@ class SqlStore:
         return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
     def attempts(self, task_id: int) -> list[AttemptRecord]:
+        # ended attempts are rows of attempts, but for a success: that one is in the
+        # task's own row (schema 6), with its worker in finished_by
         rows = self._exec(
             "SELECT task_id, attempt, epoch, worker, started_at, ended_at, outcome, error "
-            "FROM attempts WHERE task_id = ? ORDER BY attempt",
-            (task_id,),
+            "FROM attempts WHERE task_id = ? "
+            "UNION ALL SELECT id, attempts, epoch, finished_by, started_at, finished_at, "
+            "'succeeded', NULL FROM tasks "
+            "WHERE id = ? AND state = 'succeeded' AND finished_by IS NOT NULL "
+            "ORDER BY 2",
+            (task_id, task_id),
         ).fetchall()
         return [AttemptRecord(*r) for r in rows]
 
