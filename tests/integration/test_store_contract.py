@@ -138,6 +138,22 @@ def test_submit_answers_new_ids_and_stores_every_field(store: Store) -> None:
     assert store.get_task(max(ids) + 1000) is None
 
 
+@pytest.mark.parametrize("n", [1, 2, 63, 64, 65, 200])
+def test_a_batch_submit_answers_each_task_its_own_id(store: Store, n: int) -> None:
+    """Ids come back in the order the tasks went in, across statements of many rows
+    (SQLite inserts up to 64 rows a statement)."""
+    store.submit([new_task(payload='"before"')], T0)
+    tasks = [new_task(payload=str(i), priority=i % 3) for i in range(n)]
+
+    ids = [s.id for s in store.submit(tasks, T0)]
+
+    assert len(set(ids)) == n
+    rows = {row.id: row for row in store.get_tasks(ids)}
+    assert [(rows[i].payload, rows[i].priority) for i in ids] == [
+        (t.payload, t.priority) for t in tasks
+    ]
+
+
 def test_idempotency_key_answers_the_same_task_and_inserts_once(store: Store) -> None:
     [first] = store.submit([new_task(payload='"original"', idempotency_key="once")], T0)
     before = store.get_task(first.id)
