@@ -408,15 +408,16 @@ class SqlStore:
         ``now`` is their time, or a clock read once the transaction has begun.
 
         Completes, the bulk of a group commit, are applied set-wise: a run of them
-        costs one UPDATE and one INSERT (per :data:`BATCH_ROWS`) however long it is.
+        costs one UPDATE (per :data:`BATCH_ROWS`) however long it is.
         The other ops are applied one by one, in order, as they come; a Complete is
         held back until a later op touches its task, or to the end of the batch.
 
         That gives the same results and the same end state as applying every op in
-        order. A Complete on task X reads X's row and writes X's row and X's attempt
-        only. An op on another task Y reads Y's row (its fence), Y's effects, and
-        tasks by idempotency key (which no Complete changes); it writes Y's row, Y's
-        effects or attempts, or inserts a new queued task. Neither touches what the
+        order. A Complete on task X reads and writes X's row only (its successful
+        attempt is recorded there). An op on another task Y reads Y's row (its
+        fence), Y's effects, and tasks by idempotency key (which no Complete
+        changes); it writes Y's row, Y's effects or attempts, or inserts a new
+        queued task. Neither touches what the
         other reads or writes, so a Complete commutes with every op on another task.
         Ops on the same task keep their order: an op on X applies the held Completes
         first. The usual batch, EffectEnd or SubmitChild on X then Complete on X,
