@@ -88,6 +88,11 @@ class WorkerSettings:
         check_event_loop(self.event_loop)
 
 
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @dataclass(slots=True)
 class _Running:
     task: asyncio.Task[None]
@@ -129,6 +134,8 @@ class Worker:
         self._cancel_reasons: dict[int, str] = {}
         self._slot_free = asyncio.Event()
         self._work_hint = asyncio.Event()
+        #: the idle claimer's wait, ended early by wake_claimer (see _wait_hint)
+        self._hint_waiter: asyncio.Future[None] | None = None
         self._stopping = asyncio.Event()
         self._waiters: dict[int, list[asyncio.Future[Any]]] = {}
         self._waiter_hint = asyncio.Event()
@@ -197,6 +204,8 @@ class Worker:
 
     def wake_claimer(self) -> None:
         self._work_hint.set()
+        if self._hint_waiter is not None:
+            _resolve(self._hint_waiter)
 
     def note_progress(self, task_id: int) -> None:
         """Progress is shown by the heartbeat itself; kept for the Context API."""
@@ -337,18 +346,33 @@ class Worker:
         since the last claim began ends the wait at once.
         """
         if watcher is None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(poll):
-                    await self._work_hint.wait()
+            await self._wait_hint(poll)
             return
         step = 0.001 if idle < 1.0 else 0.01
         deadline = self.clock.monotonic() + self.settings.poll_max
         while not self._work_hint.is_set() and not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(step):
-                    await self._work_hint.wait()
+            await self._wait_hint(step)
             if watcher.changed() or self.clock.monotonic() >= deadline:
                 return
+
+    async def _wait_hint(self, seconds: float) -> None:
+        """Wait until the work hint is set or ``seconds`` pass, whichever is first.
+
+        A plain future and timer: this runs every millisecond while the worker is
+        idle, and ``asyncio.timeout`` around ``Event.wait`` costs three times as much,
+        most of it raising and catching the TimeoutError.
+        """
+        if self._work_hint.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._hint_waiter = waiter
+        timer = loop.call_later(seconds, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._hint_waiter = None
 
     # --- running one task --------------------------------------------------------------------
 

@@ -44,9 +44,14 @@ class Submitted:
     created: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClaimedTask:
-    """A task together with the lease a worker now holds on it."""
+    """A task together with the lease a worker now holds on it.
+
+    Read-only by convention: not frozen, because a worker builds one for every task it
+    claims, and a frozen dataclass takes six times as long to build (2 µs against
+    0.3 µs for these 18 fields).
+    """
 
     id: int
     queue: str

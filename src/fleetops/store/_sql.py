@@ -252,6 +252,10 @@ def task_params(task: NewTask, now: float) -> tuple[Any, ...]:
     )
 
 
+#: The claim UPDATE by (store class, number of queues, number of agents): built once.
+_CLAIM_SQL: dict[tuple[type, int, int], str] = {}
+
+
 class SqlStore:
     """Store logic common to both SQL databases; subclasses supply the connection."""
 
@@ -374,7 +378,10 @@ class SqlStore:
         if limit <= 0 or not queues:
             return []
         agents = list(agents or [])
-        sql = self._claim_sql(len(queues), len(agents))
+        shape = (type(self), len(queues), len(agents))
+        sql = _CLAIM_SQL.get(shape)
+        if sql is None:
+            sql = _CLAIM_SQL[shape] = self._claim_sql(len(queues), len(agents))
         params = [worker, now + lease_seconds, now, *queues, *agents, now, worker, limit]
         with self._tx():
             if max_running is not None:
