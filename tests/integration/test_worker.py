@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -117,6 +119,18 @@ async def _wait_terminal(client: QueueClient, task_id: int, within: float = 10) 
 def spec(fn: Any) -> AgentSpec:
     found: AgentSpec = fn.__fleetops_agent__
     return found
+
+
+def _worker(client: QueueClient, worker_id: str, agent_fn: Any, **settings: Any) -> Worker:
+    """A worker of cluster ``c`` running one agent."""
+    one = spec(agent_fn)
+    return Worker(
+        client,
+        worker_id=worker_id,
+        cluster="c",
+        agents={one.name: one},
+        settings=WorkerSettings(**settings),
+    )
 
 
 def test_call_send_and_child_failure(sqlite_url: str) -> None:
@@ -280,13 +294,7 @@ def test_stale_context_raises_lease_lost(sqlite_url: str) -> None:
 def test_graceful_shutdown_releases_unfinished_leases(sqlite_url: str) -> None:
     async def scenario() -> None:
         async with QueueClient(sqlite_url) as client:
-            worker = Worker(
-                client,
-                worker_id="w-drain",
-                cluster="c",
-                agents={"sleepy": spec(sleepy)},
-                settings=WorkerSettings(shutdown_grace=0.1),
-            )
+            worker = _worker(client, "w-drain", sleepy, shutdown_grace=0.1)
             stop = asyncio.Event()
             ids = [(await client.submit(NewTask("c", "sleepy", "0.15"))).id for _ in range(3)]
             async with asyncio.TaskGroup() as tg:
@@ -303,6 +311,52 @@ def test_graceful_shutdown_releases_unfinished_leases(sqlite_url: str) -> None:
             assert [w.state for w in workers] == ["stopped"]
 
     # sleepy's own timeout (0.2 s) is longer than the grace (0.1 s): the drain must abort
+    asyncio.run(scenario())
+
+
+def test_a_claim_committing_when_shutdown_begins_is_run_not_left_leased(sqlite_url: str) -> None:
+    """At durability full a worker's claim commits on the store thread. A stop that
+    comes while it commits must not drop the tasks it leased: they are run (or
+    released) like every other claimed task, not left leased to a stopped worker
+    until their leases expire (a redelivery later, counted against the task)."""
+    committing = threading.Event()
+
+    async def scenario() -> None:
+        async with QueueClient(f"{sqlite_url}?durability=full", inline=True) as client:
+            assert client.inline, "the claim must take the inline path, whose commit is deferred"
+            store: Any = client.store
+            claim, finish_commit = store.claim, store.finish_commit
+            claimed: list[int] = []
+
+            def claim_and_note(*args: Any) -> Any:
+                rows = claim(*args)
+                claimed.extend(t.id for t in rows)
+                return rows
+
+            def slow_commit() -> None:
+                if claimed and not committing.is_set():
+                    committing.set()  # the claim's commit: stop the worker meanwhile
+                    time.sleep(0.3)
+                finish_commit()
+
+            store.claim, store.finish_commit = claim_and_note, slow_commit
+            worker = _worker(client, "w-claim-stop", nap, shutdown_grace=5.0)
+            stop = asyncio.Event()
+            # queued before the worker starts: its first claim takes all three
+            ids = [t.id for t in await client.submit_many([NewTask("c", "nap", "0.01")] * 3)]
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(worker.run(stop))
+                assert await asyncio.to_thread(committing.wait, 10)
+                stop.set()
+            assert sorted(claimed) == sorted(ids)
+            for task_id in ids:
+                record = await client.run(client.store.get_task, task_id)
+                assert record is not None
+                assert record.state == "succeeded", (
+                    f"task {task_id} is {record.state} (lease {record.lease_owner}): "
+                    "a claim that committed during shutdown was dropped"
+                )
+
     asyncio.run(scenario())
 
 

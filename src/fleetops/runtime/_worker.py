@@ -264,8 +264,8 @@ class Worker:
                 dead = handlers.create_task(self._stopping.wait(), name="declared-dead")
                 await asyncio.wait([claimer, stopper, dead], return_when=asyncio.FIRST_COMPLETED)
                 self._stopping.set()
-                claimer.cancel()
                 stopper.cancel()
+                await self._stop_claiming(claimer)
                 await self._drain()
             for loop_task in loops:
                 loop_task.cancel()
@@ -276,6 +276,20 @@ class Worker:
             await self.client.run(
                 self.client.store.set_worker_state, self.worker_id, "stopped", self.clock.now()
             )
+
+    async def _stop_claiming(self, claimer: asyncio.Task[None]) -> None:
+        """Let the claim loop see the stop and end, within the shutdown grace.
+
+        It is not cancelled at once: a claim may be committing (on the store thread,
+        at durability ``full``), and cancelling it there would drop the tasks it has
+        just leased. They would stay leased to this stopped worker until their
+        leases expired, then be redelivered. Let alone, the claim returns and its
+        tasks are drained or released with the rest.
+        """
+        self.wake_claimer()
+        self._slot_free.set()
+        await asyncio.wait([claimer], timeout=self.settings.shutdown_grace)
+        claimer.cancel()  # still waiting for the write lock: it has changed nothing
 
     async def _drain(self) -> None:
         grace = self.settings.shutdown_grace
