@@ -265,8 +265,10 @@ class Worker:
                 await asyncio.wait([claimer, stopper, dead], return_when=asyncio.FIRST_COMPLETED)
                 self._stopping.set()
                 stopper.cancel()
-                await self._stop_claiming(claimer)
-                await self._drain()
+                # claiming and draining share one grace: the supervisor waits that long
+                grace_ends = self.clock.monotonic() + self.settings.shutdown_grace
+                await self._stop_claiming(claimer, grace_ends)
+                await self._drain(grace_ends)
             for loop_task in loops:
                 loop_task.cancel()
         await self._telemetry_guarded(self.flush_telemetry)
@@ -277,8 +279,8 @@ class Worker:
                 self.client.store.set_worker_state, self.worker_id, "stopped", self.clock.now()
             )
 
-    async def _stop_claiming(self, claimer: asyncio.Task[None]) -> None:
-        """Let the claim loop see the stop and end, within the shutdown grace.
+    async def _stop_claiming(self, claimer: asyncio.Task[None], grace_ends: float) -> None:
+        """Let the claim loop see the stop and end, before ``grace_ends``.
 
         It is not cancelled at once: a claim may be committing (on the store thread,
         at durability ``full``), and cancelling it there would drop the tasks it has
@@ -288,15 +290,14 @@ class Worker:
         """
         self.wake_claimer()
         self._slot_free.set()
-        await asyncio.wait([claimer], timeout=self.settings.shutdown_grace)
+        await asyncio.wait([claimer], timeout=max(0.0, grace_ends - self.clock.monotonic()))
         claimer.cancel()  # still waiting for the write lock: it has changed nothing
 
-    async def _drain(self) -> None:
-        grace = self.settings.shutdown_grace
+    async def _drain(self, grace_ends: float) -> None:
         if self._running and not self.dead:
             log.info("worker.draining", worker=self.worker_id, inflight=len(self._running))
             pending = [r.task for r in self._running.values()]
-            await asyncio.wait(pending, timeout=grace)
+            await asyncio.wait(pending, timeout=max(0.0, grace_ends - self.clock.monotonic()))
         for task_id, running in list(self._running.items()):
             self._cancel_reasons[task_id] = "dead" if self.dead else "shutdown"
             running.task.cancel()
