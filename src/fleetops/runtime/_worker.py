@@ -3,8 +3,9 @@
 The worker claims tasks in batches with a lease, runs each under its agent, and
 reports the outcome through the queue client's group commit. A heartbeat loop
 extends every lease it holds in one statement and cancels handlers whose lease was
-taken away. Shutdown runs in a fixed order: stop claiming, drain with a grace
-timeout, abort what is left, release those leases, unregister.
+taken away. Shutdown runs in a fixed order: stop claiming (a claim in flight
+finishes, and its tasks are drained with the rest), drain within the grace, abort
+what is left, release those leases, unregister.
 """
 
 from __future__ import annotations
