@@ -291,14 +291,18 @@ class Worker:
         """
         self.wake_claimer()
         self._slot_free.set()
-        await asyncio.wait([claimer], timeout=max(0.0, grace_ends - self.clock.monotonic()))
+        await asyncio.wait([claimer], timeout=self._until(grace_ends))
         claimer.cancel()  # still waiting for the write lock: it has changed nothing
+
+    def _until(self, moment: float) -> float:
+        """Seconds from now to ``moment`` on the monotonic clock (0 once it passed)."""
+        return max(0.0, moment - self.clock.monotonic())
 
     async def _drain(self, grace_ends: float) -> None:
         if self._running and not self.dead:
             log.info("worker.draining", worker=self.worker_id, inflight=len(self._running))
             pending = [r.task for r in self._running.values()]
-            await asyncio.wait(pending, timeout=max(0.0, grace_ends - self.clock.monotonic()))
+            await asyncio.wait(pending, timeout=self._until(grace_ends))
         for task_id, running in list(self._running.items()):
             self._cancel_reasons[task_id] = "dead" if self.dead else "shutdown"
             running.task.cancel()
