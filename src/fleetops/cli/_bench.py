@@ -7,6 +7,7 @@ import asyncio
 import typer
 
 from ..bench import QueueBenchConfig, bench_queue
+from ..runtime._gc import tune_for_serving
 from ._common import print_json, print_mapping, progress_bar, setup_logging, user_errors
 
 app = typer.Typer(help="Measure fleetops on this machine (JSON with --json).", no_args_is_help=True)
@@ -52,6 +53,7 @@ def queue(
         def report(phase: str, done: int, total: int) -> None:
             update(done, total, description=phase)
 
+        tune_for_serving()  # as a long-running submitter would be
         result = asyncio.run(bench_queue(config, progress=report))
     if json_output:
         print_json(result.as_dict())

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ..control import PHASES, ControlPlane, DeploymentReport, read_running
 from ..control._state import pid_alive
+from ..runtime._gc import tune_for_serving
 from ._common import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -164,6 +165,7 @@ def up(
     with user_errors():
         text = file.read_text(encoding="utf-8")
         plane = ControlPlane(spec, spec_text=text, actor=actor, api_port=api_port)
+        tune_for_serving()  # a long-running process from here on
         code = asyncio.run(_run_up(plane, smoke, json_output, live))
     raise typer.Exit(code)
 

@@ -7,7 +7,6 @@ and cluster, its agents' entrypoints and its settings. SIGTERM or SIGINT drains.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import signal
@@ -19,6 +18,7 @@ from ..queue import QueueClient
 from ..telemetry import configure_json_logging
 from ..telemetry._tracing import otlp_endpoint_from_env
 from ._agent import AgentSpec, load_agent
+from ._gc import tune_for_serving
 from ._loop import new_event_loop
 from ._worker import Worker, WorkerSettings
 
@@ -37,10 +37,9 @@ async def _main(config: dict[str, object]) -> int:
     gateway, routes, named, pricing = _from_spec(config.get("spec"), cluster)  # type: ignore[arg-type]
     agents = {s.name: s for s in specs} | named
     # Everything loaded by now (modules, agents, the spec) lives as long as the process:
-    # keep it out of the collector's full passes, which would otherwise walk all of it
-    # and stall the event loop for tens of milliseconds every few seconds.
-    gc.collect()
-    gc.freeze()
+    # keep it out of the collector's passes, which would otherwise walk all of it and
+    # stall the event loop; and pass over the young generation less often (see _gc).
+    tune_for_serving()
     # hot store calls run on the event loop (SQLite at durability normal; see QueueClient)
     async with QueueClient(str(config["store"]), inline=True) as client:
         worker = Worker(
