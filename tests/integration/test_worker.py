@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from _polling import wait_until
-from fleetops import Context, LeaseLost, RetryPolicy, TaskFailed, TaskInfo
+from fleetops import ConfigError, Context, LeaseLost, RetryPolicy, TaskFailed, TaskInfo
 from fleetops.queue import QueueClient
 from fleetops.runtime import AgentSpec, Worker, WorkerSettings, agent
 from fleetops.store import TERMINAL_STATES, NewTask, TaskRecord
@@ -114,6 +114,12 @@ async def _wait_terminal(client: QueueClient, task_id: int, within: float = 10) 
     record = await client.run(client.store.get_task, task_id)
     assert record is not None
     return record
+
+
+async def _still_runs_tasks(client: QueueClient) -> None:
+    """The worker (with child_double) runs a task submitted now: it did not stop."""
+    late = await client.submit_many([NewTask("c", "child_double", "6")])
+    assert json.loads((await _wait_terminal(client, late[0].id)).result or "null") == 12
 
 
 def spec(fn: Any) -> AgentSpec:
@@ -416,10 +422,58 @@ def test_an_agents_own_timeout_error_fails_its_task_not_the_worker(sqlite_url: s
         assert record.state == "dead"
         assert "TimeoutError" in (record.dead_reason or "")
         assert json.loads((await _wait_terminal(client, fine.id)).result or "null") == 10
-        late = await client.submit_many([NewTask("c", "child_double", "6")])
-        assert json.loads((await _wait_terminal(client, late[0].id)).result or "null") == 12
+        await _still_runs_tasks(client)
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(own_timeout), spec(child_double)]))
+
+
+def test_a_task_stored_with_bad_json_is_dead_lettered_not_the_worker_stopped(
+    sqlite_url: str,
+) -> None:
+    # written past the client's checks (another writer, an older fleetops): the worker
+    # must not fail with it, or every task it runs would be redelivered over and over
+    async def body(client: QueueClient, worker: Worker) -> None:
+        fine = await client.submit_many([NewTask("c", "nap", "0.5")])
+        bad_payload, bad_headers = await client.run(
+            client.store.submit,
+            [
+                NewTask("c", "child_double", "{not json"),
+                NewTask("c", "child_double", "7", headers="[1,"),
+            ],
+            time.time(),
+        )
+        for bad, field in ((bad_payload, "payload"), (bad_headers, "headers")):
+            record = await _wait_terminal(client, bad.id)
+            assert record.state == "dead"
+            assert f"{field} is not JSON" in (record.dead_reason or "")
+        nap = await _wait_terminal(client, fine[0].id)
+        assert nap.state == "succeeded" and nap.redeliveries == 0
+        await _still_runs_tasks(client)
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(nap), spec(child_double)]))
+
+
+def test_a_submit_with_bad_json_is_refused_naming_the_field_and_stores_nothing(
+    sqlite_url: str,
+) -> None:
+    async def main() -> None:
+        async with QueueClient(sqlite_url) as client:
+            with pytest.raises(ConfigError) as caught:
+                await client.submit_many(
+                    [NewTask("c", "child_double", "1"), NewTask("c", "child_double", "hello")]
+                )
+            assert caught.value.field == "payload" and caught.value.value == "hello"
+            assert "json.dumps" in caught.value.fix
+            with pytest.raises(ConfigError) as caught:
+                await client.submit(NewTask("c", "child_double", "1", headers="[1]"))
+            assert caught.value.field == "headers" and "JSON object" in caught.value.fix
+            long = "x" * 500
+            with pytest.raises(ConfigError) as caught:
+                await client.submit(NewTask("c", "child_double", long))
+            assert len(str(caught.value)) < 300  # the value is shown cut short
+            assert await client.run(client.store.count_tasks) == {}
+
+    asyncio.run(main())
 
 
 def test_utilization_counts_the_time_slots_were_busy_not_the_moment_of_the_snapshot(

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._clock import Clock, SystemClock
-from .._exceptions import Closed, StoreUnavailable
+from .._exceptions import Closed, ConfigError, StoreUnavailable
 from ..store import (
     ClaimedTask,
     NewTask,
@@ -51,6 +52,23 @@ T = TypeVar("T")
 #: there this pause is one more pass of the loop, not 0.1 ms (asyncio's epoll wait
 #: rounds it up to 1 ms when nothing else is ready).
 LOCK_RETRY_PAUSE = 0.0001
+
+
+def check_json(task: NewTask) -> None:
+    """Refuse a task whose payload or headers are not JSON text, before it is stored:
+    a worker could only dead-letter it."""
+    for field, text in (("payload", task.payload), ("headers", task.headers)):
+        if field == "headers" and text == "{}":
+            continue
+        shown = text if not isinstance(text, str) or len(text) <= 80 else text[:77] + "..."
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError, RecursionError):
+            raise ConfigError(
+                field, shown, f"pass JSON text as the task's {field}, e.g. json.dumps(value)"
+            ) from None
+        if field == "headers" and not isinstance(value, dict):
+            raise ConfigError(field, shown, "pass a JSON object, e.g. json.dumps({'key': 'v'})")
 
 
 class ChangeWatcher(Protocol):
@@ -216,12 +234,15 @@ class QueueClient:
 
     async def submit(self, task: NewTask) -> Submitted:
         """Submit one task as part of the next group commit."""
+        check_json(task)
         result = await self.apply(Submit(task))
         assert isinstance(result.value, Submitted)
         return result.value
 
     async def submit_many(self, tasks: Sequence[NewTask]) -> list[Submitted]:
-        """Submit many tasks in one transaction."""
+        """Submit many tasks in one transaction (none if one of them is refused)."""
+        for task in tasks:
+            check_json(task)
         submitted = await self._hot(self.store.submit, list(tasks), self.clock.now())
         await self.ring(Counter(t.queue for t in tasks))
         return submitted

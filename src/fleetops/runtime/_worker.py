@@ -94,6 +94,20 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+def _headers_of(claimed: ClaimedTask) -> tuple[dict[str, Any], str | None]:
+    """The task's headers, and why they cannot be read (None when they can): a task
+    stored with bad headers is failed, not left to stop the worker."""
+    if claimed.headers == "{}":  # most tasks: skip the parse (a dict of their own all the same)
+        return {}, None
+    try:
+        headers = json.loads(claimed.headers)
+    except (ValueError, RecursionError) as exc:
+        return {}, f"headers is not JSON: {exc}"
+    if not isinstance(headers, dict):
+        return {}, f"headers is not JSON of an object: {claimed.headers[:80]!r}"
+    return headers, None
+
+
 @dataclass(slots=True)
 class _Running:
     task: asyncio.Task[None]
@@ -398,8 +412,7 @@ class Worker:
 
     async def _execute(self, claimed: ClaimedTask) -> None:
         started = self.clock.now()
-        # most tasks carry no headers: skip the parse (a dict of their own all the same)
-        headers = {} if claimed.headers == "{}" else json.loads(claimed.headers)
+        headers, malformed = _headers_of(claimed)
         self._record_start(claimed, started, headers)
         outcome = "lease_lost"
         name = "invoke_agent " + claimed.agent
@@ -424,7 +437,7 @@ class Worker:
         # traceparents of child tasks hang off it); its status is set below
         span_token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            outcome = await self._run_handler(claimed, started, headers)
+            outcome = await self._run_handler(claimed, started, headers, malformed)
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(claimed.id, None)
             if reason == "shutdown":
@@ -504,11 +517,25 @@ class Worker:
                     )
 
     async def _run_handler(
-        self, claimed: ClaimedTask, started: float, headers: dict[str, Any]
+        self,
+        claimed: ClaimedTask,
+        started: float,
+        headers: dict[str, Any],
+        malformed: str | None = None,
     ) -> str:
-        """Run the task's agent; answer the attempt's outcome."""
+        """Run the task's agent; answer the attempt's outcome. A task whose headers
+        (``malformed`` says how) or payload cannot be read is dead-lettered: no attempt
+        would read them better."""
         spec = self.agents.get(claimed.agent)
         policy_attempts = claimed.max_attempts or (spec.retry.max_attempts if spec else 1)
+        try:
+            payload = json.loads(claimed.payload)
+        except (ValueError, RecursionError) as exc:
+            malformed = malformed or f"payload is not JSON: {exc}"
+        if malformed is not None:
+            return await self._fail(
+                claimed, started, malformed, retryable=False, max_attempts=policy_attempts
+            )
         if spec is None:
             return await self._fail(
                 claimed,
@@ -533,7 +560,7 @@ class Worker:
             id=claimed.id,
             cluster=claimed.queue,
             agent=claimed.agent,
-            payload=json.loads(claimed.payload),
+            payload=payload,
             attempt=claimed.attempt,
             epoch=claimed.epoch,
             priority=claimed.priority,
