@@ -7,7 +7,10 @@ process does, and checks what the inline client does meanwhile.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ import pytest
 from fleetops import StoreUnavailable
 from fleetops.queue import QueueClient
 from fleetops.store import Complete, NewTask, SqliteStore, open_store
-from fleetops.store._sqlite import LockBusy
+from fleetops.store._sqlite import LockBusy, SqliteCheckpointer
 
 
 def _db(tmp_path: Path, durability: str) -> tuple[str, Path]:
@@ -204,7 +207,9 @@ def test_the_inline_client_leaves_checkpoints_to_its_own_thread(tmp_path: Path) 
             auto = store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
             size_before = path.stat().st_size
             for _ in range(20):
-                await client.submit_many([NewTask("q", "a", "x" * 2000) for _ in range(50)])
+                await client.submit_many(
+                    [NewTask("q", "a", json.dumps("x" * 2000)) for _ in range(50)]
+                )
             deadline = time.monotonic() + 10
             # the WAL's pages reach the database file without any commit checkpointing
             while path.stat().st_size <= size_before + 1_000_000:
@@ -250,3 +255,51 @@ def test_switching_a_new_file_to_wal_waits_for_another_process_that_holds_it(
     assert other.execute("SELECT x FROM t").fetchall() == [(1,)]
     holder.close()
     other.close()
+
+
+WRITER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)
+conn.execute("PRAGMA wal_autocheckpoint=0")  # as a worker's: checkpoints are not its job
+until = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < until:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        "INSERT INTO events (at, kind, data) VALUES (?, 'load', ?)", [(time.time(), "x" * 3000)] * 4
+    )
+    conn.execute("COMMIT")
+    time.sleep(0.0002)  # a worker does other work between its transactions
+"""
+
+
+def _largest_wal(tmp_path: Path, restart_frames: int) -> tuple[int, int]:
+    """Run the writer for 2 s against a fresh store with a checkpointer; answer the
+    largest the WAL file grew and how many times the checkpointer restarted it."""
+    url, path = _db(tmp_path, "normal")
+    open_store(url).close()  # the schema
+    wal = Path(f"{path}-wal")
+    checkpointer = SqliteCheckpointer(
+        path, durability="normal", interval=0.02, restart_frames=restart_frames
+    )
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "2.0"])
+    largest = 0
+    try:
+        while writer.poll() is None:
+            largest = max(largest, wal.stat().st_size if wal.exists() else 0)
+            time.sleep(0.01)
+    finally:
+        writer.wait(10)
+        checkpointer.close()
+    assert writer.returncode == 0
+    return largest, checkpointer.restarts
+
+
+def test_the_wal_starts_over_under_steady_writes_instead_of_growing(tmp_path: Path) -> None:
+    """A process that commits steadily always leaves frames newer than the last
+    passive checkpoint, so SQLite never starts the WAL over by itself: it grows for as
+    long as the load lasts (the control below). The checkpointer restarts it once it
+    passes its limit."""
+    bounded, restarts = _largest_wal(tmp_path / "restart", 256)
+    grown, none = _largest_wal(tmp_path / "passive-only", 10**9)
+    assert restarts > 0 and none == 0
+    assert bounded * 3 < grown, f"with restarts {bounded} bytes, without {grown}"
