@@ -1200,3 +1200,34 @@ def test_open_count_counts_only_unfinished_tasks_of_one_queue(store: Store) -> N
     assert store.open_count("other") == 1
     assert store.open_count("nowhere") == 0
     assert b.id in {t.id for t in store.list_tasks(state="running")}
+
+
+def test_prune_spans_drops_those_that_started_before_the_cutoff_a_chunk_at_a_time(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fleetops.store._sql.PRUNE_CHUNK", 7)  # several chunks
+
+    def span(trace: int, n: int, start: float) -> tuple[Any, ...]:
+        return (
+            f"{trace:032x}",
+            f"{n:016x}",
+            None,
+            "s",
+            "INTERNAL",
+            start,
+            start + 50,
+            "OK",
+            None,
+            "c",
+            "a",
+            "{}",
+        )
+
+    # started before T0 + 21 (each ended after it: the start is what counts)
+    old = [span(1, n, T0 + n) for n in range(1, 21)]
+    new = [span(2, n, T0 + 100 + n) for n in range(1, 6)]
+    store.put_spans([*old, *new])
+    assert store.prune_spans(T0 + 21) == 20
+    assert [r[1] for r in store.get_spans(trace_id=f"{1:032x}")] == []
+    assert len(store.get_spans(trace_id=f"{2:032x}")) == 5
+    assert store.prune_spans(T0 + 21) == 0  # nothing left to drop

@@ -6,12 +6,16 @@ import asyncio
 import io
 import json
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 from _polling import wait_until
 from fleetops import Context, RetryPolicy, TaskInfo
+from fleetops.control import ControlPlane
 from fleetops.queue import QueueClient
 from fleetops.runtime import Worker, WorkerSettings, agent
+from fleetops.spec import load_spec
 from fleetops.store import NewTask
 from fleetops.telemetry import JsonFormatter, catalog, new_traceparent
 
@@ -119,3 +123,49 @@ def test_trace_crosses_clusters_and_survives_redelivery(sqlite_url: str) -> None
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+def test_the_control_plane_drops_spans_older_than_the_high_tier_retention(tmp_path: Path) -> None:
+    """Spans are kept as long as raw metric history (observability.retention.high),
+    then dropped by the control plane's once-a-minute maintenance: a fleet under load
+    writes spans all day, and without it the span file only grows."""
+    (tmp_path / "fleet.yaml").write_text(
+        "fleet: {name: demo}\n"
+        "clusters:\n"
+        "  triage:\n"
+        "    agents:\n"
+        '      - {name: classify, entrypoint: "agents.triage:classify"}\n'
+        "observability:\n"
+        "  retention: {high: 1h, medium: 7d, low: 90d}\n",
+        encoding="utf-8",
+    )
+    spec = load_spec(tmp_path / "fleet.yaml")
+    plane = ControlPlane(spec, serve_api=False)
+
+    def span(n: int, age: float) -> tuple[Any, ...]:
+        start = time.time() - age
+        return (
+            f"{n:032x}",
+            f"{n:016x}",
+            None,
+            "s",
+            "INTERNAL",
+            start,
+            start + 1,
+            "OK",
+            None,
+            "triage",
+            "classify",
+            "{}",
+        )
+
+    async def main() -> tuple[int, int, int]:
+        async with QueueClient(spec.store_url()) as client:
+            plane.client = client
+            await client.run(client.store.put_spans, [span(1, 7200), span(2, 3000)])
+            dropped = await plane.maintain()
+            kept = await client.run(client.store.get_spans, f"{2:032x}")
+            gone = await client.run(client.store.get_spans, f"{1:032x}")
+            return dropped, len(kept), len(gone)
+
+    assert asyncio.run(main()) == (1, 1, 0)

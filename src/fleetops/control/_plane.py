@@ -429,12 +429,27 @@ class ControlPlane:
             try:
                 await self.record_history()
                 if self.clock.monotonic() - last_maintained >= 60:
-                    history = self.history
-                    if history is not None:
-                        await asyncio.to_thread(history.maintain)
+                    await self.maintain()
                     last_maintained = self.clock.monotonic()
             except FleetOpsError as exc:
                 log.warning("history.ingest_failed", error=str(exc))
+
+    async def maintain(self) -> int:
+        """What the history loop does once a minute: roll the metric history up and
+        drop what its tiers no longer keep, and drop the spans that started longer ago
+        than ``observability.retention.high`` (a trace is kept as long as the raw
+        metrics around it). Answers the spans dropped."""
+        history = self.history
+        if history is not None:
+            await asyncio.to_thread(history.maintain)
+        client = self.client
+        if client is None:
+            return 0
+        keep = self.spec.observability.retention.high
+        dropped = await client.run(client.store.prune_spans, self.clock.now() - keep)
+        if dropped:
+            log.info("spans.pruned", count=dropped, older_than_s=keep)
+        return dropped
 
     async def _integration(self) -> str:
         passed, detail = await self.smoke_test()

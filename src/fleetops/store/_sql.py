@@ -821,8 +821,16 @@ class SqlStore:
         return [tuple(r) for r in self._exec(SELECT_TASK_TRACES, (task_id, limit)).fetchall()]
 
     def prune_spans(self, before: float) -> int:
-        with self._tx():
-            return int(self._exec("DELETE FROM spans WHERE end_time < ?", (before,)).rowcount)
+        """Delete the spans that started before ``before``, :data:`PRUNE_CHUNK` to a
+        transaction (writers of new spans wait for one chunk at most, not for a day's
+        worth); answer how many went."""
+        deleted = 0
+        while True:
+            with self._tx():
+                gone = int(self._exec(PRUNE_SPANS, (before, PRUNE_CHUNK)).rowcount)
+            deleted += gone
+            if gone < PRUNE_CHUNK:
+                return deleted
 
     # --- workers and events -------------------------------------------------------------------
 
@@ -898,6 +906,13 @@ SELECT_TASK_TRACES = (
     "(SELECT trace_id FROM spans WHERE task_id = ?) ORDER BY start_time LIMIT ?"
 )
 #: The span store's tables where it is a file of its own (SQLite).
+#: Spans deleted per transaction by :meth:`SqlStore.prune_spans`.
+PRUNE_CHUNK = 10_000
+#: Parameters: the time before which spans started, the chunk. The start time is indexed.
+PRUNE_SPANS = (
+    "DELETE FROM spans WHERE (trace_id, span_id) IN "
+    "(SELECT trace_id, span_id FROM spans WHERE start_time < ? LIMIT ?)"
+)
 SPAN_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, "
     "parent_span_id TEXT, name TEXT NOT NULL, kind TEXT NOT NULL, start_time REAL NOT NULL, "

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import ConfigError, StoreError, StoreUnavailable
+from . import _sql
 from ._models import ClaimedTask, NewTask
 from ._sql import (
     INSERT_SPAN,
@@ -367,8 +368,18 @@ class SqliteStore(SqlStore):
         return [tuple(r) for r in rows]
 
     def prune_spans(self, before: float) -> int:
+        """Delete the spans that started before ``before`` from the span file, a chunk
+        to a transaction; answer how many went."""
         conn = self._spans()
-        return int(conn.execute("DELETE FROM spans WHERE end_time < ?", (before,)).rowcount)
+        deleted = 0
+        while True:
+            try:
+                gone = int(conn.execute(_sql.PRUNE_SPANS, (before, _sql.PRUNE_CHUNK)).rowcount)
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite span store {self.spans_path}: {exc}") from exc
+            deleted += gone
+            if gone < _sql.PRUNE_CHUNK:
+                return deleted
 
     def close(self) -> None:
         self._conn.close()
