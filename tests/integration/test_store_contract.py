@@ -1200,6 +1200,18 @@ def test_open_count_counts_only_unfinished_tasks_of_one_queue(store: Store) -> N
     assert store.open_count("other") == 1
     assert store.open_count("nowhere") == 0
     assert b.id in {t.id for t in store.list_tasks(state="running")}
+    # the same tasks by state; without the finished ones on request
+    everything = store.count_tasks()
+    assert everything == {
+        ("q", "a", "queued"): 2,
+        ("q", "a", "running"): 1,
+        ("q", "a", "succeeded"): 1,
+        ("q", "a", "cancelled"): 1,
+        ("other", "a", "queued"): 1,
+    }
+    assert store.count_tasks(finished=False) == {
+        k: n for k, n in everything.items() if k[2] in ("queued", "running")
+    }
 
 
 def test_prune_spans_drops_those_that_started_before_the_cutoff_a_chunk_at_a_time(

@@ -12,14 +12,17 @@ from typing import Any
 
 from _polling import wait_until
 from fleetops import Context, RetryPolicy, TaskInfo
+from fleetops._clock import Clock, VirtualClock
 from fleetops.control import ControlPlane
 from fleetops.queue import QueueClient
 from fleetops.runtime import Worker, WorkerSettings, agent
 from fleetops.spec import load_spec
-from fleetops.store import NewTask
+from fleetops.store import Complete, NewTask
 from fleetops.telemetry import JsonFormatter, catalog, new_traceparent
 
 ATTEMPTS: dict[int, int] = {}
+QUEUED = ("triage", "classify", "queued")
+SUCCEEDED = ("triage", "classify", "succeeded")
 
 
 @agent(name="front", retry=RetryPolicy(max_attempts=3, backoff_base=0.0))
@@ -125,22 +128,27 @@ def test_trace_crosses_clusters_and_survives_redelivery(sqlite_url: str) -> None
         logger.setLevel(old_level)
 
 
-def test_the_control_plane_drops_spans_older_than_the_high_tier_retention(tmp_path: Path) -> None:
-    """Spans are kept as long as raw metric history (observability.retention.high),
-    then dropped by the control plane's once-a-minute maintenance: a fleet under load
-    writes spans all day, and without it the span file only grows."""
+def _plane(tmp_path: Path, clock: Clock | None = None, extra: str = "") -> ControlPlane:
+    """A control plane of a one-cluster fleet in ``tmp_path``, not deployed: give it
+    a client to talk to its store."""
     (tmp_path / "fleet.yaml").write_text(
         "fleet: {name: demo}\n"
         "clusters:\n"
         "  triage:\n"
         "    agents:\n"
-        '      - {name: classify, entrypoint: "agents.triage:classify"}\n'
-        "observability:\n"
-        "  retention: {high: 1h, medium: 7d, low: 90d}\n",
+        '      - {name: classify, entrypoint: "agents.triage:classify"}\n' + extra,
         encoding="utf-8",
     )
-    spec = load_spec(tmp_path / "fleet.yaml")
-    plane = ControlPlane(spec, serve_api=False)
+    return ControlPlane(load_spec(tmp_path / "fleet.yaml"), serve_api=False, clock=clock)
+
+
+def test_the_control_plane_drops_spans_older_than_the_high_tier_retention(tmp_path: Path) -> None:
+    """Spans are kept as long as raw metric history (observability.retention.high),
+    then dropped by the control plane's once-a-minute maintenance: a fleet under load
+    writes spans all day, and without it the span file only grows."""
+    plane = _plane(
+        tmp_path, extra="observability:\n  retention: {high: 1h, medium: 7d, low: 90d}\n"
+    )
 
     def span(n: int, age: float) -> tuple[Any, ...]:
         start = time.time() - age
@@ -160,7 +168,7 @@ def test_the_control_plane_drops_spans_older_than_the_high_tier_retention(tmp_pa
         )
 
     async def main() -> tuple[int, int, int]:
-        async with QueueClient(spec.store_url()) as client:
+        async with QueueClient(plane.store_url) as client:
             plane.client = client
             await client.run(client.store.put_spans, [span(1, 7200), span(2, 3000)])
             dropped = await plane.maintain()
@@ -169,3 +177,42 @@ def test_the_control_plane_drops_spans_older_than_the_high_tier_retention(tmp_pa
             return dropped, len(kept), len(gone)
 
     assert asyncio.run(main()) == (1, 1, 0)
+
+
+def test_task_counts_are_fresh_for_open_tasks_and_recount_finished_ones_only_when_due(
+    tmp_path: Path,
+) -> None:
+    clock = VirtualClock()
+    plane = _plane(tmp_path, clock)
+
+    async def main() -> None:
+        async with QueueClient(plane.store_url, clock=clock) as client:
+            plane.client = client
+            store = client.store
+
+            async def finish_one() -> None:
+                [task] = await client.run(store.claim, "w", ["triage"], 1, clock.now(), 30.0)
+                done = Complete(task.id, task.epoch, "null", "w")
+                assert (await client.run(store.apply, [done], clock.now()))[0].ok
+
+            def counts(got: dict[tuple[str, str, str], int]) -> tuple[int, int]:
+                return got.get(QUEUED, 0), got.get(SUCCEEDED, 0)
+
+            await client.submit_many([NewTask("triage", "classify") for _ in range(3)])
+            await finish_one()
+            assert counts(await plane.task_counts()) == (2, 1)
+            await finish_one()
+            await client.submit(NewTask("triage", "classify"))
+            # the open tasks are counted again, the finished ones not yet
+            assert counts(await plane.task_counts()) == (2, 1)
+            clock.advance(1.0)  # FINISHED_RECOUNT_MIN
+            assert counts(await plane.task_counts()) == (2, 2)
+            # a count that took 0.1 s is taken again 5 s later, not sooner
+            await finish_one()
+            plane._finished_cost = 0.1
+            clock.advance(4.9)
+            assert counts(await plane.task_counts()) == (1, 2)
+            clock.advance(0.1)
+            assert counts(await plane.task_counts()) == (1, 3)
+
+    asyncio.run(main())

@@ -9,20 +9,15 @@ every number is current and nothing is double-counted across worker processes.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..telemetry import MetricSet, catalog
 
 if TYPE_CHECKING:
     from ..control import ControlPlane
-    from ..store import Store
 
 #: A worker whose snapshot is older than this no longer contributes gauges.
 STALE_AFTER = 15.0
-
-
-def _read(store: Store) -> tuple[list[tuple[str, str, float, str]], dict[Any, int]]:
-    return store.get_telemetry(), store.count_tasks()
 
 
 async def fleet_metrics(plane: ControlPlane) -> MetricSet:
@@ -31,7 +26,8 @@ async def fleet_metrics(plane: ControlPlane) -> MetricSet:
     merged = MetricSet()
     if client is None:
         return merged
-    rows, counts = await client.run(_read, client.store)
+    rows = await client.run(client.store.get_telemetry)
+    counts = await plane.task_counts()
     now = plane.clock.now()
     merged = MetricSet.merge(
         (json.loads(data) for _, _, _, data in rows),

@@ -83,7 +83,7 @@ async def _status_table(plane: ControlPlane) -> Table:
     )
     for column in ("cluster", "workers", "queued", "running", "succeeded", "dead", "health"):
         table.add_column(column, justify="left" if column in ("cluster", "health") else "right")
-    counts = await client.run(client.store.count_tasks) if client else {}
+    counts = await plane.task_counts() if client else {}
     sup = plane.supervisor
     for name in plane.spec.clusters:
         by_state: dict[str, int] = {}

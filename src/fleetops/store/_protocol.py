@@ -98,8 +98,10 @@ class Store(Protocol):
         after_id: int | None = None,
     ) -> list[TaskRecord]: ...
 
-    def count_tasks(self) -> dict[tuple[str, str, str], int]:
-        """Task counts by (queue, agent, state)."""
+    def count_tasks(self, finished: bool = True) -> dict[tuple[str, str, str], int]:
+        """Task counts by (queue, agent, state); with ``finished=False`` only of the
+        queued and running tasks. Counting the finished tasks reads an index entry
+        for every one ever finished (about 0.1 s a million); the open ones are few."""
         ...
 
     def attempts(self, task_id: int) -> list[AttemptRecord]: ...

@@ -68,12 +68,14 @@ SELECT_BY_KEY = "SELECT id FROM tasks WHERE idempotency_key = ?"
 #: The WHERE term of the tasks_done partial index, word for word (a query uses a
 #: partial index only when its WHERE clause contains the index's).
 FINISHED = "state IN ('succeeded', 'dead', 'cancelled')"
-COUNT_TASKS = (
+COUNT_OPEN = (
     "SELECT queue, agent, 'queued', COUNT(*) FROM tasks WHERE state = 'queued' "
     "GROUP BY queue, agent "
     "UNION ALL SELECT queue, agent, 'running', COUNT(*) FROM tasks WHERE state = 'running' "
-    "GROUP BY queue, agent "
-    f"UNION ALL SELECT queue, agent, state, COUNT(*) FROM tasks WHERE {FINISHED} "
+    "GROUP BY queue, agent"
+)
+COUNT_TASKS = (
+    f"{COUNT_OPEN} UNION ALL SELECT queue, agent, state, COUNT(*) FROM tasks WHERE {FINISHED} "
     "GROUP BY state, queue, agent"
 )
 
@@ -672,9 +674,9 @@ class SqlStore:
         sql = f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY id LIMIT ?"
         return [TaskRecord(*r) for r in self._exec(sql, [*params, limit]).fetchall()]
 
-    def count_tasks(self) -> dict[tuple[str, str, str], int]:
+    def count_tasks(self, finished: bool = True) -> dict[tuple[str, str, str], int]:
         # one part per partial index (schema 5): the WHERE terms are the indexes' own
-        rows = self._exec(COUNT_TASKS).fetchall()
+        rows = self._exec(COUNT_TASKS if finished else COUNT_OPEN).fetchall()
         return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
     def attempts(self, task_id: int) -> list[AttemptRecord]:
