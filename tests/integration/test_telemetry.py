@@ -18,7 +18,7 @@ from fleetops.queue import QueueClient
 from fleetops.runtime import Worker, WorkerSettings, agent
 from fleetops.spec import load_spec
 from fleetops.store import Complete, NewTask
-from fleetops.telemetry import JsonFormatter, catalog, new_traceparent
+from fleetops.telemetry import JsonFormatter, MetricSet, catalog, new_traceparent
 
 ATTEMPTS: dict[int, int] = {}
 QUEUED = ("triage", "classify", "queued")
@@ -214,5 +214,63 @@ def test_task_counts_are_fresh_for_open_tasks_and_recount_finished_ones_only_whe
             assert counts(await plane.task_counts()) == (1, 2)
             clock.advance(0.1)
             assert counts(await plane.task_counts()) == (1, 3)
+
+    asyncio.run(main())
+
+
+def test_snapshots_of_gone_workers_fold_into_one_per_cluster_and_sum_the_same(
+    tmp_path: Path,
+) -> None:
+    clock = VirtualClock()
+    plane = _plane(tmp_path, clock)
+    now = clock.now()
+
+    def snapshot(done: int, waits: list[float]) -> str:
+        m = MetricSet()
+        m.inc(catalog.TASKS_FINISHED, ("triage", "classify", "succeeded"), done)
+        for wait in waits:
+            m.observe(catalog.QUEUE_WAIT, ("triage", "classify"), wait)
+        m.set(catalog.AGENT_UTILIZATION, ("triage", "w"), 0.5)
+        return json.dumps(m.snapshot())
+
+    def sums(rows: list[tuple[str, str, float, str]]) -> dict[str, list[str]]:
+        """Every counter and histogram series of the merged rows, in a set order."""
+        merged = MetricSet.merge(json.loads(r[3]) for r in rows).snapshot()
+        return {
+            name: sorted(json.dumps(series) for series in entries)
+            for kind in ("c", "h")
+            for name, entries in merged[kind].items()
+        }
+
+    async def main() -> None:
+        async with QueueClient(plane.store_url, clock=clock) as client:
+            plane.client = client
+            store = client.store
+
+            async def write(worker: str, state: str, age: float, data: str) -> None:
+                await client.run(store.register_worker, worker, "triage", 1, "h", 4, now - 900)
+                if state != "running":
+                    await client.run(store.set_worker_state, worker, state, now - 800)
+                await client.run(store.put_telemetry, worker, "triage", now - age, data)
+
+            await write("live", "running", 700, snapshot(5, [0.1]))  # old, but running
+            await write("a", "stopped", 700, snapshot(3, [0.2, 0.3]))
+            await write("b", "dead", 650, snapshot(2, [4.0]))
+            await write("c", "stopped", 10, snapshot(1, []))  # gone, not for long yet
+            before = await client.run(store.get_telemetry)
+            assert await plane.retire_telemetry() == 2
+            after = await client.run(store.get_telemetry)
+            assert [r[0] for r in after] == ["c", "live", "retired/triage"]
+            assert sums(after) == sums(before)
+            retired = json.loads(after[-1][3])
+            assert retired["g"] == {}  # a gone worker's gauges had stopped counting
+
+            await write("d", "stopped", 700, snapshot(7, [0.5]))  # folds into the same row
+            before = await client.run(store.get_telemetry)
+            assert await plane.retire_telemetry() == 1
+            after = await client.run(store.get_telemetry)
+            assert [r[0] for r in after] == ["c", "live", "retired/triage"]
+            assert sums(after) == sums(before)
+            assert await plane.retire_telemetry() == 0
 
     asyncio.run(main())

@@ -35,7 +35,7 @@ from ..queue import QueueClient
 from ..runtime import ClusterPlan, Supervisor, load_agent
 from ..spec import FleetSpec, load_spec_text
 from ..store import TERMINAL_STATES, NewTask, Store, open_store
-from ..telemetry import JsonFormatter, get_logger
+from ..telemetry import JsonFormatter, MetricSet, get_logger
 from ..telemetry._tracing import TRACEPARENT, new_traceparent
 from ..telemetry.history import HistoryStore, RetentionPolicy, Sample
 from ._diff import diff
@@ -117,6 +117,10 @@ def spec_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+#: A gone worker's metrics snapshot is folded into its cluster's after this many seconds.
+RETIRE_TELEMETRY_AFTER = 600.0
+#: The worker id of a cluster's folded snapshot is this and the cluster's name.
+RETIRED = "retired/"
 #: The finished tasks are counted again at most this often (see ControlPlane.task_counts)
 FINISHED_RECOUNT_MIN = 1.0
 #: ... and no sooner than this many times what their last count took.
@@ -480,6 +484,46 @@ class ControlPlane:
         every = max(FINISHED_RECOUNT_MIN, FINISHED_RECOUNT_FACTOR * self._finished_cost)
         return self.clock.monotonic() - at >= every
 
+    async def retire_telemetry(self) -> int:
+        """Fold the metrics snapshots of workers gone for :data:`RETIRE_TELEMETRY_AFTER`
+        into one snapshot per cluster (worker ``retired/<cluster>``); answer how many.
+
+        Every worker start is a new worker id with a snapshot of its own, kept because
+        a gone worker's counters and histograms still count. Without this every scrape
+        and every history step would merge a snapshot per worker ever started
+        (restarts, scaling, redeploys). Folded, their sums are exactly what they were;
+        their gauges had stopped counting already.
+        """
+        client = self._need_client()
+        cutoff = self.clock.now() - RETIRE_TELEMETRY_AFTER
+        gone = [
+            row
+            for row in await client.run(client.store.gone_telemetry, cutoff)
+            if not row[0].startswith(RETIRED)
+        ]
+        if not gone:
+            return 0
+        retired = {
+            row[0]: row
+            for row in await client.run(client.store.get_telemetry)
+            if row[0].startswith(RETIRED)
+        }
+        by_cluster: dict[str, list[tuple[str, str, float, str]]] = {}
+        for row in gone:
+            by_cluster.setdefault(row[1], []).append(row)
+        rows = []
+        for cluster, members in sorted(by_cluster.items()):
+            before = retired.get(RETIRED + cluster)
+            folded = members + ([before] if before is not None else [])
+            merged = MetricSet.merge(
+                (json.loads(row[3]) for row in folded), gauges_from=(False for _ in folded)
+            )
+            snapshot = json.dumps(merged.snapshot(), separators=(",", ":"))
+            rows.append((RETIRED + cluster, cluster, max(row[2] for row in folded), snapshot))
+        await client.run(client.store.replace_telemetry, [row[0] for row in gone], rows)
+        log.info("telemetry.retired", workers=len(gone), clusters=len(rows))
+        return len(gone)
+
     async def maintain(self) -> int:
         """What the history loop does once a minute: roll the metric history up and
         drop what its tiers no longer keep, and drop the spans that started longer ago
@@ -491,6 +535,7 @@ class ControlPlane:
         client = self.client
         if client is None:
             return 0
+        await self.retire_telemetry()
         keep = self.spec.observability.retention.high
         dropped = await client.run(client.store.prune_spans, self.clock.now() - keep)
         if dropped:

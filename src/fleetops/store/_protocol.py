@@ -154,6 +154,16 @@ class Store(Protocol):
 
     def get_telemetry(self) -> list[tuple[str, str, float, str]]: ...
 
+    def gone_telemetry(self, before: float) -> list[tuple[str, str, float, str]]:
+        """Snapshots written before ``before`` by workers no longer running."""
+        ...
+
+    def replace_telemetry(
+        self, gone: Sequence[str], rows: Sequence[tuple[str, str, float, str]]
+    ) -> None:
+        """Delete the snapshots of ``gone`` and write ``rows``, in one transaction."""
+        ...
+
     def put_spans(self, spans: Iterable[tuple[Any, ...]]) -> None: ...
 
     def get_spans(

@@ -792,17 +792,34 @@ class SqlStore:
 
     def put_telemetry(self, worker: str, cluster: str, now: float, data: str) -> None:
         with self._tx():
-            self._exec(
-                "INSERT INTO telemetry (worker, cluster, at, data) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (worker) DO UPDATE SET cluster = excluded.cluster, "
-                "at = excluded.at, data = excluded.data",
-                (worker, cluster, now, data),
-            )
+            self._exec(UPSERT_TELEMETRY, (worker, cluster, now, data))
 
     def get_telemetry(self) -> list[tuple[str, str, float, str]]:
         """(worker, cluster, written at, snapshot JSON) of every worker ever seen."""
         rows = self._exec("SELECT worker, cluster, at, data FROM telemetry ORDER BY worker")
         return [(r[0], r[1], float(r[2]), r[3]) for r in rows.fetchall()]
+
+    def gone_telemetry(self, before: float) -> list[tuple[str, str, float, str]]:
+        """The snapshots last written before ``before`` by workers that are not running
+        (nor draining): they will not be written again."""
+        rows = self._exec(
+            "SELECT worker, cluster, at, data FROM telemetry WHERE at < ? AND worker NOT IN "
+            "(SELECT id FROM workers WHERE state IN ('running', 'draining')) ORDER BY worker",
+            (before,),
+        )
+        return [(r[0], r[1], float(r[2]), r[3]) for r in rows.fetchall()]
+
+    def replace_telemetry(
+        self, gone: Sequence[str], rows: Sequence[tuple[str, str, float, str]]
+    ) -> None:
+        """In one transaction, delete the snapshots of the workers ``gone`` and write
+        ``rows`` (worker, cluster, at, data) in their place."""
+        with self._tx():
+            for chunk in iter_chunks(list(gone), BATCH_ROWS):
+                marks = ", ".join("?" * len(chunk))
+                self._exec(f"DELETE FROM telemetry WHERE worker IN ({marks})", chunk)
+            for worker, cluster, at, data in rows:
+                self._exec(UPSERT_TELEMETRY, (worker, cluster, at, data))
 
     def put_spans(self, spans: Iterable[tuple[Any, ...]]) -> None:
         """Insert finished spans: (trace_id, span_id, parent_span_id, name, kind, start,
@@ -914,6 +931,11 @@ PRUNE_CHUNK = 10_000
 PRUNE_SPANS = (
     "DELETE FROM spans WHERE (trace_id, span_id) IN "
     "(SELECT trace_id, span_id FROM spans WHERE start_time < ? LIMIT ?)"
+)
+UPSERT_TELEMETRY = (
+    "INSERT INTO telemetry (worker, cluster, at, data) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (worker) DO UPDATE SET cluster = excluded.cluster, "
+    "at = excluded.at, data = excluded.data"
 )
 SPAN_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, "
