@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -142,10 +143,12 @@ def _plane(tmp_path: Path, clock: Clock | None = None, extra: str = "") -> Contr
     return ControlPlane(load_spec(tmp_path / "fleet.yaml"), serve_api=False, clock=clock)
 
 
-def test_the_control_plane_drops_spans_older_than_the_high_tier_retention(tmp_path: Path) -> None:
-    """Spans are kept as long as raw metric history (observability.retention.high),
-    then dropped by the control plane's once-a-minute maintenance: a fleet under load
-    writes spans all day, and without it the span file only grows."""
+def test_the_control_plane_drops_spans_and_gone_workers_logs_after_the_high_retention(
+    tmp_path: Path,
+) -> None:
+    """Spans and the log files of gone workers are kept as long as raw metric history
+    (observability.retention.high), then dropped by the control plane's once-a-minute
+    maintenance: without it the span file and the log directory only grow."""
     plane = _plane(
         tmp_path, extra="observability:\n  retention: {high: 1h, medium: 7d, low: 90d}\n"
     )
@@ -171,7 +174,13 @@ def test_the_control_plane_drops_spans_older_than_the_high_tier_retention(tmp_pa
         async with QueueClient(plane.store_url) as client:
             plane.client = client
             await client.run(client.store.put_spans, [span(1, 7200), span(2, 3000)])
+            plane.log_dir.mkdir(parents=True)
+            for name, age in (("triage-0-old", 7200), ("triage-1-new", 60)):
+                (plane.log_dir / f"{name}.log").write_text("{}\n")
+                os.utime(plane.log_dir / f"{name}.log", (time.time() - age,) * 2)
             dropped = await plane.maintain()
+            # a worker's log file goes with its spans (no worker is live here)
+            assert [p.name for p in plane.log_dir.iterdir()] == ["triage-1-new.log"]
             kept = await client.run(client.store.get_spans, f"{2:032x}")
             gone = await client.run(client.store.get_spans, f"{1:032x}")
             return dropped, len(kept), len(gone)

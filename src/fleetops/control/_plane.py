@@ -36,6 +36,7 @@ from ..runtime import ClusterPlan, Supervisor, load_agent
 from ..spec import FleetSpec, load_spec_text
 from ..store import TERMINAL_STATES, NewTask, Store, open_store
 from ..telemetry import JsonFormatter, MetricSet, get_logger
+from ..telemetry._logsearch import CONTROL_LOG, prune_logs
 from ..telemetry._tracing import TRACEPARENT, new_traceparent
 from ..telemetry.history import HistoryStore, RetentionPolicy, Sample
 from ._diff import diff
@@ -284,7 +285,7 @@ class ControlPlane:
     def _start_log_file(self) -> None:
         """Keep the control plane's own logs beside the workers', for search."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(self.log_dir / "control.log", encoding="utf-8")
+        handler = logging.FileHandler(self.log_dir / CONTROL_LOG, encoding="utf-8")
         handler.setFormatter(JsonFormatter())
         handler.setLevel(logging.INFO)
         root = logging.getLogger("fleetops")
@@ -526,17 +527,23 @@ class ControlPlane:
 
     async def maintain(self) -> int:
         """What the history loop does once a minute: roll the metric history up and
-        drop what its tiers no longer keep, and drop the spans that started longer ago
-        than ``observability.retention.high`` (a trace is kept as long as the raw
+        drop what its tiers no longer keep; delete the log files of workers not live
+        that wrote nothing for ``observability.retention.high``; fold the metrics of
+        workers long gone (:meth:`retire_telemetry`); drop the spans that started
+        longer ago than ``retention.high`` (a trace is kept as long as the raw
         metrics around it). Answers the spans dropped."""
         history = self.history
         if history is not None:
             await asyncio.to_thread(history.maintain)
+        keep = self.spec.observability.retention.high
+        live = {h.id for h in self.supervisor.live_workers()} if self.supervisor else set()
+        pruned = await asyncio.to_thread(prune_logs, self.log_dir, self.clock.now() - keep, live)
+        if pruned:
+            log.info("logs.pruned", workers=len(pruned), older_than_s=keep)
         client = self.client
         if client is None:
             return 0
         await self.retire_telemetry()
-        keep = self.spec.observability.retention.high
         dropped = await client.run(client.store.prune_spans, self.clock.now() - keep)
         if dropped:
             log.info("spans.pruned", count=dropped, older_than_s=keep)

@@ -3,14 +3,16 @@
 Every process of a fleet writes one JSON object per line to its own file under
 ``.fleetops/logs/``: the control plane to ``control.log``, each worker to
 ``<worker id>.log``. :func:`search_logs` reads them newest first with filters;
-:func:`follow_logs` yields new matching lines as they are written.
+:func:`follow_logs` yields new matching lines as they are written; :func:`prune_logs`
+deletes the files of workers long gone (each worker start writes a file of its own).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from typing import Any
 from .._exceptions import ConfigError
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+#: The control plane's own log file (never pruned: it is open for as long as it runs).
+CONTROL_LOG = "control.log"
 #: How much of each file's end a search reads (old lines beyond it are not searched).
 TAIL_BYTES = 8 * 1024 * 1024
 
@@ -111,3 +115,24 @@ def follow_logs(
                 if record is not None and where.matches(record, line):
                     yield record
         time.sleep(poll)
+
+
+def prune_logs(log_dir: Path, before: float, keep: Collection[str] = ()) -> list[str]:
+    """Delete the worker log files last written before ``before`` (seconds since the
+    epoch), but the control plane's and those of the workers in ``keep`` (the live
+    ones: an idle worker may write nothing for a day). Answers the workers whose logs
+    went. Without this a fleet keeps a file per worker start, and every search reads
+    the end of each."""
+    gone: list[str] = []
+    if not log_dir.is_dir():
+        return gone
+    for path in log_dir.glob("*.log"):
+        if path.name == CONTROL_LOG or path.stem in keep:
+            continue
+        try:
+            if path.stat().st_mtime < before:
+                os.unlink(path)
+                gone.append(path.stem)
+        except FileNotFoundError:  # deleted meanwhile
+            continue
+    return sorted(gone)
