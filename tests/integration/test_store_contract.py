@@ -1243,3 +1243,18 @@ def test_prune_spans_drops_those_that_started_before_the_cutoff_a_chunk_at_a_tim
     assert [r[1] for r in store.get_spans(trace_id=f"{1:032x}")] == []
     assert len(store.get_spans(trace_id=f"{2:032x}")) == 5
     assert store.prune_spans(T0 + 21) == 0  # nothing left to drop
+
+
+def test_list_workers_by_id_reads_only_those(store: Store) -> None:
+    for n in range(6):
+        store.register_worker(f"w{n}", "c" if n % 2 else "d", n, "h", 4, T0 + n)
+    store.set_worker_state("w3", "stopped", T0 + 9)
+    assert [w.id for w in store.list_workers(ids=["w5", "w1", "nobody", "w3"])] == [
+        "w1",
+        "w3",
+        "w5",
+    ]
+    assert [w.id for w in store.list_workers("d", ids=["w0", "w1", "w2"])] == ["w0", "w2"]
+    assert store.list_workers(ids=[]) == []
+    assert [w.id for w in store.list_workers("c")] == ["w1", "w3", "w5"]
+    assert len(store.list_workers()) == 6

@@ -433,7 +433,8 @@ class Supervisor:
         client = self._watch
         while True:
             await self.clock.sleep(self.detect_interval)
-            records = {w.id: w for w in await client.run(client.store.list_workers)}
+            watched = [h.id for h in self.workers.values() if h.process.returncode is None]
+            records = {w.id: w for w in await client.run(client.store.list_workers, None, watched)}
             now = self.clock.now()
             for handle in list(self.workers.values()):
                 if (

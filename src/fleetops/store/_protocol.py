@@ -188,7 +188,11 @@ class Store(Protocol):
 
     def set_worker_state(self, worker: str, state: str, now: float) -> None: ...
 
-    def list_workers(self, cluster: str | None = None) -> list[WorkerRecord]: ...
+    def list_workers(
+        self, cluster: str | None = None, ids: Sequence[str] | None = None
+    ) -> list[WorkerRecord]:
+        """Workers by id: every one ever started (of ``cluster``), or those in ``ids``."""
+        ...
 
     def record_event(
         self,

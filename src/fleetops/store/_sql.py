@@ -875,14 +875,26 @@ class SqlStore:
             stopped = now if state in ("stopped", "dead") else None
             self._exec(MARK_WORKER, (state, stopped, worker))
 
-    def list_workers(self, cluster: str | None = None) -> list[WorkerRecord]:
-        if cluster is None:
+    def list_workers(
+        self, cluster: str | None = None, ids: Sequence[str] | None = None
+    ) -> list[WorkerRecord]:
+        if ids is not None:
+            # by primary key: a supervisor reads its live workers every 50 ms, and the
+            # table keeps a row for every worker ever started
+            rows = []
+            for chunk in iter_chunks(list(ids), BATCH_ROWS):
+                marks = ", ".join("?" * len(chunk))
+                rows += self._exec(
+                    f"SELECT {WORKER_COLUMNS} FROM workers WHERE id IN ({marks})", chunk
+                ).fetchall()
+            rows.sort(key=lambda r: r[0])
+        elif cluster is None:
             rows = self._exec(f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY id").fetchall()
         else:
             rows = self._exec(
                 f"SELECT {WORKER_COLUMNS} FROM workers WHERE cluster = ? ORDER BY id", (cluster,)
             ).fetchall()
-        return [WorkerRecord(*r) for r in rows]
+        return [WorkerRecord(*r) for r in rows if cluster is None or r[1] == cluster]
 
     def record_event(
         self,
