@@ -936,7 +936,6 @@ SELECT_TASK_TRACES = (
     f"SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id IN "
     "(SELECT trace_id FROM spans WHERE task_id = ?) ORDER BY start_time LIMIT ?"
 )
-#: The span store's tables where it is a file of its own (SQLite).
 #: Spans deleted per transaction by :meth:`SqlStore.prune_spans`.
 PRUNE_CHUNK = 10_000
 #: Parameters: the time before which spans started, the chunk. The start time is indexed.
@@ -949,6 +948,7 @@ UPSERT_TELEMETRY = (
     "ON CONFLICT (worker) DO UPDATE SET cluster = excluded.cluster, "
     "at = excluded.at, data = excluded.data"
 )
+#: The span store's tables where it is a file of its own (SQLite).
 SPAN_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, "
     "parent_span_id TEXT, name TEXT NOT NULL, kind TEXT NOT NULL, start_time REAL NOT NULL, "
