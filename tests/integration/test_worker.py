@@ -56,6 +56,14 @@ async def effect_then_fail(task: TaskInfo, ctx: Context) -> Any:
     return {"charged": charged, "attempt": task.attempt}
 
 
+@agent(name="effect_returns_an_object", retry=RetryPolicy(max_attempts=3, backoff_base=0.0))
+async def effect_returns_an_object(task: TaskInfo, ctx: Context) -> Any:
+    # a charge object from a payment client, say: the charge happened, its result
+    # cannot be journaled
+    await ctx.effect("charge", lambda: SIDE_EFFECTS.append(f"charge-{task.id}") or object())
+    return "unreachable"
+
+
 @agent(name="always_fails", retry=RetryPolicy(max_attempts=2, backoff_base=0.0))
 async def always_fails(task: TaskInfo, ctx: Context) -> None:
     raise RuntimeError(f"nope {task.attempt}")
@@ -171,6 +179,23 @@ def test_effect_is_journaled_and_replayed_on_retry(sqlite_url: str) -> None:
         assert [a.outcome for a in attempts] == ["failed", "succeeded"]
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(effect_then_fail)]))
+
+
+def test_an_effect_whose_result_cannot_be_journaled_runs_once_and_dead_letters_its_task(
+    sqlite_url: str,
+) -> None:
+    SIDE_EFFECTS.clear()
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        sub = await client.submit(NewTask("c", "effect_returns_an_object"))
+        record = await _wait_terminal(client, sub.id)
+        assert record.state == "dead"
+        assert "not JSON-serialisable" in (record.dead_reason or "")
+        assert SIDE_EFFECTS == [f"charge-{sub.id}"]  # not again on a retry
+        effects = await client.run(client.store.effects, sub.id)
+        assert [(e.key, e.state, e.executions) for e in effects] == [("charge", "done", 1)]
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(effect_returns_an_object)]))
 
 
 def test_retries_then_dead_letters_with_the_reason(sqlite_url: str) -> None:

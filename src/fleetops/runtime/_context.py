@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from ._worker import Worker
 
 
+class EffectNotJournaled(UsageError):
+    """An effect ran but its result could not be journaled: its task fails for good
+    (a retry would find the effect done, without the result it expects)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TaskInfo:
     """The task an agent is running."""
@@ -205,11 +210,22 @@ class Context:
         outcome = fn(call) if takes_call else fn()
         if inspect.isawaitable(outcome):
             outcome = await outcome
-        encoded = json.dumps(outcome)
+        try:
+            encoded, unjournaled = json.dumps(outcome), None
+        except (TypeError, ValueError) as exc:
+            # the effect happened: journal it as done (with no result) so that no
+            # attempt runs it again, and fail the task for good
+            encoded, unjournaled = "null", exc
         ended = await self._worker.client.apply(EffectEnd(task_id, epoch, key, encoded))
         if not ended.ok:
             raise LeaseLost(task_id, epoch)
         self._journal[key] = ("done", encoded)
+        if unjournaled is not None:
+            raise EffectNotJournaled(
+                f"effect {key!r} ran, but its result is not JSON-serialisable "
+                f"({unjournaled}); it was journaled without its result and will not run "
+                "again: return JSON values (dicts, lists, str, numbers) from effects"
+            ) from unjournaled
         return outcome
 
     async def llm(

@@ -47,7 +47,7 @@ from ._loop import check_event_loop
 
 if TYPE_CHECKING:
     from ..providers import CallRecord, Gateway
-from ._context import SENT_AT, SOURCE_CLUSTER, Context, TaskInfo
+from ._context import SENT_AT, SOURCE_CLUSTER, Context, EffectNotJournaled, TaskInfo
 
 log = get_logger("fleetops.worker")
 
@@ -580,6 +580,10 @@ class Worker:
                 "lease.lost", task_id=claimed.id, epoch=claimed.epoch, worker=self.worker_id
             )
             return "lease_lost"
+        except EffectNotJournaled as exc:  # a retry could not do better
+            return await self._fail(
+                claimed, started, str(exc), retryable=False, max_attempts=policy_attempts
+            )
         except TimeoutError as exc:  # the task's timeout, or one of the agent's own
             return await self._fail(
                 claimed,
