@@ -9,6 +9,7 @@ deletes the files of workers long gone (each worker start writes a file of its o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -82,7 +83,11 @@ def search_logs(log_dir: Path, where: LogFilter, limit: int = 200) -> list[dict[
     if not log_dir.is_dir():
         return found
     for path in log_dir.glob("*.log"):
-        for line in _lines(path):
+        try:
+            lines = _lines(path)
+        except FileNotFoundError:  # pruned meanwhile (prune_logs)
+            continue
+        for line in lines:
             record = _parse(line, path.stem)
             if record is not None and where.matches(record, line):
                 found.append(record)
@@ -96,18 +101,23 @@ def follow_logs(
     """Yield matching records appended to any log file from now on."""
     offsets: dict[Path, int] = {}
     for path in log_dir.glob("*.log"):
-        offsets[path] = path.stat().st_size
+        with contextlib.suppress(FileNotFoundError):  # pruned meanwhile (prune_logs)
+            offsets[path] = path.stat().st_size
     began = time.monotonic()
     while stop_after is None or time.monotonic() - began < stop_after:
         for path in sorted(log_dir.glob("*.log")):
             start = offsets.get(path, 0)
-            size = path.stat().st_size
-            if size <= start:
-                offsets[path] = size
+            try:
+                size = path.stat().st_size
+                if size <= start:
+                    offsets[path] = size
+                    continue
+                with open(path, "rb") as handle:
+                    handle.seek(start)
+                    chunk = handle.read(size - start)
+            except FileNotFoundError:  # pruned meanwhile (prune_logs)
+                offsets.pop(path, None)
                 continue
-            with open(path, "rb") as handle:
-                handle.seek(start)
-                chunk = handle.read(size - start)
             complete = chunk.rfind(b"\n") + 1
             offsets[path] = start + complete
             for line in chunk[:complete].decode("utf-8", errors="replace").splitlines():
