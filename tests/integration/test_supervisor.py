@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from _polling import wait_until
 from fleetops.queue import QueueClient
@@ -228,3 +232,88 @@ def test_a_worker_hung_while_holding_the_write_lock_does_not_stall_the_fleet(
         assert record.redeliveries == 1
 
     asyncio.run(_supervised(sqlite_url, body, _plan()))
+
+
+def test_a_worker_that_cannot_be_started_is_tried_again_not_the_end_of_the_fleet(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fork() can fail for a while (EAGAIN: too many processes, ENOMEM): the slot
+    backs off and tries again; the supervisor and the other workers go on."""
+    spawn = asyncio.create_subprocess_exec
+    refusals = [2]
+
+    async def refuse_twice(*args: Any, **kwargs: Any) -> Any:
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        return await spawn(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", refuse_twice)
+
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        task = await client.submit(NewTask("c", "echo", '"hi"'))
+        await wait_until(lambda: _terminal(client, task.id))
+        await wait_until(lambda: len(sup.live_workers("c")) == 2)
+
+    events = asyncio.run(
+        _supervised(sqlite_url, body, _plan(), RestartPolicy(backoff_base=0.05, backoff_max=0.2))
+    )
+    failed = [e for e in events if e.kind == "worker.spawn_failed"]
+    assert len(failed) == 2
+    assert "Resource temporarily unavailable" in failed[0].data["error"]
+
+
+def test_a_store_that_cannot_record_events_does_not_stop_the_supervisor(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events are bookkeeping: a store that refuses them (disk full, say) is logged,
+    and the fleet goes on, a crashed worker restarted and its task redelivered."""
+    from fleetops import StoreError
+    from fleetops.store._sql import SqlStore
+
+    def refuse(self: SqlStore, *args: Any, **kwargs: Any) -> int:
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(SqlStore, "record_event", refuse)
+
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        crash = await client.submit(NewTask("c", "crash", "null", max_redeliveries=0))
+        await wait_until(lambda: _terminal(client, crash.id))
+        await wait_until(lambda: "agent_failure.spawn_replacement_agent" in _kinds(events))
+        echo = await client.submit(NewTask("c", "echo", '"still here"'))
+        await wait_until(lambda: _terminal(client, echo.id))
+
+    events = asyncio.run(_supervised(sqlite_url, body, _plan(), RestartPolicy(backoff_base=0.05)))
+    assert "worker.failed" in _kinds(events)
+
+
+def test_revoking_a_lost_workers_leases_is_tried_again_while_the_store_fails(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetops import StoreError
+    from fleetops.store._sql import SqlStore
+
+    revoke = SqlStore.revoke_worker
+    calls: list[str] = []
+
+    def flaky(self: SqlStore, worker: str, now: float, reason: str) -> list[int]:
+        calls.append(worker)
+        if len(calls) <= 2:
+            raise StoreError("the store is restarting")
+        return revoke(self, worker, now, reason)
+
+    monkeypatch.setattr(SqlStore, "revoke_worker", flaky)
+
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        slow = await client.submit(NewTask("c", "slow", "0.6"))
+        await asyncio.sleep(0.2)  # let a worker take it
+        record = await client.run(client.store.get_task, slow.id)
+        assert record is not None and record.state == "running"
+        holder = next(h for h in sup.live_workers() if h.id == record.lease_owner)
+        os.kill(holder.pid, signal.SIGKILL)
+        await wait_until(lambda: _terminal(client, slow.id))
+        outcomes = [a.outcome for a in await client.run(client.store.attempts, slow.id)]
+        assert outcomes == ["lease_lost", "succeeded"]
+
+    asyncio.run(_supervised(sqlite_url, body, _plan()))
+    assert len(calls) == 3 and len(set(calls)) == 1  # the same worker, until it worked

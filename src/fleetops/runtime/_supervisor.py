@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .._clock import Clock, SystemClock
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, StoreError
 from ..queue import QueueClient
 from ..store import event_data
 from ..telemetry import MetricSet, catalog, get_logger
@@ -270,7 +270,13 @@ class Supervisor:
         failures = 0
         replacing: str | None = None
         while not self._stopping and slot < self._desired[cluster]:
-            handle = await self._spawn(cluster, slot)
+            try:
+                handle = await self._spawn(cluster, slot)
+            except OSError as exc:  # fork or the log file failed (EAGAIN, ENOMEM, disk full)
+                failures += 1
+                await self._event("worker.spawn_failed", cluster, None, slot=slot, error=str(exc))
+                await self.clock.sleep(await self._restart_delay(cluster, failures))
+                continue
             if replacing is not None:
                 await self._event(
                     "agent_failure.spawn_replacement_agent",
@@ -395,9 +401,7 @@ class Supervisor:
         assert self._client is not None
         detected_at = self.clock.now()
         await self._event("worker.failed", handle.cluster, handle.id, reason=why, pid=handle.pid)
-        revoked = await self._client.run(
-            self._client.store.revoke_worker, handle.id, self.clock.now(), why
-        )
+        revoked = await self._revoke(handle, why)
         if revoked:  # the surviving workers pick the redelivered tasks up at once
             await self._client.ring({handle.cluster: len(revoked)})
         reason = "hung" if why.startswith("hung") else "exited"
@@ -532,14 +536,37 @@ class Supervisor:
 
     # --- events --------------------------------------------------------------------------------
 
+    async def _revoke(self, handle: WorkerHandle, why: str) -> list[int]:
+        """Take the lost worker's leases away, trying again while the store fails (until
+        the supervisor stops): its tasks wait for this, or for their leases to expire."""
+        assert self._client is not None
+        client = self._client
+        pause = 0.05
+        while True:
+            try:
+                now = self.clock.now()
+                return await client.run(client.store.revoke_worker, handle.id, now, why)
+            except StoreError as exc:
+                log.error("worker.revoke_failed", worker=handle.id, error=str(exc), retry_s=pause)
+                if self._stopping:  # its leases expire by themselves
+                    return []
+                await self.clock.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
     async def _event(self, kind: str, cluster: str, worker: str | None, **data: Any) -> None:
+        """Record a supervision event in the store and the log. Events are bookkeeping:
+        a store that cannot take one (full, unreachable) is logged, and supervision
+        goes on."""
         at = self.clock.now()
         event = SupervisorEvent(kind, at, cluster, worker, data)
         if self._client is not None:
             client = self._client
-            await client.run(
-                client.store.record_event, kind, at, cluster, worker, None, event_data(**data)
-            )
+            try:
+                await client.run(
+                    client.store.record_event, kind, at, cluster, worker, None, event_data(**data)
+                )
+            except StoreError as exc:
+                log.warning("event.not_recorded", kind=kind, error=str(exc))
         log.info(kind, cluster=cluster, worker=worker, **data)
         if self._on_event is not None:
             self._on_event(event)
