@@ -317,3 +317,36 @@ def test_revoking_a_lost_workers_leases_is_tried_again_while_the_store_fails(
 
     asyncio.run(_supervised(sqlite_url, body, _plan()))
     assert len(calls) == 3 and len(set(calls)) == 1  # the same worker, until it worked
+
+
+def test_the_failure_detector_rides_out_a_store_it_cannot_read(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that fails the detector's reads for a while (a restarting database)
+    neither stops the supervisor nor gets healthy workers presumed dead."""
+    from fleetops import StoreError
+    from fleetops.store._sql import SqlStore
+
+    list_workers = SqlStore.list_workers
+    failing = {"on": False, "failed": 0}
+
+    def flaky(self: SqlStore, *args: Any, **kwargs: Any) -> Any:
+        if failing["on"]:
+            failing["failed"] += 1
+            raise StoreError("the store is restarting")
+        return list_workers(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlStore, "list_workers", flaky)
+
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        before = {h.id for h in sup.live_workers()}
+        failing["on"] = True
+        await asyncio.sleep(1.0)  # 20 rounds of the detector
+        failing["on"] = False
+        task = await client.submit(NewTask("c", "echo", '"hi"'))
+        await wait_until(lambda: _terminal(client, task.id))
+        assert {h.id for h in sup.live_workers()} == before  # nobody presumed dead
+
+    events = asyncio.run(_supervised(sqlite_url, body, _plan()))
+    assert failing["failed"] >= 10
+    assert "worker.suspected" not in _kinds(events)

@@ -438,7 +438,12 @@ class Supervisor:
         while True:
             await self.clock.sleep(self.detect_interval)
             watched = [h.id for h in self.workers.values() if h.process.returncode is None]
-            records = {w.id: w for w in await client.run(client.store.list_workers, None, watched)}
+            try:
+                found = await client.run(client.store.list_workers, None, watched)
+            except StoreError as exc:  # no verdicts without the facts: look again next round
+                log.warning("detector.store_unavailable", error=str(exc))
+                continue
+            records = {w.id: w for w in found}
             now = self.clock.now()
             for handle in list(self.workers.values()):
                 if (
