@@ -542,3 +542,72 @@ def test_a_span_store_that_cannot_be_written_does_not_stop_the_worker(sqlite_url
 
     # worker.run raises out of the task group if a failed flush ended it
     asyncio.run(_with_worker(sqlite_url, body, [spec(nap)], telemetry_interval=0.05))
+
+
+def test_a_worker_rides_out_a_store_that_fails_its_periodic_calls_for_a_while(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heartbeats, the lease reaper and the child-result poll fail for half a second
+    (a store restarting): the worker goes on, and a parent waiting on a child gets
+    its result once the store answers again."""
+    from fleetops import StoreError
+    from fleetops.store._sql import SqlStore
+
+    down = {"on": False, "refused": 0}
+    for name in ("heartbeat", "beat", "requeue_expired", "get_tasks"):
+        original = getattr(SqlStore, name)
+
+        def flaky(self: SqlStore, *args: Any, _original: Any = original, **kw: Any) -> Any:
+            if down["on"]:
+                down["refused"] += 1
+                raise StoreError("the store is restarting")
+            return _original(self, *args, **kw)
+
+        monkeypatch.setattr(SqlStore, name, flaky)
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        down["on"] = True
+        parent_task = await client.submit(NewTask("c", "parent"))
+        await asyncio.sleep(0.5)
+        down["on"] = False
+        record = await _wait_terminal(client, parent_task.id)
+        assert record.state == "succeeded", record.error
+        assert json.loads(record.result or "null")["doubled"] == 42
+        assert not worker._stopping.is_set()
+
+    asyncio.run(
+        _with_worker(
+            sqlite_url,
+            body,
+            [spec(parent), spec(child_double), spec(child_boom)],
+            heartbeat_interval=0.05,
+            reap_interval=0.05,
+        )
+    )
+    assert down["refused"] >= 5
+
+
+def test_a_worker_whose_heartbeats_fail_longer_than_its_lease_stops(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its leases may have been given to others by then: it holds nothing, so it
+    stops (and its supervisor starts another) instead of running on."""
+    from fleetops import StoreError
+    from fleetops.store._sql import SqlStore
+
+    def refuse(self: SqlStore, *args: Any, **kwargs: Any) -> Any:
+        raise StoreError("the store is gone")
+
+    async def main() -> float:
+        async with QueueClient(sqlite_url) as client:
+            worker = _worker(
+                client, "w-store-lost", nap, lease_seconds=0.5, heartbeat_interval=0.05
+            )
+            monkeypatch.setattr(SqlStore, "heartbeat", refuse)
+            monkeypatch.setattr(SqlStore, "beat", refuse)
+            began = time.monotonic()
+            await asyncio.wait_for(worker.run(asyncio.Event()), 10)
+            return time.monotonic() - began
+
+    took = asyncio.run(main())
+    assert 0.5 <= took < 5

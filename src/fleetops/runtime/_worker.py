@@ -677,16 +677,32 @@ class Worker:
         s = self.settings
         every = max(1, round(min(1.0, s.lease_seconds / 3) / s.heartbeat_interval))
         beats = 0
+        failing_since: float | None = None
         while True:
             sent_at = self.clock.monotonic()
-            if beats % every == 0:
-                held = await self.client.heartbeat(
-                    self.worker_id, s.lease_seconds, len(self._running), self.processed
-                )
-                alive = held is not None
-            else:
-                held = None
-                alive = await self.client.beat(self.worker_id, len(self._running), self.processed)
+            try:
+                if beats % every == 0:
+                    held = await self.client.heartbeat(
+                        self.worker_id, s.lease_seconds, len(self._running), self.processed
+                    )
+                    alive = held is not None
+                else:
+                    held = None
+                    alive = await self.client.beat(
+                        self.worker_id, len(self._running), self.processed
+                    )
+            except StoreError as exc:
+                # a store restarting: beat again (extending the leases) next interval;
+                # once the leases have had time to expire, this worker holds nothing
+                failing_since = sent_at if failing_since is None else failing_since
+                if sent_at - failing_since >= s.lease_seconds:
+                    log.error("worker.store_lost", worker=self.worker_id, error=str(exc))
+                    self._stopping.set()
+                    return
+                log.warning("heartbeat.failed", worker=self.worker_id, error=str(exc))
+                await self.clock.sleep(s.heartbeat_interval)
+                continue
+            failing_since = None
             beats += 1
             if not alive:
                 log.error("worker.declared_dead", worker=self.worker_id)
@@ -722,7 +738,13 @@ class Worker:
     async def _reap_loop(self) -> None:
         while True:
             await self.clock.sleep(self.settings.reap_interval)
-            requeued = await self.client.run(self.client.store.requeue_expired, self.clock.now())
+            try:
+                requeued = await self.client.run(
+                    self.client.store.requeue_expired, self.clock.now()
+                )
+            except StoreError as exc:  # the next round looks again
+                log.warning("reaper.failed", worker=self.worker_id, error=str(exc))
+                continue
             if requeued:
                 self.metrics.inc(catalog.LEASE_EXPIRATIONS, (self.cluster,), len(requeued))
                 log.warning("lease.expired", tasks=requeued[:20], count=len(requeued))
@@ -805,7 +827,11 @@ class Worker:
                 self._waiter_hint.clear()
                 await self._waiter_hint.wait()
             ids = list(self._waiters)
-            records = await self.client.run(self.client.store.get_tasks, ids)
+            try:
+                records = await self.client.run(self.client.store.get_tasks, ids)
+            except StoreError as exc:  # the parents wait a little longer
+                log.warning("child_results.failed", worker=self.worker_id, error=str(exc))
+                records = []
             for record in records:
                 if record.state not in TERMINAL_STATES:
                     continue
