@@ -1258,3 +1258,27 @@ def test_list_workers_by_id_reads_only_those(store: Store) -> None:
     assert store.list_workers(ids=[]) == []
     assert [w.id for w in store.list_workers("c")] == ["w1", "w3", "w5"]
     assert len(store.list_workers()) == 6
+
+
+@pytest.mark.postgres
+def test_a_postgres_store_reconnects_after_the_server_dropped_its_connection(
+    postgres_url: str,
+) -> None:
+    """A restart, a failover or an idle timeout drops the connection: the call that
+    finds it dropped fails (StoreUnavailable), the next one works on a new one."""
+    from fleetops import StoreUnavailable
+
+    store = open_store(postgres_url)
+    try:
+        submit_one(store)
+        pid = store._conn.info.backend_pid  # type: ignore[attr-defined]
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(StoreUnavailable):
+            store.count_tasks()
+        assert store.count_tasks() == {("q", "a", "queued"): 1}
+        assert store._conn.info.backend_pid != pid  # type: ignore[attr-defined]
+        submit_one(store)  # writes too
+        assert store.open_count("q") == 2
+    finally:
+        store.close()

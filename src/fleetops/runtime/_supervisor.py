@@ -435,14 +435,20 @@ class Supervisor:
     async def _detect_loop(self) -> None:
         assert self._watch is not None
         client = self._watch
+        unreadable_since: float | None = None
         while True:
             await self.clock.sleep(self.detect_interval)
             watched = [h.id for h in self.workers.values() if h.process.returncode is None]
             try:
                 found = await client.run(client.store.list_workers, None, watched)
             except StoreError as exc:  # no verdicts without the facts: look again next round
-                log.warning("detector.store_unavailable", error=str(exc))
+                if unreadable_since is None:  # said once, not 20 times a second
+                    unreadable_since = self.clock.monotonic()
+                    log.warning("detector.store_unavailable", error=str(exc))
                 continue
+            if unreadable_since is not None:
+                log.info("detector.store_back", after_s=self.clock.monotonic() - unreadable_since)
+                unreadable_since = None
             records = {w.id: w for w in found}
             now = self.clock.now()
             for handle in list(self.workers.values()):

@@ -37,15 +37,25 @@ class PostgresStore(SqlStore):
         self.url = url
         self.latest_version = migration_scripts("postgres")[-1][0]
         self._depth = 0
+        self._connect_timeout = max(1, int(connect_timeout))
+        self._conn = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
         try:
-            self._conn = psycopg.connect(
-                url, autocommit=True, connect_timeout=max(1, int(connect_timeout))
-            )
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout)
         except psycopg.Error as exc:
             raise StoreUnavailable(
-                f"cannot connect to the PostgreSQL store at {_redact(url)}: "
+                f"cannot connect to the PostgreSQL store at {_redact(self.url)}: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
             ) from exc
+
+    def _reconnect_if_lost(self) -> None:
+        """A connection the server dropped (a restart, a failover, an idle timeout)
+        stays dropped: open a new one before the next call, outside a transaction.
+        The call that found it dropped failed; whether its write happened is not
+        known, so it is not tried again here (callers' fencing makes a retry safe)."""
+        if self._depth == 0 and self._conn.closed:
+            self._conn = self._connect()
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -56,6 +66,7 @@ class PostgresStore(SqlStore):
             finally:
                 self._depth -= 1
             return
+        self._reconnect_if_lost()
         try:
             with self._conn.transaction():
                 self._depth = 1
@@ -67,6 +78,7 @@ class PostgresStore(SqlStore):
             raise StoreUnavailable(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        self._reconnect_if_lost()
         try:
             return self._conn.execute(_pg(sql), tuple(params) if params else None)
         except psycopg.OperationalError as exc:
