@@ -52,8 +52,9 @@ class PostgresStore(SqlStore):
     def _reconnect_if_lost(self) -> None:
         """A connection the server dropped (a restart, a failover, an idle timeout)
         stays dropped: open a new one before the next call, outside a transaction.
-        The call that found it dropped failed; whether its write happened is not
-        known, so it is not tried again here (callers' fencing makes a retry safe)."""
+        The call that found it dropped failed, and is not tried again here: whether
+        its write happened is not known, so whether to try again is its caller's call
+        (a fenced completion may; an unkeyed submit might then be stored twice)."""
         if self._depth == 0 and self._conn.closed:
             self._conn = self._connect()
 
