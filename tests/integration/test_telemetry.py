@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from _polling import wait_until
 from fleetops import Context, RetryPolicy, TaskInfo
 from fleetops._clock import Clock, VirtualClock
@@ -283,3 +285,44 @@ def test_snapshots_of_gone_workers_fold_into_one_per_cluster_and_sum_the_same(
             assert await plane.retire_telemetry() == 0
 
     asyncio.run(main())
+
+
+def test_the_live_status_table_shows_unknown_counts_while_the_store_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table `fleetops up` redraws every second: a store restarting must not end
+    the command (and with it the fleet); the counts show as unknown meanwhile."""
+    from rich.console import Console
+
+    from fleetops import StoreError
+    from fleetops.cli._fleet import _status_table
+    from fleetops.store._sql import SqlStore
+
+    plane = _plane(tmp_path)
+
+    def refuse(self: SqlStore, *args: Any, **kwargs: Any) -> Any:
+        raise StoreError("the store is restarting")
+
+    async def main() -> tuple[str, str]:
+        async with QueueClient(plane.store_url) as client:
+            plane.client = client
+            await client.submit(NewTask("triage", "classify"))
+            fine = await _status_table(plane)
+            monkeypatch.setattr(SqlStore, "count_tasks", refuse)
+            plane._finished_counted_at = None  # due: the next call counts everything
+            failing = await _status_table(plane)
+        shown = []
+        for table in (fine, failing):
+            console = Console(width=200, record=True, file=io.StringIO())
+            console.print(table)
+            shown.append(console.export_text())
+        return shown[0], shown[1]
+
+    def row(text: str) -> list[str]:
+        line = next(x for x in text.splitlines() if x.startswith("│ triage"))
+        return [cell.strip() for cell in line.strip("│").split("│")]
+
+    fine, failing = asyncio.run(main())
+    assert row(fine) == ["triage", "0/1", "1", "0", "0", "0", "ok"]
+    assert row(failing) == ["triage", "0/1", "?", "?", "?", "?", "ok"]
+    assert "task counts unavailable: the store is restarting" in failing

@@ -18,6 +18,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from .._exceptions import StoreError
 from ..control import PHASES, ControlPlane, DeploymentReport, read_running
 from ..control._state import pid_alive
 from ..runtime._gc import tune_for_serving
@@ -83,11 +84,16 @@ async def _status_table(plane: ControlPlane) -> Table:
     )
     for column in ("cluster", "workers", "queued", "running", "succeeded", "dead", "health"):
         table.add_column(column, justify="left" if column in ("cluster", "health") else "right")
-    counts = await plane.task_counts() if client else {}
+    counts: dict[tuple[str, str, str], int] | None = {}
+    try:
+        counts = await plane.task_counts() if client else {}
+    except StoreError as exc:  # a store restarting: the fleet goes on, and so does this view
+        counts = None
+        table.caption = f"[yellow]task counts unavailable: {exc}[/]"
     sup = plane.supervisor
     for name in plane.spec.clusters:
         by_state: dict[str, int] = {}
-        for (queue, _, state), n in counts.items():
+        for (queue, _, state), n in (counts or {}).items():
             if queue == name:
                 by_state[state] = by_state.get(state, 0) + n
         live = sum(1 for h in sup.live_workers(name) if h.first_heartbeat_at) if sup else 0
@@ -95,10 +101,10 @@ async def _status_table(plane: ControlPlane) -> Table:
         table.add_row(
             name,
             f"{live}/{plane.desired_replicas(name)}",
-            str(by_state.get("queued", 0)),
-            str(by_state.get("running", 0)),
-            str(by_state.get("succeeded", 0)),
-            str(by_state.get("dead", 0)),
+            *(
+                "?" if counts is None else str(by_state.get(state, 0))
+                for state in ("queued", "running", "succeeded", "dead")
+            ),
             health,
         )
     return table
