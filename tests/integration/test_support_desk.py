@@ -445,3 +445,51 @@ def test_workload_is_deterministic_by_seed_and_mixed() -> None:
         "technical",
         "other",
     }
+
+
+def test_the_workload_sends_a_request_again_while_the_fleet_answers_503() -> None:
+    """A fleet whose store is restarting answers 503 with Retry-After; the example's
+    workload waits and sends the same request again (its idempotency key makes that
+    safe) instead of failing half-way, and gives up past its patience."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    seen: list[dict[str, Any]] = []
+    refuse = {"first": 2}
+
+    class Fleet(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            if len(seen) <= refuse["first"]:
+                self.send_response(503)
+                self.send_header("Retry-After", "0")
+                body = b'{"status": 503}'
+            else:
+                self.send_response(201)
+                body = b'{"id": 7, "created": true}'
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Fleet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    workload = example("workload")
+    request = workload.generate_requests(1, 3)[0]
+    try:
+        assert workload.submit(url, [request], rate=None) == [7]
+        assert len(seen) == 3
+        assert all(body["idempotency_key"] == request["request_id"] for body in seen)
+        seen.clear()
+        refuse["first"] = 10**6  # unavailable for good
+        with httpx.Client(base_url=url) as client, pytest.raises(httpx.HTTPStatusError):
+            workload._post(client, {"agent": "intake/classify"}, patience=0.05)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -137,12 +137,34 @@ def submit(api: str, requests: Sequence[dict[str, Any]], rate: float | None) -> 
                 "payload": request,
                 "idempotency_key": request["request_id"],
             }
-            answer = client.post("/api/v1/tasks", json=body)
-            answer.raise_for_status()
+            answer = _post(client, body)
             ids.append(int(answer.json()["id"]))
             if rate:
                 time.sleep(1 / rate)
     return ids
+
+
+def _post(client: Any, body: dict[str, Any], patience: float = 60.0) -> Any:
+    """POST one request; while the fleet answers 503 (its store restarting, say) or
+    cannot be reached, wait as it asks and send it again. Safe to repeat: the
+    request's idempotency key makes the fleet store it once."""
+    import httpx
+
+    give_up = time.monotonic() + patience
+    while True:
+        try:
+            answer = client.post("/api/v1/tasks", json=body)
+        except httpx.TransportError:
+            answer = None
+        if answer is not None and answer.status_code != 503:
+            answer.raise_for_status()
+            return answer
+        if time.monotonic() > give_up:
+            if answer is not None:
+                answer.raise_for_status()
+            raise RuntimeError(f"the fleet API did not answer for {patience:.0f} s")
+        wait = float(answer.headers.get("Retry-After", 1)) if answer is not None else 1.0
+        time.sleep(wait)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

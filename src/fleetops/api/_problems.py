@@ -12,6 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .._exceptions import FleetOpsError, UsageError
 
 PROBLEM = "application/problem+json"
+#: What a 503 answer (the store unavailable) asks a client to wait before trying again.
+RETRY_AFTER_SECONDS = 1
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -56,7 +58,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(FleetOpsError)
     async def broken(request: Request, exc: FleetOpsError) -> JSONResponse:
-        return problem(503, "Service unavailable", str(exc))
+        # the store restarting, say: worth trying again shortly (a submit with an
+        # idempotency key is stored once however often it is sent)
+        response = problem(503, "Service unavailable", str(exc))
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
