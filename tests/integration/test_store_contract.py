@@ -1282,3 +1282,32 @@ def test_a_postgres_store_reconnects_after_the_server_dropped_its_connection(
         assert store.open_count("q") == 2
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_connection_notices_a_dead_peer_in_seconds_unless_the_url_says_otherwise(
+    postgres_url: str,
+) -> None:
+    """TCP keepalives and tcp_user_timeout on by default (a partition ends the
+    connection in ~10 s, and the next call reconnects); the URL's own values win."""
+
+    def liveness(url: str) -> dict[str, str]:
+        store = open_store(url)
+        try:
+            dsn = store._conn.info.get_parameters()  # type: ignore[attr-defined]
+            assert dsn["dbname"]
+            options = {
+                o.keyword.decode(): (o.val or b"").decode()
+                for o in store._conn.pgconn.info  # type: ignore[attr-defined]
+            }
+        finally:
+            store.close()
+        return {k: options[k] for k in ("keepalives", "keepalives_idle", "tcp_user_timeout")}
+
+    assert liveness(postgres_url) == {
+        "keepalives": "1",
+        "keepalives_idle": "5",
+        "tcp_user_timeout": "10000",
+    }
+    joiner = "&" if "?" in postgres_url else "?"
+    assert liveness(f"{postgres_url}{joiner}keepalives_idle=60")["keepalives_idle"] == "60"

@@ -12,11 +12,20 @@ from functools import lru_cache
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .._exceptions import StoreError, StoreUnavailable
 from ._models import NewTask
 from ._sql import INSERT_TASK, NOT_DEAD_WORKER, SqlStore, migration_scripts, task_params
 
+#: TCP keepalives and a limit on unacknowledged data: a dead peer is noticed in ~10 s.
+TCP_LIVENESS = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # milliseconds
+}
 #: An arbitrary constant: the advisory lock that serialises concurrent migrations.
 MIGRATION_LOCK = 0x466C6565744F7073 & 0x7FFFFFFFFFFFFFFF
 
@@ -41,8 +50,17 @@ class PostgresStore(SqlStore):
         self._conn = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
+        # a network that stops carrying packets (a partition, a host gone) ends the
+        # connection in about 10 s instead of when TCP gives up (minutes to hours);
+        # the next call then reconnects. Values in the URL win.
+        given = conninfo_to_dict(self.url)
+        tcp = {k: v for k, v in TCP_LIVENESS.items() if k not in given}
         try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout)
+            return psycopg.connect(
+                make_conninfo(self.url, **tcp),
+                autocommit=True,
+                connect_timeout=self._connect_timeout,
+            )
         except psycopg.Error as exc:
             raise StoreUnavailable(
                 f"cannot connect to the PostgreSQL store at {_redact(self.url)}: "
