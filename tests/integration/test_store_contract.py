@@ -1311,3 +1311,20 @@ def test_a_postgres_connection_notices_a_dead_peer_in_seconds_unless_the_url_say
     }
     joiner = "&" if "?" in postgres_url else "?"
     assert liveness(f"{postgres_url}{joiner}keepalives_idle=60")["keepalives_idle"] == "60"
+
+
+def test_list_tasks_by_state_in_id_order_with_filters_and_pages(store: Store) -> None:
+    ids = [submit_one(store, queue="q" if n % 2 else "r", priority=n % 3) for n in range(8)]
+    done = store.claim("w1", ["q"], 1, T0, LEASE)[0]  # the first of q's, by priority
+    assert apply_one(store, Complete(done.id, done.epoch, "null", "w1"), T0 + 1).ok
+    running = store.claim("w1", ["q", "r"], 2, T0 + 2, LEASE)
+    queued = sorted(set(ids) - {done.id} - {t.id for t in running})
+
+    assert [t.id for t in store.list_tasks(state="queued")] == queued
+    assert [t.id for t in store.list_tasks(state="running")] == sorted(t.id for t in running)
+    assert [t.id for t in store.list_tasks(state="succeeded")] == [done.id]
+    q_queued = [i for i in queued if store.get_task(i).queue == "q"]  # type: ignore[union-attr]
+    assert [t.id for t in store.list_tasks(state="queued", queue="q")] == q_queued
+    first, *rest = queued
+    assert [t.id for t in store.list_tasks(state="queued", after_id=first)] == rest
+    assert [t.id for t in store.list_tasks(state="queued", limit=2)] == queued[:2]

@@ -301,6 +301,10 @@ class SqlStore:
         """The row-locking suffix of a SELECT in a write transaction ('' where moot)."""
         raise NotImplementedError
 
+    def _indexed_by(self, index: str | None) -> str:
+        """A hint to read the tasks through ``index`` ('' where the planner needs none)."""
+        return ""
+
     # --- schema ------------------------------------------------------------------------------
 
     #: The folder of this dialect's migration scripts, and the SQL type of a timestamp.
@@ -663,6 +667,14 @@ class SqlStore:
             # planner matches a partial index against literal values only)
             clauses.append(f"{FINISHED} AND state = '{state}'")
             state = None
+        index = None
+        if state in ("queued", "running"):
+            # the open tasks, through their partial indexes and then sorted: in id
+            # order they come after every task ever finished, and a scan to them took
+            # 0.1-0.15 s with a million finished (the dashboard asks every few seconds)
+            clauses.append(f"state = '{state}'")
+            index = "tasks_ready" if state == "queued" else "tasks_leases"
+            state = None
         for column, value in (("state", state), ("queue", queue), ("agent", agent)):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -671,7 +683,8 @@ class SqlStore:
             clauses.append("id > ?")
             params.append(after_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY id LIMIT ?"
+        source = f"tasks{self._indexed_by(index)}"
+        sql = f"SELECT {TASK_COLUMNS} FROM {source} {where} ORDER BY id LIMIT ?"
         return [TaskRecord(*r) for r in self._exec(sql, [*params, limit]).fetchall()]
 
     def count_tasks(self, finished: bool = True) -> dict[tuple[str, str, str], int]:
