@@ -9,12 +9,14 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
@@ -110,6 +112,48 @@ async def _status_table(plane: ControlPlane) -> Table:
     return table
 
 
+class LiveTable:
+    """The live status table of ``fleetops up``, written by threads of its own.
+
+    Writing to a terminal blocks when the terminal stops reading (Ctrl-S, an ssh
+    session whose network stalled, a stopped ``script``). rich's ``Live.update``
+    waits for its refresh thread, which is then stuck in that write: called on the
+    event loop, it froze the loop that runs the fleet's supervision, failure
+    detection and API. Here updates run on a thread, one at a time; while one is
+    stuck the next tables are dropped, and closing waits a moment, not forever.
+    """
+
+    def __init__(self, console: Console, first: Table) -> None:
+        self._live = Live(first, console=console, refresh_per_second=2)
+        self.dropped = 0
+        # starting writes to the terminal too (it hides the cursor)
+        self._updating = threading.Thread(
+            target=self._live.start, name="fleetops-live-table", daemon=True
+        )
+        self._updating.start()
+
+    def show(self, table: Table) -> None:
+        """Draw ``table`` from a thread; drop it if the last one is still being drawn."""
+        if self._updating.is_alive():
+            self.dropped += 1
+            return
+        self._updating = threading.Thread(
+            target=self._live.update, args=(table,), name="fleetops-live-table", daemon=True
+        )
+        self._updating.start()
+
+    @property
+    def is_started(self) -> bool:
+        """Whether the display is on (it is off once :meth:`close` got through)."""
+        return bool(self._live.is_started)
+
+    async def close(self, wait: float = 1.0) -> None:
+        """Stop the display, waiting at most ``wait`` seconds for a stuck terminal."""
+        stopping = threading.Thread(target=self._live.stop, name="fleetops-live-stop", daemon=True)
+        stopping.start()
+        await asyncio.to_thread(stopping.join, wait)
+
+
 async def _run_up(plane: ControlPlane, smoke: bool, json_output: bool, live: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,12 +184,15 @@ async def _run_up(plane: ControlPlane, smoke: bool, json_output: bool, live: boo
         serving = asyncio.create_task(plane.serve(stop), name="reconciler")
         try:
             if live and not json_output:
-                with Live(await _status_table(plane), console=out, refresh_per_second=2) as view:
+                view = LiveTable(out, await _status_table(plane))
+                try:
                     while not stop.is_set():
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(1.0):
                                 await stop.wait()
-                        view.update(await _status_table(plane))
+                        view.show(await _status_table(plane))
+                finally:
+                    await view.close()
             else:
                 await stop.wait()
         finally:
