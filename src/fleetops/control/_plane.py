@@ -497,22 +497,17 @@ class ControlPlane:
         """
         client = self._need_client()
         cutoff = self.clock.now() - RETIRE_TELEMETRY_AFTER
-        gone = [
-            row
-            for row in await client.run(client.store.gone_telemetry, cutoff)
-            if not row[0].startswith(RETIRED)
-        ]
+        # the folded rows come back too: no worker of theirs runs, and they carry the
+        # time of the newest snapshot folded in, which was before an earlier cutoff
+        rows = await client.run(client.store.gone_telemetry, cutoff)
+        gone = [row for row in rows if not row[0].startswith(RETIRED)]
         if not gone:
             return 0
-        retired = {
-            row[0]: row
-            for row in await client.run(client.store.get_telemetry)
-            if row[0].startswith(RETIRED)
-        }
+        retired = {row[0]: row for row in rows if row[0].startswith(RETIRED)}
         by_cluster: dict[str, list[tuple[str, str, float, str]]] = {}
         for row in gone:
             by_cluster.setdefault(row[1], []).append(row)
-        rows = []
+        folded_rows = []
         for cluster, members in sorted(by_cluster.items()):
             before = retired.get(RETIRED + cluster)
             folded = members + ([before] if before is not None else [])
@@ -520,9 +515,10 @@ class ControlPlane:
                 (json.loads(row[3]) for row in folded), gauges_from=(False for _ in folded)
             )
             snapshot = json.dumps(merged.snapshot(), separators=(",", ":"))
-            rows.append((RETIRED + cluster, cluster, max(row[2] for row in folded), snapshot))
-        await client.run(client.store.replace_telemetry, [row[0] for row in gone], rows)
-        log.info("telemetry.retired", workers=len(gone), clusters=len(rows))
+            newest = max(row[2] for row in folded)
+            folded_rows.append((RETIRED + cluster, cluster, newest, snapshot))
+        await client.run(client.store.replace_telemetry, [row[0] for row in gone], folded_rows)
+        log.info("telemetry.retired", workers=len(gone), clusters=len(folded_rows))
         return len(gone)
 
     async def maintain(self) -> int:

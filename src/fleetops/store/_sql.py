@@ -858,11 +858,15 @@ class SqlStore:
         worth); answer how many went."""
         deleted = 0
         while True:
-            with self._tx():
-                gone = int(self._exec(PRUNE_SPANS, (before, PRUNE_CHUNK)).rowcount)
+            gone = self._prune_span_chunk(before, PRUNE_CHUNK)
             deleted += gone
             if gone < PRUNE_CHUNK:
                 return deleted
+
+    def _prune_span_chunk(self, before: float, chunk: int) -> int:
+        """Delete up to ``chunk`` spans that started before ``before``, in a transaction."""
+        with self._tx():
+            return int(self._exec(PRUNE_SPANS, (before, chunk)).rowcount)
 
     # --- workers and events -------------------------------------------------------------------
 
@@ -901,13 +905,14 @@ class SqlStore:
                     f"SELECT {WORKER_COLUMNS} FROM workers WHERE id IN ({marks})", chunk
                 ).fetchall()
             rows.sort(key=lambda r: r[0])
+            rows = [r for r in rows if cluster is None or r[1] == cluster]
         elif cluster is None:
             rows = self._exec(f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY id").fetchall()
         else:
             rows = self._exec(
                 f"SELECT {WORKER_COLUMNS} FROM workers WHERE cluster = ? ORDER BY id", (cluster,)
             ).fetchall()
-        return [WorkerRecord(*r) for r in rows if cluster is None or r[1] == cluster]
+        return [WorkerRecord(*r) for r in rows]
 
     def record_event(
         self,

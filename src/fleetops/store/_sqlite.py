@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import ConfigError, StoreError, StoreUnavailable
-from . import _sql
 from ._models import ClaimedTask, NewTask
 from ._sql import (
     INSERT_SPAN,
     INSERT_TASK,
     NOT_DEAD_WORKER,
+    PRUNE_SPANS,
     SELECT_TASK_TRACES,
     SELECT_TRACE,
     SPAN_SCHEMA,
@@ -371,19 +371,12 @@ class SqliteStore(SqlStore):
             rows = conn.execute(SELECT_TASK_TRACES, (task_id, limit)).fetchall()
         return [tuple(r) for r in rows]
 
-    def prune_spans(self, before: float) -> int:
-        """Delete the spans that started before ``before`` from the span file, a chunk
-        to a transaction; answer how many went."""
-        conn = self._spans()
-        deleted = 0
-        while True:
-            try:
-                gone = int(conn.execute(_sql.PRUNE_SPANS, (before, _sql.PRUNE_CHUNK)).rowcount)
-            except sqlite3.Error as exc:
-                raise StoreError(f"SQLite span store {self.spans_path}: {exc}") from exc
-            deleted += gone
-            if gone < _sql.PRUNE_CHUNK:
-                return deleted
+    def _prune_span_chunk(self, before: float, chunk: int) -> int:
+        # the spans are in a file of their own: one autocommit DELETE there
+        try:
+            return int(self._spans().execute(PRUNE_SPANS, (before, chunk)).rowcount)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite span store {self.spans_path}: {exc}") from exc
 
     def close(self) -> None:
         self._conn.close()
