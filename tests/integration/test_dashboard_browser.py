@@ -245,6 +245,8 @@ def test_a_task_opens_with_attempts_effects_and_trace(page: Page) -> None:
     # workers send spans in batches: the trace fills in by itself a few seconds later
     spans = detail.locator("#task-trace .span-row")
     expect(spans.first).to_contain_text("invoke_agent classify", timeout=20_000)
+    # its spans may come in two batches (a worker writes them every 2 s): wait for 3
+    expect(spans.nth(2)).to_be_attached(timeout=20_000)
     assert spans.count() >= 3
     names = spans.evaluate_all("rows => rows.map(r => r.textContent)")
     assert any(n.startswith("chat ") for n in names), names
