@@ -1245,6 +1245,66 @@ def test_prune_spans_drops_those_that_started_before_the_cutoff_a_chunk_at_a_tim
     assert store.prune_spans(T0 + 21) == 0  # nothing left to drop
 
 
+def _finish(store: Store, how: str, at: float, queue: str = "q", **fields: Any) -> int:
+    """A task of ``queue`` that ends at ``at``: 'succeeded' (after one failed attempt
+    and with a journaled effect), 'dead' or 'cancelled'."""
+    task_id = submit_one(store, T0, queue=queue, **fields)
+    if how == "cancelled":
+        assert store.cancel(task_id, at)
+        return task_id
+    held = claim_one(store, "w1", T0, queue=queue)
+    assert held.id == task_id
+    if how == "dead":
+        assert apply_one(store, Fail(task_id, held.epoch, "boom", "w1", None), at).ok
+        return task_id
+    assert apply_one(store, Fail(task_id, held.epoch, "flaky", "w1", retry_at=T0), T0).ok
+    held = claim_one(store, "w1", T0, queue=queue)
+    assert apply_one(store, EffectBegin(task_id, held.epoch, "pay"), T0).ok
+    assert apply_one(store, EffectEnd(task_id, held.epoch, "pay", "1"), T0).ok
+    assert apply_one(store, Complete(task_id, held.epoch, "2", "w1"), at).ok
+    return task_id
+
+
+def test_prune_tasks_deletes_what_finished_before_its_cutoff_with_attempts_and_effects(
+    store: Store,
+) -> None:
+    old = [_finish(store, "succeeded", T0 + 10, idempotency_key="k-old")]
+    old += [_finish(store, "cancelled", T0 + 11), _finish(store, "succeeded", T0 + 12, "other")]
+    recent = _finish(store, "succeeded", T0 + 50)
+    dead = _finish(store, "dead", T0 + 10)
+    submit_one(store, queue="p")
+    parent = claim_one(store, "w9", queue="p")
+    child = _finish(store, "succeeded", T0 + 10, "c", parent_id=parent.id)
+    queued = submit_one(store, T0)
+    before = store.count_tasks()
+
+    # two to a call, oldest of each cluster and agent first; the dead stay (None)
+    assert store.prune_tasks(T0 + 20, None, limit=2) == 2
+    assert store.prune_tasks(T0 + 20, None, limit=2) == 1
+    assert store.prune_tasks(T0 + 20, None, limit=2) == 0
+
+    for gone in old:
+        assert store.get_task(gone) is None
+        assert store.attempts(gone) == [] and store.effects(gone) == []
+    kept = [recent, dead, parent.id, child, queued]
+    assert [t.id for t in store.get_tasks(kept)] == kept
+    assert len(store.attempts(recent)) == 2 and len(store.effects(recent)) == 1
+    counts = store.count_tasks()
+    assert before[("q", "a", "succeeded")] - counts[("q", "a", "succeeded")] == 1
+    assert ("q", "a", "cancelled") not in counts and ("other", "a", "succeeded") not in counts
+
+    # the key of a deleted task is free again: the same key makes a new task
+    [again] = store.submit([new_task(idempotency_key="k-old")], T0 + 60)
+    assert again.created and again.id not in old
+
+    # dead letters go by their own cutoff; the child once its parent has finished
+    assert store.prune_tasks(None, T0 + 20) == 1 and store.get_task(dead) is None
+    assert apply_one(store, Complete(parent.id, parent.epoch, "3", "w9"), T0 + 30).ok
+    assert store.prune_tasks(T0 + 20, None) == 1 and store.get_task(child) is None
+    assert store.get_task(parent.id) is not None  # finished after the cutoff
+    assert store.prune_tasks(T0 + 20, T0 + 20) == 0
+
+
 def test_list_workers_by_id_reads_only_those(store: Store) -> None:
     for n in range(6):
         store.register_worker(f"w{n}", "c" if n % 2 else "d", n, "h", 4, T0 + n)

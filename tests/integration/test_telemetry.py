@@ -20,7 +20,7 @@ from fleetops.control import ControlPlane
 from fleetops.queue import QueueClient
 from fleetops.runtime import Worker, WorkerSettings, agent
 from fleetops.spec import load_spec
-from fleetops.store import Complete, NewTask
+from fleetops.store import Complete, Fail, NewTask, Operation, Store
 from fleetops.telemetry import JsonFormatter, MetricSet, catalog, new_traceparent
 
 ATTEMPTS: dict[int, int] = {}
@@ -188,6 +188,49 @@ def test_the_control_plane_drops_spans_and_gone_workers_logs_after_the_high_rete
             return dropped, len(kept), len(gone)
 
     assert asyncio.run(main()) == (1, 1, 0)
+
+
+def test_the_control_plane_deletes_finished_tasks_kept_longer_than_the_store_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without it the task table grows by every task a fleet ever ran: succeeded
+    and cancelled tasks go after store.keep_finished, dead letters after keep_dead,
+    a few to a transaction, started by the once-a-minute maintenance."""
+    monkeypatch.setattr("fleetops.control._plane.PRUNE_TASKS", 3)  # several transactions
+    plane = _plane(tmp_path, extra="store: {keep_finished: 1h, keep_dead: 2h}\n")
+    now = time.time()
+
+    def finished(store: Store, ended: float, dead: bool = False) -> int:
+        [task] = store.submit([NewTask("triage", "classify", "{}")], ended - 1)
+        [held] = store.claim("w", ["triage"], 1, ended - 1, 30)
+        end: Operation = Complete(task.id, held.epoch, "1", "w")
+        if dead:
+            end = Fail(task.id, held.epoch, "x", "w", None)
+        assert store.apply([end], ended)[0].ok
+        return task.id
+
+    def fleet(store: Store) -> tuple[list[int], list[int]]:
+        gone = [finished(store, now - 7200) for _ in range(7)]
+        gone.append(finished(store, now - 3 * 3600, dead=True))
+        kept = [finished(store, now - 600) for _ in range(2)]
+        kept.append(finished(store, now - 5400, dead=True))
+        kept.append(store.submit([NewTask("triage", "classify", "{}")], now - 9000)[0].id)
+        return gone, kept
+
+    async def main() -> None:
+        async with plane, QueueClient(plane.store_url) as client:
+            plane.client = client
+            gone, kept = await client.run(fleet, client.store)
+
+            async def only_kept_left() -> bool:
+                left = await client.run(client.store.get_tasks, [*gone, *kept])
+                return [t.id for t in left] == kept
+
+            await plane.maintain()
+            await wait_until(only_kept_left)  # the deleting goes on in the background
+            plane.client = None
+
+    asyncio.run(main())
 
 
 def test_task_counts_are_fresh_for_open_tasks_and_recount_finished_ones_only_when_due(

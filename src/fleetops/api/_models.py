@@ -16,7 +16,13 @@ class TaskSubmit(BaseModel):
     payload: Any = None
     priority: int = Field(0, ge=-1000, le=1000)
     deadline: float | None = Field(None, description="seconds since the epoch")
-    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the same key answers the same task for as long as the store keeps "
+        "it (store.keep_finished after it finished, 7 days by default)",
+    )
     max_attempts: int = Field(0, ge=0, le=100, description="0: the agent's retry policy")
 
 

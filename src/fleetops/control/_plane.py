@@ -35,6 +35,7 @@ from ..queue import QueueClient
 from ..runtime import ClusterPlan, Supervisor, load_agent
 from ..spec import FleetSpec, load_spec_text
 from ..store import TERMINAL_STATES, NewTask, Store, open_store
+from ..store._sql import PRUNE_TASKS
 from ..telemetry import JsonFormatter, MetricSet, get_logger
 from ..telemetry._logsearch import CONTROL_LOG, prune_logs
 from ..telemetry._tracing import TRACEPARENT, new_traceparent
@@ -168,6 +169,7 @@ class ControlPlane:
         self._smoke: tuple[bool | None, str] = (None, "no smoke test has run")
         self.history: HistoryStore | None = None
         self._history_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[int] | None = None
         self._apply_lock = asyncio.Lock()
         # the finished tasks' counts and when and at what cost they were taken (see
         # task_counts)
@@ -196,11 +198,12 @@ class ControlPlane:
             if self._api_task is not None:
                 await self._api_task
             self._api_server = None
-        if self._history_task is not None:
-            self._history_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._history_task
-            self._history_task = None
+        for task in (self._history_task, self._prune_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._history_task = self._prune_task = None
         if self.history is not None:
             self.history.close()
             self.history = None
@@ -527,7 +530,9 @@ class ControlPlane:
         that wrote nothing for ``observability.retention.high``; fold the metrics of
         workers long gone (:meth:`retire_telemetry`); drop the spans that started
         longer ago than ``retention.high`` (a trace is kept as long as the raw
-        metrics around it). Answers the spans dropped."""
+        metrics around it); start deleting the finished tasks past the store's
+        ``keep_finished`` and ``keep_dead`` (:meth:`prune_tasks`, in the background:
+        a first pass over a large store takes a while). Answers the spans dropped."""
         history = self.history
         if history is not None:
             await asyncio.to_thread(history.maintain)
@@ -543,7 +548,44 @@ class ControlPlane:
         dropped = await client.run(client.store.prune_spans, self.clock.now() - keep)
         if dropped:
             log.info("spans.pruned", count=dropped, older_than_s=keep)
+        if self._tg is not None and (self._prune_task is None or self._prune_task.done()):
+            self._prune_task = self._tg.create_task(self.prune_tasks(), name="prune-tasks")
         return dropped
+
+    async def prune_tasks(self) -> int:
+        """Delete the finished tasks kept longer than ``store.keep_finished`` (succeeded
+        and cancelled) or ``store.keep_dead`` (dead letters), with their attempts and
+        effects, :data:`~fleetops.store._sql.PRUNE_TASKS` to a transaction. After each
+        transaction it pauses as long as that took, so the fleet's own writers get the
+        store at least half the time however much is due. Answers how many went."""
+        client = self.client
+        settings = self.spec.store
+        if client is None or (settings.keep_finished is None and settings.keep_dead is None):
+            return 0
+        now = self.clock.now()
+        finished_before = None if settings.keep_finished is None else now - settings.keep_finished
+        dead_before = None if settings.keep_dead is None else now - settings.keep_dead
+        total = 0
+        try:
+            while True:
+                began = time.monotonic()
+                gone = await client.run(
+                    client.store.prune_tasks, finished_before, dead_before, PRUNE_TASKS
+                )
+                total += gone
+                if gone < PRUNE_TASKS:
+                    break
+                await asyncio.sleep(time.monotonic() - began)
+        except FleetOpsError as exc:
+            log.warning("tasks.prune_failed", error=str(exc), pruned=total)
+        if total:
+            log.info(
+                "tasks.pruned",
+                count=total,
+                keep_finished_s=settings.keep_finished,
+                keep_dead_s=settings.keep_dead,
+            )
+        return total
 
     async def _integration(self) -> str:
         passed, detail = await self.smoke_test()

@@ -39,6 +39,7 @@ from ._providers import BUILTIN_PROVIDER, ProviderSpec, SimulatedProviderSpec
 from ._types import (
     SPEC_CONFIG,
     Name,
+    PositiveSeconds,
     Problem,
     did_you_mean,
     raise_problems,
@@ -71,6 +72,12 @@ class StoreSettings(BaseModel):
     durability: Literal["full", "normal"] | None = None
     """SQLite only: 'full' syncs every commit to disk, 'normal' may lose the last
     commits on power loss (never on a process crash)."""
+    keep_finished: PositiveSeconds | None = 7 * 86400.0
+    """How long succeeded and cancelled tasks are kept after they finished, with
+    their attempts and effects; then the control plane deletes them and their
+    idempotency keys are free again. null keeps them forever."""
+    keep_dead: PositiveSeconds | None = 30 * 86400.0
+    """How long dead letters are kept after they were dead-lettered; null: forever."""
 
     @model_validator(mode="after")
     def _check(self) -> StoreSettings:

@@ -149,6 +149,15 @@ class Store(Protocol):
 
     def count_dead_since(self, since: float) -> int: ...
 
+    def prune_tasks(
+        self, finished_before: float | None, dead_before: float | None, limit: int = ...
+    ) -> int:
+        """Delete up to ``limit`` finished tasks, the longest finished first, with their
+        attempts and effects: succeeded and cancelled ones finished before
+        ``finished_before``, dead letters before ``dead_before`` (None keeps them),
+        never a task whose parent is still queued or running. Answers how many went."""
+        ...
+
     # telemetry
     def put_telemetry(self, worker: str, cluster: str, now: float, data: str) -> None: ...
 

@@ -65,6 +65,10 @@ INSERT_TASK = (
 INSERT_TASK_KEYED = INSERT_TASK + " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
 SELECT_BY_KEY = "SELECT id FROM tasks WHERE idempotency_key = ?"
 
+#: Finished tasks deleted to a transaction by prune_tasks: each holds the write lock
+#: a few milliseconds (it deletes their attempts and effects too).
+PRUNE_TASKS = 500
+
 #: The WHERE term of the tasks_done partial index, word for word (a query uses a
 #: partial index only when its WHERE clause contains the index's).
 FINISHED = "state IN ('succeeded', 'dead', 'cancelled')"
@@ -786,6 +790,71 @@ class SqlStore:
             (since,),
         ).fetchone()
         return int(row[0])
+
+    def prune_tasks(
+        self, finished_before: float | None, dead_before: float | None, limit: int = PRUNE_TASKS
+    ) -> int:
+        """Delete up to ``limit`` finished tasks with their attempts and effects, in one
+        transaction; answer how many went (call again while that is ``limit``).
+
+        Succeeded and cancelled tasks go once they finished before ``finished_before``,
+        dead letters before ``dead_before`` (None keeps them), the longest finished of
+        each cluster and agent first. A task whose parent is still queued or running
+        stays: the parent, run again, finds its child by key and must find its result.
+        Once a task is gone, its idempotency key is free.
+        """
+        cutoffs = {"succeeded": finished_before, "cancelled": finished_before}
+        cutoffs["dead"] = dead_before
+        with self._tx():
+            ids: list[int] = []
+            for state, queue, agent in self._finished_groups():
+                before = cutoffs.get(state)
+                if before is None:
+                    continue
+                rows = self._exec(
+                    f"SELECT id FROM tasks t WHERE {FINISHED} AND state = ? AND queue = ? "
+                    "AND agent = ? AND finished_at < ? AND NOT EXISTS (SELECT 1 FROM tasks p "
+                    "WHERE p.id = t.parent_id AND p.state IN ('queued', 'running')) "
+                    "ORDER BY finished_at LIMIT ?",
+                    (state, queue, agent, before, limit - len(ids)),
+                ).fetchall()
+                ids.extend(int(r[0]) for r in rows)
+                if len(ids) >= limit:
+                    break
+            if ids:
+                marks = ", ".join("?" * len(ids))
+                self._exec(f"DELETE FROM effects WHERE task_id IN ({marks})", ids)
+                self._exec(f"DELETE FROM attempts WHERE task_id IN ({marks})", ids)
+                self._exec(f"DELETE FROM tasks WHERE id IN ({marks})", ids)
+        return len(ids)
+
+    def _finished_groups(self) -> list[tuple[str, str, str]]:
+        """The (state, queue, agent) of the finished tasks, by index seeks from one to
+        the next: the next agent in the same queue, else the first of the next queue
+        (a DISTINCT, or one row-value seek, reads every finished task of a group)."""
+        groups: list[tuple[str, str, str]] = []
+        source = f"tasks{self._indexed_by('tasks_done')}"
+        for state in ("cancelled", "dead", "succeeded"):
+            where = f"WHERE {FINISHED} AND state = '{state}'"
+            row = self._exec(
+                f"SELECT queue, agent FROM {source} {where} ORDER BY queue, agent LIMIT 1"
+            ).fetchone()
+            while row is not None:
+                queue, agent = str(row[0]), str(row[1])
+                groups.append((state, queue, agent))
+                row = (
+                    self._exec(
+                        f"SELECT queue, agent FROM {source} {where} AND queue = ? AND agent > ? "
+                        "ORDER BY agent LIMIT 1",
+                        (queue, agent),
+                    ).fetchone()
+                    or self._exec(
+                        f"SELECT queue, agent FROM {source} {where} AND queue > ? "
+                        "ORDER BY queue, agent LIMIT 1",
+                        (queue,),
+                    ).fetchone()
+                )
+        return groups
 
     def running_count(self, queue: str) -> int:
         row = self._exec(
