@@ -42,3 +42,11 @@ async def hold_write_lock(task: TaskInfo, ctx: Context) -> str:
 async def loop_kind(task: TaskInfo, ctx: Context) -> str:
     """The module of the event loop the worker runs on ('uvloop', 'asyncio.unix_events')."""
     return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+@agent(name="chatty")
+async def chatty(task: TaskInfo, ctx: Context) -> int:
+    """Log ``payload["lines"]`` lines tagged ``payload["tag"]``."""
+    for n in range(task.payload["lines"]):
+        ctx.log.info("chatty.line", extra={"tag": task.payload["tag"], "n": n})
+    return int(task.payload["lines"])

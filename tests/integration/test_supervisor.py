@@ -32,6 +32,7 @@ AGENTS = (
     "agents_for_tests:slow",
     "agents_for_tests:hold_write_lock",
     "agents_for_tests:loop_kind",
+    "agents_for_tests:chatty",
 )
 
 
@@ -350,3 +351,41 @@ def test_the_failure_detector_rides_out_a_store_it_cannot_read(
     events = asyncio.run(_supervised(sqlite_url, body, _plan()))
     assert failing["failed"] >= 10
     assert "worker.suspected" not in _kinds(events)
+
+
+def test_a_worker_keeps_its_log_file_under_its_size_and_logs_on_into_a_new_one(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that runs for weeks must not fill the disk with its log: past
+    LOG_MAX_BYTES its file becomes <id>.log.1 and a new <id>.log takes over."""
+    monkeypatch.setattr("fleetops.runtime._supervisor.LOG_MAX_BYTES", 8192)
+    monkeypatch.setattr("fleetops.runtime._supervisor.LOG_CHECK_SECONDS", 0.1)
+    logs = tmp_path / "logs"
+    open_store(sqlite_url).close()
+    supervisor = Supervisor(sqlite_url, [_plan(replicas=1)], log_dir=logs)
+
+    def lines(path: Path, tag: str) -> list[int]:
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        return [r["n"] for r in records if r.get("tag") == tag]
+
+    async def main() -> tuple[Path, Path]:
+        stop = asyncio.Event()
+        async with QueueClient(sqlite_url) as client, asyncio.TaskGroup() as tg:
+            tg.create_task(supervisor.run(stop))
+            await asyncio.wait_for(supervisor.ready.wait(), 30)
+            [worker] = supervisor.live_workers()
+            current = logs / f"{worker.id}.log"
+            older = logs / f"{worker.id}.log.1"
+            first = await client.submit(NewTask("c", "chatty", '{"lines": 200, "tag": "a"}'))
+            await wait_until(lambda: _terminal(client, first.id))
+            await wait_until(older.exists)
+            assert lines(older, "a") == list(range(200))  # the whole first file, kept
+            second = await client.submit(NewTask("c", "chatty", '{"lines": 5, "tag": "b"}'))
+            await wait_until(lambda: _terminal(client, second.id))
+            await wait_until(lambda: lines(current, "b") == list(range(5)))
+            assert lines(current, "a") == []  # the new file began after the rotation
+            stop.set()
+            return current, older
+
+    current, older = asyncio.run(main())
+    assert current.stat().st_size < 8192 <= older.stat().st_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,16 @@ def _log(log_dir: Path, name: str, age: float) -> Path:
     return path
 
 
+def _followed(log_dir: Path, meanwhile: Callable[[], None]) -> list[str]:
+    """The events follow_logs yields for 0.8 s while ``meanwhile`` runs on a thread."""
+    writer = threading.Thread(target=meanwhile)
+    writer.start()
+    try:
+        return [r["event"] for r in follow_logs(log_dir, LogFilter(), poll=0.02, stop_after=0.8)]
+    finally:
+        writer.join()
+
+
 def test_prune_deletes_old_worker_logs_but_not_live_workers_or_the_control_plane(
     tmp_path: Path,
 ) -> None:
@@ -27,6 +38,10 @@ def test_prune_deletes_old_worker_logs_but_not_live_workers_or_the_control_plane
     _log(tmp_path, "front-0-aaaa", 2 * day)  # gone long ago: deleted
     _log(tmp_path, "front-1-bbbb", 2 * day)  # idle for two days but alive: kept
     _log(tmp_path, "back-0-cccc", 60.0)  # gone a minute ago: kept for now
+    _log(tmp_path, "front-0-aaaa.log", 2 * day)  # its older generation: goes with it
+    _log(tmp_path, "back-0-cccc.log", 120.0)  # kept with its current file
+    for older in ("front-0-aaaa.log.log", "back-0-cccc.log.log"):
+        (tmp_path / older).rename(tmp_path / older.replace(".log.log", ".log.1"))
     (tmp_path / "notes.txt").write_text("not a log")  # not ours: untouched
     os.utime(tmp_path / "notes.txt", (0, 0))
 
@@ -34,9 +49,20 @@ def test_prune_deletes_old_worker_logs_but_not_live_workers_or_the_control_plane
 
     assert gone == ["front-0-aaaa"]
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == ["back-0-cccc.log", "control.log", "front-1-bbbb.log", "notes.txt"]
-    events = {r["event"] for r in search_logs(tmp_path, LogFilter())}
-    assert events == {"control", "front-1-bbbb", "back-0-cccc"}
+    assert left == [
+        "back-0-cccc.log",
+        "back-0-cccc.log.1",
+        "control.log",
+        "front-1-bbbb.log",
+        "notes.txt",
+    ]
+    found = {(r["event"], r["source"]) for r in search_logs(tmp_path, LogFilter())}
+    assert found == {
+        ("control", "control"),
+        ("front-1-bbbb", "front-1-bbbb"),
+        ("back-0-cccc", "back-0-cccc"),
+        ("back-0-cccc.log", "back-0-cccc"),  # the older generation is searched too
+    }
     assert prune_logs(tmp_path / "missing", time.time()) == []
 
 
@@ -50,7 +76,7 @@ def test_search_and_follow_go_on_when_a_listed_file_was_pruned_meanwhile(
         """A directory whose listing was taken before prune_logs deleted a file."""
 
         def glob(self, pattern: str) -> Any:
-            return iter([self / kept.name, self / pruned.name])
+            return iter([self / kept.name, self / pruned.name] if pattern == "*.log" else [])
 
     listed = ListedBeforePruning(tmp_path)
     pruned.unlink()
@@ -61,10 +87,19 @@ def test_search_and_follow_go_on_when_a_listed_file_was_pruned_meanwhile(
         with kept.open("a") as handle:
             handle.write(f'{{"ts": {time.time()}, "level": "info", "event": "later"}}\n')
 
-    writer = threading.Thread(target=meanwhile)
-    writer.start()
-    try:
-        seen = [r["event"] for r in follow_logs(listed, LogFilter(), poll=0.02, stop_after=0.8)]
-    finally:
-        writer.join()
-    assert seen == ["later"]  # only what was written after it began
+    assert _followed(listed, meanwhile) == ["later"]  # only what was written after it began
+
+
+def test_follow_reads_a_rotated_file_from_its_beginning(tmp_path: Path) -> None:
+    """A worker past its log size starts a new file under the same name: following
+    must read that one from its start, not from where the old one ended."""
+    path = _log(tmp_path, "front-0-aaaa", 0)
+    with path.open("a") as handle:
+        handle.write("x" * 500 + "\n")
+
+    def rotate() -> None:
+        time.sleep(0.2)
+        path.rename(path.with_name(path.name + ".1"))
+        path.write_text(f'{{"ts": {time.time()}, "level": "info", "event": "after"}}\n')
+
+    assert _followed(tmp_path, rotate) == ["after"]

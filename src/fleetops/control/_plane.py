@@ -18,6 +18,7 @@ import getpass
 import hashlib
 import json
 import logging
+import logging.handlers
 import os
 import socket
 import sys
@@ -37,6 +38,7 @@ from ..spec import FleetSpec, load_spec_text
 from ..store import TERMINAL_STATES, NewTask, Store, open_store
 from ..store._sql import PRUNE_TASKS
 from ..telemetry import JsonFormatter, MetricSet, get_logger
+from ..telemetry._logs import LOG_MAX_BYTES
 from ..telemetry._logsearch import CONTROL_LOG, prune_logs
 from ..telemetry._tracing import TRACEPARENT, new_traceparent
 from ..telemetry.history import HistoryStore, RetentionPolicy, Sample
@@ -288,7 +290,9 @@ class ControlPlane:
     def _start_log_file(self) -> None:
         """Keep the control plane's own logs beside the workers', for search."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(self.log_dir / CONTROL_LOG, encoding="utf-8")
+        handler = logging.handlers.RotatingFileHandler(
+            self.log_dir / CONTROL_LOG, maxBytes=LOG_MAX_BYTES, backupCount=1, encoding="utf-8"
+        )
         handler.setFormatter(JsonFormatter())
         handler.setLevel(logging.INFO)
         root = logging.getLogger("fleetops")

@@ -12,15 +12,19 @@ import logging
 import signal
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from ..providers import Gateway
 from ..queue import QueueClient
-from ..telemetry import configure_json_logging
+from ..telemetry import configure_json_logging, get_logger
+from ..telemetry._logs import StderrRotator
 from ..telemetry._tracing import otlp_endpoint_from_env
 from ._agent import AgentSpec, load_agent
 from ._gc import tune_for_serving
 from ._loop import new_event_loop
 from ._worker import Worker, WorkerSettings
+
+log = get_logger("fleetops.worker")
 
 
 async def _main(config: dict[str, object]) -> int:
@@ -54,12 +58,31 @@ async def _main(config: dict[str, object]) -> int:
             otlp_endpoint=otlp_endpoint_from_env(),
             pricing=pricing,
         )
+        rotating = None
+        if config.get("log_file"):
+            rotator = StderrRotator(
+                Path(str(config["log_file"])), int(str(config["log_max_bytes"]))
+            )
+            every = float(str(config["log_check_seconds"]))
+            rotating = asyncio.create_task(_rotate_logs(rotator, every), name="log-rotation")
         try:
             await worker.run(stop)
         finally:
+            if rotating is not None:
+                rotating.cancel()
             if gateway is not None:
                 await gateway.aclose()
     return 3 if worker.dead else 0
+
+
+async def _rotate_logs(rotator: StderrRotator, every: float) -> None:
+    """Keep the worker's log file under its size for as long as the worker runs."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            rotator.check()
+        except OSError as exc:  # a full disk, say: the logs go on into the old file
+            log.warning("log.rotate_failed", path=str(rotator.path), error=str(exc))
 
 
 def _from_spec(

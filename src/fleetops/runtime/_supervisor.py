@@ -37,6 +37,7 @@ from .._exceptions import ConfigError, StoreError
 from ..queue import QueueClient
 from ..store import event_data
 from ..telemetry import MetricSet, catalog, get_logger
+from ..telemetry._logs import LOG_CHECK_SECONDS, LOG_MAX_BYTES
 from ._detector import DetectorSettings, PhiAccrualFailureDetector
 from ._worker import WorkerSettings
 
@@ -50,7 +51,12 @@ def _open_log(log_dir: Path | None, worker_id: str) -> Any:
     if log_dir is None:
         return None
     log_dir.mkdir(parents=True, exist_ok=True)
-    return open(log_dir / f"{worker_id}.log", "ab")  # noqa: SIM115 - handed to the child
+    return open(log_path(log_dir, worker_id), "ab")  # noqa: SIM115 - handed to the child
+
+
+def log_path(log_dir: Path, worker_id: str) -> Path:
+    """A worker's log file (the worker keeps it under LOG_MAX_BYTES: StderrRotator)."""
+    return log_dir / f"{worker_id}.log"
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +331,10 @@ class Supervisor:
             "parent_pid": os.getpid(),
             **dict(plan.extra),
         }
+        if self.log_dir is not None:
+            config["log_file"] = str(log_path(self.log_dir, worker_id))
+            config["log_max_bytes"] = LOG_MAX_BYTES
+            config["log_check_seconds"] = LOG_CHECK_SECONDS
         stderr = _open_log(self.log_dir, worker_id)
         try:
             process = await asyncio.create_subprocess_exec(

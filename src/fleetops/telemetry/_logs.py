@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -80,3 +82,45 @@ def configure_json_logging(level: int = logging.INFO, stream: Any = None) -> Non
     root.setLevel(level)
     root.propagate = False
     logging.Formatter.converter = time.gmtime
+
+
+#: A log file past this size is renamed ``<name>.1`` (replacing the last one) and a
+#: new file begins: a process's logs take at most about twice this on disk.
+LOG_MAX_BYTES = 64 * 1024 * 1024
+#: How often a worker looks at its log file's size.
+LOG_CHECK_SECONDS = 5.0
+
+
+def rotated(path: Path) -> Path:
+    """The one older generation of the log file ``path``."""
+    return path.with_name(path.name + ".1")
+
+
+class StderrRotator:
+    """Keeps the log file that this process's stderr writes to under ``max_bytes``.
+
+    A worker's stderr is a file the supervisor opened for it, so no logging handler
+    of the worker's can rename it. Past ``max_bytes`` :meth:`check` renames the file
+    to ``<name>.1``, opens a new one at ``path`` and puts it on file descriptor 2:
+    log records, tracebacks and anything else written to stderr go there from then.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+
+    def check(self) -> bool:
+        """Rotate if the file is past its size; answers whether it was."""
+        if os.fstat(2).st_size < self.max_bytes:
+            return False
+        sys.stderr.flush()
+        try:
+            os.replace(self.path, rotated(self.path))
+        except FileNotFoundError:
+            pass  # gone (deleted by hand): a new file is all that is needed
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.dup2(fd, 2)
+        finally:
+            os.close(fd)
+        return True

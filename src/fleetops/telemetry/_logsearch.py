@@ -2,7 +2,8 @@
 
 Every process of a fleet writes one JSON object per line to its own file under
 ``.fleetops/logs/``: the control plane to ``control.log``, each worker to
-``<worker id>.log``. :func:`search_logs` reads them newest first with filters;
+``<worker id>.log``. A file past 64 MiB becomes ``<name>.1`` (replacing the last one)
+and a new one begins. :func:`search_logs` reads them newest first with filters;
 :func:`follow_logs` yields new matching lines as they are written; :func:`prune_logs`
 deletes the files of workers long gone (each worker start writes a file of its own).
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import ConfigError
+from ._logs import rotated
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 #: The control plane's own log file (never pruned: it is open for as long as it runs).
@@ -82,13 +84,14 @@ def search_logs(log_dir: Path, where: LogFilter, limit: int = 200) -> list[dict[
     found: list[dict[str, Any]] = []
     if not log_dir.is_dir():
         return found
-    for path in log_dir.glob("*.log"):
+    for path in [*log_dir.glob("*.log"), *log_dir.glob("*.log.1")]:
         try:
             lines = _lines(path)
         except FileNotFoundError:  # pruned meanwhile (prune_logs)
             continue
+        source = path.name.removesuffix(".1").removesuffix(".log")
         for line in lines:
-            record = _parse(line, path.stem)
+            record = _parse(line, source)
             if record is not None and where.matches(record, line):
                 found.append(record)
     found.sort(key=lambda r: float(r.get("ts", 0)), reverse=True)
@@ -109,8 +112,9 @@ def follow_logs(
             start = offsets.get(path, 0)
             try:
                 size = path.stat().st_size
-                if size <= start:
-                    offsets[path] = size
+                if size < start:
+                    start = 0  # rotated: a new file, to be read from its beginning
+                elif size == start:
                     continue
                 with open(path, "rb") as handle:
                     handle.seek(start)
@@ -140,9 +144,12 @@ def prune_logs(log_dir: Path, before: float, keep: Collection[str] = ()) -> list
         if path.name == CONTROL_LOG or path.stem in keep:
             continue
         try:
-            if path.stat().st_mtime < before:
-                os.unlink(path)
-                gone.append(path.stem)
+            if path.stat().st_mtime >= before:
+                continue
+            os.unlink(path)
         except FileNotFoundError:  # deleted meanwhile
             continue
+        gone.append(path.stem)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(rotated(path))
     return sorted(gone)
