@@ -19,12 +19,19 @@ FLEETOPS = [sys.executable, "-m", "fleetops.cli"]
 
 AGENTS = """
 import asyncio
+import os
 from fleetops import agent
 
 @agent(name="work")
 async def work(task, ctx):
     await asyncio.sleep(float(task.payload or 0.05))
     return {"done": task.id}
+
+@agent(name="gate")
+async def gate(task, ctx):
+    if not os.path.exists(task.payload):
+        raise RuntimeError("the gate is closed")
+    return "through"
 
 @agent(name="relay")
 async def relay(task, ctx):
@@ -48,7 +55,9 @@ def spec_text(
             replicas: 1
             routes: [back]
           back:
-            agents: [{{name: work, entrypoint: "{entrypoint}"}}]
+            agents:
+              - {{name: work, entrypoint: "{entrypoint}"}}
+              - {{name: gate, entrypoint: "fleet_agents:gate", retry: {{max_attempts: 1}}}}
             replicas: {replicas}
         """).replace("        ", "")
 
@@ -245,6 +254,52 @@ def test_api_errors_are_problem_json(running_fleet: tuple[Path, str]) -> None:
         assert http.get("/readyz").status_code == 200
         metrics = http.get("/metrics").text
         assert 'fleetops_workers{cluster="back"} 2.0' in metrics
+
+
+def test_a_dead_letter_is_retried_once_its_cause_is_fixed_and_a_task_is_cancelled(
+    running_fleet: tuple[Path, str],
+) -> None:
+    fleet_dir, api = running_fleet
+    opened = fleet_dir / "gate-open"
+
+    def tasks(*args: str) -> subprocess.CompletedProcess[str]:
+        return run("tasks", *args, "--api", api, cwd=fleet_dir)
+
+    with httpx.Client(base_url=api, timeout=10) as http:
+
+        def state(task_id: int) -> str:
+            return str(http.get(f"/api/v1/tasks/{task_id}").json()["state"])
+
+        def wait_for(task_id: int, wanted: str) -> None:
+            deadline = time.monotonic() + 30
+            while state(task_id) != wanted and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert state(task_id) == wanted
+
+        dead = http.post("/api/v1/tasks", json={"agent": "back/gate", "payload": str(opened)})
+        slow = http.post("/api/v1/tasks", json={"agent": "back/work", "payload": 60})
+        dead_id, slow_id = dead.json()["id"], slow.json()["id"]
+        wait_for(dead_id, "dead")
+        wait_for(slow_id, "running")
+
+        refused = tasks("--retry", str(slow_id))  # not a dead letter: changes nothing
+        assert refused.returncode == 2 and "is running, not dead" in refused.stderr
+        assert json.loads(refused.stdout) == [] and state(slow_id) == "running"
+
+        opened.write_text("")  # the cause, fixed
+        done = tasks("--retry", str(dead_id), "--cancel", str(slow_id))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == [
+            {"id": dead_id, "state": "queued"},
+            {"id": slow_id, "state": "cancelled"},
+        ]
+        wait_for(dead_id, "succeeded")
+        record = http.get(f"/api/v1/tasks/{dead_id}").json()
+        assert [a["outcome"] for a in record["attempt_history"]] == ["failed", "succeeded"]
+        assert state(slow_id) == "cancelled"
+
+        again = tasks("--cancel", str(dead_id))
+        assert again.returncode == 2 and "is succeeded, so it cannot be cancelled" in again.stderr
 
 
 def test_the_support_desk_example_deploys_with_a_full_readiness_score(tmp_path: Path) -> None:

@@ -789,6 +789,38 @@ def test_cancel_of_a_finished_task_changes_nothing(store: Store, ending: str) ->
 # --- workers: revocation, expiry, heartbeats -----------------------------------------------
 
 
+def test_retry_dead_queues_a_dead_letter_again_keeping_its_attempts_and_journal(
+    store: Store,
+) -> None:
+    held = running_task(store, "w1", max_attempts=2)
+    assert apply_one(store, EffectBegin(held.id, held.epoch, "pay"), T0 + 1).ok
+    assert apply_one(store, EffectEnd(held.id, held.epoch, "pay", '"receipt"'), T0 + 1).ok
+    assert apply_one(store, Fail(held.id, held.epoch, "boom", "w1", None, "gave up"), T0 + 2).ok
+    queued = submit_one(store, queue="other")
+    submit_one(store, queue="busy")
+    others = [queued, claim_one(store, "w1", queue="busy").id]
+
+    assert store.retry_dead(held.id, T0 + 100)
+
+    row = store.get_task(held.id)
+    assert row is not None
+    assert (row.state, row.failures, row.redeliveries, row.run_after) == ("queued", 0, 0, T0 + 100)
+    assert (row.finished_at, row.dead_reason, row.error) == (None, None, "boom")
+    assert store.claim("w2", ["q"], 1, T0 + 99, LEASE) == []  # not before it was queued
+    again = claim_one(store, "w2", T0 + 100)
+    assert (again.id, again.attempt, again.failures) == (held.id, 2, 0)
+    assert again.epoch > held.epoch
+    assert again.journal == {"pay": ("done", '"receipt"')}  # replayed, not run again
+    assert apply_one(store, Complete(held.id, again.epoch, "1", "w2"), T0 + 101).ok
+    assert [a.outcome for a in store.attempts(held.id)] == ["failed", "succeeded"]
+
+    # only a dead letter: anything else is left as it is
+    for task_id in [held.id, *others, 999_999]:
+        before = store.get_task(task_id)
+        assert not store.retry_dead(task_id, T0 + 200)
+        assert store.get_task(task_id) == before
+
+
 def test_revoke_worker_requeues_every_lease_it_holds(store: Store) -> None:
     for worker in ("w1", "w2"):
         store.register_worker(worker, "c", 100, "host", 8, T0)

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Query, Response
+from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -136,10 +136,36 @@ def create_app(plane: ControlPlane) -> FastAPI:
     async def cancel(task_id: int, reason: str = "cancelled through the API") -> dict[str, Any]:
         """Cancel a queued or running task (a running one's holder is fenced off)."""
         c = client()
-        if await c.run(c.store.get_task, task_id) is None:
+        record = await c.run(c.store.get_task, task_id)
+        if record is None:
             raise UnknownTask(task_id)
         cancelled = await c.run(c.store.cancel, task_id, c.clock.now(), reason)
+        if cancelled:
+            now = c.clock.now()
+            await c.run(c.store.record_event, "task.cancelled", now, record.queue, None, task_id)
         return {"id": task_id, "cancelled": cancelled}
+
+    @app.post("/api/v1/tasks/{task_id}/retry", tags=["tasks"])
+    async def retry(task_id: int) -> dict[str, Any]:
+        """Queue a dead letter again with its full budget of attempts (once its cause is
+        fixed). Its attempts and effect journal stay: an effect done is not run again.
+        409 when the task is not dead."""
+        c = client()
+        record = await c.run(c.store.get_task, task_id)
+        if record is None:
+            raise UnknownTask(task_id)
+        if not await c.run(c.store.retry_dead, task_id, c.clock.now()):
+            record = await c.run(c.store.get_task, task_id)
+            state = record.state if record is not None else "gone"
+            raise HTTPException(
+                409,
+                f"task {task_id} is {state}, not dead: only a dead letter can be retried "
+                "(submit a new task to run it again)",
+            )
+        await c.run(
+            c.store.record_event, "task.retried", c.clock.now(), record.queue, None, task_id
+        )
+        return {"id": task_id, "state": "queued"}
 
     @app.get("/api/v1/tasks", tags=["tasks"])
     async def list_tasks(

@@ -338,11 +338,20 @@ def tasks(
     agent: str = typer.Option(None),
     limit: int = typer.Option(20, min=1, max=1000),
     task_id: int = typer.Option(None, "--id", help="Show one task with its attempts."),
+    retry: list[int] = typer.Option(
+        [], "--retry", help="Queue this dead letter again (repeat for more)."
+    ),
+    cancel: list[int] = typer.Option(
+        [], "--cancel", help="Cancel this queued or running task (repeat for more)."
+    ),
     api: str = typer.Option(None, help=API_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """List tasks, or show one with every attempt."""
+    """List tasks, or show one with every attempt; retry dead letters, cancel tasks."""
     url = api_url(api, None)
+    if retry or cancel:
+        _retry_or_cancel(url, retry, cancel)
+        return
     if task_id is not None:
         print_json(call("GET", url, f"/api/v1/tasks/{task_id}"))
         return
@@ -368,6 +377,33 @@ def tasks(
             (t["dead_reason"] or t["error"] or "")[:60],
         )
     out.print(table)
+
+
+def _retry_or_cancel(url: str, retry: list[int], cancel: list[int]) -> None:
+    """Each task in turn; print those done, and exit 2 if any could not be (each
+    says why on stderr as it happens)."""
+    done: list[dict[str, Any]] = []
+    refused = 0
+    for action, ids in (("retry", retry), ("cancel", cancel)):
+        for i in ids:
+            try:
+                answer = call("POST", url, f"/api/v1/tasks/{i}/{action}")
+                if action == "cancel" and not answer["cancelled"]:
+                    state = call("GET", url, f"/api/v1/tasks/{i}")["state"]
+                    fail(
+                        f"task {i} is {state}, so it cannot be cancelled: only a queued or "
+                        "running task can",
+                        EXIT_USAGE,
+                    )
+            except typer.Exit as exc:
+                if exc.exit_code != EXIT_USAGE:
+                    raise  # the control plane is not there: the rest would fail alike
+                refused += 1
+                continue
+            done.append({"id": i, "state": "queued" if action == "retry" else "cancelled"})
+    print_json(done)
+    if refused:
+        raise typer.Exit(EXIT_USAGE)
 
 
 def readiness(

@@ -190,6 +190,12 @@ CANCEL = (
     "lease_owner = NULL, lease_expires_at = NULL "
     "WHERE id = ? AND state IN ('queued', 'running')"
 )
+#: A dead letter queued again with a fresh budget of attempts and redeliveries; its
+#: attempts so far and its effect journal stay (see SqlStore.retry_dead).
+RETRY_DEAD = (
+    "UPDATE tasks SET state = 'queued', failures = 0, redeliveries = 0, run_after = ?, "
+    "finished_at = NULL, dead_reason = NULL WHERE id = ? AND state = 'dead' RETURNING id"
+)
 INSERT_EVENT = (
     "INSERT INTO events (at, kind, cluster, worker, task_id, data) VALUES (?, ?, ?, ?, ?, ?) "
     "RETURNING id"
@@ -639,6 +645,15 @@ class SqlStore:
                     (task_id, row[1], row[2], row[3], row[4], now, "cancelled", reason),
                 )
             return True
+
+    def retry_dead(self, task_id: int, now: float) -> bool:
+        """Queue a dead letter again, to run at once with its full ``max_attempts`` and
+        ``max_redeliveries``: what an operator does once the cause is fixed. Its
+        attempts so far stay on record (the next is numbered after them) and so does
+        its effect journal, so an effect done before it died is replayed, not run
+        again. False, changing nothing, when the task is not dead."""
+        with self._tx():
+            return self._exec(RETRY_DEAD, (now, task_id)).fetchone() is not None
 
     def get_task(self, task_id: int) -> TaskRecord | None:
         row = self._exec(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
