@@ -265,6 +265,31 @@ def test_a_task_opens_with_attempts_effects_and_trace(page: Page) -> None:
     screenshot(page, "dashboard-trace.png")
 
 
+def test_a_dead_letter_is_retried_from_its_page(page: Page, fleet_api: str) -> None:
+    """A request the intake agent cannot read fails all its attempts; the Retry button
+    on its page queues it again, and it runs again (and, unchanged, fails again)."""
+    with httpx.Client(base_url=fleet_api, timeout=10) as http:
+        body = {"agent": "intake/classify", "payload": {"not": "a customer request"}}
+        task_id = http.post("/api/v1/tasks", json=body).json()["id"]
+        for _ in range(300):
+            task = http.get(f"/api/v1/tasks/{task_id}").json()
+            if task["state"] == "dead":
+                break
+            page.wait_for_timeout(100)
+        assert task["state"] == "dead", task
+    first = len(task["attempt_history"])
+    open_dashboard(page, f"tasks/{task_id}")
+    detail = page.locator("#task-detail")
+    expect(detail.locator("h3")).to_contain_text(f"Task #{task_id}")
+    expect(detail.locator("#task-cancel")).to_have_count(0)  # a dead task cannot be cancelled
+    attempts = detail.locator("#task-attempts tbody tr")
+    expect(attempts).to_have_count(first)
+    detail.get_by_role("button", name="Retry").click()
+    # the page follows the task as it runs again: more attempts than before
+    expect(attempts.nth(first)).to_be_attached(timeout=30_000)
+    screenshot(page, "dashboard-retried.png")
+
+
 def test_log_search_finds_the_replies(page: Page) -> None:
     open_dashboard(page)
     page.keyboard.press("4")  # jump to Logs

@@ -31,10 +31,10 @@ export function url(path, params = {}) {
   return text ? `${path}?${text}` : path;
 }
 
-async function request(path, params, parse) {
+async function request(path, params, parse, method = "GET") {
   let response;
   try {
-    response = await fetch(url(path, params), { headers: { Accept: "application/json" } });
+    response = await fetch(url(path, params), { method, headers: { Accept: "application/json" } });
   } catch (error) {
     report(false, error);
     throw new ApiError(0, "the API does not answer");
@@ -56,6 +56,11 @@ async function request(path, params, parse) {
 
 export function getJSON(path, params = {}) {
   return request(path, params, (r) => r.json());
+}
+
+/** An action (retry a task, cancel one): a POST without a body; its JSON answer. */
+export function postJSON(path, params = {}) {
+  return request(path, params, (r) => r.json(), "POST");
 }
 
 export function getText(path, params = {}) {

@@ -1,7 +1,7 @@
 // The task explorer: the newest tasks (filtered by state, cluster and agent), and one
 // task in detail: its facts, attempts, effects journal, payload, result and trace.
 
-import { getJSON, itemsOf } from "./api.js";
+import { getJSON, itemsOf, postJSON } from "./api.js";
 import {
   empty, fill, fmtAgo, fmtDateTime, fmtInteger, fmtSeconds, h, stateBadge, timeEl,
 } from "./dom.js";
@@ -229,6 +229,32 @@ export class TasksView {
     drawWaterfall(this.trace, spans, { settling: this.settling });
   }
 
+  /** A dead letter's Retry button, or a queued or running task's Cancel button. */
+  renderAction(t) {
+    const [action, label, hint] = t.state === "dead"
+      ? ["retry", "Retry", "Queue it again with its full attempts; effects already done are not run again"]
+      : t.state === "queued" || t.state === "running"
+        ? ["cancel", "Cancel", "Cancel it; a worker running it is fenced off"]
+        : [null];
+    if (!action) return null;
+    const status = h("span", { class: "note", role: "status" });
+    const button = h("button", { type: "button", id: `task-${action}`, title: hint }, label);
+    button.addEventListener("click", async () => {
+      if (action === "cancel" && !window.confirm(`Cancel task #${t.id}?`)) return;
+      button.disabled = true;
+      fill(status, action === "retry" ? "Queueing it again…" : "Cancelling…");
+      try {
+        await postJSON(`api/v1/tasks/${t.id}/${action}`);
+      } catch (error) {
+        button.disabled = false;
+        fill(status, error.message);
+        return;
+      }
+      await this.openTask(t.id, { quiet: true });
+    });
+    return h("p", { class: "task-actions" }, button, " ", status);
+  }
+
   /** The task's nodes: [those above its trace (facts, attempts, effects), those below]. */
   renderTask(t) {
     const fact = (label, value, wide) =>
@@ -238,6 +264,7 @@ export class TasksView {
     const effects = t.effects ?? [];
     return [[
       h("h3", { id: "task-detail-title" }, `Task #${t.id}`, h("span", { class: "note" }, `${t.cluster}/${t.agent}`), stateBadge(t.state)),
+      this.renderAction(t),
       h("dl", { class: "task-facts" },
         fact("created", timeEl(t.created_at, fmtDateTime(t.created_at)), "wide"),
         fact("waited", t.started_at ? fmtSeconds(t.started_at - t.created_at) : "–"),
