@@ -119,10 +119,16 @@ def test_bad_arguments_name_the_field_the_value_and_the_fix(tmp_path: Path) -> N
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
 
-    proc = run("chaos", "kill-workers", "--kill-every", "often", cwd=tmp_path)
+    proc = run("bench", "queue", "--durability", "fast", "--json", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "--kill-every" in proc.stderr and "'often'" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "--durability" in proc.stderr and "'fast'" in proc.stderr and "normal" in proc.stderr
+    assert proc.stdout == ""
+
+    for interval in ("often", "0s"):  # not a duration; no interval at all
+        proc = run("chaos", "kill-workers", "--kill-every", interval, cwd=tmp_path)
+        assert proc.returncode == 2
+        assert "--kill-every" in proc.stderr and f"'{interval}'" in proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 def test_bad_store_url_is_a_clear_error(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def test_kill_and_stop_workers_loses_nothing_and_duplicates_no_effect(
     assert result.stops == 1
     assert result.redelivered_tasks > 0
     # invariant 1: every accepted task reached a terminal state
-    assert result.lost == 0
+    assert result.lost == 0 and not result.timed_out
     assert result.submitted == 500
     assert result.succeeded + result.dead_lettered == 500
     assert result.dead_lettered == 0  # no task exhausted its redeliveries here
@@ -59,3 +59,14 @@ def test_kill_and_stop_workers_loses_nothing_and_duplicates_no_effect(
     assert result.hang_detection_s is not None
     assert result.detection_p99_s is not None
     assert result.recovery_p99_s is not None
+
+
+def test_a_run_cut_off_by_its_time_limit_says_so() -> None:
+    """Tasks still open at the limit count as lost, and the result says the run timed
+    out, so a fleet that could not keep up is told from one that lost work."""
+    config = KillWorkersConfig(
+        tasks=20, workers=1, kill_every=60, stop_one=False, work_s=30, timeout=3
+    )
+    result = asyncio.run(kill_workers(config))
+    assert result.timed_out
+    assert result.lost == 20 and result.succeeded == 0

@@ -42,6 +42,7 @@ from ..queue import QueueClient
 from ..runtime import ClusterPlan, RestartPolicy, Supervisor, SupervisorEvent, WorkerSettings
 from ..runtime._loop import resolve_event_loop
 from ..store import NewTask
+from ..store._sqlite import DURABILITY_LEVELS
 
 AGENTS = ("fleetops.bench._agents:noop", "fleetops.bench._agents:sleep")
 
@@ -126,6 +127,10 @@ async def bench_queue(
     clock = SystemClock()
     with tempfile.TemporaryDirectory(prefix="fleetops-bench-") as tmp:
         if config.store == "sqlite":
+            if config.durability not in DURABILITY_LEVELS:
+                raise ConfigError(
+                    "--durability", config.durability, f"use one of {', '.join(DURABILITY_LEVELS)}"
+                )
             url = f"sqlite:///{Path(tmp) / 'bench.db'}?durability={config.durability}"
             durability = config.durability
         elif config.store.startswith(("postgresql://", "postgres://")):

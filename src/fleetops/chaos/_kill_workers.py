@@ -72,6 +72,8 @@ class KillWorkersResult:
     hang_detection_s: float | None
     elapsed_s: float
     store: str
+    #: the run ended at config.timeout with tasks still open: they count as lost
+    timed_out: bool = False
     detection_samples: list[float] = field(default_factory=list, repr=False)
     recovery_samples: list[float] = field(default_factory=list, repr=False)
 
@@ -143,6 +145,7 @@ async def kill_workers(
             killer = tg.create_task(
                 _killer(supervisor, cluster, config, rng, clock, kills, stops), name="killer"
             )
+            timed_out = False
             try:
                 async with asyncio.timeout(config.timeout):
                     while True:
@@ -158,7 +161,7 @@ async def kill_workers(
                             break
                         await asyncio.sleep(0.1)
             except TimeoutError:
-                pass
+                timed_out = True
             killer.cancel()
             stop_supervisor.set()
         elapsed = clock.monotonic() - started
@@ -205,6 +208,7 @@ async def kill_workers(
         hang_detection_s=_round(max(hang) if hang else None),
         elapsed_s=round(elapsed, 3),
         store=store_url if config.store_url else "sqlite (temporary file)",
+        timed_out=timed_out,
         detection_samples=detection,
         recovery_samples=recovery,
     )

@@ -7,6 +7,7 @@ import logging
 
 import typer
 
+from .._exceptions import ConfigError
 from .._units import parse_duration
 from ..chaos import KillWorkersConfig, kill_workers
 from ._common import (
@@ -44,10 +45,15 @@ def kill_workers_command(
     """
     setup_logging(verbose, quiet_level=logging.CRITICAL)  # the failures are the point
     with user_errors():
+        interval = parse_duration(kill_every, "--kill-every")
+        if interval <= 0:
+            raise ConfigError(
+                "--kill-every", kill_every, "use an interval above 0, e.g. 500ms or 1s"
+            )
         config = KillWorkersConfig(
             tasks=tasks,
             workers=workers,
-            kill_every=parse_duration(kill_every, "--kill-every"),
+            kill_every=interval,
             stop_one=stop_one,
             work_s=parse_duration(work, "--work"),
             concurrency=concurrency,
@@ -67,4 +73,10 @@ def kill_workers_command(
         print_mapping("chaos kill-workers", summary)
     if result.lost or result.duplicate_effects or result.missing_effects:
         err.print("[bold red]steady state violated:[/] work was lost or duplicated")
+        if result.timed_out:
+            err.print(
+                f"{result.lost} task(s) were still open when the run ended at its time "
+                f"limit ({result.elapsed_s:.0f} s): with a kill every {kill_every} the "
+                "fleet may not keep up; a longer interval tells loss from slowness"
+            )
         raise typer.Exit(EXIT_FAILURE)
