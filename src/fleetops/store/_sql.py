@@ -820,12 +820,12 @@ class SqlStore:
         """
         cutoffs = {"succeeded": finished_before, "cancelled": finished_before}
         cutoffs["dead"] = dead_before
+        # read before the write lock is taken: a group that is gone by then reads empty
+        groups = [g for g in self._finished_groups() if cutoffs[g[0]] is not None]
         with self._tx():
             ids: list[int] = []
-            for state, queue, agent in self._finished_groups():
-                before = cutoffs.get(state)
-                if before is None:
-                    continue
+            for state, queue, agent in groups:
+                before = cutoffs[state]
                 rows = self._exec(
                     f"SELECT id FROM tasks t WHERE {FINISHED} AND state = ? AND queue = ? "
                     "AND agent = ? AND finished_at < ? AND NOT EXISTS (SELECT 1 FROM tasks p "
