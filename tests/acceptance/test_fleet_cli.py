@@ -256,6 +256,20 @@ def test_api_errors_are_problem_json(running_fleet: tuple[Path, str]) -> None:
         assert 'fleetops_workers{cluster="back"} 2.0' in metrics
 
 
+def test_the_control_plane_logs_to_its_own_file_and_log_search_finds_it(
+    running_fleet: tuple[Path, str],
+) -> None:
+    """What the control plane and its supervisor log (workers started, stopped,
+    failed; pruning) goes to .fleetops/logs/control.log, beside the workers' logs."""
+    fleet_dir, _ = running_fleet
+    found = run("logs", "-q", "worker.started", "--json", cwd=fleet_dir)
+    assert found.returncode == 0, found.stderr
+    records = [json.loads(line) for line in found.stdout.splitlines()]
+    started = [r for r in records if r["logger"] == "fleetops.supervisor"]
+    assert {(r["event"], r["source"]) for r in started} == {("worker.started", "control")}
+    assert sorted(r["cluster"] for r in started) == ["back", "back", "front"]
+
+
 def test_a_dead_letter_is_retried_once_its_cause_is_fixed_and_a_task_is_cancelled(
     running_fleet: tuple[Path, str],
 ) -> None:

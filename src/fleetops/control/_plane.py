@@ -280,6 +280,7 @@ class ControlPlane:
                 "started_at": self.clock.now(),
             }
         )
+        self._start_log_file()
         self.client = QueueClient(self.store_url, clock=self.clock)
         await self.client.__aenter__()
         version = await self.client.run(self.client.store.schema_version)
@@ -296,12 +297,14 @@ class ControlPlane:
         handler.setFormatter(JsonFormatter())
         handler.setLevel(logging.INFO)
         root = logging.getLogger("fleetops")
-        root.addHandler(handler)
-        if root.getEffectiveLevel() > logging.INFO:
-            root.setLevel(logging.INFO)
+        quiet = root.getEffectiveLevel()
+        if quiet > logging.INFO:
+            # the file gets INFO and up; the other handlers (stderr) stay as quiet as they were
             for other in root.handlers:
-                if other is not handler and other.level == logging.NOTSET:
-                    other.setLevel(logging.CRITICAL)
+                if other.level == logging.NOTSET:
+                    other.setLevel(quiet)
+            root.setLevel(logging.INFO)
+        root.addHandler(handler)
         self._log_handler = handler
 
     def _lock_info(self) -> dict[str, Any]:
