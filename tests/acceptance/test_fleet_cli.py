@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -195,6 +197,46 @@ def running_fleet(fleet_dir: Path) -> Iterator[tuple[Path, str]]:
     assert proc.returncode == 0, stderr
     assert not (fleet_dir / ".fleetops" / "control.lock").exists()
     assert _fleetops_workers_running(fleet_dir) == []
+
+
+def test_a_terminal_that_stopped_reading_does_not_keep_the_fleet_from_stopping(
+    fleet_dir: Path,
+) -> None:
+    """fleetops up's stderr is a pipe already full (a terminal paused with Ctrl-S, an
+    ssh session that stalled): SIGTERM still drains the fleet and ends the command."""
+    with socket.socket() as probe:  # a port free right now, for the API
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    api = f"http://127.0.0.1:{port}"
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 4096)
+    os.set_blocking(write_end, True)
+    proc = subprocess.Popen(
+        [*FLEETOPS, "up", "fleet.yaml", "--no-live", "--api-port", str(port)],
+        cwd=fleet_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=write_end,
+        env=dict(os.environ, COLUMNS="200"),
+    )
+    os.close(write_end)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{api}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert _fleetops_workers_running(fleet_dir) == []
+    finally:
+        if proc.poll() is None:
+            os.read(read_end, 1 << 20)  # let it go on, so that it can be stopped
+            proc.kill()
+        os.close(read_end)
 
 
 def test_apply_scales_under_load_loses_nothing_and_records_changes(

@@ -199,7 +199,11 @@ async def _run_up(plane: ControlPlane, smoke: bool, json_output: bool, live: boo
             stop.set()
             await serving
         if not json_output:
-            err.print("draining workers and stopping…")
+            # from a thread of its own: a terminal that stopped reading must not hold
+            # up the drain that follows (see LiveTable)
+            threading.Thread(
+                target=err.print, args=("draining workers and stopping…",), daemon=True
+            ).start()
     return 0
 
 
