@@ -1337,6 +1337,24 @@ def test_prune_tasks_deletes_what_finished_before_its_cutoff_with_attempts_and_e
     assert store.prune_tasks(T0 + 20, T0 + 20) == 0
 
 
+def test_prune_events_drops_those_recorded_before_the_cutoff_a_chunk_at_a_time(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fleetops.store._sql.PRUNE_CHUNK", 4)  # several transactions
+    for n in range(10):
+        store.record_event("worker.failed", T0 + n, "c", f"w{n}")
+    store.record_event("task.retried", T0 + 100, "c", None, 7)
+
+    assert store.prune_events(T0 + 9) == 9  # 4 + 4 + 1
+    assert [(e.kind, e.at) for e in store.list_events()] == [
+        ("worker.failed", T0 + 9),
+        ("task.retried", T0 + 100),
+    ]
+    assert store.prune_events(T0 + 9) == 0
+    assert store.prune_events(T0 + 1000) == 2 and store.list_events() == []
+    assert store.prune_events(T0 + 1000) == 0  # none left at all
+
+
 def test_list_workers_by_id_reads_only_those(store: Store) -> None:
     for n in range(6):
         store.register_worker(f"w{n}", "c" if n % 2 else "d", n, "h", 4, T0 + n)

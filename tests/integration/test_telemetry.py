@@ -149,10 +149,11 @@ def test_the_control_plane_drops_spans_and_gone_workers_logs_after_the_high_rete
     tmp_path: Path,
 ) -> None:
     """Spans and the log files of gone workers are kept as long as raw metric history
-    (observability.retention.high), then dropped by the control plane's once-a-minute
-    maintenance: without it the span file and the log directory only grow."""
+    (observability.retention.high), events as long as any (retention.low), then
+    dropped by the control plane's once-a-minute maintenance: without it the span
+    file, the log directory and the event table only grow."""
     plane = _plane(
-        tmp_path, extra="observability:\n  retention: {high: 1h, medium: 7d, low: 90d}\n"
+        tmp_path, extra="observability:\n  retention: {high: 1h, medium: 7d, low: 30d}\n"
     )
 
     def span(n: int, age: float) -> tuple[Any, ...]:
@@ -180,9 +181,15 @@ def test_the_control_plane_drops_spans_and_gone_workers_logs_after_the_high_rete
             for name, age in (("triage-0-old", 7200), ("triage-1-new", 60)):
                 (plane.log_dir / f"{name}.log").write_text("{}\n")
                 os.utime(plane.log_dir / f"{name}.log", (time.time() - age,) * 2)
+            for age in (31 * 86400, 29 * 86400):  # events go after retention.low (30d)
+                await client.run(
+                    client.store.record_event, "worker.failed", time.time() - age, "triage"
+                )
             dropped = await plane.maintain()
             # a worker's log file goes with its spans (no worker is live here)
             assert [p.name for p in plane.log_dir.iterdir()] == ["triage-1-new.log"]
+            events = await client.run(client.store.list_events)
+            assert [round((time.time() - e.at) / 86400) for e in events] == [29]
             kept = await client.run(client.store.get_spans, f"{2:032x}")
             gone = await client.run(client.store.get_spans, f"{1:032x}")
             return dropped, len(kept), len(gone)

@@ -537,7 +537,9 @@ class ControlPlane:
         that wrote nothing for ``observability.retention.high``; fold the metrics of
         workers long gone (:meth:`retire_telemetry`); drop the spans that started
         longer ago than ``retention.high`` (a trace is kept as long as the raw
-        metrics around it); start deleting the finished tasks past the store's
+        metrics around it); drop the events (worker failures, restarts, task retries)
+        older than ``retention.low``, as long as any metric history; start deleting
+        the finished tasks past the store's
         ``keep_finished`` and ``keep_dead`` (:meth:`prune_tasks`, in the background:
         a first pass over a large store takes a while). Answers the spans dropped."""
         history = self.history
@@ -555,6 +557,10 @@ class ControlPlane:
         dropped = await client.run(client.store.prune_spans, self.clock.now() - keep)
         if dropped:
             log.info("spans.pruned", count=dropped, older_than_s=keep)
+        longest = self.spec.observability.retention.low
+        events = await client.run(client.store.prune_events, self.clock.now() - longest)
+        if events:
+            log.info("events.pruned", count=events, older_than_s=longest)
         if self._tg is not None and (self._prune_task is None or self._prune_task.done()):
             self._prune_task = self._tg.create_task(self.prune_tasks(), name="prune-tasks")
         return dropped

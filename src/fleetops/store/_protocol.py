@@ -208,6 +208,10 @@ class Store(Protocol):
         """Workers by id: every one ever started (of ``cluster``), or those in ``ids``."""
         ...
 
+    def prune_events(self, before: float) -> int:
+        """Delete the events recorded before ``before``; answers how many went."""
+        ...
+
     def record_event(
         self,
         kind: str,

@@ -1011,6 +1011,32 @@ class SqlStore:
             row = self._exec(INSERT_EVENT, (now, kind, cluster, worker, task_id, data)).fetchone()
         return int(row[0])
 
+    def prune_events(self, before: float) -> int:
+        """Delete the events recorded before ``before``, oldest first, :data:`PRUNE_CHUNK`
+        to a transaction; answer how many went. Events are read in id order, which is
+        the order they were recorded in, up to the first one to keep: a pass that finds
+        nothing to delete reads one row, however many events are kept."""
+        deleted = 0
+        while True:
+            oldest = self._exec("SELECT at FROM events ORDER BY id LIMIT 1").fetchone()
+            if oldest is None or oldest[0] >= before:
+                return deleted
+            with self._tx():
+                rows = self._exec(
+                    "SELECT id, at FROM events ORDER BY id LIMIT ?", (PRUNE_CHUNK,)
+                ).fetchall()
+                last = None
+                for event_id, at in rows:
+                    if at >= before:
+                        break
+                    last = event_id
+                gone = 0
+                if last is not None:
+                    gone = int(self._exec("DELETE FROM events WHERE id <= ?", (last,)).rowcount)
+            deleted += gone
+            if gone < PRUNE_CHUNK:
+                return deleted
+
     def list_events(
         self, kind: str | None = None, after_id: int = 0, limit: int = 1000
     ) -> list[EventRecord]:
