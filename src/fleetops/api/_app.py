@@ -67,6 +67,12 @@ def create_app(plane: ControlPlane) -> FastAPI:
             raise UsageError("the fleet is not deployed yet")
         return plane.client
 
+    async def known_task(c: Any, task_id: int) -> TaskRecord:
+        record: TaskRecord | None = await c.run(c.store.get_task, task_id)
+        if record is None:
+            raise UnknownTask(task_id)
+        return record
+
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """The API process is up."""
@@ -124,10 +130,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     async def get_task(task_id: int) -> dict[str, Any]:
         """One task, with every attempt and its effects journal."""
         c = client()
-        record = await c.run(c.store.get_task, task_id)
-        if record is None:
-            raise UnknownTask(task_id)
-        out = _task_json(record)
+        out = _task_json(await known_task(c, task_id))
         out["attempt_history"] = [_attempt(a) for a in await c.run(c.store.attempts, task_id)]
         out["effects"] = [_effect(e) for e in await c.run(c.store.effects, task_id)]
         return out
@@ -136,9 +139,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     async def cancel(task_id: int, reason: str = "cancelled through the API") -> dict[str, Any]:
         """Cancel a queued or running task (a running one's holder is fenced off)."""
         c = client()
-        record = await c.run(c.store.get_task, task_id)
-        if record is None:
-            raise UnknownTask(task_id)
+        record = await known_task(c, task_id)
         cancelled = await c.run(c.store.cancel, task_id, c.clock.now(), reason)
         if cancelled:
             now = c.clock.now()
@@ -151,9 +152,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         fixed). Its attempts and effect journal stay: an effect done is not run again.
         409 when the task is not dead."""
         c = client()
-        record = await c.run(c.store.get_task, task_id)
-        if record is None:
-            raise UnknownTask(task_id)
+        record = await known_task(c, task_id)
         if not await c.run(c.store.retry_dead, task_id, c.clock.now()):
             record = await c.run(c.store.get_task, task_id)
             state = record.state if record is not None else "gone"

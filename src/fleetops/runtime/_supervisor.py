@@ -46,12 +46,12 @@ log = get_logger("fleetops.supervisor")
 STARTUP_TIMEOUT = 60.0
 
 
-def _open_log(log_dir: Path | None, worker_id: str) -> Any:
+def _open_log(path: Path | None) -> Any:
     """The worker's log file (append), or None to inherit this process's stderr."""
-    if log_dir is None:
+    if path is None:
         return None
-    log_dir.mkdir(parents=True, exist_ok=True)
-    return open(log_path(log_dir, worker_id), "ab")  # noqa: SIM115 - handed to the child
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "ab")  # noqa: SIM115 - handed to the child
 
 
 def log_path(log_dir: Path, worker_id: str) -> Path:
@@ -331,11 +331,12 @@ class Supervisor:
             "parent_pid": os.getpid(),
             **dict(plan.extra),
         }
-        if self.log_dir is not None:
-            config["log_file"] = str(log_path(self.log_dir, worker_id))
+        log_file = None if self.log_dir is None else log_path(self.log_dir, worker_id)
+        if log_file is not None:
+            config["log_file"] = str(log_file)
             config["log_max_bytes"] = LOG_MAX_BYTES
             config["log_check_seconds"] = LOG_CHECK_SECONDS
-        stderr = _open_log(self.log_dir, worker_id)
+        stderr = _open_log(log_file)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,

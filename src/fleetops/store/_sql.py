@@ -818,8 +818,7 @@ class SqlStore:
         stays: the parent, run again, finds its child by key and must find its result.
         Once a task is gone, its idempotency key is free.
         """
-        cutoffs = {"succeeded": finished_before, "cancelled": finished_before}
-        cutoffs["dead"] = dead_before
+        cutoffs = {"succeeded": finished_before, "cancelled": finished_before, "dead": dead_before}
         # read before the write lock is taken: a group that is gone by then reads empty
         groups = [g for g in self._finished_groups() if cutoffs[g[0]] is not None]
         with self._tx():
