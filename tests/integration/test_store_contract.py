@@ -10,6 +10,7 @@ task counts before and after a rejected write: a stale lease holder must change 
 
 from __future__ import annotations
 
+import concurrent.futures
 import sqlite3
 import threading
 import time
@@ -1421,6 +1422,139 @@ def test_a_postgres_connection_notices_a_dead_peer_in_seconds_unless_the_url_say
     }
     joiner = "&" if "?" in postgres_url else "?"
     assert liveness(f"{postgres_url}{joiner}keepalives_idle=60")["keepalives_idle"] == "60"
+
+
+def _with_options(url: str, *settings: str) -> str:
+    """``url`` with more ``-c name=value`` settings in its libpq ``options``."""
+    extra = "%20".join(f"-c{s.replace('=', '%3D')}" for s in settings)
+    if "options=" in url:
+        return url.replace("options=", f"options={extra}%20", 1)
+    return f"{url}{'&' if '?' in url else '?'}options={extra}"
+
+
+@pytest.mark.postgres
+def test_a_postgres_session_has_statement_and_idle_limits_unless_the_url_sets_them(
+    postgres_url: str,
+) -> None:
+    def shown(url: str) -> tuple[str, str]:
+        store = open_store(url)
+        try:
+            return (
+                store._exec("SHOW statement_timeout").fetchone()[0],  # type: ignore[attr-defined]
+                store._exec("SHOW idle_in_transaction_session_timeout").fetchone()[0],  # type: ignore[attr-defined]
+            )
+        finally:
+            store.close()
+
+    assert shown(postgres_url) == ("1min", "10s")
+    assert shown(_with_options(postgres_url, "statement_timeout=5min")) == ("5min", "10s")
+
+
+@pytest.mark.postgres
+def test_a_postgres_session_frozen_inside_a_transaction_does_not_block_revocation(
+    postgres_url: str,
+) -> None:
+    """A worker frozen (SIGSTOP, a paused VM) between two statements of a transaction
+    holds its task's row lock. Revoking its leases waits on that lock; the server ends
+    the frozen session after idle_in_transaction_session_timeout, the revocation goes
+    through, and the frozen store, once it runs again, fails that call, reconnects,
+    and is fenced off."""
+    from fleetops import StoreUnavailable
+
+    frozen_url = _with_options(postgres_url, "idle_in_transaction_session_timeout=1s")
+    worker, control = open_store(frozen_url), open_store(postgres_url)
+    try:
+        task_id = submit_one(worker)
+        (claimed,) = worker.claim("w1", ["q"], 1, T0, LEASE)
+        in_tx, thaw = threading.Event(), threading.Event()
+        outcome: list[BaseException | None] = []
+
+        def freeze_mid_transaction() -> None:
+            try:
+                with worker._tx():  # type: ignore[attr-defined]
+                    worker._exec(  # type: ignore[attr-defined]
+                        "SELECT 1 FROM tasks WHERE id = ? FOR UPDATE", (task_id,)
+                    )
+                    in_tx.set()
+                    thaw.wait(30)
+                    worker._exec("SELECT 1")  # type: ignore[attr-defined]
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        frozen = threading.Thread(target=freeze_mid_transaction)
+        frozen.start()
+        assert in_tx.wait(10)
+        revoking = concurrent.futures.ThreadPoolExecutor(1)
+        revoked = revoking.submit(control.revoke_worker, "w1", T0 + 1, "hung")
+        try:
+            # without the limit this waits for the frozen session for ever
+            assert revoked.result(timeout=20) == [task_id]
+        finally:
+            thaw.set()
+            frozen.join(10)
+            revoking.shutdown(wait=False)
+        assert len(outcome) == 1 and isinstance(outcome[0], StoreUnavailable)
+        # thawed: the next call reconnects, and the stale lease is refused
+        assert not apply_one(worker, Complete(task_id, claimed.epoch, "null", "w1"), T0 + 2).ok
+        assert worker.get_task(task_id).state == "queued"  # type: ignore[union-attr]
+    finally:
+        worker.close()
+        control.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_statement_waiting_too_long_for_a_lock_fails_instead_of_hanging(
+    postgres_url: str,
+) -> None:
+    from fleetops import StoreUnavailable
+
+    holder = open_store(postgres_url)
+    impatient = open_store(_with_options(postgres_url, "statement_timeout=300ms"))
+    try:
+        task_id = submit_one(holder)
+        locked = threading.Event()
+
+        def hold_the_row() -> None:
+            with holder._tx():  # type: ignore[attr-defined]
+                holder._exec("SELECT 1 FROM tasks WHERE id = ? FOR UPDATE", (task_id,))  # type: ignore[attr-defined]
+                locked.set()
+                holder._exec("SELECT pg_sleep(3)")  # type: ignore[attr-defined]
+
+        busy = threading.Thread(target=hold_the_row)
+        busy.start()
+        assert locked.wait(10)
+        with pytest.raises(StoreUnavailable, match="statement timeout"):
+            impatient.cancel(task_id, T0 + 1)
+        assert busy.is_alive()  # it failed while the lock was still held, not after
+        busy.join(10)
+        assert impatient.cancel(task_id, T0 + 2)  # the same call, once the lock is free
+    finally:
+        holder.close()
+        impatient.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_migration_may_wait_past_the_statement_timeout(postgres_url: str) -> None:
+    """Migrations are exempt from statement_timeout: one that waits for another
+    process's migration (or rebuilds a large index) is not cancelled half-way."""
+    from fleetops.store._postgres import MIGRATION_LOCK
+
+    with psycopg.connect(postgres_url, autocommit=True) as other:
+        with other.transaction():
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            waiting = concurrent.futures.ThreadPoolExecutor(1)
+            opened = waiting.submit(
+                open_store, _with_options(postgres_url, "statement_timeout=200ms")
+            )
+            time.sleep(1.0)  # the other migration holds the lock past the timeout
+            assert not opened.done()
+        store = opened.result(timeout=20)
+        waiting.shutdown()
+    try:
+        assert store.schema_version() == store.latest_version  # type: ignore[attr-defined]
+    finally:
+        store.close()
 
 
 def test_list_tasks_by_state_in_id_order_with_filters_and_pages(store: Store) -> None:

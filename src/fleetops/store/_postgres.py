@@ -26,6 +26,20 @@ TCP_LIVENESS = {
     "keepalives_count": 3,
     "tcp_user_timeout": 10_000,  # milliseconds
 }
+#: Limits the server puts on each of this store's sessions, unless the URL's
+#: ``options`` sets them (``?options=-c%20statement_timeout%3D5min``).
+#: ``statement_timeout``: a statement that runs, or waits for a lock, longer than this
+#: is cancelled, and the call fails with StoreUnavailable instead of hanging (every
+#: statement here takes milliseconds; migrations are exempt).
+#: ``idle_in_transaction_session_timeout``: a session left idle inside a transaction
+#: (its process frozen by SIGSTOP, a paused VM or a debugger, possibly on another
+#: host where no supervisor can kill it) is ended and the row locks it held are
+#: released, so that revoking its leases does not wait on it forever. Its process
+#: finds the connection gone, and reconnects, when it runs again.
+SESSION_LIMITS = {
+    "statement_timeout": "60s",
+    "idle_in_transaction_session_timeout": "10s",
+}
 #: An arbitrary constant: the advisory lock that serialises concurrent migrations.
 MIGRATION_LOCK = 0x466C6565744F7073 & 0x7FFFFFFFFFFFFFFF
 
@@ -55,17 +69,25 @@ class PostgresStore(SqlStore):
         # the next call then reconnects. Values in the URL win.
         given = conninfo_to_dict(self.url)
         tcp = {k: v for k, v in TCP_LIVENESS.items() if k not in given}
+        named = str(given.get("options") or "")
+        limits = {k: v for k, v in SESSION_LIMITS.items() if k not in named}
+        conn: psycopg.Connection[Any] | None = None
         try:
-            return psycopg.connect(
+            conn = psycopg.connect(
                 make_conninfo(self.url, **tcp),
                 autocommit=True,
                 connect_timeout=self._connect_timeout,
             )
+            for name, value in limits.items():
+                conn.execute(f"SET {name} = '{value}'")  # constants, not input
         except psycopg.Error as exc:
+            if conn is not None:
+                conn.close()
             raise StoreUnavailable(
                 f"cannot connect to the PostgreSQL store at {_redact(self.url)}: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
             ) from exc
+        return conn
 
     def _reconnect_if_lost(self) -> None:
         """A connection the server dropped (a restart, a failover, an idle timeout)
@@ -93,26 +115,30 @@ class PostgresStore(SqlStore):
                     yield
                 finally:
                     self._depth = 0
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+        except psycopg.Error as exc:  # at BEGIN or COMMIT
+            raise self._error(exc) from exc
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         self._reconnect_if_lost()
         try:
             return self._conn.execute(_pg(sql), tuple(params) if params else None)
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
         except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+            raise self._error(exc) from exc
 
     def _execmany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         try:
             with self._conn.cursor() as cur:
                 cur.executemany(_pg(sql), [tuple(r) for r in rows])
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
         except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+            raise self._error(exc) from exc
+
+    def _error(self, exc: psycopg.Error) -> StoreError:
+        """StoreUnavailable when the call may work again (the connection was lost, the
+        server cancelled a statement that waited too long); StoreError otherwise."""
+        message = f"PostgreSQL store {_redact(self.url)}: {exc}"
+        if isinstance(exc, psycopg.OperationalError) or self._conn.closed:
+            return StoreUnavailable(message)
+        return StoreError(message)
 
     def _claim_sql(self, n_queues: int, n_agents: int) -> str:
         queues = ", ".join("?" * n_queues)
@@ -159,6 +185,9 @@ class PostgresStore(SqlStore):
         return int(row[0] or 0)
 
     def _migration_lock(self) -> None:
+        # a migration may rebuild an index of a large table, and may wait for another
+        # process's migration: no statement timeout for the rest of this transaction
+        self._exec("SET LOCAL statement_timeout = 0")
         self._exec("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
 
     def close(self) -> None:
