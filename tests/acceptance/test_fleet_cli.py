@@ -400,6 +400,10 @@ def test_rolling_restart_under_load_loses_nothing(running_fleet: tuple[Path, str
             if w["state"] == "running"
         }
         assert len(after) == 2 and not (before & after)  # every worker was replaced
+        live = http.get("/api/v1/workers", params={"cluster": "back", "live": "true"}).json()
+        assert {w["id"] for w in live} == after  # the replaced ones are stopped
+        known = http.get("/api/v1/workers", params={"cluster": "back"}).json()
+        assert before <= {w["id"] for w in known if w["state"] == "stopped"}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             states = {http.get(f"/api/v1/tasks/{i}").json()["state"] for i in submitted}

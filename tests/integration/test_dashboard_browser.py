@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from fleetops.store import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_DIR = REPO / "examples" / "support-desk"
@@ -198,7 +201,13 @@ def wait_for_charts(page: Page, condition: str, arg: Any = None, timeout: float 
         pytest.fail(f"charts not as expected within {timeout / 1000:g} s: {chart_state(page)}")
 
 
-def test_overview_shows_every_cluster_with_its_workers(page: Page) -> None:
+def test_overview_shows_every_cluster_with_its_workers(page: Page, fleet_dir: Path) -> None:
+    earlier = open_store(f"sqlite:///{fleet_dir / '.fleetops' / 'fleet.db'}")
+    try:  # a worker of an earlier run, stopped: listed only when asked for
+        earlier.register_worker("intake-earlier", "intake", 1, "h", 4, time.time() - 60)
+        earlier.set_worker_state("intake-earlier", "stopped", time.time() - 30)
+    finally:
+        earlier.close()
     open_dashboard(page)
     expect(page.locator("#fleet-name")).to_have_text("support-desk")
     cards = page.locator("#cluster-cards .card")
@@ -209,7 +218,13 @@ def test_overview_shows_every_cluster_with_its_workers(page: Page) -> None:
         expect(card.locator(".workers")).to_have_text("2 / 2")
         expect(card.locator(".badge")).to_have_text("healthy")
         expect(card).to_contain_text("tasks in flight")
-    expect(page.locator("#workers-table tbody tr")).to_have_count(6)
+    workers = page.locator("#workers-table tbody tr")
+    expect(workers).to_have_count(6)
+    page.locator("#workers-all").check()
+    expect(workers).to_have_count(7)
+    expect(workers.filter(has_text="intake-earlier")).to_contain_text("stopped")
+    page.locator("#workers-all").uncheck()
+    expect(workers).to_have_count(6)
     expect(page.locator("#readiness .score strong")).to_have_text(re.compile(r"^\d+$"))
     assert page.locator("#readiness .checks li").count() >= 5
     # the work is flowing: some tasks have succeeded by the next refresh

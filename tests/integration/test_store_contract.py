@@ -1371,6 +1371,27 @@ def test_list_workers_by_id_reads_only_those(store: Store) -> None:
     assert len(store.list_workers()) == 6
 
 
+def test_live_workers_and_pruning_the_rows_of_gone_ones(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fleetops.store._sql.PRUNE_CHUNK", 2)  # several transactions
+    for n in range(8):
+        store.register_worker(f"w{n}", "c" if n % 2 else "d", n, "h", 4, T0 + n)
+    for n in (0, 1, 2, 3):
+        store.set_worker_state(f"w{n}", "stopped", T0 + 10 + n)
+    store.revoke_worker("w4", T0 + 20, "hung")  # declared dead
+
+    assert [w.id for w in store.list_workers(live=True)] == ["w5", "w6", "w7"]
+    assert [w.id for w in store.list_workers("c", live=True)] == ["w5", "w7"]
+    assert [w.id for w in store.list_workers("d", ["w4", "w6"], live=True)] == ["w6"]
+
+    assert store.prune_workers(T0 + 13) == 3  # w0, w1, w2: 2 + 1
+    assert [w.id for w in store.list_workers()] == ["w3", "w4", "w5", "w6", "w7"]
+    assert store.prune_workers(T0 + 13) == 0
+    assert store.prune_workers(T0 + 1000) == 2  # w3 and the dead w4; the live ones stay
+    assert [w.id for w in store.list_workers()] == ["w5", "w6", "w7"]
+
+
 @pytest.mark.postgres
 def test_a_postgres_store_reconnects_after_the_server_dropped_its_connection(
     postgres_url: str,

@@ -148,8 +148,9 @@ def _plane(tmp_path: Path, clock: Clock | None = None, extra: str = "") -> Contr
 def test_the_control_plane_drops_spans_and_gone_workers_logs_after_the_high_retention(
     tmp_path: Path,
 ) -> None:
-    """Spans and the log files of gone workers are kept as long as raw metric history
-    (observability.retention.high), events as long as any (retention.low), then
+    """Spans, and the log files and rows of gone workers, are kept as long as raw
+    metric history (observability.retention.high), events as long as any
+    (retention.low), then
     dropped by the control plane's once-a-minute maintenance: without it the span
     file, the log directory and the event table only grow."""
     plane = _plane(
@@ -185,7 +186,18 @@ def test_the_control_plane_drops_spans_and_gone_workers_logs_after_the_high_rete
                 await client.run(
                     client.store.record_event, "worker.failed", time.time() - age, "triage"
                 )
+            for name, age in (("triage-0-old", 7200), ("triage-1-new", 60), ("triage-2", 0)):
+                await client.run(
+                    client.store.register_worker, name, "triage", 1, "h", 4, time.time() - 9000
+                )
+                if age:  # stopped that long ago; triage-2 still runs
+                    await client.run(
+                        client.store.set_worker_state, name, "stopped", time.time() - age
+                    )
             dropped = await plane.maintain()
+            # the row of a worker gone for retention.high goes too
+            workers = await client.run(client.store.list_workers)
+            assert [w.id for w in workers] == ["triage-1-new", "triage-2"]
             # a worker's log file goes with its spans (no worker is live here)
             assert [p.name for p in plane.log_dir.iterdir()] == ["triage-1-new.log"]
             events = await client.run(client.store.list_events)

@@ -215,10 +215,12 @@ def create_app(plane: ControlPlane) -> FastAPI:
         return out
 
     @app.get("/api/v1/workers", tags=["fleet"])
-    async def workers(cluster: str | None = None) -> list[dict[str, Any]]:
-        """Every worker the store knows (live, stopped and dead), newest last."""
+    async def workers(cluster: str | None = None, live: bool = False) -> list[dict[str, Any]]:
+        """The workers the store knows, by id: live, stopped and dead (those gone for
+        ``observability.retention.high`` are forgotten); ``live=true``: only those
+        running or draining."""
         c = client()
-        return [_worker(w) for w in await c.run(c.store.list_workers, cluster)]
+        return [_worker(w) for w in await c.run(c.store.list_workers, cluster, None, live)]
 
     @app.get("/api/v1/deployments", tags=["fleet"])
     async def deployments(limit: int = Query(20, ge=1, le=200)) -> list[dict[str, Any]]:

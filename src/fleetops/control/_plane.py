@@ -534,7 +534,8 @@ class ControlPlane:
     async def maintain(self) -> int:
         """What the history loop does once a minute: roll the metric history up and
         drop what its tiers no longer keep; delete the log files of workers not live
-        that wrote nothing for ``observability.retention.high``; fold the metrics of
+        that wrote nothing for ``observability.retention.high``, and the rows of
+        workers stopped or dead that long ago; fold the metrics of
         workers long gone (:meth:`retire_telemetry`); drop the spans that started
         longer ago than ``retention.high`` (a trace is kept as long as the raw
         metrics around it); drop the events (worker failures, restarts, task retries)
@@ -554,6 +555,9 @@ class ControlPlane:
         if client is None:
             return 0
         await self.retire_telemetry()
+        forgotten = await client.run(client.store.prune_workers, self.clock.now() - keep)
+        if forgotten:
+            log.info("workers.pruned", count=forgotten, older_than_s=keep)
         dropped = await client.run(client.store.prune_spans, self.clock.now() - keep)
         if dropped:
             log.info("spans.pruned", count=dropped, older_than_s=keep)

@@ -203,9 +203,17 @@ class Store(Protocol):
     def set_worker_state(self, worker: str, state: str, now: float) -> None: ...
 
     def list_workers(
-        self, cluster: str | None = None, ids: Sequence[str] | None = None
+        self,
+        cluster: str | None = None,
+        ids: Sequence[str] | None = None,
+        live: bool = False,
     ) -> list[WorkerRecord]:
-        """Workers by id: every one ever started (of ``cluster``), or those in ``ids``."""
+        """Workers by id: every one kept (of ``cluster``), or those in ``ids``; with
+        ``live``, only those running or draining."""
+        ...
+
+    def prune_workers(self, before: float) -> int:
+        """Delete the rows of workers stopped or dead before ``before``; answers how many."""
         ...
 
     def prune_events(self, before: float) -> int:

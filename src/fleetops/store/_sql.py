@@ -208,6 +208,8 @@ UPSERT_WORKER = (
     "heartbeat_at = excluded.heartbeat_at, stopped_at = NULL, "
     "concurrency = excluded.concurrency, inflight = 0, processed = 0, bell = excluded.bell"
 )
+#: The states of a worker that may still be running (the others: 'stopped', 'dead').
+LIVE_WORKER_STATES = "('running', 'draining')"
 SELECT_BELLS = (
     "SELECT cluster, host, bell FROM workers WHERE state = 'running' AND bell IS NOT NULL"
 )
@@ -976,11 +978,14 @@ class SqlStore:
             self._exec(MARK_WORKER, (state, stopped, worker))
 
     def list_workers(
-        self, cluster: str | None = None, ids: Sequence[str] | None = None
+        self,
+        cluster: str | None = None,
+        ids: Sequence[str] | None = None,
+        live: bool = False,
     ) -> list[WorkerRecord]:
         if ids is not None:
             # by primary key: a supervisor reads its live workers every 50 ms, and the
-            # table keeps a row for every worker ever started
+            # table keeps a row for every worker started (until prune_workers)
             rows = []
             for chunk in iter_chunks(list(ids), BATCH_ROWS):
                 marks = ", ".join("?" * len(chunk))
@@ -988,14 +993,47 @@ class SqlStore:
                     f"SELECT {WORKER_COLUMNS} FROM workers WHERE id IN ({marks})", chunk
                 ).fetchall()
             rows.sort(key=lambda r: r[0])
-            rows = [r for r in rows if cluster is None or r[1] == cluster]
-        elif cluster is None:
-            rows = self._exec(f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY id").fetchall()
+            rows = [
+                r
+                for r in rows
+                if (cluster is None or r[1] == cluster)
+                and (not live or r[4] in ("running", "draining"))
+            ]
         else:
+            where, params = [], []
+            if cluster is not None:
+                where.append("cluster = ?")
+                params.append(cluster)
+            if live:
+                where.append(f"state IN {LIVE_WORKER_STATES}")
+            clause = f" WHERE {' AND '.join(where)}" if where else ""
             rows = self._exec(
-                f"SELECT {WORKER_COLUMNS} FROM workers WHERE cluster = ? ORDER BY id", (cluster,)
+                f"SELECT {WORKER_COLUMNS} FROM workers{clause} ORDER BY id", params
             ).fetchall()
         return [WorkerRecord(*r) for r in rows]
+
+    def prune_workers(self, before: float) -> int:
+        """Delete the rows of workers that stopped or were declared dead before
+        ``before``, :data:`PRUNE_CHUNK` to a transaction; answer how many went.
+
+        Every start of a worker is a row of its own, so a worker restarting in a loop
+        adds thousands a day. A dead worker's row refuses its claims (see
+        :data:`NOT_DEAD_WORKER`); the supervisor killed it when it declared it dead,
+        so by ``before`` there is nothing left to refuse.
+        """
+        deleted = 0
+        while True:
+            with self._tx():
+                gone = int(
+                    self._exec(
+                        "DELETE FROM workers WHERE id IN (SELECT id FROM workers "
+                        "WHERE state IN ('stopped', 'dead') AND stopped_at < ? LIMIT ?)",
+                        (before, PRUNE_CHUNK),
+                    ).rowcount
+                )
+            deleted += gone
+            if gone < PRUNE_CHUNK:
+                return deleted
 
     def record_event(
         self,
