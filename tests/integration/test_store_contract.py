@@ -1338,6 +1338,32 @@ def test_prune_tasks_deletes_what_finished_before_its_cutoff_with_attempts_and_e
     assert store.prune_tasks(T0 + 20, T0 + 20) == 0
 
 
+def test_count_dead_since_counts_the_dead_letters_of_every_cluster_and_agent(
+    store: Store,
+) -> None:
+    def dead(queue: str, agent: str, at: float) -> None:
+        [task] = store.submit([NewTask(queue, agent, "{}")], at - 1)
+        [held] = store.claim("w", [queue], 1, at - 1, LEASE, [agent])
+        assert apply_one(store, Fail(task.id, held.epoch, "x", "w", None, "bad"), at).ok
+
+    for queue, agent, at in [
+        ("a", "x", T0 + 1),
+        ("a", "x", T0 + 5),
+        ("a", "y", T0 + 9),
+        ("b", "x", T0 + 5),
+        ("c", "z", T0 + 2),
+    ]:
+        dead(queue, agent, at)
+    [done] = store.submit([NewTask("a", "x", "{}")], T0)
+    [held] = store.claim("w", ["a"], 1, T0 + 6, LEASE)
+    assert apply_one(store, Complete(done.id, held.epoch, "1", "w"), T0 + 7).ok  # not dead
+
+    assert store.count_dead_since(T0) == 5
+    assert store.count_dead_since(T0 + 5) == 3  # from the cutoff on: a/x, a/y, b/x
+    assert store.count_dead_since(T0 + 6) == 1
+    assert store.count_dead_since(T0 + 10) == 0
+
+
 def test_prune_events_drops_those_recorded_before_the_cutoff_a_chunk_at_a_time(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -802,11 +802,19 @@ class SqlStore:
         return [DeploymentRecord(*r) for r in rows]
 
     def count_dead_since(self, since: float) -> int:
-        row = self._exec(
-            f"SELECT COUNT(*) FROM tasks WHERE {FINISHED} AND state = 'dead' AND finished_at >= ?",
-            (since,),
-        ).fetchone()
-        return int(row[0])
+        """Dead letters since ``since``: an index range per (cluster, agent), so that
+        the readiness check every dashboard refresh makes reads those, not every dead
+        letter kept (a month's, by default)."""
+        source = f"tasks{self._indexed_by('tasks_done')}"
+        total = 0
+        for _, queue, agent in self._finished_groups(("dead",)):
+            row = self._exec(
+                f"SELECT COUNT(*) FROM {source} WHERE {FINISHED} AND state = 'dead' "
+                "AND queue = ? AND agent = ? AND finished_at >= ?",
+                (queue, agent, since),
+            ).fetchone()
+            total += int(row[0])
+        return total
 
     def prune_tasks(
         self, finished_before: float | None, dead_before: float | None, limit: int = PRUNE_TASKS
@@ -844,13 +852,15 @@ class SqlStore:
                 self._exec(f"DELETE FROM tasks WHERE id IN ({marks})", ids)
         return len(ids)
 
-    def _finished_groups(self) -> list[tuple[str, str, str]]:
+    def _finished_groups(
+        self, states: Sequence[str] = ("cancelled", "dead", "succeeded")
+    ) -> list[tuple[str, str, str]]:
         """The (state, queue, agent) of the finished tasks, by index seeks from one to
         the next: the next agent in the same queue, else the first of the next queue
         (a DISTINCT, or one row-value seek, reads every finished task of a group)."""
         groups: list[tuple[str, str, str]] = []
         source = f"tasks{self._indexed_by('tasks_done')}"
-        for state in ("cancelled", "dead", "succeeded"):
+        for state in states:
             where = f"WHERE {FINISHED} AND state = '{state}'"
             row = self._exec(
                 f"SELECT queue, agent FROM {source} {where} ORDER BY queue, agent LIMIT 1"
