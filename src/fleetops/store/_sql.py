@@ -209,7 +209,7 @@ UPSERT_WORKER = (
     "concurrency = excluded.concurrency, inflight = 0, processed = 0, bell = excluded.bell"
 )
 #: The states of a worker that may still be running (the others: 'stopped', 'dead').
-LIVE_WORKER_STATES = "('running', 'draining')"
+LIVE_WORKER_STATES = ("running", "draining")
 SELECT_BELLS = (
     "SELECT cluster, host, bell FROM workers WHERE state = 'running' AND bell IS NOT NULL"
 )
@@ -1006,8 +1006,7 @@ class SqlStore:
             rows = [
                 r
                 for r in rows
-                if (cluster is None or r[1] == cluster)
-                and (not live or r[4] in ("running", "draining"))
+                if (cluster is None or r[1] == cluster) and (not live or r[4] in LIVE_WORKER_STATES)
             ]
         else:
             where, params = [], []
@@ -1015,7 +1014,7 @@ class SqlStore:
                 where.append("cluster = ?")
                 params.append(cluster)
             if live:
-                where.append(f"state IN {LIVE_WORKER_STATES}")
+                where.append(f"state IN ({', '.join(repr(s) for s in LIVE_WORKER_STATES)})")
             clause = f" WHERE {' AND '.join(where)}" if where else ""
             rows = self._exec(
                 f"SELECT {WORKER_COLUMNS} FROM workers{clause} ORDER BY id", params
