@@ -39,6 +39,9 @@ class LoadReport:
     latency_p95_s: float | None
     throughput_tps: float
     killed_worker: str | None
+    #: tasks the killed worker was running when it was killed (each is redelivered,
+    #: unless its completion was committing at that instant)
+    killed_worker_tasks: int
     worker_failures: int
     tasks_redelivered: int
     readiness_score: int | None
@@ -72,8 +75,8 @@ async def run_load(
     seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> LoadReport:
-    """Submit ``payloads`` to ``target`` at ``rate`` per second; kill one worker of the
-    target's cluster when the ``kill_at`` fraction of them has been submitted."""
+    """Submit ``payloads`` to ``target`` at ``rate`` per second; kill the busiest worker
+    of the target's cluster when the ``kill_at`` fraction of them has been submitted."""
     client = plane.client
     supervisor = plane.supervisor
     if client is None or supervisor is None:
@@ -90,6 +93,7 @@ async def run_load(
     began = time.monotonic()
     ids: list[int] = []
     killed: str | None = None
+    killed_tasks = 0
     kill_index = None if kill_at is None else int(len(payloads) * kill_at)
     note = ""
     for index, payload in enumerate(payloads):
@@ -105,8 +109,12 @@ async def run_load(
         )
         ids.append(submitted.id)
         if kill_index is not None and index == kill_index and killed is None:
-            killed = _kill_one(supervisor, cluster, rng)
-            note = f"killed worker {killed}" if killed else "no worker to kill"
+            killed, killed_tasks = await _kill_busiest(plane, cluster, rng)
+            note = (
+                f"killed worker {killed} running {killed_tasks} task(s)"
+                if killed
+                else "no worker to kill"
+            )
         if progress is not None and index % 5 == 0:
             progress(await _done(plane, ids), len(payloads), note)
     deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -133,6 +141,7 @@ async def run_load(
         latency_p95_s=_pct(latencies, 0.95),
         throughput_tps=round(len(finished) / elapsed, 2) if elapsed else 0.0,
         killed_worker=killed,
+        killed_worker_tasks=killed_tasks,
         worker_failures=_count(supervisor, "failures") - failures_before,
         tasks_redelivered=sum(1 for r in records if r.redeliveries > 0),
         readiness_score=readiness.score,
@@ -140,13 +149,27 @@ async def run_load(
     )
 
 
-def _kill_one(supervisor: Any, cluster: str, rng: random.Random) -> str | None:
+async def _kill_busiest(
+    plane: ControlPlane, cluster: str, rng: random.Random
+) -> tuple[str | None, int]:
+    """SIGKILL the worker of ``cluster`` that holds the most leases (a random one of
+    those tied): killing an idle one would show no recovery. Answers its id and how
+    many tasks it held when it died: it is stopped (SIGSTOP) before they are counted,
+    so that it cannot finish or claim any in between."""
+    client, supervisor = plane.client, plane.supervisor
+    assert client is not None and supervisor is not None
     candidates = [h for h in supervisor.live_workers(cluster) if h.first_heartbeat_at]
     if not candidates:
-        return None
-    victim = rng.choice(candidates)
-    os.kill(victim.pid, signal.SIGKILL)
-    return str(victim.id)
+        return None, 0
+    held = {h.id: len(await client.run(client.store.held_leases, h.id)) for h in candidates}
+    most = max(held.values())
+    victim = rng.choice([h for h in candidates if held[h.id] == most])
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        holding = len(await client.run(client.store.held_leases, victim.id))
+    finally:
+        os.kill(victim.pid, signal.SIGKILL)
+    return str(victim.id), holding
 
 
 def _count(supervisor: Any, what: str) -> int:
