@@ -951,12 +951,7 @@ class SqlStore:
         """Delete the spans that started before ``before``, :data:`PRUNE_CHUNK` to a
         transaction (writers of new spans wait for one chunk at most, not for a day's
         worth); answer how many went."""
-        deleted = 0
-        while True:
-            gone = self._prune_span_chunk(before, PRUNE_CHUNK)
-            deleted += gone
-            if gone < PRUNE_CHUNK:
-                return deleted
+        return delete_in_chunks(lambda: self._prune_span_chunk(before, PRUNE_CHUNK))
 
     def _prune_span_chunk(self, before: float, chunk: int) -> int:
         """Delete up to ``chunk`` spans that started before ``before``, in a transaction."""
@@ -1030,19 +1025,18 @@ class SqlStore:
         :data:`NOT_DEAD_WORKER`); the supervisor killed it when it declared it dead,
         so by ``before`` there is nothing left to refuse.
         """
-        deleted = 0
-        while True:
+
+        def chunk() -> int:
             with self._tx():
-                gone = int(
+                return int(
                     self._exec(
                         "DELETE FROM workers WHERE id IN (SELECT id FROM workers "
                         "WHERE state IN ('stopped', 'dead') AND stopped_at < ? LIMIT ?)",
                         (before, PRUNE_CHUNK),
                     ).rowcount
                 )
-            deleted += gone
-            if gone < PRUNE_CHUNK:
-                return deleted
+
+        return delete_in_chunks(chunk)
 
     def record_event(
         self,
@@ -1062,11 +1056,11 @@ class SqlStore:
         to a transaction; answer how many went. Events are read in id order, which is
         the order they were recorded in, up to the first one to keep: a pass that finds
         nothing to delete reads one row, however many events are kept."""
-        deleted = 0
-        while True:
+
+        def chunk() -> int:
             oldest = self._exec("SELECT at FROM events ORDER BY id LIMIT 1").fetchone()
             if oldest is None or oldest[0] >= before:
-                return deleted
+                return 0
             with self._tx():
                 rows = self._exec(
                     "SELECT id, at FROM events ORDER BY id LIMIT ?", (PRUNE_CHUNK,)
@@ -1076,12 +1070,11 @@ class SqlStore:
                     if at >= before:
                         break
                     last = event_id
-                gone = 0
-                if last is not None:
-                    gone = int(self._exec("DELETE FROM events WHERE id <= ?", (last,)).rowcount)
-            deleted += gone
-            if gone < PRUNE_CHUNK:
-                return deleted
+                if last is None:
+                    return 0
+                return int(self._exec("DELETE FROM events WHERE id <= ?", (last,)).rowcount)
+
+        return delete_in_chunks(chunk)
 
     def list_events(
         self, kind: str | None = None, after_id: int = 0, limit: int = 1000
@@ -1142,6 +1135,17 @@ DEPLOYMENT_COLUMNS = (
 def event_data(**fields: Any) -> str:
     """Encode an event's details as compact JSON."""
     return json.dumps(fields, separators=(",", ":"), default=str)
+
+
+def delete_in_chunks(delete_chunk: Callable[[], int]) -> int:
+    """Call ``delete_chunk`` (up to :data:`PRUNE_CHUNK` rows deleted, in a transaction
+    of its own) until it deletes fewer; answer how many went in all."""
+    deleted = 0
+    while True:
+        gone = delete_chunk()
+        deleted += gone
+        if gone < PRUNE_CHUNK:
+            return deleted
 
 
 def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
