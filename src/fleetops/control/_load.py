@@ -39,8 +39,8 @@ class LoadReport:
     latency_p95_s: float | None
     throughput_tps: float
     killed_worker: str | None
-    #: tasks the killed worker was running when it was killed (each is redelivered,
-    #: unless its completion was committing at that instant)
+    #: tasks the killed worker held when it was killed (counted while it was stopped:
+    #: each of them is redelivered)
     killed_worker_tasks: int
     worker_failures: int
     tasks_redelivered: int
