@@ -15,7 +15,16 @@ from _polling import wait_until
 from fleetops import ConfigError, Context, LeaseLost, RetryPolicy, TaskFailed, TaskInfo
 from fleetops.queue import QueueClient
 from fleetops.runtime import AgentSpec, Worker, WorkerSettings, agent
-from fleetops.store import TERMINAL_STATES, NewTask, TaskRecord
+from fleetops.store import (
+    TERMINAL_STATES,
+    Complete,
+    Fail,
+    NewTask,
+    Operation,
+    OpResult,
+    TaskRecord,
+)
+from fleetops.telemetry import catalog
 
 CALLS: dict[str, int] = {}
 SIDE_EFFECTS: list[str] = []
@@ -611,3 +620,54 @@ def test_a_worker_whose_heartbeats_fail_longer_than_its_lease_stops(
 
     took = asyncio.run(main())
     assert 0.5 <= took < 5
+
+
+@agent(name="quick", retry=RetryPolicy(max_attempts=1))
+async def quick(task: TaskInfo, ctx: Context) -> str:
+    if task.payload == "fail":
+        raise RuntimeError("failed on purpose")
+    return "done"
+
+
+@pytest.mark.parametrize(
+    ("payload", "state", "outcome"),
+    [("ok", "succeeded", "succeeded"), ("fail", "dead", "dead_lettered")],
+)
+def test_a_heartbeat_after_a_tasks_last_write_committed_does_not_cancel_its_handler(
+    sqlite_url: str, payload: str, state: str, outcome: str
+) -> None:
+    """A lease heartbeat that runs after a group commit ended a task (Complete or
+    Fail), and before the task's handler resumed, no longer finds the lease: the task
+    ended as it did, its lease was not lost."""
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        real_apply = client.apply
+        heartbeats: list[dict[int, int]] = []
+
+        async def heartbeat() -> None:
+            sent_at = worker.clock.monotonic()
+            held = await client.heartbeat("w-test", 10.0, worker.inflight, 0)
+            assert held is not None
+            heartbeats.append(held)
+            worker._cancel_lost(held, sent_at)
+
+        async def apply_then_heartbeat(op: Operation) -> OpResult:
+            result = await real_apply(op)
+            if isinstance(op, Complete | Fail):
+                # the write has committed; while its handler waits to resume, a
+                # heartbeat (a task of its own, as the worker's is) runs to its end
+                await asyncio.create_task(heartbeat())
+            return result
+
+        client.apply = apply_then_heartbeat  # type: ignore[method-assign]
+        sub = await client.submit(NewTask("c", "quick", json.dumps(payload)))
+        assert (await _wait_terminal(client, sub.id)).state == state
+        await wait_until(lambda: worker.processed == 1, within=5)
+        assert heartbeats == [{}]  # the heartbeat did not find the lease
+        finished = {
+            o: worker.metrics.value(catalog.TASKS_FINISHED, ("c", "quick", o))
+            for o in (outcome, "lease_lost")
+        }
+        assert finished == {outcome: 1, "lease_lost": None}
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(quick)]))

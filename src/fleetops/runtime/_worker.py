@@ -113,6 +113,8 @@ class _Running:
     task: asyncio.Task[None]
     epoch: int
     claimed_at: float
+    #: the handler's last write (its Complete or Fail) is on its way to the store
+    settling: bool = False
 
 
 class Worker:
@@ -614,6 +616,7 @@ class Worker:
                 retryable=False,
                 max_attempts=policy_attempts,
             )
+        self._settling(claimed.id)
         done = await self.client.apply(
             Complete(claimed.id, claimed.epoch, encoded, self.worker_id, started)
         )
@@ -654,6 +657,7 @@ class Worker:
                     else f"failed {failures} time(s), the most allowed: {error}"
                 )
             )
+        self._settling(claimed.id)
         result = await self.client.apply(
             Fail(claimed.id, claimed.epoch, error, self.worker_id, retry_at, reason, started)
         )
@@ -717,10 +721,22 @@ class Worker:
                 return
             await self.clock.sleep(s.heartbeat_interval)
 
+    def _settling(self, task_id: int) -> None:
+        """Say that a task's last write is on its way: see :meth:`_cancel_lost`."""
+        running = self._running.get(task_id)
+        if running is not None:
+            running.settling = True
+
     def _cancel_lost(self, held: dict[int, int], sent_at: float) -> None:
         for task_id, running in list(self._running.items()):
             if running.claimed_at > sent_at:
                 continue  # claimed after this heartbeat was taken
+            if running.settling:
+                # Its Complete or Fail may have committed before this heartbeat, which
+                # then no longer finds the lease. The handler is done either way, and
+                # that write is fenced: if the lease was taken away, it is refused
+                # and the handler reports the lease lost itself.
+                continue
             if held.get(task_id) != running.epoch:
                 self._cancel_reasons[task_id] = "lease_lost"
                 running.task.cancel()
