@@ -14,7 +14,9 @@ import pytest
 from _polling import wait_until
 from fleetops import ConfigError, Context, LeaseLost, RetryPolicy, TaskFailed, TaskInfo
 from fleetops.queue import QueueClient
+from fleetops.queue._client import ChangeWatcher
 from fleetops.runtime import AgentSpec, Worker, WorkerSettings, agent
+from fleetops.runtime import _worker as worker_module
 from fleetops.store import (
     TERMINAL_STATES,
     Complete,
@@ -671,3 +673,44 @@ def test_a_heartbeat_after_a_tasks_last_write_committed_does_not_cancel_its_hand
         assert finished == {outcome: 1, "lease_lost": None}
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(quick)]))
+
+
+def test_a_worker_idle_for_long_looks_for_commits_less_often_and_still_finds_work(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle past LONG_IDLE_SECONDS, the claimer looks at the store every poll_max
+    (50 ms), not every 10 ms; a task queued without a bell is still found."""
+    monkeypatch.setattr(worker_module, "LONG_IDLE_SECONDS", 0.3)
+    looks: list[float] = []
+    make_watcher = QueueClient.change_watcher
+
+    class CountingWatcher:
+        def __init__(self, inner: ChangeWatcher) -> None:
+            self.inner = inner
+
+        def changed(self) -> bool:
+            looks.append(time.monotonic())
+            return self.inner.changed()
+
+        def close(self) -> None:
+            self.inner.close()
+
+    def counting(client: QueueClient) -> ChangeWatcher | None:
+        inner = make_watcher(client)
+        return None if inner is None else CountingWatcher(inner)
+
+    monkeypatch.setattr(QueueClient, "change_watcher", counting)
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        await asyncio.sleep(1.3)  # idle since it started, past its first second (1 ms looks)
+        looks.clear()
+        await asyncio.sleep(1.0)
+        # every 10 ms would be about 100 looks in that second; every 50 ms, 20
+        assert 5 <= len(looks) <= 40, len(looks)
+        # queued straight into the store: no doorbell rings for it
+        sub = await client.run(
+            client.store.submit, [NewTask("c", "child_double", "4")], client.clock.now()
+        )
+        assert json.loads((await _wait_terminal(client, sub[0].id)).result or "null") == 8
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(child_double)]))
