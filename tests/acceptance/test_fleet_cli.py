@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fleetops.queue._client import MAX_VALUE_BYTES
+
 FLEETOPS = [sys.executable, "-m", "fleetops.cli"]
 
 AGENTS = """
@@ -292,6 +294,10 @@ def test_api_errors_are_problem_json(running_fleet: tuple[Path, str]) -> None:
         assert r.json()["errors"][0]["field"] == "priority"
         r = http.get("/api/v1/tasks/999999")
         assert r.status_code == 422 and "999999" in r.json()["detail"]
+        huge = {"agent": "back/work", "payload": "x" * MAX_VALUE_BYTES}
+        r = http.post("/api/v1/tasks", json=huge)
+        assert r.status_code == 422 and r.json()["field"] == "payload"
+        assert r.json()["value"] == f"{MAX_VALUE_BYTES + 2:,} bytes of JSON"
         assert http.get("/openapi.json").json()["info"]["title"] == "fleetops"
         assert http.get("/readyz").status_code == 200
         metrics = http.get("/metrics").text

@@ -14,7 +14,7 @@ import pytest
 from _polling import wait_until
 from fleetops import ConfigError, Context, LeaseLost, RetryPolicy, TaskFailed, TaskInfo
 from fleetops.queue import QueueClient
-from fleetops.queue._client import ChangeWatcher
+from fleetops.queue._client import MAX_VALUE_BYTES, ChangeWatcher
 from fleetops.runtime import AgentSpec, Worker, WorkerSettings, agent
 from fleetops.runtime import _worker as worker_module
 from fleetops.store import (
@@ -510,6 +510,73 @@ def test_a_submit_with_bad_json_is_refused_naming_the_field_and_stores_nothing(
             assert await client.run(client.store.count_tasks) == {}
 
     asyncio.run(main())
+
+
+def test_a_submit_larger_than_the_limit_is_refused_naming_the_field_and_stores_nothing(
+    sqlite_url: str,
+) -> None:
+    at_limit = json.dumps("x" * (MAX_VALUE_BYTES - 2))  # the quotes make it MAX_VALUE_BYTES
+    # fewer characters than bytes: 2 bytes each in UTF-8
+    accents = json.dumps("é" * (MAX_VALUE_BYTES // 2), ensure_ascii=False)
+
+    async def main() -> None:
+        async with QueueClient(sqlite_url) as client:
+            for field, task in (
+                ("payload", NewTask("c", "child_double", at_limit + " ")),
+                ("payload", NewTask("c", "child_double", accents)),
+                ("headers", NewTask("c", "child_double", "1", headers=json.dumps({"h": at_limit}))),
+            ):
+                with pytest.raises(ConfigError) as caught:
+                    await client.submit_many([NewTask("c", "child_double", "1"), task])
+                assert caught.value.field == field
+                assert str(caught.value.value).endswith(" bytes of JSON")
+                assert "file or an object store" in caught.value.fix
+            assert await client.run(client.store.count_tasks) == {}
+            done = await client.submit(NewTask("c", "child_double", at_limit))
+            record = await client.run(client.store.get_task, done.id)
+            assert record is not None and len(record.payload) == MAX_VALUE_BYTES
+
+    asyncio.run(main())
+
+
+@agent(name="too_large", retry=RetryPolicy(max_attempts=3, backoff_base=0.0))
+async def too_large(task: TaskInfo, ctx: Context) -> Any:
+    big = "x" * MAX_VALUE_BYTES
+    if task.payload == "send":
+        try:
+            await ctx.send("child_double", big)
+        except ConfigError as exc:
+            return {"refused": exc.field}
+        return "sent"
+    if task.payload == "effect":
+        await ctx.effect("upload", lambda: SIDE_EFFECTS.append(f"upload-{task.id}") or big)
+        return "unreachable"
+    return big
+
+
+def test_a_result_child_or_effect_result_over_the_limit_fails_for_good_naming_its_size(
+    sqlite_url: str,
+) -> None:
+    async def body(client: QueueClient, worker: Worker) -> None:
+        result, send, effect = await client.submit_many(
+            [NewTask("c", "too_large", json.dumps(kind)) for kind in ("result", "send", "effect")]
+        )
+        record = await _wait_terminal(client, result.id)
+        assert record.state == "dead" and record.attempts == 1
+        assert f"{MAX_VALUE_BYTES + 2:,} bytes of JSON" in (record.dead_reason or "")
+        record = await _wait_terminal(client, send.id)
+        assert json.loads(record.result or "null") == {"refused": "payload"}
+        record = await _wait_terminal(client, effect.id)
+        assert record.state == "dead" and record.attempts == 1
+        assert "bytes of JSON" in (record.dead_reason or "")
+        assert SIDE_EFFECTS.count(f"upload-{effect.id}") == 1
+        effects = await client.run(client.store.effects, effect.id)
+        assert [(e.key, e.state, e.result, e.executions) for e in effects] == [
+            ("upload", "done", "null", 1)
+        ]
+        await _still_runs_tasks(client)
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(too_large), spec(child_double)]))
 
 
 def test_utilization_counts_the_time_slots_were_busy_not_the_moment_of_the_snapshot(

@@ -54,12 +54,42 @@ T = TypeVar("T")
 LOCK_RETRY_PAUSE = 0.0001
 
 
+#: The most a task's payload or headers, its result, or the result of one of its
+#: effects may take, as JSON text in UTF-8 (2 MiB). Larger data belongs in a file or
+#: an object store, with the task carrying its address: a worker holds a whole batch
+#: of claimed tasks in memory at once (hundreds of them), and every claim, retry and
+#: dashboard page reads the rows.
+MAX_VALUE_BYTES = 2 * 1024 * 1024
+
+
+def size_over_limit(text: str) -> int | None:
+    """The size of ``text`` in UTF-8 if it is over :data:`MAX_VALUE_BYTES`, else None."""
+    if len(text) * 4 <= MAX_VALUE_BYTES:  # no character takes more than 4 bytes
+        return None
+    size = len(text.encode("utf-8", "surrogatepass"))
+    return size if size > MAX_VALUE_BYTES else None
+
+
+def check_size(field: str, text: str) -> None:
+    """Refuse ``text`` (a task's ``field``) over :data:`MAX_VALUE_BYTES`."""
+    size = size_over_limit(text)
+    if size is not None:
+        raise ConfigError(
+            field,
+            f"{size:,} bytes of JSON",
+            f"keep a task's {field} within {MAX_VALUE_BYTES:,} bytes (2 MiB): put large "
+            "data in a file or an object store and pass its address instead",
+        )
+
+
 def check_json(task: NewTask) -> None:
-    """Refuse a task whose payload or headers are not JSON text, before it is stored:
-    a worker could only dead-letter it."""
+    """Refuse a task whose payload or headers are not JSON text, or are larger than
+    :data:`MAX_VALUE_BYTES`, before it is stored: a worker could only dead-letter it."""
     for field, text in (("payload", task.payload), ("headers", task.headers)):
         if field == "headers" and text == "{}":
             continue
+        if isinstance(text, str):
+            check_size(field, text)
         shown = text if not isinstance(text, str) or len(text) <= 80 else text[:77] + "..."
         try:
             value = json.loads(text)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import SpanKind
 
 from .._exceptions import LeaseLost, UsageError
+from ..queue._client import MAX_VALUE_BYTES, check_size, size_over_limit
 from ..store import ClaimedTask, EffectBegin, EffectEnd, NewTask, SubmitChild
 from ..telemetry import catalog
 from ..telemetry._tracing import TRACEPARENT, current_traceparent
@@ -176,6 +177,7 @@ class Context:
                 }
             ),
         )
+        check_size("payload", child.payload)
         result = await self._worker.client.apply(SubmitChild(self.task.id, self.task.epoch, child))
         if not result.ok:
             raise LeaseLost(self.task.id, self.task.epoch)
@@ -210,22 +212,33 @@ class Context:
         outcome = fn(call) if takes_call else fn()
         if inspect.isawaitable(outcome):
             outcome = await outcome
+        unjournaled: str | None = None
+        cause: Exception | None = None
         try:
-            encoded, unjournaled = json.dumps(outcome), None
+            encoded = json.dumps(outcome)
         except (TypeError, ValueError) as exc:
-            # the effect happened: journal it as done (with no result) so that no
-            # attempt runs it again, and fail the task for good
-            encoded, unjournaled = "null", exc
+            encoded, cause = "null", exc
+            unjournaled = f"its result is not JSON-serialisable ({exc})"
+        else:
+            size = size_over_limit(encoded)
+            if size is not None:
+                encoded = "null"
+                unjournaled = (
+                    f"its result is {size:,} bytes of JSON, more than the "
+                    f"{MAX_VALUE_BYTES:,} a result may take"
+                )
+        # the effect happened: if its result cannot be journaled, journal it as done
+        # (with no result) so that no attempt runs it again, and fail the task for good
         ended = await self._worker.client.apply(EffectEnd(task_id, epoch, key, encoded))
         if not ended.ok:
             raise LeaseLost(task_id, epoch)
         self._journal[key] = ("done", encoded)
         if unjournaled is not None:
             raise EffectNotJournaled(
-                f"effect {key!r} ran, but its result is not JSON-serialisable "
-                f"({unjournaled}); it was journaled without its result and will not run "
-                "again: return JSON values (dicts, lists, str, numbers) from effects"
-            ) from unjournaled
+                f"effect {key!r} ran, but {unjournaled}; it was journaled without its "
+                "result and will not run again: return JSON values (dicts, lists, str, "
+                "numbers) from effects, and keep large data elsewhere, returning its address"
+            ) from cause
         return outcome
 
     async def llm(

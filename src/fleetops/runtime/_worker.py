@@ -30,7 +30,7 @@ from .._clock import Clock
 from .._exceptions import LeaseLost, StoreError, TaskFailed
 from ..queue import QueueClient
 from ..queue._bell import Doorbell
-from ..queue._client import ChangeWatcher
+from ..queue._client import MAX_VALUE_BYTES, ChangeWatcher, size_over_limit
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
 from ..telemetry import MetricSet, catalog, get_logger
 from ..telemetry._lean import LeanTracer
@@ -621,6 +621,16 @@ class Worker:
                 claimed,
                 started,
                 f"result is not JSON-serialisable: {exc}",
+                retryable=False,
+                max_attempts=policy_attempts,
+            )
+        size = size_over_limit(encoded)
+        if size is not None:
+            return await self._fail(
+                claimed,
+                started,
+                f"result is {size:,} bytes of JSON, more than the {MAX_VALUE_BYTES:,} a "
+                "result may take: keep large data elsewhere and return its address",
                 retryable=False,
                 max_attempts=policy_attempts,
             )
