@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -577,6 +578,54 @@ def test_a_result_child_or_effect_result_over_the_limit_fails_for_good_naming_it
         await _still_runs_tasks(client)
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(too_large), spec(child_double)]))
+
+
+def _look_up(order: dict[str, Any]) -> Any:
+    return order["missing"]
+
+
+@agent(name="raises_deep", retry=RetryPolicy(max_attempts=1))
+async def raises_deep(task: TaskInfo, ctx: Context) -> Any:
+    if task.payload == "long":
+        raise RuntimeError("x" * 100_000)
+    return _look_up({})
+
+
+def test_an_agents_failure_keeps_its_traceback_in_its_span_and_log_and_a_long_error_is_cut(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fleetops.worker")
+    spans: dict[str, dict[str, Any]] = {}
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        deep, long = await client.submit_many(
+            [NewTask("c", "raises_deep", json.dumps(p)) for p in ("deep", "long")]
+        )
+        record = await _wait_terminal(client, deep.id)
+        assert record.state == "dead" and record.error == "KeyError: 'missing'"
+        record = await _wait_terminal(client, long.id)
+        assert record.state == "dead" and record.error is not None
+        assert record.error == "RuntimeError: " + "x" * 4082 + " [95,918 characters cut]"
+        assert record.dead_reason is not None and len(record.dead_reason) < 4200
+        await wait_until(lambda: worker.processed == 2, within=5)
+        await worker.flush_telemetry()
+        for task_id, name in ((deep.id, "deep"), (long.id, "long")):
+            rows = await client.run(client.store.get_spans, None, task_id)
+            [attributes] = [json.loads(r[11]) for r in rows if r[8] == task_id]
+            spans[name] = attributes
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(raises_deep)]))
+    failed = [r for r in caplog.records if r.getMessage() == "task.failed"]
+    tracebacks = {r.fleetops["error"][:8]: r.fleetops["traceback"] for r in failed}
+    deep_stack = tracebacks["KeyError"]
+    assert deep_stack.startswith("Traceback (most recent call last)")
+    assert "in raises_deep" in deep_stack and "in _look_up" in deep_stack
+    assert deep_stack.rstrip().endswith("KeyError: 'missing'")
+    long_stack = tracebacks["RuntimeE"]
+    assert long_stack.startswith("[") and len(long_stack) <= 16384 + 40
+    assert spans["deep"]["exception.stacktrace"] == deep_stack
+    assert spans["deep"]["exception.type"] == "KeyError"
+    assert len(spans["long"]["exception.message"]) < 4200
 
 
 def test_utilization_counts_the_time_slots_were_busy_not_the_moment_of_the_snapshot(

@@ -107,6 +107,8 @@ class LeanSpan(trace.Span):
     ) -> None:
         self._attributes["exception.type"] = type(exception).__name__
         self._attributes["exception.message"] = str(exception)
+        if attributes:
+            self._attributes.update(attributes)
 
     def end(self, end_time: int | None = None) -> None:
         if self._end is not None:
