@@ -103,3 +103,23 @@ def test_follow_reads_a_rotated_file_from_its_beginning(tmp_path: Path) -> None:
         path.write_text(f'{{"ts": {time.time()}, "level": "info", "event": "after"}}\n')
 
     assert _followed(tmp_path, rotate) == ["after"]
+
+
+def test_log_lines_print_their_fields_verbatim_and_a_traceback_under_the_line(
+    monkeypatch: Any,
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from fleetops.cli import _fleet
+
+    printed = io.StringIO()
+    monkeypatch.setattr(_fleet, "out", Console(file=printed, width=300, color_system=None))
+    error = "FileNotFoundError: [Errno 2] No such file or directory: '[/tmp/x]'"
+    stack = 'Traceback (most recent call last):\n  File "agents.py", line 9, in refund\n' + error
+    record = {"ts": time.time(), "level": "info", "event": "task.failed", "task_id": 7}
+    _fleet._print_log({**record, "error": error, "traceback": stack}, json_output=False)
+    line, *below = printed.getvalue().splitlines()
+    assert line.endswith(f"task.failed task_id=7 error={error}")
+    assert below == ["    " + text for text in stack.splitlines()]

@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+import textwrap
 import threading
 import time
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from .._exceptions import StoreError
@@ -564,6 +566,11 @@ def logs(
                 _print_log(record, json_output)
 
 
+#: Fields of a log record printed under its line: tracebacks (see runtime._worker, and
+#: telemetry._logs for a record logged with exc_info).
+MULTILINE_FIELDS = ("traceback", "exception")
+
+
 def _print_log(record: dict[str, Any], json_output: bool) -> None:
     if json_output:
         print(json.dumps(record, default=str), flush=True)
@@ -571,11 +578,20 @@ def _print_log(record: dict[str, Any], json_output: bool) -> None:
     level = str(record.get("level", "info"))
     colour = {"error": "red", "critical": "red", "warning": "yellow"}.get(level, "dim")
     extra = {
-        k: v for k, v in record.items() if k not in ("ts", "level", "logger", "event", "source")
+        k: v
+        for k, v in record.items()
+        if k not in ("ts", "level", "logger", "event", "source", *MULTILINE_FIELDS)
     }
-    fields = " ".join(f"{k}={v}" for k, v in extra.items())
+    # values are the records' own text: "[Errno 2]" or "[/tmp]" is not markup
+    fields = escape(" ".join(f"{k}={v}" for k, v in extra.items()))
+    source, event = (escape(str(record.get(k, ""))) for k in ("source", "event"))
     out.print(
-        f"{_time(record.get('ts'))} [{colour}]{level:<7}[/] {record.get('source', '')} "
-        f"[bold]{record.get('event', '')}[/] {fields}",
+        f"{_time(record.get('ts'))} [{colour}]{level:<7}[/] {source} [bold]{event}[/] {fields}",
         highlight=False,
     )
+    for name in MULTILINE_FIELDS:  # a traceback under its line, indented
+        text = record.get(name)
+        if text:
+            out.print(
+                escape(textwrap.indent(str(text).rstrip(), "    ")), style="dim", highlight=False
+            )
