@@ -130,6 +130,15 @@ def test_bad_arguments_name_the_field_the_value_and_the_fix(tmp_path: Path) -> N
         assert "--kill-every" in proc.stderr and f"'{interval}'" in proc.stderr
         assert "Traceback" not in proc.stderr
 
+    # what the user typed is shown as typed: square brackets are not terminal markup
+    for args, shown in (
+        (("bench", "queue", "--work", "sleep:[/x]", "--json"), "'sleep:[/x]'"),
+        (("validate", "fleet[/x].yaml"), "fleet[/x].yaml: cannot read the file"),
+    ):
+        proc = run(*args, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert shown in proc.stderr and "Traceback" not in proc.stderr
+
 
 def test_bad_store_url_is_a_clear_error(tmp_path: Path) -> None:
     proc = run("bench", "queue", "--store", "mysql://nope", "--json", cwd=tmp_path)

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,7 +28,8 @@ EXIT_FAILURE = 1
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # the message quotes what the user gave: "[/x]" in it is text, not markup
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -57,7 +59,7 @@ def print_mapping(title: str, data: dict[str, Any]) -> None:
     table.add_column("name", style="bold")
     table.add_column("value", justify="right")
     for key, value in data.items():
-        table.add_row(key, "—" if value is None else str(value))
+        table.add_row(key, "—" if value is None else escape(str(value)))
     out.print(table)
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..spec import FleetSpec
 from ..telemetry.exports import (
@@ -48,7 +49,7 @@ def _write(file: Path, text: str, what: str) -> None:
         file.write_text(text, encoding="utf-8")
     except OSError as exc:
         fail(f"cannot write {file}: {exc.strerror or exc}", EXIT_FAILURE)
-    out.print(f"[green]✓[/] wrote {what} to {file}", highlight=False)
+    out.print(f"[green]✓[/] wrote {what} to {escape(str(file))}", highlight=False)
 
 
 @app.command("prometheus-rules")

@@ -53,11 +53,13 @@ def _print_report(report: DeploymentReport) -> None:
     for phase in report.phases:
         mark = "[green]✓[/]" if phase.ok else "[red]✗[/]"
         out.print(
-            f"{mark} {phase.name:<28} {phase.seconds:6.2f} s  {phase.detail}", highlight=False
+            f"{mark} {phase.name:<28} {phase.seconds:6.2f} s  {escape(phase.detail)}",
+            highlight=False,
         )
     if not report.deployment_successful:
         err.print(
-            f"[bold red]deployment failed in {report.failed_phase}:[/] {report.error}",
+            f"[bold red]deployment failed in {report.failed_phase}:[/] "
+            f"{escape(report.error or '')}",
             highlight=False,
         )
         err.print("everything this deployment started was stopped")
@@ -75,7 +77,7 @@ def _print_report(report: DeploymentReport) -> None:
                 check.name,
                 str(check.weight),
                 "[green]pass[/]" if check.passed else "[red]fail[/]",
-                check.why,
+                escape(check.why),
             )
         out.print(table)
 
@@ -93,7 +95,7 @@ async def _status_table(plane: ControlPlane) -> Table:
         counts = await plane.task_counts() if client else {}
     except StoreError as exc:  # a store restarting: the fleet goes on, and so does this view
         counts = None
-        table.caption = f"[yellow]task counts unavailable: {exc}[/]"
+        table.caption = f"[yellow]task counts unavailable: {escape(str(exc))}[/]"
     sup = plane.supervisor
     for name in plane.spec.clusters:
         by_state: dict[str, int] = {}
@@ -275,7 +277,7 @@ def apply(
         return
     out.print(f"[green]✓[/] change {result['change_id']} applied")
     for action in result["actions"] or ["nothing to do: the fleet already matches"]:
-        out.print(f"  • {action}")
+        out.print(f"  • {escape(action)}", highlight=False)
 
 
 def status(
@@ -380,7 +382,7 @@ def tasks(
             t["state"],
             str(t["attempts"]),
             _time(t["created_at"]),
-            (t["dead_reason"] or t["error"] or "")[:60],
+            escape((t["dead_reason"] or t["error"] or "")[:60]),
         )
     out.print(table)
 
@@ -431,7 +433,7 @@ def readiness(
             c["name"],
             str(c["weight"]),
             "[green]pass[/]" if c["passed"] else "[red]fail[/]",
-            c["why"],
+            escape(c["why"]),
         )
     out.print(table)
 
@@ -452,7 +454,9 @@ def changes(
     for r in rows:
         paths = [d["path"] for d in r["diff"] if d.get("op") != "note"]
         shown = ", ".join(paths[:4]) + (f" (+{len(paths) - 4})" if len(paths) > 4 else "")
-        table.add_row(str(r["id"]), _time(r["at"]), r["actor"], r["kind"], r["reason"], shown)
+        table.add_row(
+            str(r["id"]), _time(r["at"]), escape(r["actor"]), r["kind"], escape(r["reason"]), shown
+        )
     out.print(table)
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..spec import FleetSpec, check_spec, format_issues, json_schema
 from ._common import EXIT_USAGE, err, out, print_json
@@ -17,7 +18,10 @@ def load_or_exit(path: Path) -> FleetSpec:
     if isinstance(result, FleetSpec):
         return result
     count = len(result)
-    err.print(f"[bold red]{path}: {count} problem{'s' if count != 1 else ''}[/]", highlight=False)
+    err.print(
+        f"[bold red]{escape(str(path))}: {count} problem{'s' if count != 1 else ''}[/]",
+        highlight=False,
+    )
     err.print(format_issues(result, str(path)), highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(EXIT_USAGE)
 
@@ -34,7 +38,8 @@ def validate(
             print_json({"valid": True, "clusters": len(result.clusters), "agents": agents})
         else:
             out.print(
-                f"[green]✓[/] {file} is a valid fleet spec: {len(result.clusters)} cluster(s), "
+                f"[green]✓[/] {escape(str(file))} is a valid fleet spec: "
+                f"{len(result.clusters)} cluster(s), "
                 f"{agents} agent(s)"
             )
         return
