@@ -1604,6 +1604,97 @@ def test_a_postgres_migration_may_wait_past_the_statement_timeout(postgres_url: 
         store.close()
 
 
+def _backend_pid(store: Store) -> int:
+    return int(store._exec("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[attr-defined]
+
+
+def _call_in_thread(fn: Callable[[], Any], wait: float) -> tuple[bool, Any]:
+    """Run ``fn`` on a thread; (True, its result or exception) if it ended within
+    ``wait`` seconds, (False, None) if it is still waiting."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    future = pool.submit(fn)
+    try:
+        done, _ = concurrent.futures.wait([future], timeout=wait)
+        if not done:
+            return False, None
+        exc = future.exception()
+        return True, exc if exc is not None else future.result()
+    finally:
+        pool.shutdown(wait=False)
+
+
+@pytest.mark.postgres
+def test_a_call_to_a_stopped_postgres_backend_is_given_up_and_the_next_call_reconnects(
+    postgres_url: str,
+) -> None:
+    """A server process that does not run (SIGSTOP here; a disk that stopped answering
+    in life) cannot cancel its own statement, and its host still keeps the TCP
+    connection alive. Past statement_timeout plus the margin the client drops the
+    connection: the call fails with StoreUnavailable instead of waiting for ever, the
+    write it was making did not happen, and the next call opens a new connection."""
+    import os
+    import signal
+
+    from fleetops import StoreUnavailable
+    from fleetops.store._postgres import PostgresStore
+
+    store = PostgresStore(_with_options(postgres_url, "statement_timeout=1s"), deadline_margin=0.5)
+    try:
+        store.migrate()
+        assert store.deadline == 1.5
+        task_id = submit_one(store)
+        calls: list[Callable[[], Any]] = [
+            lambda: store.get_task(task_id),  # one statement
+            lambda: store.claim("w1", ["q"], 1, T0, LEASE),  # a transaction
+        ]
+        for call in calls:
+            pid = _backend_pid(store)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                ended, outcome = _call_in_thread(call, wait=20)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert ended, "the call waited on the stopped server"
+            assert isinstance(outcome, StoreUnavailable)
+            assert "no answer from the server" in str(outcome)
+            assert _backend_pid(store) != pid  # a new connection
+        # the claim given up on changed nothing
+        assert store.get_task(task_id).state == "queued"  # type: ignore[union-attr]
+        assert [c.id for c in store.claim("w1", ["q"], 1, T0, LEASE)] == [task_id]
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_migration_may_wait_past_the_client_deadline_and_no_timeout_means_none(
+    postgres_url: str,
+) -> None:
+    from fleetops.store._postgres import MIGRATION_LOCK, PostgresStore
+
+    store = PostgresStore(
+        _with_options(postgres_url, "statement_timeout=200ms"), deadline_margin=0.3
+    )
+    try:
+        assert store.deadline == 0.5
+        with psycopg.connect(postgres_url, autocommit=True) as other:
+            with other.transaction():
+                other.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                pool = concurrent.futures.ThreadPoolExecutor(1)
+                migrating = pool.submit(store.migrate)
+                time.sleep(1.5)  # three deadlines
+                assert not migrating.done()
+            migrating.result(timeout=20)
+            pool.shutdown()
+        assert store.schema_version() == store.latest_version
+    finally:
+        store.close()
+    unlimited = PostgresStore(_with_options(postgres_url, "statement_timeout=0"))
+    try:
+        assert unlimited.deadline is None
+    finally:
+        unlimited.close()
+
+
 def test_list_tasks_by_state_in_id_order_with_filters_and_pages(store: Store) -> None:
     ids = [submit_one(store, queue="q" if n % 2 else "r", priority=n % 3) for n in range(8)]
     done = store.claim("w1", ["q"], 1, T0, LEASE)[0]  # the first of q's, by priority

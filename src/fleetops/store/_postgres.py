@@ -6,6 +6,11 @@ Statements are written with ``?`` and rewritten to psycopg's ``%s`` once, cached
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -40,6 +45,17 @@ SESSION_LIMITS = {
     "statement_timeout": "60s",
     "idle_in_transaction_session_timeout": "10s",
 }
+#: A call that has waited for the server this much longer than the session's
+#: ``statement_timeout`` is given up on by the client: the server would have cancelled
+#: a statement of its own by then, so its process is not running (stopped, or stuck
+#: on a disk that no longer answers) while its host's kernel still keeps the TCP
+#: connection alive. The connection is dropped and the call fails with
+#: StoreUnavailable; the next call opens a new one. Migrations are exempt, as they
+#: are from ``statement_timeout``; a session without one (``statement_timeout=0``)
+#: has no deadline either.
+DEADLINE_MARGIN = 10.0
+#: How often the deadline watchdog looks at the calls in progress.
+WATCH_INTERVAL = 0.25
 #: An arbitrary constant: the advisory lock that serialises concurrent migrations.
 MIGRATION_LOCK = 0x466C6565744F7073 & 0x7FFFFFFFFFFFFFFF
 
@@ -56,12 +72,25 @@ class PostgresStore(SqlStore):
     migrations_dir = "postgres"
     real_type = "DOUBLE PRECISION"
 
-    def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout: float = 5.0, deadline_margin: float = DEADLINE_MARGIN
+    ) -> None:
         self.url = url
         self.latest_version = migration_scripts("postgres")[-1][0]
         self._depth = 0
         self._connect_timeout = max(1, int(connect_timeout))
+        self._deadline_margin = deadline_margin
+        #: seconds a call may wait for the server (None: no limit), for this connection
+        self.deadline: float | None = None
+        #: when the call now waiting for the server began (None: none is)
+        self._waiting_since: float | None = None
+        self._exempt = False
+        #: how long the call given up on had waited (None: no call was)
+        self._gave_up_after: float | None = None
+        #: the connection's socket, duplicated, for the watchdog to shut down
+        self._sock: socket.socket | None = None
         self._conn = self._connect()
+        _WATCHDOG.watch(self)
 
     def _connect(self) -> psycopg.Connection[Any]:
         # a network that stops carrying packets (a partition, a host gone) ends the
@@ -80,6 +109,9 @@ class PostgresStore(SqlStore):
             )
             for name, value in limits.items():
                 conn.execute(f"SET {name} = '{value}'")  # constants, not input
+            row = conn.execute(
+                "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"
+            ).fetchone()
         except psycopg.Error as exc:
             if conn is not None:
                 conn.close()
@@ -87,7 +119,38 @@ class PostgresStore(SqlStore):
                 f"cannot connect to the PostgreSQL store at {_redact(self.url)}: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
             ) from exc
+        statement_ms = int(row[0]) if row is not None else 0
+        self.deadline = statement_ms / 1000 + self._deadline_margin if statement_ms else None
+        self._gave_up_after = None
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
         return conn
+
+    # --- the client's deadline -------------------------------------------------------------
+
+    def _wait(self) -> None:
+        """A call begins to wait for the server (see :data:`DEADLINE_MARGIN`)."""
+        self._waiting_since = time.monotonic()
+
+    def _done(self) -> None:
+        self._waiting_since = None
+
+    def check_deadline(self, now: float) -> bool:
+        """Drop the connection if the call in progress has waited past the deadline
+        (called by the watchdog thread); answer whether it was dropped. Shutting the
+        socket down wakes the waiting call, which then fails."""
+        since, deadline, sock = self._waiting_since, self.deadline, self._sock
+        if since is None or deadline is None or sock is None or self._exempt:
+            return False
+        if now - since < deadline:
+            return False
+        self._gave_up_after = now - since
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # closed meanwhile: the call has ended
+            return False
+        return True
 
     def _reconnect_if_lost(self) -> None:
         """A connection the server dropped (a restart, a failover, an idle timeout)
@@ -108,33 +171,52 @@ class PostgresStore(SqlStore):
                 self._depth -= 1
             return
         self._reconnect_if_lost()
+        self._wait()  # BEGIN
         try:
             with self._conn.transaction():
+                self._done()
                 self._depth = 1
                 try:
                     yield
                 finally:
                     self._depth = 0
+                    self._wait()  # the COMMIT or ROLLBACK that follows
         except psycopg.Error as exc:  # at BEGIN or COMMIT
             raise self._error(exc) from exc
+        finally:
+            self._done()
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         self._reconnect_if_lost()
+        self._wait()
         try:
             return self._conn.execute(_pg(sql), tuple(params) if params else None)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
+        finally:
+            self._done()
 
     def _execmany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._wait()
         try:
             with self._conn.cursor() as cur:
                 cur.executemany(_pg(sql), [tuple(r) for r in rows])
         except psycopg.Error as exc:
             raise self._error(exc) from exc
+        finally:
+            self._done()
 
     def _error(self, exc: psycopg.Error) -> StoreError:
         """StoreUnavailable when the call may work again (the connection was lost, the
-        server cancelled a statement that waited too long); StoreError otherwise."""
+        server cancelled a statement that waited too long, the client gave up on a
+        server that did not answer); StoreError otherwise."""
+        if self._gave_up_after is not None:
+            return StoreUnavailable(
+                f"PostgreSQL store {_redact(self.url)}: no answer from the server for "
+                f"{self._gave_up_after:.1f} s, {self._deadline_margin:g} s past its "
+                "statement_timeout (is its process stopped, or its disk stuck?): the "
+                "connection was dropped, and the next call opens a new one"
+            )
         message = f"PostgreSQL store {_redact(self.url)}: {exc}"
         if isinstance(exc, psycopg.OperationalError) or self._conn.closed:
             return StoreUnavailable(message)
@@ -167,14 +249,20 @@ class PostgresStore(SqlStore):
 
     def _insert_many(self, tasks: Sequence[NewTask], now: float) -> list[int]:
         sql = _pg(INSERT_TASK + " RETURNING id")
-        with self._conn.cursor() as cur:
-            cur.executemany(sql, [task_params(t, now) for t in tasks], returning=True)
-            ids = []
-            while True:
-                row = cur.fetchone()
-                ids.append(int(row[0]))  # type: ignore[index]
-                if not cur.nextset():
-                    break
+        self._wait()
+        try:
+            with self._conn.cursor() as cur:
+                cur.executemany(sql, [task_params(t, now) for t in tasks], returning=True)
+                ids = []
+                while True:
+                    row = cur.fetchone()
+                    ids.append(int(row[0]))  # type: ignore[index]
+                    if not cur.nextset():
+                        break
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            self._done()
         return ids
 
     def schema_version(self) -> int:
@@ -184,6 +272,14 @@ class PostgresStore(SqlStore):
         row = self._exec("SELECT MAX(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
 
+    def migrate(self) -> list[int]:
+        # a migration may wait for another process's (see _migration_lock): no deadline
+        self._exempt = True
+        try:
+            return super().migrate()
+        finally:
+            self._exempt = False
+
     def _migration_lock(self) -> None:
         # a migration may rebuild an index of a large table, and may wait for another
         # process's migration: no statement timeout for the rest of this transaction
@@ -191,7 +287,47 @@ class PostgresStore(SqlStore):
         self._exec("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
 
     def close(self) -> None:
+        _WATCHDOG.forget(self)
         self._conn.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class _Watchdog:
+    """One thread per process that gives up on calls to a server that does not answer
+    (see :data:`DEADLINE_MARGIN`): it looks every :data:`WATCH_INTERVAL` seconds."""
+
+    def __init__(self) -> None:
+        self._stores: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, store: PostgresStore) -> None:
+        with self._lock:
+            self._stores.add(store)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="fleetops-pg-deadline", daemon=True
+                )
+                self._thread.start()
+
+    def forget(self, store: PostgresStore) -> None:
+        with self._lock:
+            self._stores.discard(store)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCH_INTERVAL)
+            with self._lock:
+                stores = list(self._stores)
+            now = time.monotonic()
+            for store in stores:
+                store.check_deadline(now)
+            del stores
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _redact(url: str) -> str:
