@@ -64,6 +64,8 @@ def test_bench_queue_json(tmp_path: Path) -> None:
         "noop",
         "--durability",
         "normal",
+        "--rounds",
+        "2",
         "--json",
         cwd=tmp_path,
     )
@@ -76,6 +78,10 @@ def test_bench_queue_json(tmp_path: Path) -> None:
         "durability",
         "tasks",
     }
+    # two rounds, each on a store of its own: the medians, and how far apart they were
+    assert result["rounds"] == 2
+    low, high = result["ranges"]["throughput_tps"]
+    assert 0 < low <= result["throughput_tps"] <= high
     assert result["tasks"] == 400
     assert result["durability"] == "normal"
     assert result["throughput_tps"] > 0

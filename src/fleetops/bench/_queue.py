@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,40 @@ async def bench_queue(
         worker_failures=len(failures),
         elapsed_s=round(time.monotonic() - started, 2),
     )
+
+
+#: The numbers a run of several rounds reports the range of, beside their medians.
+RANGED = ("throughput_tps", "overhead_p50_ms", "overhead_p99_ms")
+#: What rounds add up (the rest of the numbers are medians over the rounds).
+SUMMED = ("worker_failures", "elapsed_s")
+
+
+def summarize_rounds(results: Sequence[QueueBenchResult]) -> dict[str, Any]:
+    """One report for rounds of the same benchmark: the median of each number over
+    the rounds, the sums of :data:`SUMMED`, the [lowest, highest] of :data:`RANGED`
+    in ``ranges``, and ``rounds``. On a machine whose speed drifts from one minute to
+    the next, one run's median says little; the median of five says more, and the
+    ranges say how much to trust it."""
+    if not results:
+        raise ValueError("no rounds to summarize")
+    rows = [r.as_dict() for r in results]
+    report: dict[str, Any] = {}
+    for key, first in rows[0].items():
+        values = [row[key] for row in rows]
+        if key in SUMMED:
+            report[key] = round(sum(values), 2)
+        elif first is None or (isinstance(first, int | float) and not isinstance(first, bool)):
+            numbers = [v for v in values if v is not None]
+            report[key] = round(statistics.median(numbers), 3) if numbers else None
+        else:
+            report[key] = first
+    report["rounds"] = len(rows)
+    report["ranges"] = {
+        key: [min(vals), max(vals)]
+        for key in RANGED
+        if (vals := [row[key] for row in rows if row[key] is not None])
+    }
+    return report
 
 
 def _keep_logs(logs: Path, failures: list[SupervisorEvent]) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import typer
 
 from ..bench import QueueBenchConfig, bench_queue
+from ..bench._queue import summarize_rounds
 from ..runtime._gc import tune_for_serving
 from ._common import print_json, print_mapping, progress_bar, setup_logging, user_errors
 
@@ -32,6 +33,12 @@ def queue(
     event_loop: str = typer.Option(
         "auto", help="Workers' event loop: 'auto' (uvloop where installed), 'uvloop', 'asyncio'."
     ),
+    rounds: int = typer.Option(
+        1,
+        min=1,
+        help="Run the whole benchmark this many times, each on a new store, and report "
+        "the median of each number and the range of the main ones.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
 ) -> None:
@@ -48,17 +55,21 @@ def queue(
         overhead_seconds=overhead_seconds,
         event_loop=event_loop,
     )
+    results = []
     with user_errors(), progress_bar("throughput") as update:
+        for n in range(rounds):
+            label = f"round {n + 1}/{rounds}: " if rounds > 1 else ""
 
-        def report(phase: str, done: int, total: int) -> None:
-            update(done, total, description=phase)
+            def report(phase: str, done: int, total: int, label: str = label) -> None:
+                update(done, total, description=label + phase)
 
-        tune_for_serving()  # as a long-running submitter would be
-        result = asyncio.run(bench_queue(config, progress=report))
+            tune_for_serving()  # as a long-running submitter would be
+            results.append(asyncio.run(bench_queue(config, progress=report)))
+    summary = summarize_rounds(results)
     if json_output:
-        print_json(result.as_dict())
+        print_json(summary)
     else:
-        print_mapping("bench queue", result.as_dict())
+        print_mapping("bench queue", summary)
 
 
 @app.command("telemetry")

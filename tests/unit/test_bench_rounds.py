@@ -1,0 +1,70 @@
+"""A benchmark run in several rounds reports medians, sums and ranges over them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from fleetops.bench._queue import QueueBenchResult, summarize_rounds
+
+ROUND = QueueBenchResult(
+    throughput_tps=20000.0,
+    overhead_p50_ms=2.0,
+    overhead_p99_ms=9.0,
+    durability="normal",
+    tasks=20000,
+    work="sleep:10ms",
+    workers=2,
+    inflight=1000,
+    store="sqlite",
+    overhead_rate_tps=10000.0,
+    queue_wait_p50_ms=0.5,
+    queue_wait_p99_ms=3.0,
+    run_overhead_p50_ms=1.5,
+    run_overhead_p99_ms=7.0,
+    sleep_late_p50_ms=0.4,
+    sleep_late_p99_ms=2.0,
+    overhead_tasks=20000,
+    event_loop="uvloop",
+    worker_failures=0,
+    elapsed_s=4.0,
+)
+
+
+def test_rounds_report_the_median_of_each_number_and_the_range_of_the_main_ones() -> None:
+    rounds = [
+        ROUND,
+        replace(ROUND, throughput_tps=30000.0, overhead_p50_ms=7.0, worker_failures=1),
+        replace(ROUND, throughput_tps=25000.0, overhead_p50_ms=3.0, overhead_p99_ms=30.0),
+    ]
+    report = summarize_rounds(rounds)
+    assert report["rounds"] == 3
+    assert report["throughput_tps"] == 25000.0
+    assert report["overhead_p50_ms"] == 3.0  # not the mean (4.0): one slow round
+    assert report["overhead_p99_ms"] == 9.0
+    assert report["ranges"] == {
+        "throughput_tps": [20000.0, 30000.0],
+        "overhead_p50_ms": [2.0, 7.0],
+        "overhead_p99_ms": [9.0, 30.0],
+    }
+    # failures and time add up; what describes the run is taken as it is
+    assert report["worker_failures"] == 1
+    assert report["elapsed_s"] == 12.0
+    assert (report["durability"], report["work"], report["event_loop"]) == (
+        "normal",
+        "sleep:10ms",
+        "uvloop",
+    )
+
+
+def test_a_number_missing_in_a_round_is_left_out_and_one_round_is_itself() -> None:
+    no_overhead = replace(ROUND, overhead_p50_ms=None, sleep_late_p50_ms=None)
+    report = summarize_rounds([no_overhead, replace(ROUND, overhead_p50_ms=4.0)])
+    assert report["overhead_p50_ms"] == 4.0
+    assert report["sleep_late_p50_ms"] == 0.4
+    assert summarize_rounds([no_overhead])["overhead_p50_ms"] is None
+    single = summarize_rounds([ROUND])
+    assert {k: v for k, v in single.items() if k not in ("rounds", "ranges")} == ROUND.as_dict()
+    with pytest.raises(ValueError):
+        summarize_rounds([])
