@@ -303,3 +303,53 @@ def test_the_wal_starts_over_under_steady_writes_instead_of_growing(tmp_path: Pa
     grown, none = _largest_wal(tmp_path / "passive-only", 10**9)
     assert restarts > 0 and none == 0
     assert bounded * 3 < grown, f"with restarts {bounded} bytes, without {grown}"
+
+
+class _SyncRecordingStore(SqliteStore):
+    """Notes the connection's synchronous level at each COMMIT (2 FULL: the commit
+    waits for the disk; 1 NORMAL: it does not)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commits: list[int] = []
+
+    def _retrying(self, sql: str, params: Any = ()) -> Any:
+        if sql == "COMMIT":
+            self.commits.append(int(self._conn.execute("PRAGMA synchronous").fetchone()[0]))
+        return super()._retrying(sql, params)
+
+
+def test_at_durability_full_only_what_is_acknowledged_waits_for_the_disk(tmp_path: Path) -> None:
+    """Submits and completions are synced before they are acknowledged. A claim or a
+    heartbeat is not: a power cut can only take it with the machine its worker ran on,
+    and leaves its task queued (see SqliteStore._unsynced). It commits inline even when
+    the caller defers commits to a thread, and the connection is back at FULL after."""
+    full, normal = 2, 1
+    _, path = _db(tmp_path, "full")
+    store = _SyncRecordingStore(path, durability="full")
+    store.migrate()
+    store.register_worker("w1", "q", None, None, 10, 1.0)
+    (submitted,) = store.submit([NewTask("q", "a", "{}")], 1.0)
+    assert store.commits[-1] == full
+    (claimed,) = store.claim("w1", ["q"], 1, 1.0, 30.0)
+    assert store.commits[-1] == normal
+    assert store.heartbeat("w1", 2.0, 30.0, 1, 0) == {submitted.id: claimed.epoch}
+    assert store.commits[-1] == normal
+    assert store.beat("w1", 2.1, 1, 0)
+    assert store.commits[-1] == normal
+    (done,) = store.apply([Complete(claimed.id, claimed.epoch, "1", "w1", 1.0)], 3.0)
+    assert done.ok and store.commits[-1] == full
+
+    store.defer_commit = True  # as the inline client runs it at durability full
+    store.submit([NewTask("q", "a", "{}")], 4.0)
+    assert store.commit_pending  # the fsync is left to the store thread
+    store.finish_commit()
+    assert store.commits[-1] == full
+    store.claim("w1", ["q"], 1, 4.0, 30.0)
+    assert not store.commit_pending and store.commits[-1] == normal
+    store.defer_commit = False
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == full
+    store.close()
+    reader = open_store(f"sqlite:///{path}")
+    assert sorted(r.state for r in reader.list_tasks()) == ["running", "succeeded"]
+    reader.close()
