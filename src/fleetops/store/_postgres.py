@@ -136,6 +136,18 @@ class PostgresStore(SqlStore):
     def _done(self) -> None:
         self._waiting_since = None
 
+    @contextmanager
+    def _talking(self) -> Iterator[None]:
+        """Statements sent inside wait for the server under the deadline; a psycopg
+        error becomes a StoreError (see :meth:`_error`)."""
+        self._wait()
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            self._done()
+
     def check_deadline(self, now: float) -> bool:
         """Drop the connection if the call in progress has waited past the deadline
         (called by the watchdog thread); answer whether it was dropped. Shutting the
@@ -188,23 +200,12 @@ class PostgresStore(SqlStore):
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         self._reconnect_if_lost()
-        self._wait()
-        try:
+        with self._talking():
             return self._conn.execute(_pg(sql), tuple(params) if params else None)
-        except psycopg.Error as exc:
-            raise self._error(exc) from exc
-        finally:
-            self._done()
 
     def _execmany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self._wait()
-        try:
-            with self._conn.cursor() as cur:
-                cur.executemany(_pg(sql), [tuple(r) for r in rows])
-        except psycopg.Error as exc:
-            raise self._error(exc) from exc
-        finally:
-            self._done()
+        with self._talking(), self._conn.cursor() as cur:
+            cur.executemany(_pg(sql), [tuple(r) for r in rows])
 
     def _error(self, exc: psycopg.Error) -> StoreError:
         """StoreUnavailable when the call may work again (the connection was lost, the
@@ -249,20 +250,14 @@ class PostgresStore(SqlStore):
 
     def _insert_many(self, tasks: Sequence[NewTask], now: float) -> list[int]:
         sql = _pg(INSERT_TASK + " RETURNING id")
-        self._wait()
-        try:
-            with self._conn.cursor() as cur:
-                cur.executemany(sql, [task_params(t, now) for t in tasks], returning=True)
-                ids = []
-                while True:
-                    row = cur.fetchone()
-                    ids.append(int(row[0]))  # type: ignore[index]
-                    if not cur.nextset():
-                        break
-        except psycopg.Error as exc:
-            raise self._error(exc) from exc
-        finally:
-            self._done()
+        ids = []
+        with self._talking(), self._conn.cursor() as cur:
+            cur.executemany(sql, [task_params(t, now) for t in tasks], returning=True)
+            while True:
+                row = cur.fetchone()
+                ids.append(int(row[0]))  # type: ignore[index]
+                if not cur.nextset():
+                    break
         return ids
 
     def schema_version(self) -> int:
