@@ -353,3 +353,32 @@ def test_at_durability_full_only_what_is_acknowledged_waits_for_the_disk(tmp_pat
     reader = open_store(f"sqlite:///{path}")
     assert sorted(r.state for r in reader.list_tasks()) == ["running", "succeeded"]
     reader.close()
+
+
+def test_changing_a_task_s_state_builds_no_temporary_table_per_row(tmp_path: Path) -> None:
+    """Every claim and completion changes ``state``, so SQLite evaluates the WHERE term
+    of each partial index that reads it, on the old row and on the new. An IN list
+    there is coded as a temporary table filled on every evaluation (schema 7's
+    tasks_done did that: a third of a claim's cost); the same term with OR is a few
+    comparisons. The state changes of the hot path must open no temporary table."""
+    store = open_store(f"sqlite:///{tmp_path / 'q.db'}?durability=normal")
+    try:
+        conn = sqlite3.connect(tmp_path / "q.db")
+        for sql in (
+            "UPDATE tasks SET state = 'running' WHERE id = ?",
+            "UPDATE tasks SET state = 'succeeded', finished_at = 1.0 WHERE id = ?",
+        ):
+            opcodes = [row[1] for row in conn.execute(f"EXPLAIN {sql}", (1,))]
+            assert "IdxInsert" in opcodes, sql  # the plan does maintain the indexes
+            assert "OpenEphemeral" not in opcodes, sql
+        # and the old term, put back, is what this test catches
+        conn.execute("DROP INDEX tasks_done")
+        conn.execute(
+            "CREATE INDEX tasks_done ON tasks (state, queue, agent, finished_at) "
+            "WHERE state IN ('succeeded', 'dead', 'cancelled')"
+        )
+        opcodes = [r[1] for r in conn.execute("EXPLAIN UPDATE tasks SET state = 'x' WHERE id = 1")]
+        assert "OpenEphemeral" in opcodes
+        conn.close()
+    finally:
+        store.close()

@@ -70,8 +70,9 @@ SELECT_BY_KEY = "SELECT id FROM tasks WHERE idempotency_key = ?"
 PRUNE_TASKS = 500
 
 #: The WHERE term of the tasks_done partial index, word for word (a query uses a
-#: partial index only when its WHERE clause contains the index's).
-FINISHED = "state IN ('succeeded', 'dead', 'cancelled')"
+#: partial index only when its WHERE clause contains the index's). OR, not IN: see
+#: migration 8.
+FINISHED = "(state = 'succeeded' OR state = 'dead' OR state = 'cancelled')"
 COUNT_OPEN = (
     "SELECT queue, agent, 'queued', COUNT(*) FROM tasks WHERE state = 'queued' "
     "GROUP BY queue, agent "
