@@ -11,6 +11,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from fleetops.telemetry._lean import LeanTracer
 from fleetops.telemetry._tracing import (
@@ -114,10 +115,10 @@ def test_the_lean_task_span_reads_the_traceparent_and_formats_like_the_sdk() -> 
     tracer, buffer, _ = make_tracer("fleetops-test", {})
     assert isinstance(tracer, LeanTracer)
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    child = tracer.start_task_span("invoke_agent a", parent, {"fleetops.task.id": 5})
+    child = tracer.start_task_span("invoke_agent a", parent, lambda: {"fleetops.task.id": 5})
     child.end()
     for bad in ("garbage", "ff" + parent[2:], parent[:35] + "+" + parent[36:], None):
-        tracer.start_task_span("invoke_agent b", bad, {}).end()
+        tracer.start_task_span("invoke_agent b", bad, dict).end()
     first, *orphans = list(store_rows(buffer.drain()))
     assert first[:5] == (
         "0af7651916cd43dd8448eb211c80319c",
@@ -149,10 +150,17 @@ def test_the_span_buffer_asks_for_a_flush_when_full_enough_and_counts_what_it_dr
 def test_the_lean_tracer_records_a_few_new_traces_a_second_and_whole_traces_only() -> None:
     tracer, buffer, _ = make_tracer("fleetops-test", {}, roots_per_second=3)
     assert isinstance(tracer, LeanTracer)
-    roots = [tracer.start_task_span("invoke_agent a", None, {}) for _ in range(20)]
+    made: list[int] = []
+
+    def attributes() -> dict[str, AttributeValue]:
+        made.append(1)
+        return {"fleetops.task.id": len(made)}
+
+    roots = [tracer.start_task_span("invoke_agent a", None, attributes) for _ in range(20)]
     recorded = [s for s in roots if s.is_recording()]
     assert len(recorded) == 3  # the bucket holds one second's worth
     assert tracer.roots_skipped == 17
+    assert len(made) == 3  # attributes are made for the recorded spans only
     skipped = next(s for s in roots if not s.is_recording())
     # an unrecorded task still passes its trace on, marked "not sampled" ...
     with trace.use_span(skipped):
@@ -160,13 +168,13 @@ def test_the_lean_tracer_records_a_few_new_traces_a_second_and_whole_traces_only
         child = tracer.start_span("chat m")  # its own LLM call: not recorded either
     assert child_header is not None and child_header.endswith("-00")
     assert not child.is_recording()
-    assert not tracer.start_task_span("invoke_agent b", child_header, {}).is_recording()
+    assert not tracer.start_task_span("invoke_agent b", child_header, dict).is_recording()
     # ... and a recorded one marks it "sampled": its children are recorded whatever the rate
     with trace.use_span(recorded[0]):
         sampled_header = current_traceparent()
     assert sampled_header is not None and sampled_header.endswith("-01")
     assert all(
-        tracer.start_task_span("invoke_agent c", sampled_header, {}).is_recording()
+        tracer.start_task_span("invoke_agent c", sampled_header, dict).is_recording()
         for _ in range(10)
     )
     for span in roots:
@@ -177,4 +185,4 @@ def test_the_lean_tracer_records_a_few_new_traces_a_second_and_whole_traces_only
 def test_without_a_rate_every_trace_is_recorded() -> None:
     tracer, buffer, _ = make_tracer("fleetops-test", {})
     assert isinstance(tracer, LeanTracer)
-    assert all(tracer.start_task_span("t", None, {}).is_recording() for _ in range(5000))
+    assert all(tracer.start_task_span("t", None, dict).is_recording() for _ in range(5000))

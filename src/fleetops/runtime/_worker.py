@@ -20,6 +20,7 @@ import socket
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -35,7 +36,7 @@ from ..queue._client import MAX_VALUE_BYTES, ChangeWatcher, size_over_limit
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
 from ..telemetry import MetricSet, catalog, get_logger
 from ..telemetry._lean import LeanTracer
-from ..telemetry._metricset import CounterSeries, HistogramSeries, NullMetricSet
+from ..telemetry._metricset import CounterSeries, NullMetricSet
 from ..telemetry._tracing import (
     TRACEPARENT,
     context_from_headers,
@@ -119,6 +120,22 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+#: The context every task's span is set in: the claimer's own carries nothing a
+#: task should inherit.
+_EMPTY_CONTEXT = otel_context.Context()
+
+
+def _task_attributes(claimed: ClaimedTask) -> dict[str, AttributeValue]:
+    """The attributes of a task's span (the GenAI conventions' ``invoke_agent``)."""
+    return {
+        "gen_ai.operation.name": "invoke_agent",
+        "gen_ai.agent.name": claimed.agent,
+        "fleetops.task.id": claimed.id,
+        "fleetops.cluster": claimed.queue,
+        "fleetops.attempt": claimed.attempt,
+    }
+
+
 def _headers_of(claimed: ClaimedTask) -> tuple[dict[str, Any], str | None]:
     """The task's headers, and why they cannot be read (None when they can): a task
     stored with bad headers is failed, not left to stop the worker."""
@@ -131,6 +148,30 @@ def _headers_of(claimed: ClaimedTask) -> tuple[dict[str, Any], str | None]:
     if not isinstance(headers, dict):
         return {}, f"headers is not JSON of an object: {claimed.headers[:80]!r}"
     return headers, None
+
+
+class _Lane:
+    """What every task of one (cluster, agent) shares, looked up once: its span name
+    and the metric series each of its tasks records into."""
+
+    __slots__ = ("span_name", "queue_wait", "duration", "finished", "_metrics", "_key")
+
+    def __init__(self, metrics: MetricSet, cluster: str, agent: str) -> None:
+        self.span_name = "invoke_agent " + agent
+        self._metrics = metrics
+        self._key = (cluster, agent)
+        self.queue_wait = metrics.histogram_series(catalog.QUEUE_WAIT, self._key)
+        self.duration = metrics.histogram_series(catalog.TASK_DURATION, self._key)
+        #: finished-task counters by outcome
+        self.finished: dict[str, CounterSeries] = {}
+
+    def count_finished(self, outcome: str) -> None:
+        counter = self.finished.get(outcome)
+        if counter is None:
+            counter = self.finished[outcome] = self._metrics.counter(
+                catalog.TASKS_FINISHED, (*self._key, outcome)
+            )
+        counter.inc()
 
 
 @dataclass(slots=True)
@@ -190,8 +231,7 @@ class Worker:
         self.processed = 0
         self.dead = False
         self.metrics = MetricSet() if self.settings.telemetry else NullMetricSet()
-        self._task_series: dict[tuple[str, str], tuple[HistogramSeries, HistogramSeries]] = {}
-        self._finished_counters: dict[tuple[str, str, str], CounterSeries] = {}
+        self._lanes: dict[tuple[str, str], _Lane] = {}
         # agent_utilization is time-weighted: the integral of busy slots over time,
         # advanced whenever the number of running tasks changes
         self._busy_slot_seconds = 0.0
@@ -438,32 +478,38 @@ class Worker:
 
     # --- running one task --------------------------------------------------------------------
 
+    def _lane(self, claimed: ClaimedTask) -> _Lane:
+        key = (claimed.queue, claimed.agent)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(self.metrics, claimed.queue, claimed.agent)
+        return lane
+
     async def _execute(self, claimed: ClaimedTask) -> None:
         started = self.clock.now()
         headers, malformed = _headers_of(claimed)
-        self._record_start(claimed, started, headers)
+        lane = self._lane(claimed)
+        self._record_start(claimed, started, headers, lane)
         outcome = "lease_lost"
-        name = "invoke_agent " + claimed.agent
-        attributes: dict[str, AttributeValue] = {
-            "gen_ai.operation.name": "invoke_agent",
-            "gen_ai.agent.name": claimed.agent,
-            "fleetops.task.id": claimed.id,
-            "fleetops.cluster": claimed.queue,
-            "fleetops.attempt": claimed.attempt,
-        }
         span: trace.Span
-        if isinstance(self.tracer, LeanTracer):  # the built-in store only: the quick way
-            span = self.tracer.start_task_span(name, headers.get(TRACEPARENT), attributes)
-        else:
-            span = self.tracer.start_span(
-                name, context=context_from_headers(headers), attributes=attributes
+        tracer = self.tracer
+        if isinstance(tracer, LeanTracer):  # the built-in store only: the quick way
+            # the attributes are built only for a span that is recorded
+            span = tracer.start_task_span(
+                lane.span_name, headers.get(TRACEPARENT), partial(_task_attributes, claimed)
             )
-        token = task_context.set(
-            {"task_id": claimed.id, "agent": claimed.agent, "cluster": claimed.queue}
-        )
+        else:
+            span = tracer.start_span(
+                lane.span_name,
+                context=context_from_headers(headers),
+                attributes=_task_attributes(claimed),
+            )
+        # Set, never reset: the handler runs in an asyncio task of its own, whose
+        # context (a copy made when the claimer created the task) ends with it.
+        task_context.set({"task_id": claimed.id, "agent": claimed.agent, "cluster": claimed.queue})
         # the task's span is the current one while its handler runs (child spans and
         # traceparents of child tasks hang off it); its status is set below
-        span_token = otel_context.attach(trace.set_span_in_context(span))
+        otel_context.attach(trace.set_span_in_context(span, _EMPTY_CONTEXT))
         try:
             outcome = await self._run_handler(claimed, started, headers, malformed)
         except asyncio.CancelledError:
@@ -475,42 +521,19 @@ class Worker:
             elif reason is None:
                 raise
         finally:
-            otel_context.detach(span_token)
-            task_context.reset(token)
-            span.set_attribute("fleetops.outcome", outcome)
-            if outcome != "succeeded":
-                span.set_status(Status(StatusCode.ERROR, outcome))
-            span.end()
+            if span.is_recording():
+                span.set_attribute("fleetops.outcome", outcome)
+                if outcome != "succeeded":
+                    span.set_status(Status(StatusCode.ERROR, outcome))
+                span.end()
             self._running.pop(claimed.id, None)
             self._busy_changed()
-            self._cancel_reasons.pop(claimed.id, None)
+            if self._cancel_reasons:
+                self._cancel_reasons.pop(claimed.id, None)
             self.processed += 1
             self._slot_free.set()
-            self._finished(claimed, outcome)
-            self._series(claimed)[1].observe(self.clock.now() - started)
-
-    def _finished(self, claimed: ClaimedTask, outcome: str) -> None:
-        """Count a finished task, by cluster, agent and outcome (the labels of a
-        series are looked up once: this runs for every task)."""
-        key = (claimed.queue, claimed.agent, outcome)
-        counter = self._finished_counters.get(key)
-        if counter is None:
-            counter = self._finished_counters[key] = self.metrics.counter(
-                catalog.TASKS_FINISHED, key
-            )
-        counter.inc()
-
-    def _series(self, claimed: ClaimedTask) -> tuple[HistogramSeries, HistogramSeries]:
-        """The (queue wait, duration) histogram series of a task's cluster and agent,
-        looked up once (they are observed for every task)."""
-        key = (claimed.queue, claimed.agent)
-        series = self._task_series.get(key)
-        if series is None:
-            series = self._task_series[key] = (
-                self.metrics.histogram_series(catalog.QUEUE_WAIT, key),
-                self.metrics.histogram_series(catalog.TASK_DURATION, key),
-            )
-        return series
+            lane.count_finished(outcome)
+            lane.duration.observe(self.clock.now() - started)
 
     def _busy_changed(self) -> None:
         now = self.clock.monotonic()
@@ -532,9 +555,11 @@ class Worker:
             return min(1.0, self._busy_count / max(1, self.settings.concurrency))
         return min(1.0, (busy - busy_then) / ((now - then) * max(1, self.settings.concurrency)))
 
-    def _record_start(self, claimed: ClaimedTask, started: float, headers: dict[str, Any]) -> None:
+    def _record_start(
+        self, claimed: ClaimedTask, started: float, headers: dict[str, Any], lane: _Lane
+    ) -> None:
         if claimed.attempt == 1:
-            self._series(claimed)[0].observe(max(0.0, started - claimed.created_at))
+            lane.queue_wait.observe(max(0.0, started - claimed.created_at))
             if claimed.parent_id is not None:
                 sent_at = headers.get(SENT_AT)
                 if isinstance(sent_at, int | float):

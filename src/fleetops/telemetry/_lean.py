@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, cast
 
@@ -144,18 +144,23 @@ class _UnrecordedSpan(trace.NonRecordingSpan):
     sampled flag off. Its context is made when first asked for (by a child span or a
     child task's traceparent); most such tasks never ask."""
 
-    def __init__(self, trace_id: int, rng: random.Random) -> None:
+    def __init__(self, trace_id: int | None, rng: random.Random) -> None:
+        #: None: a new trace, its id drawn when first asked for
         self._trace_id = trace_id
         self._rng = rng
         self._made: SpanContext | None = None
 
     def get_span_context(self) -> SpanContext:
         if self._made is None:
+            if self._trace_id is None:
+                self._trace_id = self._rng.getrandbits(128) or 1
             span_id = self._rng.getrandbits(64) or 1
             self._made = SpanContext(self._trace_id, span_id, False, _NOT_SAMPLED)
         return self._made
 
     def __repr__(self) -> str:
+        if self._trace_id is None:
+            return "_UnrecordedSpan(a new trace, its id not drawn yet)"
         return f"_UnrecordedSpan(trace_id={self._trace_id:032x})"
 
 
@@ -213,19 +218,32 @@ class LeanTracer(trace.Tracer):
         return self._start(name, kind, None, None, None, attributes)
 
     def start_task_span(
-        self, name: str, traceparent: object, attributes: dict[str, AttributeValue]
+        self,
+        name: str,
+        traceparent: object,
+        attributes: Callable[[], dict[str, AttributeValue]],
     ) -> trace.Span:
         """:meth:`start_span` for a task: the parent is the W3C ``traceparent`` the task
         carries (or a new trace when it carries none or a bad one), read without
-        building an OpenTelemetry context. ``attributes`` is kept, not copied."""
-        parsed = parse_traceparent(traceparent)
-        if parsed is None:
-            return self._start(name, SpanKind.INTERNAL, None, None, None, attributes, copy=False)
-        trace_id, parent, flags = parsed
-        sampled = bool(flags & 1)
-        return self._start(
-            name, SpanKind.INTERNAL, trace_id, parent, sampled, attributes, copy=False
-        )
+        building an OpenTelemetry context. ``attributes`` makes the span's attributes,
+        called only when the span is recorded."""
+        if traceparent is None:
+            trace_id, parent, sampled = None, None, None
+        else:
+            parsed = parse_traceparent(traceparent)
+            if parsed is None:
+                trace_id, parent, sampled = None, None, None
+            else:
+                trace_id, parent, flags = parsed
+                sampled = bool(flags & 1)
+        if trace_id is None:
+            if not self._sample_root():
+                return _UnrecordedSpan(None, self._rng)
+            trace_id = self._rng.getrandbits(128) or 1
+        elif not sampled:
+            return _UnrecordedSpan(trace_id, self._rng)
+        ctx = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _SAMPLED)
+        return LeanSpan(name, ctx, parent, SpanKind.INTERNAL, attributes(), self._buffer)
 
     def _start(
         self,
