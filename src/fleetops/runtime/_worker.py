@@ -609,17 +609,17 @@ class Worker:
                     max_attempts=policy_attempts,
                 )
             timeout = remaining if timeout is None else min(timeout, remaining)
-        info = TaskInfo(
-            id=claimed.id,
-            cluster=claimed.queue,
-            agent=claimed.agent,
-            payload=payload,
-            attempt=claimed.attempt,
-            epoch=claimed.epoch,
-            priority=claimed.priority,
-            deadline=claimed.deadline,
-            parent_id=claimed.parent_id,
-            headers=headers,
+        info = TaskInfo(  # positional, in TaskInfo's order: this runs for every task
+            claimed.id,
+            claimed.queue,
+            claimed.agent,
+            payload,
+            claimed.attempt,
+            claimed.epoch,
+            claimed.priority,
+            claimed.deadline,
+            claimed.parent_id,
+            headers,
         )
         ctx = Context(self, claimed, info)
         try:
@@ -660,7 +660,7 @@ class Worker:
                 exc=exc,
             )
         try:
-            encoded = json.dumps(result)
+            encoded = "null" if result is None else json.dumps(result)
         except (TypeError, ValueError) as exc:
             return await self._fail(
                 claimed,
