@@ -87,6 +87,12 @@ def test_bench_queue_json(tmp_path: Path) -> None:
     assert result["throughput_tps"] > 0
     assert result["event_loop"] == "uvloop"  # 'auto' where uvloop is installed
     assert result["worker_failures"] == 0
+    # what each phase cost in CPU, read from /proc: the workers did the tasks' work,
+    # the bench's own process submitted them; both took some time for every task
+    for phase in ("throughput", "overhead"):
+        assert result[f"worker_cpu_us_per_task_{phase}_phase"] > 0
+        assert result[f"submitter_cpu_us_per_task_{phase}_phase"] > 0
+    assert 0 < result["cpu_busy_share_overhead_phase"] <= 1.05  # a tick of rounding
 
 
 def test_bench_queue_measures_overhead_at_a_chosen_rate(tmp_path: Path) -> None:

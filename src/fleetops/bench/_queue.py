@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -94,6 +95,16 @@ class QueueBenchResult:
     #: _keep_logs); the supervisor replaced them and their tasks were redelivered
     worker_failures: int
     elapsed_s: float
+    #: CPU time (user + system) per task in each phase: of all worker processes, and
+    #: of the bench's own process (the submitter, and the supervisor it hosts). None
+    #: where it cannot be read (no /proc, or a worker was replaced during the phase).
+    worker_cpu_us_per_task_throughput_phase: float | None = None
+    worker_cpu_us_per_task_overhead_phase: float | None = None
+    submitter_cpu_us_per_task_throughput_phase: float | None = None
+    submitter_cpu_us_per_task_overhead_phase: float | None = None
+    #: the share of the machine's CPUs those processes kept busy in the overhead phase
+    #: (0.5: half of them); what the overhead is measured under
+    cpu_busy_share_overhead_phase: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,9 +178,11 @@ async def bench_queue(
             await supervisor.ready.wait()
 
             # phase 1: maximum throughput
+            cpu = _CpuMeter(supervisor)
             t0 = clock.now()
             ids = await _submit_all(client, cluster, agent, payload, config.tasks)
             await _wait_terminal(client, cluster, len(ids), "throughput", progress)
+            cpu_max = cpu.phase(len(ids))
             last = await _last_finished(client, ids)
             throughput = len(ids) / max(last - t0, 1e-9)
 
@@ -198,10 +211,14 @@ async def bench_queue(
                     event_loop=loop_used,
                     worker_failures=len(failures),
                     elapsed_s=round(time.monotonic() - started, 2),
+                    worker_cpu_us_per_task_throughput_phase=cpu_max.workers,
+                    submitter_cpu_us_per_task_throughput_phase=cpu_max.submitter,
                 )
             count = max(50, min(config.tasks, int(rate * config.overhead_seconds)))
+            cpu = _CpuMeter(supervisor)
             paced = await _submit_paced(client, cluster, agent, payload, count, rate, clock)
             await _wait_terminal(client, cluster, len(ids) + len(paced), "overhead", progress)
+            cpu_half = cpu.phase(len(paced))
             records = await client.run(client.store.get_tasks, paced)
             done = [r for r in records if r.finished_at is not None and r.state == "succeeded"]
             overheads = [(r.finished_at - r.created_at - work_s) * 1000 for r in done]  # type: ignore[operator]
@@ -236,7 +253,67 @@ async def bench_queue(
         event_loop=loop_used,
         worker_failures=len(failures),
         elapsed_s=round(time.monotonic() - started, 2),
+        worker_cpu_us_per_task_throughput_phase=cpu_max.workers,
+        worker_cpu_us_per_task_overhead_phase=cpu_half.workers,
+        submitter_cpu_us_per_task_throughput_phase=cpu_max.submitter,
+        submitter_cpu_us_per_task_overhead_phase=cpu_half.submitter,
+        cpu_busy_share_overhead_phase=cpu_half.busy_share,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _PhaseCpu:
+    workers: float | None
+    submitter: float | None
+    busy_share: float | None
+
+
+class _CpuMeter:
+    """CPU time of the bench's processes over one phase: the supervisor's workers
+    (read from /proc, Linux only) and this process (the submitter and supervisor)."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._pids = [h.pid for h in supervisor.live_workers()]
+        self._workers = process_cpu_seconds(self._pids)
+        self._own = time.process_time()
+        self._wall = time.monotonic()
+
+    def phase(self, tasks: int) -> _PhaseCpu:
+        """CPU per task since this meter was made, in microseconds."""
+        own = time.process_time() - self._own
+        wall = time.monotonic() - self._wall
+        pids = [h.pid for h in self._supervisor.live_workers()]
+        now = process_cpu_seconds(pids) if pids == self._pids else None
+        workers = None if now is None or self._workers is None else now - self._workers
+        per = 1e6 / max(tasks, 1)
+        busy = None
+        if workers is not None and wall > 0:
+            busy = round((workers + own) / (wall * (os.cpu_count() or 1)), 3)
+        return _PhaseCpu(
+            workers=None if workers is None else round(workers * per, 1),
+            submitter=round(own * per, 1),
+            busy_share=busy,
+        )
+
+
+def process_cpu_seconds(pids: Sequence[int]) -> float | None:
+    """CPU seconds used so far by the processes ``pids``, all their threads, from
+    Linux's /proc (each thread's schedstat, in nanoseconds); None where there is no
+    /proc, or a process is gone."""
+    total = 0
+    for pid in pids:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return None
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as f:
+                    total += int(f.read().split()[0])  # time on a CPU, in ns
+            except (OSError, ValueError, IndexError):  # a thread that just ended
+                continue
+    return total / 1e9
 
 
 #: The numbers a run of several rounds reports the range of, beside their medians.
