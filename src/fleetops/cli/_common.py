@@ -65,7 +65,9 @@ def print_mapping(title: str, data: dict[str, Any]) -> None:
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[..., None]]:
-    """A progress bar on stderr; yields ``update(done, total, **fields)``."""
+    """A progress bar on stderr; yields ``update(done, total, **fields)``. Drawn only
+    on a terminal: redirected to a file or a pipe there is nothing to draw it on, and
+    its refresh thread would only take time from the command being run."""
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -74,6 +76,7 @@ def progress_bar(description: str) -> Iterator[Callable[..., None]]:
         TimeElapsedColumn(),
         console=err,
         transient=True,
+        disable=not err.is_terminal,
     )
     task_id = progress.add_task(description, total=None, note="")
 
