@@ -528,8 +528,7 @@ class Worker:
                 span.end()
             self._running.pop(claimed.id, None)
             self._busy_changed()
-            if self._cancel_reasons:
-                self._cancel_reasons.pop(claimed.id, None)
+            self._cancel_reasons.pop(claimed.id, None)
             self.processed += 1
             self._slot_free.set()
             lane.count_finished(outcome)

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.trace import (
@@ -212,10 +212,14 @@ class LeanTracer(trace.Tracer):
         set_status_on_exception: bool = True,
     ) -> trace.Span:
         parent = trace.get_current_span(context).get_span_context()
+
+        def kept() -> dict[str, AttributeValue]:
+            return dict(attributes or {})  # the span's own copy
+
         if parent.is_valid:
             sampled = bool(parent.trace_flags.sampled)
-            return self._start(name, kind, parent.trace_id, parent.span_id, sampled, attributes)
-        return self._start(name, kind, None, None, None, attributes)
+            return self._start(name, kind, parent.trace_id, parent.span_id, sampled, kept)
+        return self._start(name, kind, None, None, None, kept)
 
     def start_task_span(
         self,
@@ -227,23 +231,11 @@ class LeanTracer(trace.Tracer):
         carries (or a new trace when it carries none or a bad one), read without
         building an OpenTelemetry context. ``attributes`` makes the span's attributes,
         called only when the span is recorded."""
-        if traceparent is None:
-            trace_id, parent, sampled = None, None, None
-        else:
-            parsed = parse_traceparent(traceparent)
-            if parsed is None:
-                trace_id, parent, sampled = None, None, None
-            else:
-                trace_id, parent, flags = parsed
-                sampled = bool(flags & 1)
-        if trace_id is None:
-            if not self._sample_root():
-                return _UnrecordedSpan(None, self._rng)
-            trace_id = self._rng.getrandbits(128) or 1
-        elif not sampled:
-            return _UnrecordedSpan(trace_id, self._rng)
-        ctx = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _SAMPLED)
-        return LeanSpan(name, ctx, parent, SpanKind.INTERNAL, attributes(), self._buffer)
+        parsed = None if traceparent is None else parse_traceparent(traceparent)
+        if parsed is None:
+            return self._start(name, SpanKind.INTERNAL, None, None, None, attributes)
+        trace_id, parent, flags = parsed
+        return self._start(name, SpanKind.INTERNAL, trace_id, parent, bool(flags & 1), attributes)
 
     def _start(
         self,
@@ -252,20 +244,20 @@ class LeanTracer(trace.Tracer):
         trace_id: int | None,
         parent: int | None,
         sampled: bool | None,
-        attributes: Attributes,
-        *,
-        copy: bool = True,
+        attributes: Callable[[], dict[str, AttributeValue]],
     ) -> trace.Span:
         """A span under ``parent`` of ``trace_id`` as its sampled flag says, or, with no
-        trace yet, the first span of a new one if the root budget allows."""
+        trace yet, the first span of a new one if the root budget allows. The
+        attributes are made only for a span that is recorded, and an unrecorded new
+        trace draws its id only when asked for it."""
         if trace_id is None:
+            if not self._sample_root():
+                return _UnrecordedSpan(None, self._rng)
             trace_id = self._rng.getrandbits(128) or 1
-            sampled = self._sample_root()
-        if not sampled:
+        elif not sampled:
             return _UnrecordedSpan(trace_id, self._rng)
         ctx = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _SAMPLED)
-        kept = dict(attributes or {}) if copy else cast(dict[str, AttributeValue], attributes)
-        return LeanSpan(name, ctx, parent, kind, kept, self._buffer)
+        return LeanSpan(name, ctx, parent, kind, attributes(), self._buffer)
 
     @contextmanager
     def start_as_current_span(  # type: ignore[override]
