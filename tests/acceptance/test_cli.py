@@ -11,8 +11,8 @@ from pathlib import Path
 FLEETOPS = [sys.executable, "-m", "fleetops.cli"]
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, COLUMNS="200")
+def run(*args: str, cwd: Path | None = None, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COLUMNS="200", **env_vars)
     return subprocess.run(
         [*FLEETOPS, *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
     )
@@ -121,6 +121,27 @@ def test_bench_queue_measures_overhead_at_a_chosen_rate(tmp_path: Path) -> None:
     # the agent's own sleep can only be late, never early
     assert result["sleep_late_p50_ms"] >= 0
     assert result["sleep_late_p99_ms"] >= result["sleep_late_p50_ms"]
+
+
+def test_a_bench_whose_workers_keep_failing_stops_with_a_clear_error(tmp_path: Path) -> None:
+    # every worker process dies as it starts, as with a broken install
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "if sys.orig_argv[1:3] == ['-m', 'fleetops.runtime']:\n"
+        "    raise SystemExit('this worker fails on purpose')\n"
+    )
+    proc = run("bench", "queue", "--tasks", "200", "--json", cwd=tmp_path, PYTHONPATH=str(site))
+    assert proc.returncode == 1, proc.stderr
+    assert "workers keep failing" in proc.stderr and "restarts" in proc.stderr
+    assert "fails on purpose" in proc.stderr  # why, from the last failed worker's log
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    # their logs are kept, and say why
+    kept = [p for p in tmp_path.glob("fleetops-bench-*/*") if p.is_file()]
+    assert kept, proc.stderr
+    assert any("fails on purpose" in p.read_text() for p in kept)
 
 
 def test_bad_arguments_name_the_field_the_value_and_the_fix(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ Two phases in one run, on real worker processes and a real store:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .._clock import SystemClock
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, FleetOpsError
 from .._units import parse_duration
 from ..chaos import percentile
 from ..queue import QueueClient
@@ -45,6 +46,11 @@ from ..runtime import ClusterPlan, RestartPolicy, Supervisor, SupervisorEvent, W
 from ..runtime._loop import resolve_event_loop
 from ..store import NewTask
 from ..store._sqlite import DURABILITY_LEVELS
+
+
+class BenchAborted(FleetOpsError):
+    """The benchmark could not run to its end."""
+
 
 AGENTS = ("fleetops.bench._agents:noop", "fleetops.bench._agents:sleep")
 
@@ -162,74 +168,102 @@ async def bench_queue(
             ),
         )
         failures: list[SupervisorEvent] = []
+        #: set when the workers keep failing (more restarts than the restart policy
+        #: allows): no worker would run the tasks that are left, so the bench stops
+        broken: list[SupervisorEvent] = []
+
+        def on_event(event: SupervisorEvent) -> None:
+            if event.kind == "worker.failed":
+                failures.append(event)
+            elif event.kind == "cluster.degraded":
+                broken.append(event)
+
         supervisor = Supervisor(
             url,
             [plan],
             clock=clock,
             restart=RestartPolicy(),
             log_dir=Path(tmp) / "logs",
-            on_event=lambda e: failures.append(e) if e.kind == "worker.failed" else None,
+            on_event=on_event,
         )
         stop = asyncio.Event()
         payload = json.dumps({"seconds": work_s})
         started = time.monotonic()
-        async with QueueClient(url, clock=clock, inline=True) as client, asyncio.TaskGroup() as tg:
-            tg.create_task(supervisor.run(stop), name="supervisor")
-            await supervisor.ready.wait()
+        try:
+            async with (
+                QueueClient(url, clock=clock, inline=True) as client,
+                asyncio.TaskGroup() as tg,
+            ):
+                tg.create_task(supervisor.run(stop), name="supervisor")
+                await _wait_ready(supervisor, broken)
 
-            # phase 1: maximum throughput
-            cpu = _CpuMeter(supervisor)
-            t0 = clock.now()
-            ids = await _submit_all(client, cluster, agent, payload, config.tasks)
-            await _wait_terminal(client, cluster, len(ids), "throughput", progress)
-            cpu_max = cpu.phase(len(ids))
-            last = await _last_finished(client, ids)
-            throughput = len(ids) / max(last - t0, 1e-9)
+                # phase 1: maximum throughput
+                cpu = _CpuMeter(supervisor)
+                t0 = clock.now()
+                ids = await _submit_all(client, cluster, agent, payload, config.tasks)
+                await _wait_terminal(client, cluster, len(ids), "throughput", progress, broken)
+                cpu_max = cpu.phase(len(ids))
+                last = await _last_finished(client, ids)
+                throughput = len(ids) / max(last - t0, 1e-9)
 
-            # phase 2: overhead at half that rate
-            rate = config.overhead_rate or throughput / 2
-            if not config.measure_overhead:
-                stop.set()
-                return QueueBenchResult(
-                    throughput_tps=round(throughput, 1),
-                    overhead_p50_ms=None,
-                    overhead_p99_ms=None,
-                    durability=durability,
-                    tasks=len(ids),
-                    work=config.work,
-                    workers=config.workers,
-                    inflight=config.inflight,
-                    store="sqlite" if config.store == "sqlite" else "postgresql",
-                    overhead_rate_tps=0.0,
-                    queue_wait_p50_ms=None,
-                    queue_wait_p99_ms=None,
-                    run_overhead_p50_ms=None,
-                    run_overhead_p99_ms=None,
-                    sleep_late_p50_ms=None,
-                    sleep_late_p99_ms=None,
-                    overhead_tasks=0,
-                    event_loop=loop_used,
-                    worker_failures=len(failures),
-                    elapsed_s=round(time.monotonic() - started, 2),
-                    worker_cpu_us_per_task_throughput_phase=cpu_max.workers,
-                    submitter_cpu_us_per_task_throughput_phase=cpu_max.submitter,
+                # phase 2: overhead at half that rate
+                rate = config.overhead_rate or throughput / 2
+                if not config.measure_overhead:
+                    stop.set()
+                    return QueueBenchResult(
+                        throughput_tps=round(throughput, 1),
+                        overhead_p50_ms=None,
+                        overhead_p99_ms=None,
+                        durability=durability,
+                        tasks=len(ids),
+                        work=config.work,
+                        workers=config.workers,
+                        inflight=config.inflight,
+                        store="sqlite" if config.store == "sqlite" else "postgresql",
+                        overhead_rate_tps=0.0,
+                        queue_wait_p50_ms=None,
+                        queue_wait_p99_ms=None,
+                        run_overhead_p50_ms=None,
+                        run_overhead_p99_ms=None,
+                        sleep_late_p50_ms=None,
+                        sleep_late_p99_ms=None,
+                        overhead_tasks=0,
+                        event_loop=loop_used,
+                        worker_failures=len(failures),
+                        elapsed_s=round(time.monotonic() - started, 2),
+                        worker_cpu_us_per_task_throughput_phase=cpu_max.workers,
+                        submitter_cpu_us_per_task_throughput_phase=cpu_max.submitter,
+                    )
+                count = max(50, min(config.tasks, int(rate * config.overhead_seconds)))
+                cpu = _CpuMeter(supervisor)
+                paced = await _submit_paced(client, cluster, agent, payload, count, rate, clock)
+                await _wait_terminal(
+                    client, cluster, len(ids) + len(paced), "overhead", progress, broken
                 )
-            count = max(50, min(config.tasks, int(rate * config.overhead_seconds)))
-            cpu = _CpuMeter(supervisor)
-            paced = await _submit_paced(client, cluster, agent, payload, count, rate, clock)
-            await _wait_terminal(client, cluster, len(ids) + len(paced), "overhead", progress)
-            cpu_half = cpu.phase(len(paced))
-            records = await client.run(client.store.get_tasks, paced)
-            done = [r for r in records if r.finished_at is not None and r.state == "succeeded"]
-            overheads = [(r.finished_at - r.created_at - work_s) * 1000 for r in done]  # type: ignore[operator]
-            waits = [(r.started_at - r.created_at) * 1000 for r in done]  # type: ignore[operator]
-            runs = [(r.finished_at - r.started_at - work_s) * 1000 for r in done]  # type: ignore[operator]
-            late = [
-                (float(json.loads(r.result)) - work_s) * 1000
-                for r in done
-                if agent == "sleep" and r.result
-            ]
-            stop.set()
+                cpu_half = cpu.phase(len(paced))
+                records = await client.run(client.store.get_tasks, paced)
+                done = [r for r in records if r.finished_at is not None and r.state == "succeeded"]
+                overheads = [(r.finished_at - r.created_at - work_s) * 1000 for r in done]  # type: ignore[operator]
+                waits = [(r.started_at - r.created_at) * 1000 for r in done]  # type: ignore[operator]
+                runs = [(r.finished_at - r.started_at - work_s) * 1000 for r in done]  # type: ignore[operator]
+                late = [
+                    (float(json.loads(r.result)) - work_s) * 1000
+                    for r in done
+                    if agent == "sleep" and r.result
+                ]
+                stop.set()
+        except BaseExceptionGroup as group:  # from the TaskGroup: the supervisor is stopped
+            aborted, rest = group.split(BenchAborted)
+            if aborted is None or rest is not None:
+                raise
+            _keep_logs(Path(tmp) / "logs", failures)
+            ended = (
+                _last_line(Path(tmp) / "logs" / f"{failures[-1].worker}.log") if failures else ""
+            )
+            raise BenchAborted(
+                f"{aborted.exceptions[0]}"
+                + (f"; the last one's log ends: {ended}" if ended else "")
+            ) from None
         if failures:
             _keep_logs(Path(tmp) / "logs", failures)
     return QueueBenchResult(
@@ -363,6 +397,16 @@ def _keep_logs(logs: Path, failures: list[SupervisorEvent]) -> None:
         )
 
 
+def _last_line(log: Path) -> str:
+    """The last line of a worker's log that says something (its error, mostly)."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    said = [line.strip() for line in lines if line.strip()]
+    return said[-1][:300] if said else ""
+
+
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -404,8 +448,10 @@ async def _wait_terminal(
     total: int,
     phase: str,
     progress: Callable[[str, int, int], None] | None,
+    broken: list[SupervisorEvent],
 ) -> None:
     while True:
+        _check_workers(broken)
         # the cluster's unfinished tasks, an index range: counting every task ever
         # stored (count_tasks) took 20 ms of the bench's CPU per look at 140,000 tasks
         done = total - await client.run(client.store.open_count, cluster)
@@ -414,6 +460,24 @@ async def _wait_terminal(
         if done >= total:
             return
         await asyncio.sleep(0.05)
+
+
+async def _wait_ready(supervisor: Supervisor, broken: list[SupervisorEvent]) -> None:
+    """Wait until every worker has started, unless they keep failing."""
+    while not supervisor.ready.is_set():
+        _check_workers(broken)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(supervisor.ready.wait(), 0.05)
+
+
+def _check_workers(broken: list[SupervisorEvent]) -> None:
+    if broken:
+        event = broken[0]
+        raise BenchAborted(
+            f"the bench's workers keep failing ({event.data.get('restarts', '?')} restarts "
+            f"within {event.data.get('period_s', '?')} s), so the tasks left would never "
+            "run (where their logs are kept is printed above)"
+        )
 
 
 async def _last_finished(client: QueueClient, ids: list[int]) -> float:
