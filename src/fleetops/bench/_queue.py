@@ -208,49 +208,34 @@ async def bench_queue(
 
                 # phase 2: overhead at half that rate
                 rate = config.overhead_rate or throughput / 2
+                paced: list[int] = []
+                overheads: list[float] = []
+                waits: list[float] = []
+                runs: list[float] = []
+                late: list[float] = []
+                cpu_half = _PhaseCpu(None, None, None)
                 if not config.measure_overhead:
-                    stop.set()
-                    return QueueBenchResult(
-                        throughput_tps=round(throughput, 1),
-                        overhead_p50_ms=None,
-                        overhead_p99_ms=None,
-                        durability=durability,
-                        tasks=len(ids),
-                        work=config.work,
-                        workers=config.workers,
-                        inflight=config.inflight,
-                        store="sqlite" if config.store == "sqlite" else "postgresql",
-                        overhead_rate_tps=0.0,
-                        queue_wait_p50_ms=None,
-                        queue_wait_p99_ms=None,
-                        run_overhead_p50_ms=None,
-                        run_overhead_p99_ms=None,
-                        sleep_late_p50_ms=None,
-                        sleep_late_p99_ms=None,
-                        overhead_tasks=0,
-                        event_loop=loop_used,
-                        worker_failures=len(failures),
-                        elapsed_s=round(time.monotonic() - started, 2),
-                        worker_cpu_us_per_task_throughput_phase=cpu_max.workers,
-                        submitter_cpu_us_per_task_throughput_phase=cpu_max.submitter,
+                    rate = 0.0
+                else:
+                    count = max(50, min(config.tasks, int(rate * config.overhead_seconds)))
+                    cpu = _CpuMeter(supervisor)
+                    paced = await _submit_paced(client, cluster, agent, payload, count, rate, clock)
+                    await _wait_terminal(
+                        client, cluster, len(ids) + len(paced), "overhead", progress, broken
                     )
-                count = max(50, min(config.tasks, int(rate * config.overhead_seconds)))
-                cpu = _CpuMeter(supervisor)
-                paced = await _submit_paced(client, cluster, agent, payload, count, rate, clock)
-                await _wait_terminal(
-                    client, cluster, len(ids) + len(paced), "overhead", progress, broken
-                )
-                cpu_half = cpu.phase(len(paced))
-                records = await client.run(client.store.get_tasks, paced)
-                done = [r for r in records if r.finished_at is not None and r.state == "succeeded"]
-                overheads = [(r.finished_at - r.created_at - work_s) * 1000 for r in done]  # type: ignore[operator]
-                waits = [(r.started_at - r.created_at) * 1000 for r in done]  # type: ignore[operator]
-                runs = [(r.finished_at - r.started_at - work_s) * 1000 for r in done]  # type: ignore[operator]
-                late = [
-                    (float(json.loads(r.result)) - work_s) * 1000
-                    for r in done
-                    if agent == "sleep" and r.result
-                ]
+                    cpu_half = cpu.phase(len(paced))
+                    records = await client.run(client.store.get_tasks, paced)
+                    done = [
+                        r for r in records if r.finished_at is not None and r.state == "succeeded"
+                    ]
+                    overheads = [(r.finished_at - r.created_at - work_s) * 1000 for r in done]  # type: ignore[operator]
+                    waits = [(r.started_at - r.created_at) * 1000 for r in done]  # type: ignore[operator]
+                    runs = [(r.finished_at - r.started_at - work_s) * 1000 for r in done]  # type: ignore[operator]
+                    late = [
+                        (float(json.loads(r.result)) - work_s) * 1000
+                        for r in done
+                        if agent == "sleep" and r.result
+                    ]
                 stop.set()
         except BaseExceptionGroup as group:  # from the TaskGroup: the supervisor is stopped
             aborted, rest = group.split(BenchAborted)
