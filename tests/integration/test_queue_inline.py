@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -20,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from fleetops import StoreUnavailable
+from fleetops import StoreError, StoreUnavailable
 from fleetops.queue import QueueClient
 from fleetops.runtime._loop import new_event_loop
 from fleetops.store import Complete, NewTask, SqliteStore, open_store
+from fleetops.store import _sqlite as sqlite_module
 from fleetops.store._sqlite import LockBusy, SqliteCheckpointer
 
 
@@ -150,24 +152,23 @@ def test_nonblocking_store_raises_lock_busy_before_changing_anything(tmp_path: P
 
 
 class _ThreadRecordingStore(SqliteStore):
-    """Notes which thread ran each claim's statements and which ran its COMMIT."""
+    """Notes which thread ran each claim's statements and which ran each fsync."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.claim_threads: list[int] = []
-        self.commit_threads: list[int] = []
+        self.sync_threads: list[int] = []
 
     def claim(self, *args: Any, **kwargs: Any) -> Any:
         self.claim_threads.append(threading.get_ident())
         return super().claim(*args, **kwargs)
 
-    def finish_commit(self) -> None:
-        if self.commit_pending:
-            self.commit_threads.append(threading.get_ident())
-        super().finish_commit()
+    def sync_wal(self) -> None:
+        self.sync_threads.append(threading.get_ident())
+        super().sync_wal()
 
 
-def test_at_durability_full_the_commit_runs_off_the_loop_and_is_durable(
+def test_at_durability_full_the_fsync_runs_off_the_loop_and_is_durable(
     tmp_path: Path,
 ) -> None:
     url, path = _db(tmp_path, "full")
@@ -176,6 +177,7 @@ def test_at_durability_full_the_commit_runs_off_the_loop_and_is_durable(
     def factory(u: str) -> SqliteStore:
         store = _ThreadRecordingStore(path, durability="full")
         store.migrate()
+        store.sync_threads.clear()  # the migration's own
         stores.append(store)
         return store
 
@@ -191,7 +193,8 @@ def test_at_durability_full_the_commit_runs_off_the_loop_and_is_durable(
     loop_thread, ids = asyncio.run(main())
     store = stores[0]
     assert store.claim_threads == [loop_thread]
-    assert store.commit_threads and loop_thread not in store.commit_threads
+    # the submit's and the completion's (the claim needs none: see _unsynced)
+    assert len(store.sync_threads) == 2 and loop_thread not in store.sync_threads
     # what the client acknowledged is in the file, as another connection sees it
     reader = open_store(url)
     states = [r.state for r in reader.get_tasks(ids)]
@@ -334,53 +337,95 @@ def test_the_wal_starts_over_under_steady_writes_instead_of_growing(tmp_path: Pa
 
 
 class _SyncRecordingStore(SqliteStore):
-    """Notes the connection's synchronous level at each COMMIT (2 FULL: the commit
-    waits for the disk; 1 NORMAL: it does not)."""
+    """Notes each COMMIT and each fsync of the WAL, with the WAL's size at each: an
+    fsync covers a commit when it comes after it and the file held it by then."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.commits: list[int] = []
+        self.events: list[tuple[str, int]] = []
+
+    def _wal_size(self) -> int:
+        return os.stat(f"{self.path}-wal").st_size
 
     def _retrying(self, sql: str, params: Any = ()) -> Any:
+        cursor = super()._retrying(sql, params)
         if sql == "COMMIT":
-            self.commits.append(int(self._conn.execute("PRAGMA synchronous").fetchone()[0]))
-        return super()._retrying(sql, params)
+            # SQLite itself must not wait for the disk inside COMMIT, with the lock held
+            assert self._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+            self.events.append(("commit", self._wal_size()))
+        return cursor
+
+    def take(self) -> list[str]:
+        kinds = [kind for kind, _ in self.events]
+        self.events.clear()
+        return kinds
 
 
-def test_at_durability_full_only_what_is_acknowledged_waits_for_the_disk(tmp_path: Path) -> None:
-    """Submits and completions are synced before they are acknowledged. A claim or a
-    heartbeat is not: a power cut can only take it with the machine its worker ran on,
-    and leaves its task queued (see SqliteStore._unsynced). It commits inline even when
-    the caller defers commits to a thread, and the connection is back at FULL after."""
-    full, normal = 2, 1
+def test_at_durability_full_only_what_is_acknowledged_waits_for_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Submits and completions are synced before they are acknowledged, by an fsync of
+    the WAL after the COMMIT (the write lock already released). A claim or a
+    heartbeat is not synced: a power cut can only take it with the machine its worker
+    ran on, and leaves its task queued (see SqliteStore._unsynced). A caller that
+    defers the fsync (the inline client, to run it on a thread) is told it is due."""
     _, path = _db(tmp_path, "full")
     store = _SyncRecordingStore(path, durability="full")
     store.migrate()
-    store.register_worker("w1", "q", None, None, 10, 1.0)
-    (submitted,) = store.submit([NewTask("q", "a", "{}")], 1.0)
-    assert store.commits[-1] == full
-    (claimed,) = store.claim("w1", ["q"], 1, 1.0, 30.0)
-    assert store.commits[-1] == normal
-    assert store.heartbeat("w1", 2.0, 30.0, 1, 0) == {submitted.id: claimed.epoch}
-    assert store.commits[-1] == normal
-    assert store.beat("w1", 2.1, 1, 0)
-    assert store.commits[-1] == normal
-    (done,) = store.apply([Complete(claimed.id, claimed.epoch, "1", "w1", 1.0)], 3.0)
-    assert done.ok and store.commits[-1] == full
+    wal = Path(f"{path}-wal")
 
-    store.defer_commit = True  # as the inline client runs it at durability full
+    def recording_fdatasync(fd: int) -> None:
+        assert os.fstat(fd).st_ino == wal.stat().st_ino, "the fsync must be of the WAL"
+        store.events.append(("sync", os.fstat(fd).st_size))
+        os.fsync(fd)
+
+    monkeypatch.setattr(sqlite_module, "_fdatasync", recording_fdatasync)
+    store.register_worker("w1", "q", None, None, 10, 1.0)
+    store.take()
+    (submitted,) = store.submit([NewTask("q", "a", "{}")], 1.0)
+    (commit, committed), (sync, synced) = store.events
+    assert (commit, sync) == ("commit", "sync") and synced >= committed
+    store.take()
+    (claimed,) = store.claim("w1", ["q"], 1, 1.0, 30.0)
+    assert store.take() == ["commit"]
+    assert store.heartbeat("w1", 2.0, 30.0, 1, 0) == {submitted.id: claimed.epoch}
+    assert store.take() == ["commit"]
+    assert store.beat("w1", 2.1, 1, 0)
+    assert store.take() == ["commit"]
+    (done,) = store.apply([Complete(claimed.id, claimed.epoch, "1", "w1", 1.0)], 3.0)
+    assert done.ok and store.take() == ["commit", "sync"]
+
+    store.defer_sync = True  # as the inline client runs it at durability full
     store.submit([NewTask("q", "a", "{}")], 4.0)
-    assert store.commit_pending  # the fsync is left to the store thread
-    store.finish_commit()
-    assert store.commits[-1] == full
+    assert store.take() == ["commit"] and store.sync_pending
+    store.sync_pending = False
+    store.sync_wal()
+    assert store.take() == ["sync"]
     store.claim("w1", ["q"], 1, 4.0, 30.0)
-    assert not store.commit_pending and store.commits[-1] == normal
-    store.defer_commit = False
-    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == full
+    assert store.take() == ["commit"] and not store.sync_pending
+    store.defer_sync = False
+    # a statement outside the store's transactions still syncs in SQLite's COMMIT
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     store.close()
     reader = open_store(f"sqlite:///{path}")
     assert sorted(r.state for r in reader.list_tasks()) == ["running", "succeeded"]
     reader.close()
+
+
+def test_a_failed_fsync_is_an_error_not_an_acknowledgement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path = _db(tmp_path, "full")
+    store = SqliteStore(path, durability="full")
+    store.migrate()
+
+    def failing_fdatasync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sqlite_module, "_fdatasync", failing_fdatasync)
+    with pytest.raises(StoreError, match="cannot sync the WAL to disk.*Input/output error"):
+        store.submit([NewTask("q", "a", "{}")], 1.0)
+    store.close()
 
 
 def test_changing_a_task_s_state_builds_no_temporary_table_per_row(tmp_path: Path) -> None:

@@ -357,18 +357,19 @@ def test_graceful_shutdown_releases_unfinished_leases(sqlite_url: str) -> None:
     asyncio.run(scenario())
 
 
-def test_a_claim_committing_when_shutdown_begins_is_run_not_left_leased(sqlite_url: str) -> None:
-    """At durability full a worker's claim commits on the store thread. A stop that
-    comes while it commits must not drop the tasks it leased: they are run (or
-    released) like every other claimed task, not left leased to a stopped worker
-    until their leases expire (a redelivery later, counted against the task)."""
+def test_a_write_syncing_when_shutdown_begins_leaves_no_task_leased(sqlite_url: str) -> None:
+    """At durability full the fsync of a worker's write runs on the store thread. A
+    stop that comes while it waits for the disk must not drop the tasks the worker
+    leased: they are run (or released) like every other claimed task, not left
+    leased to a stopped worker until their leases expire (a redelivery later, counted
+    against the task)."""
     committing = threading.Event()
 
     async def scenario() -> None:
         async with QueueClient(f"{sqlite_url}?durability=full", inline=True) as client:
-            assert client.inline, "the claim must take the inline path, whose commit is deferred"
+            assert client.inline, "the writes must take the inline path, whose fsync is deferred"
             store: Any = client.store
-            claim, finish_commit = store.claim, store.finish_commit
+            claim, sync_wal = store.claim, store.sync_wal
             claimed: list[int] = []
 
             def claim_and_note(*args: Any) -> Any:
@@ -376,13 +377,13 @@ def test_a_claim_committing_when_shutdown_begins_is_run_not_left_leased(sqlite_u
                 claimed.extend(t.id for t in rows)
                 return rows
 
-            def slow_commit() -> None:
+            def slow_sync() -> None:
                 if claimed and not committing.is_set():
-                    committing.set()  # the claim's commit: stop the worker meanwhile
+                    committing.set()  # a write after the claim: stop the worker meanwhile
                     time.sleep(0.3)
-                finish_commit()
+                sync_wal()
 
-            store.claim, store.finish_commit = claim_and_note, slow_commit
+            store.claim, store.sync_wal = claim_and_note, slow_sync
             worker = _worker(client, "w-claim-stop", nap, shutdown_grace=5.0)
             stop = asyncio.Event()
             # queued before the worker starts: its first claim takes all three
@@ -397,7 +398,7 @@ def test_a_claim_committing_when_shutdown_begins_is_run_not_left_leased(sqlite_u
                 assert record is not None
                 assert record.state == "succeeded", (
                     f"task {task_id} is {record.state} (lease {record.lease_owner}): "
-                    "a claim that committed during shutdown was dropped"
+                    "a task leased when shutdown began was dropped"
                 )
 
     asyncio.run(scenario())

@@ -12,8 +12,9 @@ more than it does. Worse, a store thread holds SQLite's write lock while it wait
 for the GIL between statements, so every other process waits too. A busy write
 lock is not waited for in SQLite: the call is retried after a pass of the event
 loop, and from the third try on after a short sleep too (see
-:data:`LOCK_BACKOFF_SECONDS`). At durability ``full`` the COMMIT, which waits for
-the disk, still runs on the thread. Every other call stays on the thread.
+:data:`LOCK_BACKOFF_SECONDS`). At durability ``full`` the fsync that makes a commit
+durable, which waits for the disk, runs on the thread, after the write lock and the
+connection are released. Every other call stays on the thread.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ class QueueClient:
         """Run a one-transaction store call inline when the client may, else on the thread.
 
         Inline, a busy write lock is waited for asynchronously, and at durability
-        ``full`` the COMMIT (the fsync) runs on the store thread.
+        ``full`` the fsync that follows the COMMIT runs on the store thread.
         """
         if not self.inline:
             return await self._call(fn, *args)
@@ -232,7 +233,7 @@ class QueueClient:
         async with self._conn_lock:
             while True:
                 store.nonblocking = True
-                store.defer_commit = store.durability == "full"
+                store.defer_sync = store.durability == "full"
                 busy = False
                 try:
                     result = fn(*args)
@@ -240,11 +241,10 @@ class QueueClient:
                     busy = True
                 finally:
                     store.nonblocking = False
-                    store.defer_commit = False
+                    store.defer_sync = False
                 if not busy:
-                    if store.commit_pending:
-                        await self._on_thread(store.finish_commit)
-                    return result
+                    sync, store.sync_pending = store.sync_pending, False
+                    break
                 # another process holds the write lock: let the loop run, then try again
                 now = self.clock.monotonic()
                 if deadline is None:
@@ -258,6 +258,11 @@ class QueueClient:
                     # on purpose: blocks the loop for 0.1-0.2 ms (see LOCK_BACKOFF_SECONDS)
                     time.sleep(LOCK_BACKOFF_SECONDS)  # noqa: ASYNC251
                 await asyncio.sleep(0)
+        if sync:
+            # the fsync of the commit, with the connection free for the next call: it
+            # uses a file descriptor of its own (see fleetops.store._sqlite)
+            await self._on_thread(store.sync_wal)
+        return result
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the store thread (``fn`` is usually a store method)."""

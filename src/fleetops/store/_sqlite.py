@@ -3,11 +3,22 @@
 Durability levels map to SQLite's ``synchronous`` setting in WAL mode:
 
 ``full`` (the default)
-    every commit is fsynced before it returns: nothing acknowledged is lost even if
+    every write is on disk before it returns: nothing acknowledged is lost even if
     the machine loses power.
 ``normal``
     commits survive any process crash (``kill -9`` included) but the last
     transactions before a power loss or kernel panic may roll back. Faster.
+
+At ``full`` the store does not let SQLite fsync inside COMMIT (``synchronous=FULL``),
+which would hold the write lock, and with it every other writer, for the length of
+the fsync. It commits at ``NORMAL`` and then fsyncs the WAL file itself, after the
+lock is released (:meth:`SqliteStore.sync_wal`). A WAL is one file written in order,
+and recovery keeps a commit only if every frame before it is intact (their checksums
+are chained), so one fsync makes every commit written before it durable, whoever
+wrote it: concurrent writers share fsyncs instead of queueing for one each. Another
+connection may read a commit before its fsync; what it does with it is durable only
+once one of its own writes has been synced, which makes everything before it
+durable too (an effect is journaled, and synced, before it runs).
 
 Many processes share one file. Writers take the lock with ``BEGIN IMMEDIATE`` and,
 when another process holds it, retry with short sleeps of our own rather than
@@ -16,9 +27,9 @@ SQLite's coarse busy handler, which keeps tail latency low under contention.
 A caller on an event loop can set :attr:`SqliteStore.nonblocking` for the length of
 one call: a busy write lock then raises :class:`LockBusy` before anything was done,
 and the caller retries the call after an asynchronous wait instead of sleeping in
-the store (see ``QueueClient(inline=True)``); with :attr:`SqliteStore.defer_commit`
-the call also leaves its COMMIT (an fsync at durability ``full``) to
-:meth:`SqliteStore.finish_commit`, which the caller runs on a thread. Such a
+the store (see ``QueueClient(inline=True)``); with :attr:`SqliteStore.defer_sync`
+the call also leaves the fsync of its commit (at durability ``full``) to
+:meth:`SqliteStore.sync_wal`, which the caller runs on a thread. Such a
 caller also turns SQLite's automatic checkpoints off on its connection and leaves
 them to a :class:`SqliteCheckpointer`: otherwise every so many commits one of them
 copies megabytes of WAL into the database file and fsyncs it, on the event loop.
@@ -74,6 +85,10 @@ def insert_tasks_sql(n: int) -> str:
     """INSERT_TASK for ``n`` rows in one statement, answering their ids."""
     head, _, row = INSERT_TASK.partition("VALUES ")
     return f"{head}VALUES {', '.join([row] * n)} RETURNING id"
+
+
+#: fdatasync where the system has it (Linux), else fsync (macOS)
+_fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
 def is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -134,10 +149,16 @@ class SqliteStore(SqlStore):
         self.lock_timeout = lock_timeout
         #: Raise LockBusy instead of waiting when the write lock is taken (see module doc).
         self.nonblocking = False
-        #: Leave a call's transaction open for :meth:`finish_commit` (run on another
-        #: thread: at durability ``full`` the commit waits for the disk).
-        self.defer_commit = False
-        self.commit_pending = False
+        #: At durability ``full``, leave the fsync of a call's commit to the caller
+        #: (:meth:`sync_wal`, run on another thread: it waits for the disk), which
+        #: :attr:`sync_pending` then asks for.
+        self.defer_sync = False
+        self.sync_pending = False
+        #: inside :meth:`_unsynced`: commits are not synced
+        self._unsynced_depth = 0
+        self._wal_path = f"{self.path}-wal"
+        self._wal_fd: int | None = None
+        self._wal_inode = 0
         self._depth = 0
         self._spans_conn: sqlite3.Connection | None = None
         try:
@@ -190,27 +211,77 @@ class SqliteStore(SqlStore):
             finally:
                 self._depth -= 1
             return
-        if self.commit_pending:
-            raise StoreError("internal: a transaction began before the last one committed")
-        self._retrying("BEGIN IMMEDIATE")
-        self._depth = 1
+        full = self.durability == "full"
+        if full:  # the fsync comes after the COMMIT, with the lock released (module doc)
+            self._conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield
-        except BaseException:
+            self._retrying("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._depth = 0
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
             self._depth = 0
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        if self.defer_commit:
-            self.commit_pending = True
-            return
-        self._retrying("COMMIT")
+            try:
+                self._retrying("COMMIT")
+            except BaseException:  # the disk is full, say: none of the changes happened
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        finally:
+            if full:  # a statement outside a transaction still syncs in SQLite's COMMIT
+                self._conn.execute("PRAGMA synchronous=FULL")
+        if full and not self._unsynced_depth:
+            if self.defer_sync:
+                self.sync_pending = True
+            else:
+                self.sync_wal()
+
+    def sync_wal(self) -> None:
+        """fsync the WAL file: every commit written to it so far, by any connection,
+        is then on disk. (A caller that deferred the sync clears :attr:`sync_pending`
+        itself, on its own thread, before it asks for this one.)
+
+        Raises StoreError if the disk refuses: the commit stands, but whether it would
+        survive a power cut is unknown, so it must not be acknowledged.
+        """
+        try:
+            try:
+                inode = os.stat(self._wal_path).st_ino
+            except FileNotFoundError:  # no WAL: every commit is in the synced database
+                return
+            if self._wal_fd is None or inode != self._wal_inode:
+                self._open_wal()
+            assert self._wal_fd is not None
+            _fdatasync(self._wal_fd)
+        except OSError as exc:
+            raise StoreError(
+                f"SQLite store {self.path}: cannot sync the WAL to disk ({exc}): the last "
+                "write is committed but may not survive a power cut"
+            ) from exc
+
+    def _open_wal(self) -> None:
+        """Open the WAL file for fsyncs, and make its name durable in its directory
+        (SQLite does that at the first sync of a WAL it created; here the store syncs)."""
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
+        fd = os.open(self._wal_path, os.O_RDONLY)
+        self._wal_inode = os.fstat(fd).st_ino
+        self._wal_fd = fd
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     @contextmanager
     def _unsynced(self) -> Iterator[None]:
         """At durability ``full``, commit the transaction inside without waiting for
-        the disk, and inline (not deferred to a thread: there is no fsync to wait for).
+        the disk.
 
         Only for writes whose loss to a power cut loses nothing acknowledged: a claim,
         a heartbeat or lease extension. In WAL mode such a commit becomes durable with
@@ -223,16 +294,11 @@ class SqliteStore(SqlStore):
         claim durable first. Every claim's fsync on the way from submit to handler is
         saved, and half the fsyncs a busy worker makes.
         """
-        if self.durability != "full" or self._depth:
-            yield
-            return
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        defer, self.defer_commit = self.defer_commit, False
+        self._unsynced_depth += 1
         try:
             yield
         finally:
-            self.defer_commit = defer
-            self._conn.execute("PRAGMA synchronous=FULL")
+            self._unsynced_depth -= 1
 
     def heartbeat(
         self, worker: str, now: float, lease_seconds: float, inflight: int, processed: int
@@ -243,22 +309,6 @@ class SqliteStore(SqlStore):
     def beat(self, worker: str, now: float, inflight: int, processed: int) -> bool:
         with self._unsynced():
             return super().beat(worker, now, inflight, processed)
-
-    def finish_commit(self) -> None:
-        """COMMIT the transaction a call left open under :attr:`defer_commit`.
-
-        On failure the transaction is rolled back and the error raised: none of the
-        call's changes happened.
-        """
-        if not self.commit_pending:
-            return
-        self.commit_pending = False
-        try:
-            self._retrying("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         if self._depth:
@@ -420,6 +470,9 @@ class SqliteStore(SqlStore):
         self._conn.close()
         if self._spans_conn is not None:
             self._spans_conn.close()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
 
 
 class SqliteChangeWatcher:
