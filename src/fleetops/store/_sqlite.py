@@ -15,10 +15,11 @@ the fsync. It commits at ``NORMAL`` and then fsyncs the WAL file itself, after t
 lock is released (:meth:`SqliteStore.sync_wal`). A WAL is one file written in order,
 and recovery keeps a commit only if every frame before it is intact (their checksums
 are chained), so one fsync makes every commit written before it durable, whoever
-wrote it: concurrent writers share fsyncs instead of queueing for one each. Another
-connection may read a commit before its fsync; what it does with it is durable only
-once one of its own writes has been synced, which makes everything before it
-durable too (an effect is journaled, and synced, before it runs).
+wrote it, and the fsyncs of several writers overlap instead of queueing one after
+another behind the lock. Another connection may read a commit before its fsync;
+what it does with it is durable only once one of its own writes has been synced,
+which makes everything before it durable too (an effect is journaled, and synced,
+before it runs).
 
 Many processes share one file. Writers take the lock with ``BEGIN IMMEDIATE`` and,
 when another process holds it, retry with short sleeps of our own rather than
