@@ -336,6 +336,47 @@ def test_the_wal_starts_over_under_steady_writes_instead_of_growing(tmp_path: Pa
     assert bounded * 3 < grown, f"with restarts {bounded} bytes, without {grown}"
 
 
+def test_at_durability_full_a_write_is_acknowledged_only_after_its_fsync_which_holds_no_lock(
+    tmp_path: Path,
+) -> None:
+    """The inline client returns a submit or a completion only once its fsync is done;
+    meanwhile the write lock and the connection are free: another process writes, and
+    the same client claims."""
+    url, path = _db(tmp_path, "full")
+    syncing, release = threading.Event(), threading.Event()
+
+    async def main() -> None:
+        async with QueueClient(url, inline=True) as client:
+            await client.submit_many([NewTask("q", "a", "{}")])
+            store: Any = client.store
+            sync_wal = store.sync_wal
+
+            def slow_sync() -> None:
+                syncing.set()
+                assert release.wait(10)
+                sync_wal()
+
+            store.sync_wal = slow_sync
+            submit = asyncio.create_task(client.submit_many([NewTask("q", "b", "{}")]))
+            assert await asyncio.to_thread(syncing.wait, 10)
+            await asyncio.sleep(0.05)
+            assert not submit.done(), "acknowledged before its fsync"
+            # the lock is free: another connection writes at once (it would wait 0 s)
+            other = sqlite3.connect(str(path), isolation_level=None, timeout=0)
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            other.close()
+            # and the client's connection is free: a claim (which needs no fsync) goes in
+            claimed = await client.claim("w1", ["q"], 10, 10.0)
+            assert {t.agent for t in claimed} == {"a", "b"}  # b is committed, not yet acked
+            assert not submit.done()
+            release.set()
+            (submitted,) = await submit
+            assert submitted.created
+
+    asyncio.run(main())
+
+
 class _SyncRecordingStore(SqliteStore):
     """Notes each COMMIT and each fsync of the WAL, with the WAL's size at each: an
     fsync covers a commit when it comes after it and the file held it by then."""
