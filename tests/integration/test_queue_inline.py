@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 
 from fleetops import StoreError, StoreUnavailable
 from fleetops.queue import QueueClient
+from fleetops.queue._bell import Doorbell
 from fleetops.runtime._loop import new_event_loop
 from fleetops.store import Complete, NewTask, SqliteStore, open_store
 from fleetops.store import _sqlite as sqlite_module
@@ -373,6 +375,157 @@ def test_at_durability_full_a_write_is_acknowledged_only_after_its_fsync_which_h
             release.set()
             (submitted,) = await submit
             assert submitted.created
+
+    asyncio.run(main())
+
+
+def _blocking_syncs(store: Any) -> tuple[list[threading.Event], threading.Event]:
+    """Make each fsync of ``store`` wait until the test lets it go: returns the list of
+    syncs begun (an event each, set when one starts) and the event that lets them go."""
+    begun: list[threading.Event] = []
+    release = threading.Event()
+    sync_wal = store.sync_wal
+
+    def blocked_sync() -> None:
+        started = threading.Event()
+        begun.append(started)
+        started.set()
+        assert release.wait(10)
+        sync_wal()
+
+    store.sync_wal = blocked_sync
+    return begun, release
+
+
+def _committed_states(path: Path, ids: list[int]) -> list[str]:
+    """What another connection reads: committed, whether or not synced."""
+    reader = sqlite3.connect(str(path))
+    marks = ",".join("?" * len(ids))
+    rows = reader.execute(f"SELECT state FROM tasks WHERE id IN ({marks})", ids).fetchall()
+    reader.close()
+    return sorted(r[0] for r in rows)
+
+
+def test_at_durability_full_group_commits_go_on_while_an_fsync_runs_and_one_fsync_covers_them(
+    tmp_path: Path,
+) -> None:
+    """A completion that comes while the last group commit's fsync runs is committed
+    at once, not after that fsync; it is acknowledged only after an fsync that began
+    after its commit, and every completion that came meanwhile shares that one."""
+    url, path = _db(tmp_path, "full")
+
+    async def main() -> None:
+        async with QueueClient(url, inline=True) as client:
+            await client.submit_many([NewTask("q", "a", "{}") for _ in range(4)])
+            claimed = await client.claim("w1", ["q"], 4, 30.0)
+            ids = [t.id for t in claimed]
+            begun, release = _blocking_syncs(client.store)
+
+            def complete(i: int) -> asyncio.Task[Any]:
+                op = Complete(claimed[i].id, claimed[i].epoch, "1", "w1", 0.0)
+                return asyncio.create_task(client.apply(op))
+
+            first = complete(0)
+            assert await asyncio.to_thread(_wait_for, lambda: len(begun) == 1)
+            later = [complete(i) for i in (1, 2, 3)]
+            # committed while the first fsync still runs (the old client waited for it)
+            assert await asyncio.to_thread(
+                _wait_for, lambda: _committed_states(path, ids) == ["succeeded"] * 4
+            )
+            assert len(begun) == 1 and not first.done() and not any(t.done() for t in later)
+            release.set()
+            assert (await first).ok
+            # the three were committed after the first fsync began: it does not cover
+            # them; the next one does, and one is enough for all three
+            for task in later:
+                assert (await task).ok
+            assert len(begun) == 2
+
+    asyncio.run(main())
+
+
+def _wait_for(condition: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_at_durability_full_a_submit_rings_the_workers_bell_before_its_fsync_ends(
+    tmp_path: Path,
+) -> None:
+    """Workers may run a committed task before its submit is on disk (whatever they
+    write is synced, and that syncs the submit too): so the bell does not wait for the
+    disk, only the submitter's acknowledgement does."""
+    url, path = _db(tmp_path, "full")
+
+    async def main() -> None:
+        bell = Doorbell()
+        heard = asyncio.Event()
+        bell.listen(heard.set)
+        try:
+            async with QueueClient(url, inline=True) as client:
+                await client.run(
+                    client.store.register_worker,
+                    "w1",
+                    "q",
+                    os.getpid(),
+                    socket.gethostname(),
+                    10,
+                    time.time(),
+                    bell.address,
+                )
+                begun, release = _blocking_syncs(client.store)
+                try:
+                    submit = asyncio.create_task(client.submit_many([NewTask("q", "a", "{}")]))
+                    # the fsync cannot end before release: a bell heard now came first
+                    await asyncio.wait_for(heard.wait(), 10)
+                    assert not submit.done()
+                    assert await asyncio.to_thread(_wait_for, lambda: len(begun) == 1)
+                    await asyncio.sleep(0.05)
+                    assert not submit.done(), "acknowledged before its fsync"
+                finally:
+                    release.set()
+                (submitted,) = await submit
+                assert submitted.created
+        finally:
+            bell.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_fsync_fails_every_write_it_was_to_cover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inline client at durability full: a group commit's callers get the fsync's
+    error, not an acknowledgement, and the client goes on (the next fsync may work)."""
+    url, path = _db(tmp_path, "full")
+    failing = threading.Event()
+    real = sqlite_module._fdatasync
+
+    def flaky_fdatasync(fd: int) -> None:
+        if failing.is_set():
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(sqlite_module, "_fdatasync", flaky_fdatasync)
+
+    async def main() -> None:
+        async with QueueClient(url, inline=True) as client:
+            await client.submit_many([NewTask("q", "a", "{}") for _ in range(3)])
+            claimed = await client.claim("w1", ["q"], 3, 30.0)
+            failing.set()
+            ops = [Complete(t.id, t.epoch, "1", "w1", 0.0) for t in claimed[:2]]
+            outcomes = await asyncio.gather(
+                *(client.apply(op) for op in ops), return_exceptions=True
+            )
+            assert all(isinstance(o, StoreError) for o in outcomes), outcomes
+            assert "cannot sync the WAL" in str(outcomes[0])
+            failing.clear()
+            last = claimed[2]
+            assert (await client.apply(Complete(last.id, last.epoch, "1", "w1", 0.0))).ok
 
     asyncio.run(main())
 

@@ -14,7 +14,9 @@ lock is not waited for in SQLite: the call is retried after a pass of the event
 loop, and from the third try on after a short sleep too (see
 :data:`LOCK_BACKOFF_SECONDS`). At durability ``full`` the fsync that makes a commit
 durable, which waits for the disk, runs on the thread, after the write lock and the
-connection are released. Every other call stays on the thread.
+connection are released; the next group commit does not wait for it, and one fsync
+covers every commit made before it began (:meth:`QueueClient._synced`). Every other
+call stays on the thread.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._clock import Clock, SystemClock
@@ -118,6 +121,31 @@ class ChangeWatcher(Protocol):
     def close(self) -> None: ...
 
 
+def _settle(
+    batch: Sequence[tuple[Operation, asyncio.Future[OpResult]]],
+    results: Sequence[OpResult] | None,
+    error: BaseException | None,
+) -> None:
+    """Answer a group commit's callers: each its result, or all the error."""
+    for i, (_, fut) in enumerate(batch):
+        if fut.done():  # its caller was cancelled
+            continue
+        if results is None:
+            assert error is not None
+            fut.set_exception(error)
+        else:
+            fut.set_result(results[i])
+
+
+def _settle_synced(
+    batch: Sequence[tuple[Operation, asyncio.Future[OpResult]]],
+    results: Sequence[OpResult],
+    synced: asyncio.Future[None],
+) -> None:
+    error = Closed("the queue client closed") if synced.cancelled() else synced.exception()
+    _settle(batch, None if error else results, error)
+
+
 class QueueClient:
     """Async access to a store with batched, fenced writes.
 
@@ -154,6 +182,9 @@ class QueueClient:
         #: Rings the doorbells of workers when this client commits new tasks.
         self._ringer = BellRinger() if doorbells else None
         self.commits = 0
+        #: callers waiting for the next fsync of the WAL, and the task that runs them
+        self._sync_waiters: list[asyncio.Future[None]] = []
+        self._syncer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> QueueClient:
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -182,6 +213,8 @@ class QueueClient:
         if self._flusher is not None:
             self._wake.set()
             await self._flusher
+        if self._syncer is not None:
+            await self._syncer
         if self._store is not None:
             await self._call(self._store.close)
         if self._checkpointer is not None:
@@ -223,8 +256,16 @@ class QueueClient:
         Inline, a busy write lock is waited for asynchronously, and at durability
         ``full`` the fsync that follows the COMMIT runs on the store thread.
         """
+        result, sync = await self._hot_commit(fn, *args)
+        if sync:
+            await self._synced()
+        return result
+
+    async def _hot_commit(self, fn: Callable[..., T], *args: Any) -> tuple[T, bool]:
+        """:meth:`_hot` up to the COMMIT: the result, and whether an fsync must follow
+        (:meth:`_synced`) before it may be acknowledged."""
         if not self.inline:
-            return await self._call(fn, *args)
+            return await self._call(fn, *args), False
         from ..store._sqlite import LockBusy, SqliteStore
 
         store = self.store
@@ -259,11 +300,41 @@ class QueueClient:
                     # on purpose: blocks the loop for 0.1-0.2 ms (see LOCK_BACKOFF_SECONDS)
                     time.sleep(LOCK_BACKOFF_SECONDS)  # noqa: ASYNC251
                 await asyncio.sleep(0)
-        if sync:
-            # the fsync of the commit, with the connection free for the next call: it
-            # uses a file descriptor of its own (see fleetops.store._sqlite)
-            await self._on_thread(store.sync_wal)
-        return result
+        return result, sync
+
+    def _synced(self) -> asyncio.Future[None]:
+        """A future done once an fsync of the WAL that began after this call has
+        ended: every commit made so far, by this client or any other, is then on disk.
+
+        The fsyncs run one at a time on the store thread, with the connection free
+        for the next calls (they use a file descriptor of their own, see
+        fleetops.store._sqlite). Whoever asks while one runs waits for the next,
+        which covers them all: commits do not queue behind the disk, and a burst of
+        them costs two fsyncs, not one each.
+        """
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sync_waiters.append(waiter)
+        if self._syncer is None or self._syncer.done():
+            self._syncer = asyncio.create_task(self._sync_loop(), name="fleetops-wal-sync")
+        return waiter
+
+    async def _sync_loop(self) -> None:
+        from ..store._sqlite import SqliteStore
+
+        store = self.store
+        assert isinstance(store, SqliteStore)
+        while self._sync_waiters:
+            waiters, self._sync_waiters = self._sync_waiters, []
+            try:
+                await self._on_thread(store.sync_wal)
+            except Exception as exc:  # nothing it covers may be acknowledged
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the store thread (``fn`` is usually a store method)."""
@@ -291,8 +362,12 @@ class QueueClient:
         """Submit many tasks in one transaction (none if one of them is refused)."""
         for task in tasks:
             check_json(task)
-        submitted = await self._hot(self.store.submit, list(tasks), self.clock.now())
+        submitted, sync = await self._hot_commit(self.store.submit, list(tasks), self.clock.now())
+        # the bell may ring before the fsync: a worker that runs the task makes it
+        # durable with its own first synced write (see fleetops.store._sqlite)
         await self.ring(Counter(t.queue for t in tasks))
+        if sync:
+            await self._synced()
         return submitted
 
     async def ring(self, tasks_by_cluster: Mapping[str, int]) -> None:
@@ -321,7 +396,7 @@ class QueueClient:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 try:
-                    results = await self._hot(
+                    results, sync = await self._hot_commit(
                         # stamped once the write lock is held: the time a completion
                         # is recorded at is not earlier than it could commit
                         self.store.apply,
@@ -329,19 +404,21 @@ class QueueClient:
                         self.clock.now,
                     )
                 except Exception as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                    _settle(batch, None, exc)
                     continue
                 self.commits += 1
-                queued: Counter[str] = Counter()
-                for (op, fut), result in zip(batch, results, strict=True):
-                    if not fut.done():
-                        fut.set_result(result)
-                    if result.ok and isinstance(op, Submit | SubmitChild):
-                        queued[op.task.queue] += 1
+                queued = Counter(
+                    op.task.queue
+                    for op, result in zip((op for op, _ in batch), results, strict=True)
+                    if result.ok and isinstance(op, Submit | SubmitChild)
+                )
                 if queued:
                     await self.ring(queued)
+                if sync:
+                    # acknowledged once on disk; the next batch commits meanwhile
+                    self._synced().add_done_callback(partial(_settle_synced, batch, results))
+                else:
+                    _settle(batch, results, None)
             if self._closed:
                 return
 
