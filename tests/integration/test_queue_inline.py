@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from fleetops import StoreError, StoreUnavailable
+from fleetops import Closed, StoreError, StoreUnavailable
 from fleetops.queue import QueueClient
 from fleetops.queue._bell import Doorbell
 from fleetops.runtime._loop import new_event_loop
@@ -526,6 +526,28 @@ def test_a_failed_fsync_fails_every_write_it_was_to_cover(
             failing.clear()
             last = claimed[2]
             assert (await client.apply(Complete(last.id, last.epoch, "1", "w1", 0.0))).ok
+
+    asyncio.run(main())
+
+
+def test_a_write_waiting_for_an_fsync_that_is_cancelled_fails_and_does_not_hang(
+    tmp_path: Path,
+) -> None:
+    url, _ = _db(tmp_path, "full")
+
+    async def main() -> None:
+        async with QueueClient(url, inline=True) as client:
+            begun, release = _blocking_syncs(client.store)
+            try:
+                submit = asyncio.create_task(client.submit_many([NewTask("q", "a", "{}")]))
+                assert await asyncio.to_thread(_wait_for, lambda: len(begun) == 1)
+                syncer = client._syncer
+                assert syncer is not None
+                syncer.cancel()
+            finally:
+                release.set()
+            with pytest.raises(Closed, match="before the write was on disk"):
+                await asyncio.wait_for(submit, 10)
 
     asyncio.run(main())
 

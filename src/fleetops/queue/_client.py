@@ -137,6 +137,12 @@ def _settle(
             fut.set_result(results[i])
 
 
+def _fail_all(waiters: Sequence[asyncio.Future[None]], error: BaseException) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(error)
+
+
 def _settle_synced(
     batch: Sequence[tuple[Operation, asyncio.Future[OpResult]]],
     results: Sequence[OpResult],
@@ -213,8 +219,8 @@ class QueueClient:
         if self._flusher is not None:
             self._wake.set()
             await self._flusher
-        if self._syncer is not None:
-            await self._syncer
+        if self._syncer is not None:  # its waiters are answered whatever became of it
+            await asyncio.wait([self._syncer])
         if self._store is not None:
             await self._call(self._store.close)
         if self._checkpointer is not None:
@@ -328,10 +334,13 @@ class QueueClient:
             try:
                 await self._on_thread(store.sync_wal)
             except Exception as exc:  # nothing it covers may be acknowledged
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
+                _fail_all(waiters, exc)
                 continue
+            except BaseException:  # cancelled: no waiter may be left hanging
+                waiters += self._sync_waiters
+                self._sync_waiters = []
+                _fail_all(waiters, Closed("the queue client stopped before the write was on disk"))
+                raise
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
