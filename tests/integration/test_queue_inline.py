@@ -338,6 +338,31 @@ def test_the_wal_starts_over_under_steady_writes_instead_of_growing(tmp_path: Pa
     assert bounded * 3 < grown, f"with restarts {bounded} bytes, without {grown}"
 
 
+def _blocking_syncs(store: Any) -> tuple[list[float], threading.Event]:
+    """Make each fsync of ``store`` wait until the test lets it go: returns the times
+    the syncs began (one entry per sync) and the event that lets them go."""
+    begun: list[float] = []
+    release = threading.Event()
+    sync_wal = store.sync_wal
+
+    def blocked_sync() -> None:
+        begun.append(time.monotonic())
+        assert release.wait(10)
+        sync_wal()
+
+    store.sync_wal = blocked_sync
+    return begun, release
+
+
+def _wait_for(condition: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def test_at_durability_full_a_write_is_acknowledged_only_after_its_fsync_which_holds_no_lock(
     tmp_path: Path,
 ) -> None:
@@ -345,22 +370,13 @@ def test_at_durability_full_a_write_is_acknowledged_only_after_its_fsync_which_h
     meanwhile the write lock and the connection are free: another process writes, and
     the same client claims."""
     url, path = _db(tmp_path, "full")
-    syncing, release = threading.Event(), threading.Event()
 
     async def main() -> None:
         async with QueueClient(url, inline=True) as client:
             await client.submit_many([NewTask("q", "a", "{}")])
-            store: Any = client.store
-            sync_wal = store.sync_wal
-
-            def slow_sync() -> None:
-                syncing.set()
-                assert release.wait(10)
-                sync_wal()
-
-            store.sync_wal = slow_sync
+            begun, release = _blocking_syncs(client.store)
             submit = asyncio.create_task(client.submit_many([NewTask("q", "b", "{}")]))
-            assert await asyncio.to_thread(syncing.wait, 10)
+            assert await asyncio.to_thread(_wait_for, lambda: len(begun) == 1)
             await asyncio.sleep(0.05)
             assert not submit.done(), "acknowledged before its fsync"
             # the lock is free: another connection writes at once (it would wait 0 s)
@@ -377,24 +393,6 @@ def test_at_durability_full_a_write_is_acknowledged_only_after_its_fsync_which_h
             assert submitted.created
 
     asyncio.run(main())
-
-
-def _blocking_syncs(store: Any) -> tuple[list[threading.Event], threading.Event]:
-    """Make each fsync of ``store`` wait until the test lets it go: returns the list of
-    syncs begun (an event each, set when one starts) and the event that lets them go."""
-    begun: list[threading.Event] = []
-    release = threading.Event()
-    sync_wal = store.sync_wal
-
-    def blocked_sync() -> None:
-        started = threading.Event()
-        begun.append(started)
-        started.set()
-        assert release.wait(10)
-        sync_wal()
-
-    store.sync_wal = blocked_sync
-    return begun, release
 
 
 def _committed_states(path: Path, ids: list[int]) -> list[str]:
@@ -442,15 +440,6 @@ def test_at_durability_full_group_commits_go_on_while_an_fsync_runs_and_one_fsyn
             assert len(begun) == 2
 
     asyncio.run(main())
-
-
-def _wait_for(condition: Any, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def test_at_durability_full_a_submit_rings_the_workers_bell_before_its_fsync_ends(
