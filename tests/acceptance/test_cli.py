@@ -87,6 +87,8 @@ def test_bench_queue_json(tmp_path: Path) -> None:
     assert result["throughput_tps"] > 0
     assert result["event_loop"] == "uvloop"  # 'auto' where uvloop is installed
     assert result["worker_failures"] == 0
+    assert result["pacing"] == "closed"  # each submit waited for the last one's answer
+    assert result["overhead_submits"] > 0
     # what each phase cost in CPU, read from /proc: the workers did the tasks' work,
     # the bench's own process submitted them; both took some time for every task
     for phase in ("throughput", "overhead"):
@@ -109,6 +111,7 @@ def test_bench_queue_measures_overhead_at_a_chosen_rate(tmp_path: Path) -> None:
         "200",
         "--overhead-seconds",
         "1",
+        "--open-loop",
         "--json",
         cwd=tmp_path,
     )
@@ -116,6 +119,9 @@ def test_bench_queue_measures_overhead_at_a_chosen_rate(tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     assert result["overhead_rate_tps"] == 200
     assert result["overhead_tasks"] == 200  # one second at 200 tasks/s
+    # on a fixed schedule: a submit in each millisecond a task came due in
+    assert result["pacing"] == "open"
+    assert 0 < result["overhead_submits"] <= 200
     # the parts add up: submit -> claimed, claimed -> committed (the work taken off)
     assert result["queue_wait_p50_ms"] >= 0 and result["run_overhead_p50_ms"] >= 0
     # the agent's own sleep can only be late, never early

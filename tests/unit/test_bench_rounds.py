@@ -26,6 +26,8 @@ ROUND = QueueBenchResult(
     sleep_late_p50_ms=0.4,
     sleep_late_p99_ms=2.0,
     overhead_tasks=20000,
+    pacing="closed",
+    overhead_submits=10000,
     event_loop="uvloop",
     worker_failures=0,
     elapsed_s=4.0,
@@ -51,10 +53,11 @@ def test_rounds_report_the_median_of_each_number_and_the_range_of_the_main_ones(
     # failures and time add up; what describes the run is taken as it is
     assert report["worker_failures"] == 1
     assert report["elapsed_s"] == 12.0
-    assert (report["durability"], report["work"], report["event_loop"]) == (
+    assert (report["durability"], report["work"], report["event_loop"], report["pacing"]) == (
         "normal",
         "sleep:10ms",
         "uvloop",
+        "closed",
     )
 
 

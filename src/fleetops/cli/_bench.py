@@ -39,6 +39,12 @@ def queue(
         help="Run the whole benchmark this many times, each on a new store, and report "
         "the median of each number and the range of the main ones.",
     ),
+    open_loop: bool = typer.Option(
+        False,
+        "--open-loop",
+        help="Overhead phase: submit every millisecond on a fixed schedule, not waiting "
+        "for earlier submits to be acknowledged.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
 ) -> None:
@@ -54,6 +60,7 @@ def queue(
         overhead_rate=overhead_rate,
         overhead_seconds=overhead_seconds,
         event_loop=event_loop,
+        open_loop=open_loop,
     )
     results = []
     with user_errors(), progress_bar("throughput") as update:
