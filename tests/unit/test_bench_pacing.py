@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
+
 from fleetops._clock import SystemClock
+from fleetops._exceptions import StoreError
 from fleetops.bench._queue import _submit_paced
 from fleetops.store import NewTask, Submitted
 
@@ -75,3 +78,19 @@ def test_closed_loop_submits_one_at_a_time_and_slow_acknowledgements_grow_its_ba
     assert sorted(ids) == list(range(1, 41))
     assert submits == len(client.batches) < 40
     assert max(client.batches) > 1  # what came due while it waited went together
+
+
+class FailingThirdSubmit(SlowAcknowledgements):
+    async def submit_many(self, tasks: Sequence[NewTask]) -> list[Submitted]:
+        if len(self.batches) == 2:
+            self.batches.append(len(tasks))
+            raise StoreError("SQLite store bench.db: database or disk is full")
+        return await super().submit_many(tasks)
+
+
+@pytest.mark.parametrize("open_loop", [False, True], ids=["closed", "open"])
+def test_a_failed_submit_stops_the_pacing_with_the_store_s_own_error(open_loop: bool) -> None:
+    # the bench reports a store's failure as itself, not wrapped in a group
+    client = FailingThirdSubmit(hold=1, delay=0.001)
+    with pytest.raises(StoreError, match="disk is full"):
+        paced(client, open_loop=open_loop)

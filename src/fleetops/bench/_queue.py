@@ -461,15 +461,18 @@ async def _submit_paced(
         return ids, submits
     producers: list[asyncio.Task[list[Submitted]]] = []
     sent = ticks = 0
-    async with asyncio.TaskGroup() as group:  # a failed submit stops the bench
-        while sent < n:
-            due = min(n, int((clock.monotonic() - begin) * rate) + 1)
-            if due > sent:
-                batch = [NewTask(cluster, agent, payload) for _ in range(due - sent)]
-                producers.append(group.create_task(client.submit_many(batch)))
-                sent = due
-            ticks += 1
-            await asyncio.sleep(max(0.0, begin + ticks * tick - clock.monotonic()))
+    try:
+        async with asyncio.TaskGroup() as group:
+            while sent < n:
+                due = min(n, int((clock.monotonic() - begin) * rate) + 1)
+                if due > sent:
+                    batch = [NewTask(cluster, agent, payload) for _ in range(due - sent)]
+                    producers.append(group.create_task(client.submit_many(batch)))
+                    sent = due
+                ticks += 1
+                await asyncio.sleep(max(0.0, begin + ticks * tick - clock.monotonic()))
+    except ExceptionGroup as failed:  # the first failed submit, as the closed loop raises it
+        raise failed.exceptions[0] from None
     return [s.id for p in producers for s in p.result()], len(producers)
 
 
