@@ -23,12 +23,15 @@ from typing import Any
 import pytest
 
 from fleetops import Closed, StoreError, StoreUnavailable
+from fleetops._clock import VirtualClock
 from fleetops.queue import QueueClient
 from fleetops.queue._bell import Doorbell
 from fleetops.runtime._loop import new_event_loop
-from fleetops.store import Complete, NewTask, SqliteStore, open_store
+from fleetops.store import Complete, NewTask, SqliteStore, Submitted, open_store
 from fleetops.store import _sqlite as sqlite_module
 from fleetops.store._sqlite import LockBusy, SqliteCheckpointer
+
+T_START = 1_700_000_000.0
 
 
 def _db(tmp_path: Path, durability: str) -> tuple[str, Path]:
@@ -660,3 +663,88 @@ def test_changing_a_task_s_state_builds_no_temporary_table_per_row(tmp_path: Pat
         conn.close()
     finally:
         store.close()
+
+
+class _CountingStore(SqliteStore):
+    """Counts the transactions that submit tasks; refuses any task of queue 'refused'."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.submit_transactions = 0
+
+    def submit_groups(self, groups: Any) -> Any:
+        if any(t.queue == "refused" for tasks, _ in groups for t in tasks):
+            raise StoreError("refused on purpose")
+        result = super().submit_groups(groups)
+        self.submit_transactions += 1
+        return result
+
+    def submit(self, tasks: Any, now: float) -> Any:
+        if any(t.queue == "refused" for t in tasks):
+            raise StoreError("refused on purpose")
+        result = super().submit(tasks, now)
+        self.submit_transactions += 1
+        return result
+
+
+def _counting_factory(path: Path, stores: list[_CountingStore]) -> Any:
+    def factory(u: str) -> SqliteStore:
+        store = _CountingStore(path, durability="full")
+        store.migrate()
+        stores.append(store)
+        return store
+
+    return factory
+
+
+def test_submits_made_while_one_commits_are_committed_together_each_with_its_own_time(
+    tmp_path: Path,
+) -> None:
+    url, path = _db(tmp_path, "full")
+    stores: list[_CountingStore] = []
+    clock = VirtualClock(start=T_START)
+
+    async def main() -> list[list[Submitted]]:
+        async with QueueClient(
+            url, inline=True, clock=clock, store_factory=_counting_factory(path, stores)
+        ) as client:
+            with write_lock_held(path, 0.3):  # the first call waits for the lock
+                calls = []
+                for i in range(20):
+                    task = [NewTask("q", "a", json.dumps(i)), NewTask("q", "a", json.dumps(i))]
+                    calls.append(asyncio.create_task(client.submit_many(task)))
+                    await asyncio.sleep(0)  # the call starts and stamps its time
+                    clock.advance(1.0)
+                answers = await asyncio.gather(*calls)
+            rows = await client.run(client.store.list_tasks, None, None, None, 100)
+            stamped = {row.id: (row.payload, row.created_at) for row in rows}
+            for i, answer in enumerate(answers):
+                assert [stamped[s.id] for s in answer] == [(json.dumps(i), T_START + i)] * 2
+            return answers
+
+    answers = asyncio.run(main())
+    assert len({s.id for answer in answers for s in answer}) == 40
+    # the first call alone, then the 19 that came while it waited, in one transaction
+    assert stores[0].submit_transactions == 2
+
+
+def test_a_refused_submit_among_waiting_ones_fails_alone(tmp_path: Path) -> None:
+    url, path = _db(tmp_path, "full")
+    stores: list[_CountingStore] = []
+
+    async def main() -> tuple[list[object], int]:
+        async with QueueClient(
+            url, inline=True, store_factory=_counting_factory(path, stores)
+        ) as client:
+            with write_lock_held(path, 0.3):
+                calls = []
+                for queue in ("q", "q", "refused", "q"):
+                    calls.append(asyncio.create_task(client.submit_many([NewTask(queue, "a")])))
+                    await asyncio.sleep(0)
+                answers = await asyncio.gather(*calls, return_exceptions=True)
+            counts = await client.run(client.store.count_tasks)
+            return answers, sum(counts.values())
+
+    answers, stored = asyncio.run(main())
+    assert [type(a) for a in answers] == [list, list, StoreError, list]
+    assert stored == 3

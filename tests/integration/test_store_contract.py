@@ -184,6 +184,33 @@ def test_idempotency_within_one_batch_and_mixed_with_unkeyed(store: Store) -> No
     assert store.count_tasks() == {("q", "a", "queued"): 4}
 
 
+def test_groups_of_submits_in_one_transaction_keep_each_group_s_time_and_order(
+    store: Store,
+) -> None:
+    answers = store.submit_groups(
+        [
+            ([new_task(payload="1"), new_task(payload="2")], T0),
+            ([], T0 + 1),
+            ([new_task(payload="3", idempotency_key="g"), new_task(payload="4")], T0 + 2),
+            ([new_task(payload="5", idempotency_key="g")], T0 + 3),
+        ]
+    )
+
+    first, empty, third, fourth = answers
+    assert (len(first), empty, len(third)) == (2, [], 2)
+    # a key seen in an earlier group of the same transaction answers that task
+    assert fourth == [Submitted(third[0].id, False)]
+    rows = {row.id: row for row in store.get_tasks([s.id for s in first + third])}
+    assert [(rows[s.id].payload, rows[s.id].created_at) for s in first + third] == [
+        ("1", T0),
+        ("2", T0),
+        ("3", T0 + 2),
+        ("4", T0 + 2),
+    ]
+    assert store.count_tasks() == {("q", "a", "queued"): 4}
+    assert store.submit_groups([([], T0)]) == [[]]
+
+
 def test_idempotent_submit_through_apply(store: Store) -> None:
     results = store.apply(
         [Submit(new_task(idempotency_key="k")), Submit(new_task(idempotency_key="k"))], T0

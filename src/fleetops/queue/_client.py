@@ -3,7 +3,8 @@
 A :class:`QueueClient` owns a store connection on a thread of its own. Writes from
 many coroutines (completions, failures, effect journal entries, child submissions)
 queue up while the previous transaction commits and then go in together, so a
-thousand tasks finishing at once cost a handful of fsyncs, not a thousand.
+thousand tasks finishing at once cost a handful of fsyncs, not a thousand. Calls of
+``submit_many`` made while another one commits go in together the same way.
 
 ``inline=True`` (used by workers) runs the hot calls — claim, the group commit,
 heartbeats, submits — on the event loop itself when the store is SQLite: such a
@@ -121,9 +122,14 @@ class ChangeWatcher(Protocol):
     def close(self) -> None: ...
 
 
+#: A submit_many call waiting for a group commit: its (tasks, time) and its answer.
+_SubmitCall = tuple[tuple[list[NewTask], float], "asyncio.Future[list[Submitted]]"]
+R = TypeVar("R")
+
+
 def _settle(
-    batch: Sequence[tuple[Operation, asyncio.Future[OpResult]]],
-    results: Sequence[OpResult] | None,
+    batch: Sequence[tuple[object, asyncio.Future[R]]],
+    results: Sequence[R] | None,
     error: BaseException | None,
 ) -> None:
     """Answer a group commit's callers: each its result, or all the error."""
@@ -144,8 +150,8 @@ def _fail_all(waiters: Sequence[asyncio.Future[None]], error: BaseException) -> 
 
 
 def _settle_synced(
-    batch: Sequence[tuple[Operation, asyncio.Future[OpResult]]],
-    results: Sequence[OpResult],
+    batch: Sequence[tuple[object, asyncio.Future[R]]],
+    results: Sequence[R],
     synced: asyncio.Future[None],
 ) -> None:
     error = Closed("the queue client closed") if synced.cancelled() else synced.exception()
@@ -191,6 +197,11 @@ class QueueClient:
         #: callers waiting for the next fsync of the WAL, and the task that runs them
         self._sync_waiters: list[asyncio.Future[None]] = []
         self._syncer: asyncio.Task[None] | None = None
+        #: a submit_many call is committing; calls made meanwhile wait in _groups, and
+        #: _grouper commits them together (see submit_many)
+        self._submitting = False
+        self._groups: list[_SubmitCall] = []
+        self._grouper: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> QueueClient:
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -219,6 +230,8 @@ class QueueClient:
         if self._flusher is not None:
             self._wake.set()
             await self._flusher
+        if self._grouper is not None:  # the submits it took are committed and answered
+            await asyncio.wait([self._grouper])
         if self._syncer is not None:  # its waiters are answered whatever became of it
             await asyncio.wait([self._syncer])
         if self._store is not None:
@@ -368,16 +381,70 @@ class QueueClient:
         return result.value
 
     async def submit_many(self, tasks: Sequence[NewTask]) -> list[Submitted]:
-        """Submit many tasks in one transaction (none if one of them is refused)."""
+        """Submit many tasks in one transaction (none if one of them is refused).
+
+        Calls made while another one commits wait and are then committed together,
+        in one transaction, each stamped with the time of its own call (see
+        :meth:`_submit_groups`): concurrent producers cost a transaction for every
+        commit, not one each in turn.
+        """
+        if self._closed:
+            raise Closed("the queue client is closed")
         for task in tasks:
             check_json(task)
-        submitted, sync = await self._hot_commit(self.store.submit, list(tasks), self.clock.now())
+        now = self.clock.now()
+        if self._submitting:  # another call is committing: go with the next group
+            answer: asyncio.Future[list[Submitted]] = asyncio.get_running_loop().create_future()
+            self._groups.append(((list(tasks), now), answer))
+            return await answer
+        self._submitting = True
+        try:
+            submitted, sync = await self._hot_commit(self.store.submit, list(tasks), now)
+        finally:  # the calls that came meanwhile are committed next, whatever became of this one
+            if self._groups:
+                self._grouper = asyncio.create_task(self._submit_groups(), name="fleetops-submits")
+            else:
+                self._submitting = False
         # the bell may ring before the fsync: a worker that runs the task makes it
         # durable with its own first synced write (see fleetops.store._sqlite)
         await self.ring(Counter(t.queue for t in tasks))
         if sync:
             await self._synced()
         return submitted
+
+    async def _submit_groups(self) -> None:
+        """Commit the submit calls waiting, together, until none wait; then let the
+        next call commit by itself again."""
+        waiting: list[_SubmitCall] = []
+        try:
+            while self._groups:
+                waiting, self._groups = self._groups, []
+                await self._commit_groups(waiting)
+        except BaseException:  # cancelled: no caller may be left hanging
+            left, self._groups = [*waiting, *self._groups], []
+            _settle(left, None, Closed("the queue client stopped before the submit was answered"))
+            raise
+        finally:
+            self._submitting = False
+
+    async def _commit_groups(self, waiting: list[_SubmitCall]) -> None:
+        """One transaction for the ``waiting`` calls; should it fail, each call alone,
+        so that only a call the store refuses fails."""
+        groups = [group for group, _ in waiting]
+        try:
+            results, sync = await self._hot_commit(self.store.submit_groups, groups)
+        except Exception as exc:
+            if len(waiting) == 1:
+                _settle(waiting, None, exc)
+                return
+            for call in waiting:
+                await self._commit_groups([call])
+            return
+        await self.ring(Counter(t.queue for tasks, _ in groups for t in tasks))
+        if sync:  # answered once on disk; the next group commits meanwhile
+            self._synced().add_done_callback(partial(_settle_synced, waiting, results))
+        else:
+            _settle(waiting, results, None)
 
     async def ring(self, tasks_by_cluster: Mapping[str, int]) -> None:
         """Wake workers of the clusters in ``{cluster: tasks queued}`` on this host:

@@ -43,6 +43,13 @@ class Store(Protocol):
     # tasks
     def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]: ...
 
+    def submit_groups(
+        self, groups: Sequence[tuple[Sequence[NewTask], float]]
+    ) -> list[list[Submitted]]:
+        """Submit several groups of tasks, each stamped with its own time, in one
+        transaction; answer each group's results, in order."""
+        ...
+
     def claim(
         self,
         worker: str,

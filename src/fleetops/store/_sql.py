@@ -368,6 +368,14 @@ class SqlStore:
         with self._tx():
             return self._submit_in_tx(tasks, now)
 
+    def submit_groups(
+        self, groups: Sequence[tuple[Sequence[NewTask], float]]
+    ) -> list[list[Submitted]]:
+        if not any(tasks for tasks, _ in groups):
+            return [[] for _ in groups]
+        with self._tx():
+            return [self._submit_in_tx(tasks, now) if tasks else [] for tasks, now in groups]
+
     def _submit_in_tx(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
         if all(t.idempotency_key is None for t in tasks):
             return [Submitted(i, True) for i in self._insert_many(tasks, now)]
