@@ -748,3 +748,29 @@ def test_a_refused_submit_among_waiting_ones_fails_alone(tmp_path: Path) -> None
     answers, stored = asyncio.run(main())
     assert [type(a) for a in answers] == [list, list, StoreError, list]
     assert stored == 3
+
+
+def test_submits_waiting_on_a_store_locked_too_long_all_fail_at_once(tmp_path: Path) -> None:
+    # Tried one by one after their group failed, each would wait out the timeout
+    # again, and the last ones would get through once the lock is let go.
+    url, path = _db(tmp_path, "normal")
+
+    def factory(u: str) -> SqliteStore:
+        store = SqliteStore(path, durability="normal", lock_timeout=0.2)
+        store.migrate()
+        return store
+
+    async def main() -> tuple[list[object], int]:
+        async with QueueClient(url, inline=True, store_factory=factory) as client:
+            with write_lock_held(path, 0.7):
+                calls = []
+                for _ in range(4):
+                    calls.append(asyncio.create_task(client.submit_many([NewTask("q", "a")])))
+                    await asyncio.sleep(0)
+                answers = await asyncio.gather(*calls, return_exceptions=True)
+            counts = await client.run(client.store.count_tasks)
+            return answers, sum(counts.values())
+
+    answers, stored = asyncio.run(main())
+    assert [type(a) for a in answers] == [StoreUnavailable] * 4
+    assert stored == 0

@@ -428,13 +428,15 @@ class QueueClient:
             self._submitting = False
 
     async def _commit_groups(self, waiting: list[_SubmitCall]) -> None:
-        """One transaction for the ``waiting`` calls; should it fail, each call alone,
-        so that only a call the store refuses fails."""
+        """One transaction for the ``waiting`` calls; should the store refuse it, each
+        call alone, so that only a call the store refuses fails. An unavailable store
+        (locked too long, unreachable) fails them all at once: each alone would wait
+        as long again."""
         groups = [group for group, _ in waiting]
         try:
             results, sync = await self._hot_commit(self.store.submit_groups, groups)
         except Exception as exc:
-            if len(waiting) == 1:
+            if len(waiting) == 1 or isinstance(exc, StoreUnavailable | Closed):
                 _settle(waiting, None, exc)
                 return
             for call in waiting:
