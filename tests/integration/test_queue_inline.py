@@ -32,6 +32,8 @@ from fleetops.store import _sqlite as sqlite_module
 from fleetops.store._sqlite import LockBusy, SqliteCheckpointer
 
 T_START = 1_700_000_000.0
+#: a binary fraction of a second: virtual times add up exactly
+STEP = 1 / 64
 
 
 def _db(tmp_path: Path, durability: str) -> tuple[str, Path]:
@@ -714,12 +716,12 @@ def test_submits_made_while_one_commits_are_committed_together_each_with_its_own
                     task = [NewTask("q", "a", json.dumps(i)), NewTask("q", "a", json.dumps(i))]
                     calls.append(asyncio.create_task(client.submit_many(task)))
                     await asyncio.sleep(0)  # the call starts and stamps its time
-                    clock.advance(1.0)
+                    clock.advance(STEP)  # far below the lock timeout, on the same clock
                 answers = await asyncio.gather(*calls)
             rows = await client.run(client.store.list_tasks, None, None, None, 100)
             stamped = {row.id: (row.payload, row.created_at) for row in rows}
             for i, answer in enumerate(answers):
-                assert [stamped[s.id] for s in answer] == [(json.dumps(i), T_START + i)] * 2
+                assert [stamped[s.id] for s in answer] == [(json.dumps(i), T_START + i * STEP)] * 2
             return answers
 
     answers = asyncio.run(main())
