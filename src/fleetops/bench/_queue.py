@@ -448,13 +448,17 @@ async def _submit_paced(
     """
     tick = 0.001
     begin = clock.monotonic()
+
+    def come_due(sent: int) -> list[NewTask]:
+        """The tasks that have come due since the first ``sent``."""
+        due = min(n, int((clock.monotonic() - begin) * rate) + 1)
+        return [NewTask(cluster, agent, payload) for _ in range(due - sent)]
+
     if not open_loop:
         ids: list[int] = []
         submits = 0
         while len(ids) < n:
-            due = min(n, int((clock.monotonic() - begin) * rate) + 1)
-            if due > len(ids):
-                batch = [NewTask(cluster, agent, payload) for _ in range(due - len(ids))]
+            if batch := come_due(len(ids)):
                 ids.extend(s.id for s in await client.submit_many(batch))
                 submits += 1
             await asyncio.sleep(tick)
@@ -464,11 +468,9 @@ async def _submit_paced(
     try:
         async with asyncio.TaskGroup() as group:
             while sent < n:
-                due = min(n, int((clock.monotonic() - begin) * rate) + 1)
-                if due > sent:
-                    batch = [NewTask(cluster, agent, payload) for _ in range(due - sent)]
+                if batch := come_due(sent):
                     producers.append(group.create_task(client.submit_many(batch)))
-                    sent = due
+                    sent += len(batch)
                 ticks += 1
                 await asyncio.sleep(max(0.0, begin + ticks * tick - clock.monotonic()))
     except ExceptionGroup as failed:  # the first failed submit, as the closed loop raises it

@@ -124,12 +124,11 @@ class ChangeWatcher(Protocol):
 
 #: A submit_many call waiting for a group commit: its (tasks, time) and its answer.
 _SubmitCall = tuple[tuple[list[NewTask], float], "asyncio.Future[list[Submitted]]"]
-R = TypeVar("R")
 
 
 def _settle(
-    batch: Sequence[tuple[object, asyncio.Future[R]]],
-    results: Sequence[R] | None,
+    batch: Sequence[tuple[object, asyncio.Future[T]]],
+    results: Sequence[T] | None,
     error: BaseException | None,
 ) -> None:
     """Answer a group commit's callers: each its result, or all the error."""
@@ -150,8 +149,8 @@ def _fail_all(waiters: Sequence[asyncio.Future[None]], error: BaseException) -> 
 
 
 def _settle_synced(
-    batch: Sequence[tuple[object, asyncio.Future[R]]],
-    results: Sequence[R],
+    batch: Sequence[tuple[object, asyncio.Future[T]]],
+    results: Sequence[T],
     synced: asyncio.Future[None],
 ) -> None:
     error = Closed("the queue client closed") if synced.cancelled() else synced.exception()
@@ -392,25 +391,20 @@ class QueueClient:
             raise Closed("the queue client is closed")
         for task in tasks:
             check_json(task)
-        now = self.clock.now()
+        answer: asyncio.Future[list[Submitted]] = asyncio.get_running_loop().create_future()
+        call = ((list(tasks), self.clock.now()), answer)
         if self._submitting:  # another call is committing: go with the next group
-            answer: asyncio.Future[list[Submitted]] = asyncio.get_running_loop().create_future()
-            self._groups.append(((list(tasks), now), answer))
+            self._groups.append(call)
             return await answer
         self._submitting = True
         try:
-            submitted, sync = await self._hot_commit(self.store.submit, list(tasks), now)
+            await self._commit_groups([call])
         finally:  # the calls that came meanwhile are committed next, whatever became of this one
             if self._groups:
                 self._grouper = asyncio.create_task(self._submit_groups(), name="fleetops-submits")
             else:
                 self._submitting = False
-        # the bell may ring before the fsync: a worker that runs the task makes it
-        # durable with its own first synced write (see fleetops.store._sqlite)
-        await self.ring(Counter(t.queue for t in tasks))
-        if sync:
-            await self._synced()
-        return submitted
+        return await answer
 
     async def _submit_groups(self) -> None:
         """Commit the submit calls waiting, together, until none wait; then let the
@@ -442,6 +436,8 @@ class QueueClient:
             for call in waiting:
                 await self._commit_groups([call])
             return
+        # the bell may ring before the fsync: a worker that runs the task makes it
+        # durable with its own first synced write (see fleetops.store._sqlite)
         await self.ring(Counter(t.queue for tasks, _ in groups for t in tasks))
         if sync:  # answered once on disk; the next group commits meanwhile
             self._synced().add_done_callback(partial(_settle_synced, waiting, results))
