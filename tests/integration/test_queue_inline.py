@@ -15,10 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -174,23 +174,39 @@ class _ThreadRecordingStore(SqliteStore):
         self.sync_threads.append(threading.get_ident())
         super().sync_wal()
 
+    def forget(self) -> None:
+        self.sync_threads.clear()
 
-def test_at_durability_full_the_fsync_runs_off_the_loop_and_is_durable(
+
+S = TypeVar("S", bound=SqliteStore)
+
+
+def _recording_factory(cls: type[S], path: Path, stores: list[S]) -> Callable[[str], SqliteStore]:
+    """A store factory for the client: a ``cls`` store, migrated, with what the
+    migration did forgotten (``cls.forget``), appended to ``stores``."""
+
+    def factory(u: str) -> SqliteStore:
+        store = cls(path, durability="full")
+        store.migrate()
+        store.forget()  # type: ignore[attr-defined]
+        stores.append(store)
+        return store
+
+    return factory
+
+
+def test_at_durability_full_with_inline_syncs_off_the_fsync_runs_off_the_loop_and_is_durable(
     tmp_path: Path,
 ) -> None:
     url, path = _db(tmp_path, "full")
     stores: list[_ThreadRecordingStore] = []
-
-    def factory(u: str) -> SqliteStore:
-        store = _ThreadRecordingStore(path, durability="full")
-        store.migrate()
-        store.sync_threads.clear()  # the migration's own
-        stores.append(store)
-        return store
+    factory = _recording_factory(_ThreadRecordingStore, path, stores)
 
     async def main() -> tuple[int, list[int]]:
         loop_thread = threading.get_ident()
-        async with QueueClient(url, inline=True, store_factory=factory) as client:
+        async with QueueClient(
+            url, inline=True, inline_sync_max=0, store_factory=factory
+        ) as client:
             await client.submit_many([NewTask("q", "a", "{}") for _ in range(3)])
             claimed = await client.claim("w1", ["q"], 10, 10.0)
             done = await client.apply(Complete(claimed[0].id, claimed[0].epoch, "1", "w1", 0.0))
@@ -377,7 +393,7 @@ def test_at_durability_full_a_write_is_acknowledged_only_after_its_fsync_which_h
     url, path = _db(tmp_path, "full")
 
     async def main() -> None:
-        async with QueueClient(url, inline=True) as client:
+        async with QueueClient(url, inline=True, inline_sync_max=0) as client:
             await client.submit_many([NewTask("q", "a", "{}")])
             begun, release = _blocking_syncs(client.store)
             submit = asyncio.create_task(client.submit_many([NewTask("q", "b", "{}")]))
@@ -418,7 +434,7 @@ def test_at_durability_full_group_commits_go_on_while_an_fsync_runs_and_one_fsyn
     url, path = _db(tmp_path, "full")
 
     async def main() -> None:
-        async with QueueClient(url, inline=True) as client:
+        async with QueueClient(url, inline=True, inline_sync_max=0) as client:
             await client.submit_many([NewTask("q", "a", "{}") for _ in range(4)])
             claimed = await client.claim("w1", ["q"], 4, 30.0)
             ids = [t.id for t in claimed]
@@ -460,7 +476,7 @@ def test_at_durability_full_a_submit_rings_the_workers_bell_before_its_fsync_end
         heard = asyncio.Event()
         bell.listen(heard.set)
         try:
-            async with QueueClient(url, inline=True) as client:
+            async with QueueClient(url, inline=True, inline_sync_max=0) as client:
                 await client.run(
                     client.store.register_worker,
                     "w1",
@@ -490,12 +506,15 @@ def test_at_durability_full_a_submit_rings_the_workers_bell_before_its_fsync_end
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("where", ["thread", "loop"])
 def test_a_failed_fsync_fails_every_write_it_was_to_cover(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """The inline client at durability full: a group commit's callers get the fsync's
-    error, not an acknowledgement, and the client goes on (the next fsync may work)."""
+    error, not an acknowledgement, and the client goes on (the next fsync may work),
+    whether the fsync runs on the store thread or on the loop."""
     url, path = _db(tmp_path, "full")
+    inline_sync_max = 0.0 if where == "thread" else 60.0
     failing = threading.Event()
     real = sqlite_module._fdatasync
 
@@ -507,9 +526,10 @@ def test_a_failed_fsync_fails_every_write_it_was_to_cover(
     monkeypatch.setattr(sqlite_module, "_fdatasync", flaky_fdatasync)
 
     async def main() -> None:
-        async with QueueClient(url, inline=True) as client:
+        async with QueueClient(url, inline=True, inline_sync_max=inline_sync_max) as client:
             await client.submit_many([NewTask("q", "a", "{}") for _ in range(3)])
             claimed = await client.claim("w1", ["q"], 3, 30.0)
+            synced_inline = client.syncs_inline
             failing.set()
             ops = [Complete(t.id, t.epoch, "1", "w1", 0.0) for t in claimed[:2]]
             outcomes = await asyncio.gather(
@@ -517,6 +537,7 @@ def test_a_failed_fsync_fails_every_write_it_was_to_cover(
             )
             assert all(isinstance(o, StoreError) for o in outcomes), outcomes
             assert "cannot sync the WAL" in str(outcomes[0])
+            assert (client.syncs_inline > synced_inline) == (where == "loop")
             failing.clear()
             last = claimed[2]
             assert (await client.apply(Complete(last.id, last.epoch, "1", "w1", 0.0))).ok
@@ -530,7 +551,7 @@ def test_a_write_waiting_for_an_fsync_that_is_cancelled_fails_and_does_not_hang(
     url, _ = _db(tmp_path, "full")
 
     async def main() -> None:
-        async with QueueClient(url, inline=True) as client:
+        async with QueueClient(url, inline=True, inline_sync_max=0) as client:
             begun, release = _blocking_syncs(client.store)
             try:
                 submit = asyncio.create_task(client.submit_many([NewTask("q", "a", "{}")]))
@@ -544,6 +565,116 @@ def test_a_write_waiting_for_an_fsync_that_is_cancelled_fails_and_does_not_hang(
                 await asyncio.wait_for(submit, 10)
 
     asyncio.run(main())
+
+
+class _SyncThreadStore(SqliteStore):
+    """Notes each COMMIT and each fsync of the WAL: the thread it ran on and the WAL's
+    size then. ``delay`` seconds are slept before each fsync (a slow disk)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[tuple[str, int, int]] = []
+        self.delay = 0.0
+
+    def _wal_size(self) -> int:
+        return os.stat(f"{self.path}-wal").st_size
+
+    def _retrying(self, sql: str, params: Any = ()) -> Any:
+        cursor = super()._retrying(sql, params)
+        if sql == "COMMIT":
+            self.events.append(("commit", threading.get_ident(), self._wal_size()))
+        return cursor
+
+    def sync_wal(self) -> None:
+        time.sleep(self.delay)
+        super().sync_wal()
+        self.events.append(("sync", threading.get_ident(), self._wal_size()))
+
+    def syncs(self) -> list[int]:
+        return [thread for kind, thread, _ in self.events if kind == "sync"]
+
+    def forget(self) -> None:
+        self.events.clear()
+
+
+def test_at_durability_full_a_quick_fsync_runs_on_the_loop_after_its_commit_and_before_the_answer(
+    tmp_path: Path,
+) -> None:
+    """Once a client has timed its disk as quick, the fsync of a submit or a
+    completion runs on the event loop, right after the COMMIT and before the caller
+    is answered; a claim still takes none. The first fsync, before any was timed,
+    runs on the store thread."""
+    url, path = _db(tmp_path, "full")
+    stores: list[_SyncThreadStore] = []
+
+    async def main() -> tuple[int, list[int]]:
+        loop_thread = threading.get_ident()
+        async with QueueClient(
+            url,
+            inline=True,
+            inline_sync_max=60.0,
+            store_factory=_recording_factory(_SyncThreadStore, path, stores),
+        ) as client:
+            store = stores[0]
+            first = await client.submit_many([NewTask("q", "a", "{}")])
+            ((_, first_sync, _),) = [e for e in store.events if e[0] == "sync"]
+            assert first_sync != loop_thread, "the first fsync, not yet timed, goes to the thread"
+            store.events.clear()
+            submitted = await client.submit_many([NewTask("q", "b", "{}")])
+            # answered: its COMMIT and then an fsync covering it, both on the loop
+            (commit, synced) = store.events
+            assert commit[:2] == ("commit", loop_thread) and synced[:2] == ("sync", loop_thread)
+            assert synced[2] >= commit[2]
+            store.events.clear()
+            claimed = await client.claim("w1", ["q"], 10, 30.0)
+            assert [kind for kind, _, _ in store.events] == ["commit"]
+            store.events.clear()
+            done = await client.apply(Complete(claimed[1].id, claimed[1].epoch, "1", "w1", 0.0))
+            assert done.ok
+            assert [e[:2] for e in store.events] == [("commit", loop_thread), ("sync", loop_thread)]
+            assert client.syncs_inline == 2 and client.syncs_on_thread == 1
+            assert [t.id for t in claimed] == [first[0].id, submitted[0].id]
+            return loop_thread, [t.id for t in claimed]
+
+    _, ids = asyncio.run(main())
+    # what the client acknowledged is in the file, as another connection sees it
+    assert _committed_states(path, ids) == ["running", "succeeded"]
+
+
+def test_a_slow_fsync_sends_the_next_ones_to_the_thread_until_the_disk_is_quick_again(
+    tmp_path: Path,
+) -> None:
+    """A slow disk must not keep blocking the event loop: after a slow fsync the
+    next ones run on the store thread, and once they are quick again, on the loop."""
+    url, path = _db(tmp_path, "full")
+    stores: list[_SyncThreadStore] = []
+
+    async def main() -> tuple[int, list[int], int]:
+        loop_thread = threading.get_ident()
+        async with QueueClient(
+            url,
+            inline=True,
+            inline_sync_max=0.05,
+            store_factory=_recording_factory(_SyncThreadStore, path, stores),
+        ) as client:
+            store = stores[0]
+            for _ in range(2):
+                await client.submit_many([NewTask("q", "a", "{}")])
+            assert store.syncs()[1] == loop_thread, "a quick disk: the second fsync is inline"
+            store.delay = 0.8  # far over inline_sync_max / SYNC_AVERAGE_WEIGHT
+            await client.submit_many([NewTask("q", "a", "{}")])
+            slow = len(store.syncs()) - 1
+            store.delay = 0.0
+            for _ in range(40):
+                await client.submit_many([NewTask("q", "a", "{}")])
+                if store.syncs()[-1] == loop_thread:
+                    break
+            return loop_thread, store.syncs(), slow
+
+    loop_thread, threads, slow = asyncio.run(main())
+    assert threads[slow] == loop_thread  # it was not known to be slow before it ran
+    assert threads[slow + 1] != loop_thread, "the fsync after a slow one must go to the thread"
+    assert threads[-1] == loop_thread, "quick again, the fsyncs must come back to the loop"
 
 
 class _SyncRecordingStore(SqliteStore):
@@ -681,22 +812,15 @@ class _CountingStore(SqliteStore):
         self.submit_transactions += 1
         return result
 
+    def forget(self) -> None:
+        self.submit_transactions = 0
+
     def submit(self, tasks: Any, now: float) -> Any:
         if any(t.queue == "refused" for t in tasks):
             raise StoreError("refused on purpose")
         result = super().submit(tasks, now)
         self.submit_transactions += 1
         return result
-
-
-def _counting_factory(path: Path, stores: list[_CountingStore]) -> Any:
-    def factory(u: str) -> SqliteStore:
-        store = _CountingStore(path, durability="full")
-        store.migrate()
-        stores.append(store)
-        return store
-
-    return factory
 
 
 def test_submits_made_while_one_commits_are_committed_together_each_with_its_own_time(
@@ -708,7 +832,10 @@ def test_submits_made_while_one_commits_are_committed_together_each_with_its_own
 
     async def main() -> list[list[Submitted]]:
         async with QueueClient(
-            url, inline=True, clock=clock, store_factory=_counting_factory(path, stores)
+            url,
+            inline=True,
+            clock=clock,
+            store_factory=_recording_factory(_CountingStore, path, stores),
         ) as client:
             with write_lock_held(path, 0.3):  # the first call waits for the lock
                 calls = []
@@ -736,7 +863,7 @@ def test_a_refused_submit_among_waiting_ones_fails_alone(tmp_path: Path) -> None
 
     async def main() -> tuple[list[object], int]:
         async with QueueClient(
-            url, inline=True, store_factory=_counting_factory(path, stores)
+            url, inline=True, store_factory=_recording_factory(_CountingStore, path, stores)
         ) as client:
             with write_lock_held(path, 0.3):
                 calls = []

@@ -366,7 +366,9 @@ def test_a_write_syncing_when_shutdown_begins_leaves_no_task_leased(sqlite_url: 
     committing = threading.Event()
 
     async def scenario() -> None:
-        async with QueueClient(f"{sqlite_url}?durability=full", inline=True) as client:
+        async with QueueClient(
+            f"{sqlite_url}?durability=full", inline=True, inline_sync_max=0
+        ) as client:
             assert client.inline, "the writes must take the inline path, whose fsync is deferred"
             store: Any = client.store
             claim, sync_wal = store.claim, store.sync_wal

@@ -160,6 +160,9 @@ class SqliteStore(SqlStore):
         self._wal_path = f"{self.path}-wal"
         self._wal_fd: int | None = None
         self._wal_inode = 0
+        #: sync_wal may run on the event loop (the inline client) while the store
+        #: thread commits (and syncs) for a call of its own: one at a time opens the fd
+        self._wal_lock = threading.Lock()
         self._depth = 0
         self._spans_conn: sqlite3.Connection | None = None
         try:
@@ -250,19 +253,23 @@ class SqliteStore(SqlStore):
         survive a power cut is unknown, so it must not be acknowledged.
         """
         try:
-            try:
-                inode = os.stat(self._wal_path).st_ino
-            except FileNotFoundError:  # no WAL: every commit is in the synced database
-                return
-            if self._wal_fd is None or inode != self._wal_inode:
-                self._open_wal()
-            assert self._wal_fd is not None
-            _fdatasync(self._wal_fd)
+            with self._wal_lock:
+                self._sync_wal_locked()
         except OSError as exc:
             raise StoreError(
                 f"SQLite store {self.path}: cannot sync the WAL to disk ({exc}): the last "
                 "write is committed but may not survive a power cut"
             ) from exc
+
+    def _sync_wal_locked(self) -> None:
+        try:
+            inode = os.stat(self._wal_path).st_ino
+        except FileNotFoundError:  # no WAL: every commit is in the synced database
+            return
+        if self._wal_fd is None or inode != self._wal_inode:
+            self._open_wal()
+        assert self._wal_fd is not None
+        _fdatasync(self._wal_fd)
 
     def _open_wal(self) -> None:
         """Open the WAL file for fsyncs, and make its name durable in its directory
@@ -471,9 +478,10 @@ class SqliteStore(SqlStore):
         self._conn.close()
         if self._spans_conn is not None:
             self._spans_conn.close()
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
-            self._wal_fd = None
+        with self._wal_lock:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
 
 
 class SqliteChangeWatcher:
