@@ -14,9 +14,9 @@ for the GIL between statements, so every other process waits too. A busy write
 lock is not waited for in SQLite: the call is retried after a pass of the event
 loop, and from the third try on after a short sleep too (see
 :data:`LOCK_BACKOFF_SECONDS`). At durability ``full`` the fsync that makes a commit
-durable runs after the write lock and the connection are released: on the loop when
-the disk has been quick (:data:`INLINE_SYNC_MAX_SECONDS`), else on the thread, where
-the next group commit does not wait for it and one fsync covers every commit made
+durable runs after the write lock and the connection are released: on the loop,
+unless the disk has just been slow (:data:`INLINE_SYNC_LIMIT_SECONDS`); then on the
+thread, where the next group commit does not wait for it and one fsync covers every commit made
 before it began (:meth:`QueueClient._synced`). Every other call stays on the thread.
 """
 
@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -68,21 +69,27 @@ LOCK_SPINS = 2
 #: 17,000 tasks/s, 6 rounds: median per-round ratio 0.83 (0.53-1.37).
 LOCK_BACKOFF_SECONDS = 0.0001
 
-#: Inline at durability ``full``, an fsync expected to take less than this runs on
-#: the event loop, right after its commit; a slower one runs on the store thread
-#: while the loop goes on. Handing a fast fsync to the thread costs more CPU than it
-#: saves (two wakeups and the GIL handed over and back, in every process, for every
-#: commit), and on two cores that CPU is what the tasks wait for. The expectation is
-#: a moving average of the syncs timed so far (:data:`SYNC_AVERAGE_WEIGHT` on the
-#: newest); the first sync of a client runs on the thread, so a slow disk never
-#: blocks the loop before it is known, and one slow sync sends the next ones to the
-#: thread. Measured on the 2-core machine (fdatasync 0.1 ms at the median) with
-#: ``bench queue`` at durability full, alternated against the thread for every
-#: fsync: at half the maximum, 5 pairs, median p50 ratio 0.88 (every pair better);
-#: at a fixed 16,000 tasks/s, 6 pairs, 0.90 (every pair better), the machine 3-6 %
-#: less busy.
-INLINE_SYNC_MAX_SECONDS = 0.0002
-SYNC_AVERAGE_WEIGHT = 0.1
+#: Inline at durability ``full``, the fsync after a commit runs on the event loop,
+#: right after the COMMIT, instead of being handed to the store thread. The thread
+#: costs more than the wait: two wakeups and the GIL handed over and back, in every
+#: process, for every commit; its answer waits for the GIL too; and while an fsync
+#: blocks the loop the CPU goes to the other processes, and the work that comes
+#: meanwhile goes into the next commit together. Measured on the 2-core machine with
+#: ``bench queue`` at durability full (fsyncs there took 0.6-0.8 ms on average under
+#: that load, 0.1 ms idle), alternated against the thread for every fsync: at half
+#: the maximum, 5 pairs, median p50 ratio 0.88 (every pair better); at a fixed 16,000
+#: tasks/s, 6 pairs, 0.90 (every pair better), the machine 3-6 % less busy.
+#:
+#: A slow disk must not stall the loop, though: when the median of the last
+#: :data:`INLINE_SYNC_SAMPLES` inline fsyncs is longer than this, the fsyncs go to
+#: the thread (one at a time, each covering every commit before it) for
+#: :data:`INLINE_SYNC_BACKOFF_SECONDS`; then one is tried inline again, and if it is
+#: slow too, the thread keeps them twice as long. The median, because one fsync
+#: timed on a busy machine may include a stall of the whole host: a 10 ms limit on
+#: single fsyncs sent a quarter of a bench run's fsyncs to the thread.
+INLINE_SYNC_LIMIT_SECONDS = 0.002
+INLINE_SYNC_SAMPLES = 8
+INLINE_SYNC_BACKOFF_SECONDS = (1.0, 60.0)
 
 
 #: The most a task's payload or headers, its result, or the result of one of its
@@ -189,7 +196,7 @@ class QueueClient:
         max_batch: int = 2000,
         inline: bool = False,
         doorbells: bool = True,
-        inline_sync_max: float = INLINE_SYNC_MAX_SECONDS,
+        inline_sync_limit: float = INLINE_SYNC_LIMIT_SECONDS,
     ) -> None:
         self.url = url
         self.clock: Clock = clock or SystemClock()
@@ -213,10 +220,13 @@ class QueueClient:
         #: callers waiting for the next fsync of the WAL, and the task that runs them
         self._sync_waiters: list[asyncio.Future[None]] = []
         self._syncer: asyncio.Task[None] | None = None
-        #: fsyncs expected to be faster than this run on the loop (0: never); the
-        #: expectation, in seconds, is None until one was timed
-        self._inline_sync_max = inline_sync_max
-        self._sync_seconds: float | None = None
+        #: inline fsyncs slower than this (their median) send the next ones to the
+        #: thread until _inline_after (monotonic), for a back-off that doubles while
+        #: they stay slow (0: every fsync on the thread)
+        self._inline_sync_limit = inline_sync_limit
+        self._inline_after = 0.0
+        self._inline_backoff = INLINE_SYNC_BACKOFF_SECONDS[0]
+        self._inline_took: deque[float] = deque(maxlen=INLINE_SYNC_SAMPLES)
         #: fsyncs run on the event loop and on the store thread so far
         self.syncs_inline = 0
         self.syncs_on_thread = 0
@@ -348,8 +358,8 @@ class QueueClient:
         """A future done once an fsync of the WAL that began after this call has
         ended: every commit made so far, by this client or any other, is then on disk.
 
-        An fsync expected to be quick runs here and now, on the loop (see
-        :data:`INLINE_SYNC_MAX_SECONDS`): the future is done when this returns.
+        The fsync runs here and now, on the loop, unless a recent one was slow (see
+        :data:`INLINE_SYNC_LIMIT_SECONDS`): the future is then done when this returns.
         Otherwise the fsyncs run one at a time on the store thread, with the
         connection free for the next calls (they use a file descriptor of their own,
         see fleetops.store._sqlite). Whoever asks while one runs waits for the next,
@@ -358,42 +368,42 @@ class QueueClient:
         """
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         thread_idle = self._syncer is None or self._syncer.done()
-        expected = self._sync_seconds
-        if thread_idle and expected is not None and expected < self._inline_sync_max:
+        began = self.clock.monotonic()
+        if thread_idle and self._inline_sync_limit > 0 and began >= self._inline_after:
             try:
-                self._note_sync(self._timed_sync())
+                self._sync_wal()
             except Exception as exc:  # nothing it covers may be acknowledged
                 waiter.set_exception(exc)
             else:
                 waiter.set_result(None)
             self.syncs_inline += 1
+            ended = self.clock.monotonic()
+            took = self._inline_took
+            took.append(ended - began)
+            if statistics.median(took) > self._inline_sync_limit:
+                took.clear()  # after the back-off, one inline fsync decides again
+                self._inline_after = ended + self._inline_backoff
+                self._inline_backoff = min(self._inline_backoff * 2, INLINE_SYNC_BACKOFF_SECONDS[1])
+            elif took[-1] <= self._inline_sync_limit:
+                self._inline_backoff = INLINE_SYNC_BACKOFF_SECONDS[0]
             return waiter
         self._sync_waiters.append(waiter)
         if thread_idle:
             self._syncer = asyncio.create_task(self._sync_loop(), name="fleetops-wal-sync")
         return waiter
 
-    def _timed_sync(self) -> float:
-        """fsync the WAL (on whichever thread calls this); answer the seconds it took."""
+    def _sync_wal(self) -> None:
         from ..store._sqlite import SqliteStore
 
         store = self.store
         assert isinstance(store, SqliteStore)
-        began = time.perf_counter()
         store.sync_wal()
-        return time.perf_counter() - began
-
-    def _note_sync(self, seconds: float) -> None:
-        last = self._sync_seconds
-        self._sync_seconds = (
-            seconds if last is None else last + SYNC_AVERAGE_WEIGHT * (seconds - last)
-        )
 
     async def _sync_loop(self) -> None:
         while self._sync_waiters:
             waiters, self._sync_waiters = self._sync_waiters, []
             try:
-                took = await self._on_thread(self._timed_sync)
+                await self._on_thread(self._sync_wal)
             except Exception as exc:  # nothing it covers may be acknowledged
                 _fail_all(waiters, exc)
                 continue
@@ -404,7 +414,6 @@ class QueueClient:
                 raise
             finally:
                 self.syncs_on_thread += 1
-            self._note_sync(took)
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
