@@ -85,9 +85,12 @@ LOCK_BACKOFF_SECONDS = 0.0001
 #: the thread (one at a time, each covering every commit before it) for
 #: :data:`INLINE_SYNC_BACKOFF_SECONDS`; then one is tried inline again, and if it is
 #: slow too, the thread keeps them twice as long. The median, because one fsync
-#: timed on a busy machine may include a stall of the whole host: a 10 ms limit on
-#: single fsyncs sent a quarter of a bench run's fsyncs to the thread.
-INLINE_SYNC_LIMIT_SECONDS = 0.002
+#: timed on a busy machine includes the time its process waited for a CPU: with a
+#: 2 ms limit (on the median as well as on single fsyncs) the bench sent a fifth to
+#: a third of its fsyncs back to the thread, and gained nothing (6 pairs, p50 ratio
+#: 1.02). At 10 ms none went, and 6 more pairs at half the maximum gave 0.91 (4
+#: better), the machine less busy in every pair.
+INLINE_SYNC_LIMIT_SECONDS = 0.01
 INLINE_SYNC_SAMPLES = 8
 INLINE_SYNC_BACKOFF_SECONDS = (1.0, 60.0)
 
