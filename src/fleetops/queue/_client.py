@@ -16,8 +16,9 @@ loop, and from the third try on after a short sleep too (see
 :data:`LOCK_BACKOFF_SECONDS`). At durability ``full`` the fsync that makes a commit
 durable runs after the write lock and the connection are released: on the loop,
 unless the disk has just been slow (:data:`INLINE_SYNC_LIMIT_SECONDS`); then on the
-thread, where the next group commit does not wait for it and one fsync covers every commit made
-before it began (:meth:`QueueClient._synced`). Every other call stays on the thread.
+thread, where the next group commit does not wait for it and one fsync covers every
+commit made before it began (:meth:`QueueClient._synced`). Every other call stays on
+the thread.
 """
 
 from __future__ import annotations
