@@ -568,30 +568,51 @@ def test_a_write_waiting_for_an_fsync_that_is_cancelled_fails_and_does_not_hang(
     asyncio.run(main())
 
 
-class _SyncThreadStore(SqliteStore):
+class _SyncRecordingStore(SqliteStore):
+    """Notes each COMMIT and each fsync of the WAL, with the WAL's size at each: an
+    fsync covers a commit when it comes after it and the file held it by then."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[tuple[Any, ...]] = []
+
+    def _wal_size(self) -> int:
+        return os.stat(f"{self.path}-wal").st_size
+
+    def _note(self, kind: str) -> None:
+        self.events.append((kind, self._wal_size()))
+
+    def _retrying(self, sql: str, params: Any = ()) -> Any:
+        cursor = super()._retrying(sql, params)
+        if sql == "COMMIT":
+            # SQLite itself must not wait for the disk inside COMMIT, with the lock held
+            assert self._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+            self._note("commit")
+        return cursor
+
+    def take(self) -> list[str]:
+        kinds = [kind for kind, _ in self.events]
+        self.events.clear()
+        return kinds
+
+
+class _SyncThreadStore(_SyncRecordingStore):
     """Notes each COMMIT and each fsync of the WAL: the thread it ran on and the WAL's
     size then. Each fsync advances ``clock`` by ``delay`` seconds (a slow disk)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.events: list[tuple[str, int, int]] = []
         self.delay = 0.0
         self.clock: VirtualClock | None = None
 
-    def _wal_size(self) -> int:
-        return os.stat(f"{self.path}-wal").st_size
-
-    def _retrying(self, sql: str, params: Any = ()) -> Any:
-        cursor = super()._retrying(sql, params)
-        if sql == "COMMIT":
-            self.events.append(("commit", threading.get_ident(), self._wal_size()))
-        return cursor
+    def _note(self, kind: str) -> None:
+        self.events.append((kind, threading.get_ident(), self._wal_size()))
 
     def sync_wal(self) -> None:
         super().sync_wal()
         if self.clock is not None:
             self.clock.advance(self.delay)
-        self.events.append(("sync", threading.get_ident(), self._wal_size()))
+        self._note("sync")
 
     def syncs(self) -> list[int]:
         return [thread for kind, thread, _ in self.events if kind == "sync"]
@@ -689,31 +710,6 @@ def test_a_slow_disk_sends_the_fsyncs_to_the_thread_for_a_while_longer_if_still_
     assert 1 <= slow < 20, "slow inline fsyncs must send the next ones to the thread"
     assert where[7 : 7 + slow] == ["loop"] * (slow - 1) + ["thread"]
     assert where[7 + slow :] == ["thread", "loop", "thread", "loop", "loop"]
-
-
-class _SyncRecordingStore(SqliteStore):
-    """Notes each COMMIT and each fsync of the WAL, with the WAL's size at each: an
-    fsync covers a commit when it comes after it and the file held it by then."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.events: list[tuple[str, int]] = []
-
-    def _wal_size(self) -> int:
-        return os.stat(f"{self.path}-wal").st_size
-
-    def _retrying(self, sql: str, params: Any = ()) -> Any:
-        cursor = super()._retrying(sql, params)
-        if sql == "COMMIT":
-            # SQLite itself must not wait for the disk inside COMMIT, with the lock held
-            assert self._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-            self.events.append(("commit", self._wal_size()))
-        return cursor
-
-    def take(self) -> list[str]:
-        kinds = [kind for kind, _ in self.events]
-        self.events.clear()
-        return kinds
 
 
 def test_at_durability_full_only_what_is_acknowledged_waits_for_the_disk(
