@@ -77,9 +77,12 @@ LOCK_BACKOFF_SECONDS = 0.0001
 #: blocks the loop the CPU goes to the other processes, and the work that comes
 #: meanwhile goes into the next commit together. Measured on the 2-core machine with
 #: ``bench queue`` at durability full (fsyncs there took 0.6-0.8 ms on average under
-#: that load, 0.1 ms idle), alternated against the thread for every fsync: at half
-#: the maximum, 5 pairs, median p50 ratio 0.88 (every pair better); at a fixed 16,000
-#: tasks/s, 6 pairs, 0.90 (every pair better), the machine 3-6 % less busy.
+#: that load, 0.1 ms idle), 27 pairs alternated against the thread for every fsync:
+#: the machine less busy in 26 (by 0.01-0.06 of its two cores); the median overhead
+#: less in 19, per-pair ratio 0.92 at the median, but that varied from set to set:
+#: 0.88 (half the maximum, 5 pairs) and 0.90 (16,000 tasks/s, 6) with every fsync
+#: inline, then with this code 0.91 (half the maximum, 6) and 1.05 (14,000 tasks/s,
+#: 10, the p99 1.19 there).
 #:
 #: A slow disk must not stall the loop, though: when the median of the last
 #: :data:`INLINE_SYNC_SAMPLES` inline fsyncs is longer than this, the fsyncs go to
@@ -89,8 +92,7 @@ LOCK_BACKOFF_SECONDS = 0.0001
 #: timed on a busy machine includes the time its process waited for a CPU: with a
 #: 2 ms limit (on the median as well as on single fsyncs) the bench sent a fifth to
 #: a third of its fsyncs back to the thread, and gained nothing (6 pairs, p50 ratio
-#: 1.02). At 10 ms none went, and 6 more pairs at half the maximum gave 0.91 (4
-#: better), the machine less busy in every pair.
+#: 1.02). At 10 ms none went.
 INLINE_SYNC_LIMIT_SECONDS = 0.01
 INLINE_SYNC_SAMPLES = 8
 INLINE_SYNC_BACKOFF_SECONDS = (1.0, 60.0)
