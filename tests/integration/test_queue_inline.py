@@ -7,6 +7,7 @@ process does, and checks what the inline client does meanwhile.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import socket
@@ -29,8 +30,10 @@ from fleetops.queue._bell import Doorbell
 from fleetops.queue._client import INLINE_SYNC_BACKOFF_SECONDS
 from fleetops.runtime._loop import new_event_loop
 from fleetops.store import Complete, NewTask, SqliteStore, Submitted, open_store
+from fleetops.store import _aio as aio_module
 from fleetops.store import _sqlite as sqlite_module
-from fleetops.store._sqlite import LockBusy, SqliteCheckpointer
+from fleetops.store._aio import AsyncFsync, Refused
+from fleetops.store._sqlite import WAL_FRAME_BYTES, LockBusy, SqliteCheckpointer
 
 T_START = 1_700_000_000.0
 #: a binary fraction of a second: virtual times add up exactly
@@ -206,7 +209,7 @@ def test_at_durability_full_with_inline_syncs_off_the_fsync_runs_off_the_loop_an
     async def main() -> tuple[int, list[int]]:
         loop_thread = threading.get_ident()
         async with QueueClient(
-            url, inline=True, inline_sync_limit=0, store_factory=factory
+            url, inline=True, inline_sync_limit=0, kernel_fsync=False, store_factory=factory
         ) as client:
             await client.submit_many([NewTask("q", "a", "{}") for _ in range(3)])
             claimed = await client.claim("w1", ["q"], 10, 10.0)
@@ -334,7 +337,7 @@ def _largest_wal(tmp_path: Path, restart_frames: int) -> tuple[int, int]:
     open_store(url).close()  # the schema
     wal = Path(f"{path}-wal")
     checkpointer = SqliteCheckpointer(
-        path, durability="normal", interval=0.02, restart_frames=restart_frames
+        path, durability="normal", interval=0.02, restart_frames=restart_frames, fill_ahead=0
     )
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "2.0"])
     largest = 0
@@ -358,6 +361,137 @@ def test_the_wal_starts_over_under_steady_writes_instead_of_growing(tmp_path: Pa
     grown, none = _largest_wal(tmp_path / "passive-only", 10**9)
     assert restarts > 0 and none == 0
     assert bounded * 3 < grown, f"with restarts {bounded} bytes, without {grown}"
+
+
+FILLED_WRITER = """
+import os, sys
+from fleetops.store import NewTask, SqliteStore
+from fleetops.store._sqlite import SqliteCheckpointer
+path = sys.argv[1]
+store = SqliteStore(path, durability="full")
+store.migrate()
+store.set_autocheckpoint(0)  # as an inline worker's: the WAL keeps every frame
+store.submit([NewTask("q", "a", '{"n": 0}')], 1.0)
+wal = path + "-wal"
+checkpointer = SqliteCheckpointer(path, durability="full", interval=3600, fill_ahead=1 << 20)
+frames = (os.path.getsize(wal) - 32) // (4096 + 24)
+assert checkpointer.fill(frames) > 0
+filled = os.path.getsize(wal)
+for n in range(1, 51):  # each acknowledged: committed and synced, over the zeros
+    store.submit([NewTask("q", "a", '{"n": %d}' % n)], 1.0)
+print(filled, os.path.getsize(wal), flush=True)
+sys.stdin.read()  # killed here, without a checkpoint or a clean close
+"""
+
+
+def test_a_filled_wal_keeps_every_commit_written_over_its_zeros_through_a_crash(
+    tmp_path: Path,
+) -> None:
+    """The checkpointer writes zeros into the WAL file ahead of its last frame; the
+    writers' frames then go over them. A process killed after 50 acknowledged
+    submits leaves a WAL of frames followed by zeros: recovery keeps all 50 commits
+    (it stops at the first zero frame, which is no frame) and the database is whole."""
+    _, path = _db(tmp_path, "full")
+    with subprocess.Popen(
+        [sys.executable, "-c", FILLED_WRITER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as writer:
+        watchdog = threading.Timer(60, writer.kill)  # a writer stuck on a broken WAL
+        watchdog.start()
+        try:
+            assert writer.stdout is not None
+            line = writer.stdout.readline()
+        finally:
+            watchdog.cancel()
+            writer.kill()  # SIGKILL: no checkpoint, no clean close
+            writer.wait(10)
+    assert line, "the writer died before its submits were acknowledged"
+    filled, after = map(int, line.split())
+    assert filled >= (1 << 20), "the WAL was written out ahead"
+    assert after == filled, "the 50 commits went over the zeros, not past the end"
+    conn = sqlite3.connect(str(path))
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    payloads = [json.loads(p)["n"] for (p,) in conn.execute("SELECT payload FROM tasks")]
+    conn.close()
+    assert sorted(payloads) == list(range(51))
+
+
+def test_the_kernel_fsyncs_real_files_and_refuses_what_has_no_fsync(tmp_path: Path) -> None:
+    """AsyncFsync on this kernel: fdatasyncs of a file, several in flight at once, are
+    each answered on the loop; a pipe, which has no fsync, is refused at once and
+    nothing is left in flight; a closed context refuses too."""
+    target = tmp_path / "data"
+
+    async def main() -> None:
+        aio = AsyncFsync.open(asyncio.get_running_loop())
+        assert aio is not None, "this kernel has AIO (Linux 4.18 or later)"
+        fd = os.open(target, os.O_RDWR | os.O_CREAT)
+        read_end, write_end = os.pipe()
+        try:
+            for n in range(5):
+                os.pwrite(fd, b"x" * 4096, n * 4096)
+            synced = [aio.fdatasync(fd) for _ in range(5)]
+            assert len(aio.inflight()) <= 5
+            assert await asyncio.wait_for(asyncio.gather(*synced), 10) == [None] * 5
+            assert aio.inflight() == []
+            with pytest.raises(Refused) as refused:
+                aio.fdatasync(write_end)
+            assert refused.value.errno == errno.EINVAL and aio.inflight() == []
+        finally:
+            aio.close()
+            for f in (fd, read_end, write_end):
+                os.close(f)
+        with pytest.raises(Refused):
+            aio.fdatasync(fd)
+
+    asyncio.run(main())
+
+
+def test_without_kernel_aio_there_is_no_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aio_module.platform, "machine", lambda: "sparc64")
+
+    async def main() -> None:
+        assert AsyncFsync.open(asyncio.get_running_loop()) is None
+
+    asyncio.run(main())
+
+
+def test_the_wal_fill_waits_for_a_free_write_lock_and_stops_at_the_wal_size_limit(
+    tmp_path: Path,
+) -> None:
+    """The zeros are written only while the checkpointer holds SQLite's write lock, so
+    no writer appends meanwhile: with the lock busy, a round writes nothing. It never
+    changes what is in the file already, and never writes past the WAL's size limit
+    (where SQLite would cut the file back)."""
+    url, path = _db(tmp_path, "normal")
+    store = open_store(url)
+    store.submit([NewTask("q", "a", "{}")], 1.0)
+    wal = Path(f"{path}-wal")
+    before = wal.read_bytes()
+    limit = 64 * WAL_FRAME_BYTES
+    checkpointer = SqliteCheckpointer(
+        path, durability="normal", interval=3600, restart_frames=64, fill_ahead=1 << 30
+    )
+    try:
+        with write_lock_held(path, 0.3) as released:
+            assert checkpointer.fill(0) == 0
+            assert wal.read_bytes() == before
+        assert released.wait(5)
+        assert checkpointer.checkpoint()  # a round: a passive checkpoint, then the fill
+        assert checkpointer.filled == limit - len(before)
+        content = wal.read_bytes()
+        assert len(content) == limit
+        assert content[: len(before)] == before and content[len(before) :].count(0) == (
+            limit - len(before)
+        )
+        assert checkpointer.fill(0) == 0  # at the limit
+        store.submit([NewTask("q", "a", "{}")], 2.0)  # and SQLite goes on writing it
+        assert len(store.list_tasks()) == 2
+    finally:
+        checkpointer.close()
+        store.close()
 
 
 def _blocking_syncs(store: Any) -> tuple[list[float], threading.Event]:
@@ -394,7 +528,7 @@ def test_at_durability_full_a_write_is_acknowledged_only_after_its_fsync_which_h
     url, path = _db(tmp_path, "full")
 
     async def main() -> None:
-        async with QueueClient(url, inline=True, inline_sync_limit=0) as client:
+        async with QueueClient(url, inline=True, inline_sync_limit=0, kernel_fsync=False) as client:
             await client.submit_many([NewTask("q", "a", "{}")])
             begun, release = _blocking_syncs(client.store)
             submit = asyncio.create_task(client.submit_many([NewTask("q", "b", "{}")]))
@@ -435,7 +569,7 @@ def test_at_durability_full_group_commits_go_on_while_an_fsync_runs_and_one_fsyn
     url, path = _db(tmp_path, "full")
 
     async def main() -> None:
-        async with QueueClient(url, inline=True, inline_sync_limit=0) as client:
+        async with QueueClient(url, inline=True, inline_sync_limit=0, kernel_fsync=False) as client:
             await client.submit_many([NewTask("q", "a", "{}") for _ in range(4)])
             claimed = await client.claim("w1", ["q"], 4, 30.0)
             ids = [t.id for t in claimed]
@@ -477,7 +611,9 @@ def test_at_durability_full_a_submit_rings_the_workers_bell_before_its_fsync_end
         heard = asyncio.Event()
         bell.listen(heard.set)
         try:
-            async with QueueClient(url, inline=True, inline_sync_limit=0) as client:
+            async with QueueClient(
+                url, inline=True, inline_sync_limit=0, kernel_fsync=False
+            ) as client:
                 await client.run(
                     client.store.register_worker,
                     "w1",
@@ -507,30 +643,46 @@ def test_at_durability_full_a_submit_rings_the_workers_bell_before_its_fsync_end
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("where", ["thread", "loop"])
+@pytest.mark.parametrize("where", ["thread", "loop", "kernel"])
 def test_a_failed_fsync_fails_every_write_it_was_to_cover(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """The inline client at durability full: a group commit's callers get the fsync's
     error, not an acknowledgement, and the client goes on (the next fsync may work),
-    whether the fsync runs on the store thread or on the loop."""
+    whether the fsync runs on the store thread, on the loop or in the kernel."""
     url, path = _db(tmp_path, "full")
     inline_sync_limit = 0.0 if where == "thread" else 60.0
     failing = threading.Event()
     real = sqlite_module._fdatasync
+    real_kernel = AsyncFsync.fdatasync
 
     def flaky_fdatasync(fd: int) -> None:
         if failing.is_set():
             raise OSError(5, "Input/output error")
         real(fd)
 
+    def flaky_kernel_fdatasync(aio: AsyncFsync, fd: int) -> asyncio.Future[None]:
+        synced = real_kernel(aio, fd)  # the kernel's own, whose answer is replaced
+        if not failing.is_set():
+            return synced
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        synced.add_done_callback(lambda _: failed.set_exception(OSError(5, "Input/output error")))
+        return failed
+
     monkeypatch.setattr(sqlite_module, "_fdatasync", flaky_fdatasync)
+    monkeypatch.setattr(AsyncFsync, "fdatasync", flaky_kernel_fdatasync)
 
     async def main() -> None:
-        async with QueueClient(url, inline=True, inline_sync_limit=inline_sync_limit) as client:
+        async with QueueClient(
+            url,
+            inline=True,
+            inline_sync_limit=inline_sync_limit,
+            kernel_fsync=where == "kernel",
+        ) as client:
+            assert (client._aio is not None) == (where == "kernel"), "this kernel has AIO"
             await client.submit_many([NewTask("q", "a", "{}") for _ in range(3)])
             claimed = await client.claim("w1", ["q"], 3, 30.0)
-            synced_inline = client.syncs_inline
+            synced_inline, synced_kernel = client.syncs_inline, client.syncs_kernel
             failing.set()
             ops = [Complete(t.id, t.epoch, "1", "w1", 0.0) for t in claimed[:2]]
             outcomes = await asyncio.gather(
@@ -538,12 +690,141 @@ def test_a_failed_fsync_fails_every_write_it_was_to_cover(
             )
             assert all(isinstance(o, StoreError) for o in outcomes), outcomes
             assert "cannot sync the WAL" in str(outcomes[0])
+            assert "Input/output error" in str(outcomes[0])
             assert (client.syncs_inline > synced_inline) == (where == "loop")
+            assert (client.syncs_kernel > synced_kernel) == (where == "kernel")
             failing.clear()
             last = claimed[2]
             assert (await client.apply(Complete(last.id, last.epoch, "1", "w1", 0.0))).ok
 
     asyncio.run(main())
+
+
+class _KernelSyncStore(SqliteStore):
+    """Notes each COMMIT and each fsync handed to the kernel, with the WAL's size at
+    each, and holds each kernel fsync's answer (once the kernel has given it) until
+    the test lets it go with :meth:`let_go`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[tuple[str, int]] = []
+        self.held: list[tuple[asyncio.Future[None], asyncio.Future[None]]] = []
+        self.holding = asyncio.Event()
+
+    def _note(self, kind: str) -> None:
+        self.events.append((kind, os.stat(f"{self.path}-wal").st_size))
+
+    def _retrying(self, sql: str, params: Any = ()) -> Any:
+        cursor = super()._retrying(sql, params)
+        if sql == "COMMIT":
+            self._note("commit")
+        return cursor
+
+    def start_wal_sync(self, start: Callable[[int], Any]) -> Any:
+        def held(fd: int) -> asyncio.Future[None]:
+            synced = start(fd)
+            self._note("sync")
+            answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.held.append((synced, answer))
+            self.holding.set()
+            return answer
+
+        return super().start_wal_sync(held)
+
+    async def let_go(self) -> None:
+        held, self.held = self.held, []
+        self.holding.clear()
+        for synced, answer in held:
+            await synced  # the kernel's fsync itself succeeded
+            answer.set_result(None)
+
+    def forget(self) -> None:
+        self.events.clear()
+
+
+def test_at_durability_full_the_kernel_fsyncs_after_the_commit_while_the_loop_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Where the kernel has AIO, the fsync of a submit or a completion is handed to it
+    right after the COMMIT; the caller is answered once the kernel is done, and the
+    event loop, the connection and the write lock are free meanwhile."""
+    url, path = _db(tmp_path, "full")
+    stores: list[_KernelSyncStore] = []
+
+    async def main() -> list[int]:
+        async with QueueClient(
+            url, inline=True, store_factory=_recording_factory(_KernelSyncStore, path, stores)
+        ) as client:
+            assert client._aio is not None, "this kernel has AIO (Linux 4.18 or later)"
+            store = stores[0]
+            submit = asyncio.create_task(client.submit_many([NewTask("q", "a", "{}")]))
+            await asyncio.wait_for(store.holding.wait(), 10)
+            (commit, committed), (sync, synced) = store.events
+            assert (commit, sync) == ("commit", "sync") and synced >= committed
+            await asyncio.sleep(0.05)
+            assert not submit.done(), "answered before the kernel's fsync"
+            # the loop and the connection are free: a claim (which needs no fsync) goes
+            # in, and so does another process's write
+            claimed = await client.claim("w1", ["q"], 10, 30.0)
+            other = sqlite3.connect(str(path), isolation_level=None, timeout=0)
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            other.close()
+            assert not submit.done()
+            await store.let_go()
+            (submitted,) = await submit
+            assert [t.id for t in claimed] == [submitted.id]
+            store.events.clear()
+            done = asyncio.create_task(
+                client.apply(Complete(claimed[0].id, claimed[0].epoch, "1", "w1", 0.0))
+            )
+            await asyncio.wait_for(store.holding.wait(), 10)
+            assert [kind for kind, _ in store.events] == ["commit", "sync"]
+            assert not done.done()
+            await store.let_go()
+            assert (await done).ok
+            assert client.syncs_kernel == 2 and client.syncs_inline == client.syncs_on_thread == 0
+            return [submitted.id]
+
+    ids = asyncio.run(main())
+    assert _committed_states(path, ids) == ["succeeded"]
+
+
+@pytest.mark.parametrize("refusal", ["EINVAL", "EAGAIN"])
+def test_when_the_kernel_will_not_fsync_the_client_does_it_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    """A kernel that refuses an fsync (EINVAL: the file system has no asynchronous
+    fsync) gets none again from this client; one whose queue is full (EAGAIN) gets the
+    next. Either way the write is synced on the loop and then answered."""
+    url, path = _db(tmp_path, "full")
+    code = getattr(errno, refusal)
+    refused: list[int] = []
+    real_kernel = AsyncFsync.fdatasync
+
+    def refusing(aio: AsyncFsync, fd: int) -> asyncio.Future[None]:
+        if not refused:
+            refused.append(fd)
+            raise Refused(code)
+        return real_kernel(aio, fd)
+
+    monkeypatch.setattr(AsyncFsync, "fdatasync", refusing)
+
+    async def main() -> None:
+        async with QueueClient(url, inline=True) as client:
+            assert client._aio is not None
+            await client.submit_many([NewTask("q", "a", "{}")])
+            assert refused and client.syncs_inline == 1 and client.syncs_kernel == 0
+            await client.submit_many([NewTask("q", "a", "{}")])
+            if refusal == "EINVAL":
+                assert client._aio is None and client.syncs_inline == 2
+            else:
+                assert client._aio is not None and client.syncs_kernel == 1
+
+    asyncio.run(main())
+    reader = open_store(url)
+    assert len(reader.list_tasks()) == 2
+    reader.close()
 
 
 def test_a_write_waiting_for_an_fsync_that_is_cancelled_fails_and_does_not_hang(
@@ -552,7 +833,7 @@ def test_a_write_waiting_for_an_fsync_that_is_cancelled_fails_and_does_not_hang(
     url, _ = _db(tmp_path, "full")
 
     async def main() -> None:
-        async with QueueClient(url, inline=True, inline_sync_limit=0) as client:
+        async with QueueClient(url, inline=True, inline_sync_limit=0, kernel_fsync=False) as client:
             begun, release = _blocking_syncs(client.store)
             try:
                 submit = asyncio.create_task(client.submit_many([NewTask("q", "a", "{}")]))
@@ -635,6 +916,7 @@ def test_at_durability_full_the_fsync_runs_on_the_loop_after_its_commit_and_befo
             url,
             inline=True,
             inline_sync_limit=60.0,
+            kernel_fsync=False,
             store_factory=_recording_factory(_SyncThreadStore, path, stores),
         ) as client:
             store = stores[0]
@@ -679,6 +961,7 @@ def test_a_slow_disk_sends_the_fsyncs_to_the_thread_for_a_while_longer_if_still_
             inline=True,
             clock=clock,
             inline_sync_limit=0.01,
+            kernel_fsync=False,
             store_factory=_recording_factory(_SyncThreadStore, path, stores),
         ) as client:
             store = stores[0]

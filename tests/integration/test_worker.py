@@ -367,7 +367,7 @@ def test_a_write_syncing_when_shutdown_begins_leaves_no_task_leased(sqlite_url: 
 
     async def scenario() -> None:
         async with QueueClient(
-            f"{sqlite_url}?durability=full", inline=True, inline_sync_limit=0
+            f"{sqlite_url}?durability=full", inline=True, inline_sync_limit=0, kernel_fsync=False
         ) as client:
             assert client.inline, "the writes must take the inline path, whose fsync is deferred"
             store: Any = client.store

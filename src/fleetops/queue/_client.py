@@ -14,17 +14,19 @@ for the GIL between statements, so every other process waits too. A busy write
 lock is not waited for in SQLite: the call is retried after a pass of the event
 loop, and from the third try on after a short sleep too (see
 :data:`LOCK_BACKOFF_SECONDS`). At durability ``full`` the fsync that makes a commit
-durable runs after the write lock and the connection are released: on the loop,
-unless the disk has just been slow (:data:`INLINE_SYNC_LIMIT_SECONDS`); then on the
-thread, where the next group commit does not wait for it and one fsync covers every
-commit made before it began (:meth:`QueueClient._synced`). Every other call stays on
-the thread.
+durable runs after the write lock and the connection are released: in the kernel
+(Linux's AIO, fleetops.store._aio), answered on the loop when it is done; where the
+kernel has none, on the loop itself, unless the disk has just been slow
+(:data:`INLINE_SYNC_LIMIT_SECONDS`); then on the thread, where the next group commit
+does not wait for it and one fsync covers every commit made before it began
+(:meth:`QueueClient._synced`). Every other call stays on the thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import json
 import statistics
 import time
@@ -46,10 +48,11 @@ from ..store import (
     Submitted,
     open_store,
 )
+from ..store._aio import AsyncFsync, Refused
 from ._bell import BellRinger
 
 if TYPE_CHECKING:
-    from ..store._sqlite import SqliteCheckpointer
+    from ..store._sqlite import SqliteCheckpointer, SqliteStore
 
 T = TypeVar("T")
 
@@ -177,6 +180,27 @@ def _fail_all(waiters: Sequence[asyncio.Future[None]], error: BaseException) -> 
             waiter.set_exception(error)
 
 
+def _answer_kernel_sync(
+    store: SqliteStore, waiter: asyncio.Future[None], synced: asyncio.Future[None]
+) -> None:
+    if waiter.done():
+        return
+    error = None if synced.cancelled() else synced.exception()
+    if synced.cancelled() or error is not None:
+        cause = error if isinstance(error, OSError) else OSError(errno.EIO, "cancelled")
+        waiter.set_exception(store.sync_failed(cause))
+    else:
+        waiter.set_result(None)
+
+
+def _close_when_idle(aio: AsyncFsync) -> None:
+    inflight = aio.inflight()
+    if inflight:
+        asyncio.gather(*inflight, return_exceptions=True).add_done_callback(lambda _: aio.close())
+    else:
+        aio.close()
+
+
 def _settle_synced(
     batch: Sequence[tuple[object, asyncio.Future[T]]],
     results: Sequence[T],
@@ -203,6 +227,7 @@ class QueueClient:
         inline: bool = False,
         doorbells: bool = True,
         inline_sync_limit: float = INLINE_SYNC_LIMIT_SECONDS,
+        kernel_fsync: bool = True,
     ) -> None:
         self.url = url
         self.clock: Clock = clock or SystemClock()
@@ -233,7 +258,13 @@ class QueueClient:
         self._inline_after = 0.0
         self._inline_backoff = INLINE_SYNC_BACKOFF_SECONDS[0]
         self._inline_took: deque[float] = deque(maxlen=INLINE_SYNC_SAMPLES)
-        #: fsyncs run on the event loop and on the store thread so far
+        #: inline at durability full, fsyncs go to the kernel's AIO where it has it
+        #: (fleetops.store._aio), unless kernel_fsync is False
+        self._want_kernel_fsync = kernel_fsync
+        self._aio: AsyncFsync | None = None
+        #: fsyncs run by the kernel for the loop, on the event loop, and on the store
+        #: thread so far
+        self.syncs_kernel = 0
         self.syncs_inline = 0
         self.syncs_on_thread = 0
         #: a submit_many call is committing; calls made meanwhile wait in _groups, and
@@ -256,6 +287,8 @@ class QueueClient:
             # own, never inline on the event loop
             store.set_autocheckpoint(0)
             self._checkpointer = SqliteCheckpointer(store.path, durability=store.durability)
+            if self._want_kernel_fsync and store.durability == "full":
+                self._aio = AsyncFsync.open(asyncio.get_running_loop())
         self._flusher = asyncio.create_task(self._flush_loop(), name="fleetops-group-commit")
         return self
 
@@ -273,6 +306,11 @@ class QueueClient:
             await asyncio.wait([self._grouper])
         if self._syncer is not None:  # its waiters are answered whatever became of it
             await asyncio.wait([self._syncer])
+        if self._aio is not None:
+            inflight = self._aio.inflight()
+            if inflight:  # their waiters are answered by their callbacks
+                await asyncio.wait(inflight)
+            self._aio.close()
         if self._store is not None:
             await self._call(self._store.close)
         if self._checkpointer is not None:
@@ -364,7 +402,8 @@ class QueueClient:
         """A future done once an fsync of the WAL that began after this call has
         ended: every commit made so far, by this client or any other, is then on disk.
 
-        The fsync runs here and now, on the loop, unless a recent one was slow (see
+        Where the kernel has AIO, it runs the fsync (:meth:`_kernel_sync`). Otherwise
+        the fsync runs here and now, on the loop, unless a recent one was slow (see
         :data:`INLINE_SYNC_LIMIT_SECONDS`): the future is then done when this returns.
         Otherwise the fsyncs run one at a time on the store thread, with the
         connection free for the next calls (they use a file descriptor of their own,
@@ -373,6 +412,12 @@ class QueueClient:
         them costs two fsyncs, not one each.
         """
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._aio is None or not self._kernel_sync(waiter):
+            self._sync_other_way(waiter)
+        return waiter
+
+    def _sync_other_way(self, waiter: asyncio.Future[None]) -> None:
+        """Answer ``waiter`` after an fsync run on the loop or on the store thread."""
         thread_idle = self._syncer is None or self._syncer.done()
         began = self.clock.monotonic()
         if thread_idle and self._inline_sync_limit > 0 and began >= self._inline_after:
@@ -392,11 +437,40 @@ class QueueClient:
                 self._inline_backoff = min(self._inline_backoff * 2, INLINE_SYNC_BACKOFF_SECONDS[1])
             elif took[-1] <= self._inline_sync_limit:
                 self._inline_backoff = INLINE_SYNC_BACKOFF_SECONDS[0]
-            return waiter
+            return
         self._sync_waiters.append(waiter)
         if thread_idle:
             self._syncer = asyncio.create_task(self._sync_loop(), name="fleetops-wal-sync")
-        return waiter
+
+    def _kernel_sync(self, waiter: asyncio.Future[None]) -> bool:
+        """Have the kernel fsync the WAL and answer ``waiter`` when it has; False if
+        it would not start one (``waiter`` is then still to be answered).
+
+        Each call starts an fsync of its own at once, even while others run: one that
+        began before the caller's commit would not cover it, and waiting for it to
+        end before starting the next would make the caller wait for two.
+        """
+        from ..store._sqlite import SqliteStore
+
+        aio = self._aio
+        store = self.store
+        assert aio is not None and isinstance(store, SqliteStore)
+        try:
+            started = store.start_wal_sync(aio.fdatasync)
+        except Refused as exc:
+            if exc.errno != errno.EAGAIN:  # never will: fsync some other way from now on
+                self._aio = None
+                asyncio.get_running_loop().call_soon(_close_when_idle, aio)
+            return False
+        except Exception as exc:  # nothing it covers may be acknowledged
+            waiter.set_exception(exc)
+            return True
+        self.syncs_kernel += 1
+        if started is None:  # no WAL: every commit is in the synced database
+            waiter.set_result(None)
+        else:
+            started.add_done_callback(partial(_answer_kernel_sync, store, waiter))
+        return True
 
     def _sync_wal(self) -> None:
         from ..store._sqlite import SqliteStore

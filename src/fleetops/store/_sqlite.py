@@ -29,11 +29,13 @@ A caller on an event loop can set :attr:`SqliteStore.nonblocking` for the length
 one call: a busy write lock then raises :class:`LockBusy` before anything was done,
 and the caller retries the call after an asynchronous wait instead of sleeping in
 the store (see ``QueueClient(inline=True)``); with :attr:`SqliteStore.defer_sync`
-the call also leaves the fsync of its commit (at durability ``full``) to
-:meth:`SqliteStore.sync_wal`, which the caller runs on a thread. Such a
-caller also turns SQLite's automatic checkpoints off on its connection and leaves
-them to a :class:`SqliteCheckpointer`: otherwise every so many commits one of them
-copies megabytes of WAL into the database file and fsyncs it, on the event loop.
+the call also leaves the fsync of its commit (at durability ``full``) to the caller:
+:meth:`SqliteStore.sync_wal` (on the loop or a thread), or an fsync the kernel runs
+(:meth:`SqliteStore.start_wal_sync`). Such a caller also turns SQLite's automatic
+checkpoints off on its connection and leaves them to a :class:`SqliteCheckpointer`:
+otherwise every so many commits one of them copies megabytes of WAL into the
+database file and fsyncs it, on the event loop. The checkpointer also writes the WAL
+file out ahead of its last frame (:meth:`SqliteCheckpointer.fill`).
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .._exceptions import ConfigError, StoreError, StoreUnavailable
 from ._models import ClaimedTask, NewTask
@@ -63,12 +65,21 @@ from ._sql import (
     task_params,
 )
 
+T = TypeVar("T")
+
 DURABILITY_LEVELS = {"full": "FULL", "normal": "NORMAL"}
 #: WAL frames (pages) past which the checkpointer makes the WAL start over (see
 #: SqliteCheckpointer): 64 MiB of 4 KiB pages.
 WAL_RESTART_FRAMES = 16384
 #: A WAL frame: a 4 KiB page and its 24-byte header.
 WAL_FRAME_BYTES = 4096 + 24
+#: The WAL file's own header, before its first frame.
+WAL_HEADER_BYTES = 32
+#: The checkpointer keeps the WAL file written out this far past its last frame (up
+#: to the WAL's size limit), in steps of :data:`WAL_FILL_STEP_BYTES` (see
+#: :meth:`SqliteCheckpointer.fill`).
+WAL_FILL_AHEAD_BYTES = 16 << 20
+WAL_FILL_STEP_BYTES = 1 << 20
 DEFAULT_DURABILITY = "full"
 #: How long a writer keeps retrying for the write lock before giving up.
 LOCK_TIMEOUT_SECONDS = 30.0
@@ -90,6 +101,39 @@ def insert_tasks_sql(n: int) -> str:
 
 #: fdatasync where the system has it (Linux), else fsync (macOS)
 _fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+class WalFile:
+    """A WAL file held open by descriptor, opened again if SQLite replaced it (a new
+    WAL after the last connection closed and deleted the old one). ``on_open`` runs
+    after each opening."""
+
+    def __init__(self, db_path: str, flags: int, on_open: Callable[[], None] | None = None) -> None:
+        self.path = f"{db_path}-wal"
+        self._flags = flags
+        self._on_open = on_open
+        self._fd: int | None = None
+        self._inode = 0
+
+    def current(self) -> int | None:
+        """The descriptor of the WAL file there now; None if there is none."""
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return None
+        if self._fd is None or inode != self._inode:
+            self.close()
+            fd = os.open(self.path, self._flags)
+            self._inode = os.fstat(fd).st_ino
+            self._fd = fd
+            if self._on_open is not None:
+                self._on_open()
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -157,9 +201,7 @@ class SqliteStore(SqlStore):
         self.sync_pending = False
         #: inside :meth:`_unsynced`: commits are not synced
         self._unsynced_depth = 0
-        self._wal_path = f"{self.path}-wal"
-        self._wal_fd: int | None = None
-        self._wal_inode = 0
+        self._wal = WalFile(str(self.path), os.O_RDONLY, self._sync_wal_directory)
         #: sync_wal may run on the event loop (the inline client) while the store
         #: thread commits (and syncs) for a call of its own: one at a time opens the fd
         self._wal_lock = threading.Lock()
@@ -256,30 +298,39 @@ class SqliteStore(SqlStore):
             with self._wal_lock:
                 self._sync_wal_locked()
         except OSError as exc:
-            raise StoreError(
-                f"SQLite store {self.path}: cannot sync the WAL to disk ({exc}): the last "
-                "write is committed but may not survive a power cut"
-            ) from exc
+            raise self.sync_failed(exc) from exc
+
+    def start_wal_sync(self, start: Callable[[int], T]) -> T | None:
+        """``start(fd)`` on the WAL file's descriptor, for an fsync that runs elsewhere
+        (see fleetops.store._aio): what it answers, or None when there is no WAL (every
+        commit is then in the synced database). The descriptor stays open while
+        ``start`` runs; an fsync the kernel has accepted holds the file itself.
+
+        Raises StoreError if the WAL cannot be opened, as :meth:`sync_wal` does.
+        """
+        try:
+            with self._wal_lock:
+                fd = self._wal.current()
+                return None if fd is None else start(fd)
+        except OSError as exc:
+            raise self.sync_failed(exc) from exc
+
+    def sync_failed(self, exc: OSError) -> StoreError:
+        """The error for a failed fsync of the WAL (``exc``, the system's)."""
+        return StoreError(
+            f"SQLite store {self.path}: cannot sync the WAL to disk ({exc}): the last "
+            "write is committed but may not survive a power cut"
+        )
 
     def _sync_wal_locked(self) -> None:
-        try:
-            inode = os.stat(self._wal_path).st_ino
-        except FileNotFoundError:  # no WAL: every commit is in the synced database
+        fd = self._wal.current()
+        if fd is None:  # no WAL: every commit is in the synced database
             return
-        if self._wal_fd is None or inode != self._wal_inode:
-            self._open_wal()
-        assert self._wal_fd is not None
-        _fdatasync(self._wal_fd)
+        _fdatasync(fd)
 
-    def _open_wal(self) -> None:
-        """Open the WAL file for fsyncs, and make its name durable in its directory
-        (SQLite does that at the first sync of a WAL it created; here the store syncs)."""
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
-            self._wal_fd = None
-        fd = os.open(self._wal_path, os.O_RDONLY)
-        self._wal_inode = os.fstat(fd).st_ino
-        self._wal_fd = fd
+    def _sync_wal_directory(self) -> None:
+        """Make a new WAL's name durable in its directory (SQLite does that at the
+        first sync of a WAL it created; here the store syncs)."""
         directory = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)
@@ -479,9 +530,7 @@ class SqliteStore(SqlStore):
         if self._spans_conn is not None:
             self._spans_conn.close()
         with self._wal_lock:
-            if self._wal_fd is not None:
-                os.close(self._wal_fd)
-                self._wal_fd = None
+            self._wal.close()
 
 
 class SqliteChangeWatcher:
@@ -529,6 +578,9 @@ class SqliteCheckpointer:
     the next writer start the WAL over. Writers wait for it (a few milliseconds, once
     every ``restart_frames`` frames); inline writers wait without blocking their
     event loop. ``journal_size_limit`` then trims the file back to that size.
+
+    After each round it writes the WAL file out ahead of its last frame, up to
+    ``fill_ahead`` bytes (0: never) and never past that size (see :meth:`fill`).
     """
 
     def __init__(
@@ -538,6 +590,7 @@ class SqliteCheckpointer:
         durability: str,
         interval: float = 0.1,
         restart_frames: int = WAL_RESTART_FRAMES,
+        fill_ahead: int = WAL_FILL_AHEAD_BYTES,
     ) -> None:
         self.interval = interval
         self.restart_frames = restart_frames
@@ -548,6 +601,13 @@ class SqliteCheckpointer:
         )
         self._conn.execute(f"PRAGMA synchronous={DURABILITY_LEVELS[durability]}")
         self._conn.execute(f"PRAGMA journal_size_limit={restart_frames * WAL_FRAME_BYTES}")
+        page_size: int = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        self._frame_bytes = page_size + 24
+        self._fill_limit = restart_frames * WAL_FRAME_BYTES
+        self.fill_ahead = fill_ahead
+        self._wal = WalFile(str(path), os.O_WRONLY)
+        #: bytes of zeros written into the WAL file so far
+        self.filled = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleetops-checkpoint", daemon=True)
         self._thread.start()
@@ -567,9 +627,62 @@ class SqliteCheckpointer:
         except sqlite3.Error:
             return False
         self.checkpoints += 1
+        if self.fill_ahead > 0:
+            try:
+                self.fill(max(frames, 0))
+            except (sqlite3.Error, OSError):  # a full disk, say: the writers grow the WAL
+                pass
         return True
+
+    def fill(self, frames: int) -> int:
+        """Write zeros into the WAL file past its last frame (``frames`` of them), up
+        to :attr:`fill_ahead` bytes past it and never past the WAL's size limit, and
+        sync them; answer the bytes written.
+
+        A commit that appends to the WAL makes the file longer, and an fsync of a file
+        that grew (or got new blocks) must commit the file system's journal too, which
+        on ext4 also makes every other writer that extends a file wait for it. Frames
+        written over blocks the file already has are plain data: their fsync flushes
+        them and nothing else. SQLite writes its WAL from the start again after each
+        restart, so a WAL that once reached its size limit is in that state; this
+        brings a new WAL there ahead of the writers. Zeros are never read as frames:
+        a frame counts only if its salts match the WAL header's and its checksum
+        follows the one before it, so recovery stops at the first zero.
+
+        Each step holds SQLite's write lock (``BEGIN IMMEDIATE``) while it writes, so
+        no writer appends meanwhile; when the lock is busy, the rest waits for the
+        next round.
+        """
+        fd = self._wal.current()
+        if fd is None:
+            return 0
+        head = WAL_HEADER_BYTES + frames * self._frame_bytes
+        want = min(self._fill_limit, head + self.fill_ahead)
+        wrote = 0
+        while os.fstat(fd).st_size < want and not self._stop.is_set():
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # a writer holds it: next round
+                break
+            try:
+                size = os.fstat(fd).st_size  # no one appends while the lock is held
+                step = min(WAL_FILL_STEP_BYTES, want - size)
+                if step > 0:
+                    wrote += os.pwrite(fd, _zeros(step), size)
+            finally:
+                self._conn.execute("COMMIT")
+        if wrote:
+            _fdatasync(fd)
+            self.filled += wrote
+        return wrote
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
         self._conn.close()
+        self._wal.close()
+
+
+@lru_cache(maxsize=4)
+def _zeros(size: int) -> bytes:
+    return bytes(size)
