@@ -700,25 +700,43 @@ def test_a_failed_fsync_fails_every_write_it_was_to_cover(
     asyncio.run(main())
 
 
-class _KernelSyncStore(SqliteStore):
+class _SyncRecordingStore(SqliteStore):
+    """Notes each COMMIT and each fsync of the WAL, with the WAL's size at each: an
+    fsync covers a commit when it comes after it and the file held it by then."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[tuple[Any, ...]] = []
+
+    def _wal_size(self) -> int:
+        return os.stat(f"{self.path}-wal").st_size
+
+    def _note(self, kind: str) -> None:
+        self.events.append((kind, self._wal_size()))
+
+    def _retrying(self, sql: str, params: Any = ()) -> Any:
+        cursor = super()._retrying(sql, params)
+        if sql == "COMMIT":
+            # SQLite itself must not wait for the disk inside COMMIT, with the lock held
+            assert self._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+            self._note("commit")
+        return cursor
+
+    def take(self) -> list[str]:
+        kinds = [kind for kind, _ in self.events]
+        self.events.clear()
+        return kinds
+
+
+class _KernelSyncStore(_SyncRecordingStore):
     """Notes each COMMIT and each fsync handed to the kernel, with the WAL's size at
     each, and holds each kernel fsync's answer (once the kernel has given it) until
     the test lets it go with :meth:`let_go`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.events: list[tuple[str, int]] = []
         self.held: list[tuple[asyncio.Future[None], asyncio.Future[None]]] = []
         self.holding = asyncio.Event()
-
-    def _note(self, kind: str) -> None:
-        self.events.append((kind, os.stat(f"{self.path}-wal").st_size))
-
-    def _retrying(self, sql: str, params: Any = ()) -> Any:
-        cursor = super()._retrying(sql, params)
-        if sql == "COMMIT":
-            self._note("commit")
-        return cursor
 
     def start_wal_sync(self, start: Callable[[int], Any]) -> Any:
         def held(fd: int) -> asyncio.Future[None]:
@@ -847,34 +865,6 @@ def test_a_write_waiting_for_an_fsync_that_is_cancelled_fails_and_does_not_hang(
                 await asyncio.wait_for(submit, 10)
 
     asyncio.run(main())
-
-
-class _SyncRecordingStore(SqliteStore):
-    """Notes each COMMIT and each fsync of the WAL, with the WAL's size at each: an
-    fsync covers a commit when it comes after it and the file held it by then."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.events: list[tuple[Any, ...]] = []
-
-    def _wal_size(self) -> int:
-        return os.stat(f"{self.path}-wal").st_size
-
-    def _note(self, kind: str) -> None:
-        self.events.append((kind, self._wal_size()))
-
-    def _retrying(self, sql: str, params: Any = ()) -> Any:
-        cursor = super()._retrying(sql, params)
-        if sql == "COMMIT":
-            # SQLite itself must not wait for the disk inside COMMIT, with the lock held
-            assert self._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-            self._note("commit")
-        return cursor
-
-    def take(self) -> list[str]:
-        kinds = [kind for kind, _ in self.events]
-        self.events.clear()
-        return kinds
 
 
 class _SyncThreadStore(_SyncRecordingStore):
