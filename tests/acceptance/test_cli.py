@@ -95,6 +95,8 @@ def test_bench_queue_json(tmp_path: Path) -> None:
         assert result[f"worker_cpu_us_per_task_{phase}_phase"] > 0
         assert result[f"submitter_cpu_us_per_task_{phase}_phase"] > 0
     assert 0 < result["cpu_busy_share_overhead_phase"] <= 1.05  # a tick of rounding
+    # at durability normal no write waits for an fsync
+    assert result["submitter_fsyncs"] == {"kernel": 0, "loop": 0, "thread": 0}
 
 
 def test_bench_queue_measures_overhead_at_a_chosen_rate(tmp_path: Path) -> None:
@@ -127,6 +129,13 @@ def test_bench_queue_measures_overhead_at_a_chosen_rate(tmp_path: Path) -> None:
     # the agent's own sleep can only be late, never early
     assert result["sleep_late_p50_ms"] >= 0
     assert result["sleep_late_p99_ms"] >= result["sleep_late_p50_ms"]
+    # at full (the default) every submit was synced before it was answered, by the
+    # submitter's event loop (or its thread, were the disk slow), not by the kernel:
+    # at least one fsync for the first phase's submit and one for the second's
+    fsyncs = result["submitter_fsyncs"]
+    assert result["durability"] == "full"
+    assert fsyncs["kernel"] == 0
+    assert fsyncs["loop"] + fsyncs["thread"] >= 2
 
 
 def test_a_bench_whose_workers_keep_failing_stops_with_a_clear_error(tmp_path: Path) -> None:

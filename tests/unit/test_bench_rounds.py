@@ -35,10 +35,17 @@ ROUND = QueueBenchResult(
 
 
 def test_rounds_report_the_median_of_each_number_and_the_range_of_the_main_ones() -> None:
+    fsyncs = {"kernel": 0, "loop": 4, "thread": 1}
     rounds = [
-        ROUND,
+        replace(ROUND, submitter_fsyncs=fsyncs),
         replace(ROUND, throughput_tps=30000.0, overhead_p50_ms=7.0, worker_failures=1),
-        replace(ROUND, throughput_tps=25000.0, overhead_p50_ms=3.0, overhead_p99_ms=30.0),
+        replace(
+            ROUND,
+            throughput_tps=25000.0,
+            overhead_p50_ms=3.0,
+            overhead_p99_ms=30.0,
+            submitter_fsyncs={**fsyncs, "loop": 5, "thread": 2},
+        ),
     ]
     report = summarize_rounds(rounds)
     assert report["rounds"] == 3
@@ -50,8 +57,9 @@ def test_rounds_report_the_median_of_each_number_and_the_range_of_the_main_ones(
         "overhead_p50_ms": [2.0, 7.0],
         "overhead_p99_ms": [9.0, 30.0],
     }
-    # failures and time add up; what describes the run is taken as it is
+    # failures, time and counts by kind add up; what describes the run is taken as it is
     assert report["worker_failures"] == 1
+    assert report["submitter_fsyncs"] == {"kernel": 0, "loop": 9, "thread": 3}
     assert report["elapsed_s"] == 12.0
     assert (report["durability"], report["work"], report["event_loop"], report["pacing"]) == (
         "normal",

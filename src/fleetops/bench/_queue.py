@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -121,6 +122,9 @@ class QueueBenchResult:
     #: the share of the machine's CPUs those processes kept busy in the overhead phase
     #: (0.5: half of them); what the overhead is measured under
     cpu_busy_share_overhead_phase: float | None = None
+    #: the fsyncs that made the submitter's writes durable (at durability full), by
+    #: where they ran: in the kernel, on its event loop, on its store thread
+    submitter_fsyncs: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -201,7 +205,10 @@ async def bench_queue(
         started = time.monotonic()
         try:
             async with (
-                QueueClient(url, clock=clock, inline=True) as client,
+                # the submitter's fsyncs run on its loop, which has nothing else to
+                # do while it waits for an acknowledgement: sooner than the kernel's
+                # (see QueueClient); the workers hand theirs to the kernel
+                QueueClient(url, clock=clock, inline=True, kernel_fsync=False) as client,
                 asyncio.TaskGroup() as tg,
             ):
                 tg.create_task(supervisor.run(stop), name="supervisor")
@@ -249,6 +256,11 @@ async def bench_queue(
                         for r in done
                         if agent == "sleep" and r.result
                     ]
+                submitter_fsyncs = {
+                    "kernel": client.syncs_kernel,
+                    "loop": client.syncs_inline,
+                    "thread": client.syncs_on_thread,
+                }
                 stop.set()
         except BaseExceptionGroup as group:  # from the TaskGroup: the supervisor is stopped
             aborted, rest = group.split(BenchAborted)
@@ -292,6 +304,7 @@ async def bench_queue(
         submitter_cpu_us_per_task_throughput_phase=cpu_max.submitter,
         submitter_cpu_us_per_task_overhead_phase=cpu_half.submitter,
         cpu_busy_share_overhead_phase=cpu_half.busy_share,
+        submitter_fsyncs=submitter_fsyncs,
     )
 
 
@@ -358,10 +371,10 @@ SUMMED = ("worker_failures", "elapsed_s")
 
 def summarize_rounds(results: Sequence[QueueBenchResult]) -> dict[str, Any]:
     """One report for rounds of the same benchmark: the median of each number over
-    the rounds, the sums of :data:`SUMMED`, the [lowest, highest] of :data:`RANGED`
-    in ``ranges``, and ``rounds``. On a machine whose speed drifts from one minute to
-    the next, one run's median says little; the median of five says more, and the
-    ranges say how much to trust it."""
+    the rounds, the sums of :data:`SUMMED` and of counts by kind (``submitter_fsyncs``),
+    the [lowest, highest] of :data:`RANGED` in ``ranges``, and ``rounds``. On a
+    machine whose speed drifts from one minute to the next, one run's median says
+    little; the median of five says more, and the ranges say how much to trust it."""
     if not results:
         raise ValueError("no rounds to summarize")
     rows = [r.as_dict() for r in results]
@@ -370,6 +383,11 @@ def summarize_rounds(results: Sequence[QueueBenchResult]) -> dict[str, Any]:
         values = [row[key] for row in rows]
         if key in SUMMED:
             report[key] = round(sum(values), 2)
+        elif any(isinstance(v, dict) for v in values):  # counts by kind: added up
+            counts: Counter[str] = Counter()
+            for value in values:
+                counts.update(value or {})
+            report[key] = dict(counts)
         elif first is None or (isinstance(first, int | float) and not isinstance(first, bool)):
             numbers = [v for v in values if v is not None]
             report[key] = round(statistics.median(numbers), 3) if numbers else None
