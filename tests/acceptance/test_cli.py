@@ -89,6 +89,8 @@ def test_bench_queue_json(tmp_path: Path) -> None:
     assert result["worker_failures"] == 0
     assert result["pacing"] == "closed"  # each submit waited for the last one's answer
     assert result["overhead_submits"] > 0
+    # each submit's answer took some time, the slowest no less than the median
+    assert 0 < result["submit_ack_p50_ms"] <= result["submit_ack_p99_ms"]
     # what each phase cost in CPU, read from /proc: the workers did the tasks' work,
     # the bench's own process submitted them; both took some time for every task
     for phase in ("throughput", "overhead"):
@@ -124,6 +126,7 @@ def test_bench_queue_measures_overhead_at_a_chosen_rate(tmp_path: Path) -> None:
     # on a fixed schedule: a submit in each millisecond a task came due in
     assert result["pacing"] == "open"
     assert 0 < result["overhead_submits"] <= 200
+    assert 0 < result["submit_ack_p50_ms"] <= result["submit_ack_p99_ms"]
     # the parts add up: submit -> claimed, claimed -> committed (the work taken off)
     assert result["queue_wait_p50_ms"] >= 0 and result["run_overhead_p50_ms"] >= 0
     # the agent's own sleep can only be late, never early

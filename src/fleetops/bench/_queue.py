@@ -106,6 +106,11 @@ class QueueBenchResult:
     pacing: str
     #: submits in the overhead phase (one a millisecond would be 1,000 a second)
     overhead_submits: int
+    #: how long a submit of the overhead phase took from the call to its answer (at
+    #: durability full, its fsync included): closed-loop, the slower the answers, the
+    #: fewer and larger the submits, and the more tasks each worker claims at once
+    submit_ack_p50_ms: float | None
+    submit_ack_p99_ms: float | None
     #: the event loop the workers ran on: 'uvloop' or 'asyncio'
     event_loop: str
     #: worker processes that died or hung during the run (their logs are kept: see
@@ -226,7 +231,7 @@ async def bench_queue(
                 # phase 2: overhead at half that rate
                 rate = config.overhead_rate or throughput / 2
                 paced: list[int] = []
-                submits = 0
+                acks: list[float] = []
                 overheads: list[float] = []
                 waits: list[float] = []
                 runs: list[float] = []
@@ -237,7 +242,7 @@ async def bench_queue(
                 else:
                     count = max(50, min(config.tasks, int(rate * config.overhead_seconds)))
                     cpu = _CpuMeter(supervisor)
-                    paced, submits = await _submit_paced(
+                    paced, acks = await _submit_paced(
                         client, cluster, agent, payload, count, rate, clock, config.open_loop
                     )
                     await _wait_terminal(
@@ -295,7 +300,9 @@ async def bench_queue(
         sleep_late_p99_ms=_r(percentile(late, 99)),
         overhead_tasks=len(paced),
         pacing="open" if config.open_loop else "closed",
-        overhead_submits=submits,
+        overhead_submits=len(acks),
+        submit_ack_p50_ms=_r(percentile([a * 1000 for a in acks], 50)),
+        submit_ack_p99_ms=_r(percentile([a * 1000 for a in acks], 99)),
         event_loop=loop_used,
         worker_failures=len(failures),
         elapsed_s=round(time.monotonic() - started, 2),
@@ -448,9 +455,10 @@ async def _submit_paced(
     rate: float,
     clock: SystemClock,
     open_loop: bool = False,
-) -> tuple[list[int], int]:
+) -> tuple[list[int], list[float]]:
     """Submit ``n`` tasks at ``rate`` a second, those due in the same millisecond
-    together; answer their ids and the number of submits.
+    together; answer their ids and how long each submit took to be acknowledged, in
+    seconds (one entry a submit).
 
     Closed-loop (the default): the submitter waits for each submit's
     acknowledgement, sleeps a millisecond, and submits what has come due meanwhile.
@@ -472,28 +480,34 @@ async def _submit_paced(
         due = min(n, int((clock.monotonic() - begin) * rate) + 1)
         return [NewTask(cluster, agent, payload) for _ in range(due - sent)]
 
+    acks: list[float] = []
+
+    async def submit(batch: list[NewTask]) -> list[Submitted]:
+        began = clock.monotonic()
+        submitted = await client.submit_many(batch)
+        acks.append(clock.monotonic() - began)
+        return submitted
+
     if not open_loop:
         ids: list[int] = []
-        submits = 0
         while len(ids) < n:
             if batch := come_due(len(ids)):
-                ids.extend(s.id for s in await client.submit_many(batch))
-                submits += 1
+                ids.extend(s.id for s in await submit(batch))
             await asyncio.sleep(tick)
-        return ids, submits
+        return ids, acks
     producers: list[asyncio.Task[list[Submitted]]] = []
     sent = ticks = 0
     try:
         async with asyncio.TaskGroup() as group:
             while sent < n:
                 if batch := come_due(sent):
-                    producers.append(group.create_task(client.submit_many(batch)))
+                    producers.append(group.create_task(submit(batch)))
                     sent += len(batch)
                 ticks += 1
                 await asyncio.sleep(max(0.0, begin + ticks * tick - clock.monotonic()))
     except ExceptionGroup as failed:  # the first failed submit, as the closed loop raises it
         raise failed.exceptions[0] from None
-    return [s.id for p in producers for s in p.result()], len(producers)
+    return [s.id for p in producers for s in p.result()], acks
 
 
 async def _wait_terminal(
