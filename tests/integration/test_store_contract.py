@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from fleetops._exceptions import SchemaError
+from fleetops._exceptions import SchemaError, StoreError
 from fleetops.store import (
     AttemptRecord,
     ClaimedTask,
@@ -39,6 +39,7 @@ from fleetops.store import (
     open_store,
 )
 from fleetops.store._sql import BATCH_ROWS
+from fleetops.store._sqlite import LARGEST_TASK_ID
 
 T0 = 1_000_000.0
 LEASE = 30.0
@@ -153,6 +154,56 @@ def test_a_batch_submit_answers_each_task_its_own_id(store: Store, n: int) -> No
     assert [(rows[i].payload, rows[i].priority) for i in ids] == [
         (t.payload, t.priority) for t in tasks
     ]
+
+
+def _sqlite_connection(sqlite_url: str) -> sqlite3.Connection:
+    path = sqlite_url.removeprefix("sqlite:///").split("?", 1)[0]
+    conn = sqlite3.connect(path)
+    conn.isolation_level = None
+    return conn
+
+
+def test_sqlite_refuses_a_submit_once_task_ids_run_out_of_order(sqlite_url: str) -> None:
+    """SQLite's ids for new rows go up one by one only to 2**63 - 1, then come at
+    random: the ids of a batch could no longer be told, so it is refused whole."""
+    store = open_store(sqlite_url)
+    try:
+        submit_one(store)
+        conn = _sqlite_connection(sqlite_url)
+        conn.execute(
+            "INSERT INTO tasks (id, queue, agent, payload, state, max_attempts, "
+            "max_redeliveries, run_after, created_at) VALUES (?, 'q', 'a', 'null', 'queued', "
+            "3, 3, 0, 0)",
+            (LARGEST_TASK_ID - 2,),
+        )
+        conn.close()
+        with pytest.raises(StoreError, match="task ids have reached"):
+            store.submit([new_task(payload=str(i)) for i in range(3)], T0)
+        assert store.count_tasks() == {("q", "a", "queued"): 2}  # nothing went in
+        [fits] = store.submit([new_task(payload='"last"')], T0)  # one more id in order
+        assert fits.id == LARGEST_TASK_ID - 1
+    finally:
+        store.close()
+
+
+def test_sqlite_refuses_a_submit_whose_rows_did_not_get_the_next_ids(sqlite_url: str) -> None:
+    """A batch's ids are the next ones after the largest, one statement's last id
+    checks it: a trigger that inserts a task of its own for each makes them
+    interleave, and the batch is refused whole rather than answered wrong ids."""
+    store = open_store(sqlite_url)
+    try:
+        conn = _sqlite_connection(sqlite_url)
+        conn.execute(
+            "CREATE TRIGGER twin AFTER INSERT ON tasks WHEN NEW.payload = '\"twin\"' BEGIN "
+            "INSERT INTO tasks (queue, agent, payload, state, max_attempts, max_redeliveries, "
+            "run_after, created_at) VALUES ('q', 'a', 'null', 'queued', 3, 3, 0, 0); END"
+        )
+        conn.close()
+        with pytest.raises(StoreError, match="not .* in order; nothing was submitted"):
+            store.submit([new_task(payload='"twin"') for _ in range(3)], T0)
+        assert store.count_tasks() == {}
+    finally:
+        store.close()
 
 
 def test_idempotency_key_answers_the_same_task_and_inserts_once(store: Store) -> None:
