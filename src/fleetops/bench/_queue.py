@@ -463,9 +463,10 @@ async def _submit_paced(
     Closed-loop (the default): the submitter waits for each submit's
     acknowledgement, sleeps a millisecond, and submits what has come due meanwhile.
     When acknowledgements are slow, submits are fewer and larger. On a 2-core machine
-    at half the maximum, it submitted every 1.5 ms at ``normal`` and every 3.1-3.6 ms
-    at ``full``. A task that came due while a submit waited goes with the next one,
-    and its wait before that is not counted (coordinated omission).
+    at half the maximum, it submitted every 1.5 ms at ``normal`` and every 2.6-3.3 ms
+    at ``full`` (each submit waits for an fsync there). A task that came due while a
+    submit waited goes with the next one, and its wait before that is not counted
+    (coordinated omission).
 
     Open-loop (``open_loop``): one submit each millisecond on a fixed schedule, each
     waiting for its own acknowledgement only, as independent producers would. Every
