@@ -156,27 +156,19 @@ def test_a_batch_submit_answers_each_task_its_own_id(store: Store, n: int) -> No
     ]
 
 
-def _sqlite_connection(sqlite_url: str) -> sqlite3.Connection:
-    path = sqlite_url.removeprefix("sqlite:///").split("?", 1)[0]
-    conn = sqlite3.connect(path)
-    conn.isolation_level = None
-    return conn
-
-
 def test_sqlite_refuses_a_submit_once_task_ids_run_out_of_order(sqlite_url: str) -> None:
     """SQLite's ids for new rows go up one by one only to 2**63 - 1, then come at
     random: the ids of a batch could no longer be told, so it is refused whole."""
     store = open_store(sqlite_url)
     try:
         submit_one(store)
-        conn = _sqlite_connection(sqlite_url)
-        conn.execute(
+        raw_execute(
+            sqlite_url,
             "INSERT INTO tasks (id, queue, agent, payload, state, max_attempts, "
             "max_redeliveries, run_after, created_at) VALUES (?, 'q', 'a', 'null', 'queued', "
             "3, 3, 0, 0)",
             (LARGEST_TASK_ID - 2,),
         )
-        conn.close()
         with pytest.raises(StoreError, match="task ids have reached"):
             store.submit([new_task(payload=str(i)) for i in range(3)], T0)
         assert store.count_tasks() == {("q", "a", "queued"): 2}  # nothing went in
@@ -192,13 +184,12 @@ def test_sqlite_refuses_a_submit_whose_rows_did_not_get_the_next_ids(sqlite_url:
     interleave, and the batch is refused whole rather than answered wrong ids."""
     store = open_store(sqlite_url)
     try:
-        conn = _sqlite_connection(sqlite_url)
-        conn.execute(
+        raw_execute(
+            sqlite_url,
             "CREATE TRIGGER twin AFTER INSERT ON tasks WHEN NEW.payload = '\"twin\"' BEGIN "
             "INSERT INTO tasks (queue, agent, payload, state, max_attempts, max_redeliveries, "
-            "run_after, created_at) VALUES ('q', 'a', 'null', 'queued', 3, 3, 0, 0); END"
+            "run_after, created_at) VALUES ('q', 'a', 'null', 'queued', 3, 3, 0, 0); END",
         )
-        conn.close()
         with pytest.raises(StoreError, match="not .* in order; nothing was submitted"):
             store.submit([new_task(payload='"twin"') for _ in range(3)], T0)
         assert store.count_tasks() == {}

@@ -281,6 +281,7 @@ async def bench_queue(
             ) from None
         if failures:
             _keep_logs(Path(tmp) / "logs", failures)
+    ack_ms = [a * 1000 for a in acks]
     return QueueBenchResult(
         throughput_tps=round(throughput, 1),
         overhead_p50_ms=_r(percentile(overheads, 50)),
@@ -301,8 +302,8 @@ async def bench_queue(
         overhead_tasks=len(paced),
         pacing="open" if config.open_loop else "closed",
         overhead_submits=len(acks),
-        submit_ack_p50_ms=_r(percentile([a * 1000 for a in acks], 50)),
-        submit_ack_p99_ms=_r(percentile([a * 1000 for a in acks], 99)),
+        submit_ack_p50_ms=_r(percentile(ack_ms, 50)),
+        submit_ack_p99_ms=_r(percentile(ack_ms, 99)),
         event_loop=loop_used,
         worker_failures=len(failures),
         elapsed_s=round(time.monotonic() - started, 2),
