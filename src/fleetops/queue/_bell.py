@@ -9,6 +9,17 @@ A doorbell is only a hint. Workers still watch the store, so a datagram that is 
 or a client that rings no bell at all (another host, an older fleetops), costs one
 poll interval, never a task. Only workers on the ringing client's own host are rung:
 a loopback address means nothing anywhere else.
+
+Why a bell and not the tasks themselves: a submitter could lease its new tasks to a
+worker in its own transaction and send them in the datagram, so that the worker
+starts them without a claim. A prototype of that, with ``fleetops bench queue`` at
+half the maximum on a 2-core VM, was no faster. Each batch split across both workers:
+the median overhead 1.13-1.40 times the bell's (3 pairs), because both workers took
+both CPUs while the submitter waited for its fsync, and its acknowledgements slowed
+from 1.6-1.8 to 2.5-3.0 ms (so its batches grew). Each batch to one worker in turn:
+ratios 0.67-1.33, median 1.10 (7 pairs). Not worth leases granted before their
+holder knows of them, and the bookkeeping of each worker's free slots they would
+need.
 """
 
 from __future__ import annotations
