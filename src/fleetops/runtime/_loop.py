@@ -23,7 +23,7 @@ descriptor for all of them, armed for the earliest, with 0 or 0.4 ms of slack to
 wake once for several) made the bench's sleeps later, not sooner: 0.64-1.12 ms at
 the median against 0.42-0.54 with no slack, 0.65-0.81 against 0.39-0.51 with 0.4 ms
 (3 pairs each at half the maximum, on a 2-core VM), and the median overhead higher in
-5 of the 6 pairs. Under load uvloop runs most timers in a pass that something else
+4 of the 6 pairs. Under load uvloop runs most timers in a pass that something else
 woke anyway; the exact deadlines add a wakeup of their own, which on a busy machine
 waits for a CPU (even idle, a timerfd wakeup took 0.07-0.27 ms there).
 
