@@ -23,13 +23,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fleetops import Closed, StoreError, StoreUnavailable
+from fleetops import Closed, ConfigError, StoreError, StoreUnavailable
 from fleetops._clock import VirtualClock
 from fleetops.queue import QueueClient
 from fleetops.queue._bell import Doorbell
 from fleetops.queue._client import INLINE_SYNC_BACKOFF_SECONDS
+from fleetops.runtime import WorkerSettings
 from fleetops.runtime._loop import new_event_loop
-from fleetops.store import Complete, NewTask, SqliteStore, Submitted, open_store
+from fleetops.store import Complete, EffectBegin, NewTask, SqliteStore, Submitted, open_store
 from fleetops.store import _aio as aio_module
 from fleetops.store import _sqlite as sqlite_module
 from fleetops.store._aio import AsyncFsync, Refused
@@ -641,6 +642,156 @@ def test_at_durability_full_a_submit_rings_the_workers_bell_before_its_fsync_end
             bell.close()
 
     asyncio.run(main())
+
+
+def _recorded_syncs(store: Any) -> list[float]:
+    """The times each fsync of ``store`` began, as they run (one entry per fsync)."""
+    begun: list[float] = []
+    sync_wal = store.sync_wal
+
+    def recorded_sync() -> None:
+        begun.append(time.monotonic())
+        sync_wal()
+
+    store.sync_wal = recorded_sync
+    return begun
+
+
+async def _outcome_client(url: str, delay: float) -> tuple[QueueClient, list[Any]]:
+    """An open inline client whose fsyncs for outcomes start at most every ``delay``
+    s (on its store thread, so that they can be watched), and 3 tasks it holds."""
+    client = QueueClient(
+        url, inline=True, inline_sync_limit=0, kernel_fsync=False, outcome_sync_delay=delay
+    )
+    await client.__aenter__()
+    await client.submit_many([NewTask("q", "a", "{}") for _ in range(3)])
+    return client, await client.claim("w1", ["q"], 3, 30.0)
+
+
+def _complete(client: QueueClient, task: Any) -> asyncio.Task[Any]:
+    return asyncio.create_task(client.apply(Complete(task.id, task.epoch, "1", "w1", 0.0)))
+
+
+def test_at_durability_full_outcomes_within_the_delay_share_one_fsync_begun_after_them(
+    tmp_path: Path,
+) -> None:
+    """With outcome_sync_delay, the first outcome after a quiet spell is synced at
+    once; outcomes committed within the delay after it are committed at once too, but
+    acknowledged only after one fsync, begun after their commits, at the delay's end."""
+    url, path = _db(tmp_path, "full")
+
+    async def main() -> None:
+        client, (first, second, third) = await _outcome_client(url, 0.5)
+        try:
+            begun = _recorded_syncs(client.store)
+            assert (await _complete(client, first)).ok
+            assert len(begun) == 1  # at once: no outcome was synced before it
+            later = [_complete(client, second), _complete(client, third)]
+            ids = [second.id, third.id]
+            assert await asyncio.to_thread(
+                _wait_for, lambda: _committed_states(path, ids) == ["succeeded"] * 2
+            )
+            committed_by = time.monotonic()
+            await asyncio.sleep(0.05)
+            assert len(begun) == 1 and not any(t.done() for t in later), "acked unsynced"
+            assert [r.ok for r in await asyncio.gather(*later)] == [True, True]
+            # one fsync for both, begun after both were committed
+            assert len(begun) == 2 and begun[1] >= committed_by
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_another_writes_fsync_answers_the_outcomes_waiting_for_theirs_at_once(
+    tmp_path: Path,
+) -> None:
+    """An outcome waiting for the shared fsync is answered by the next fsync any other
+    write of the client makes (an effect's journal entry here), not at the delay's
+    end: that fsync began after the outcome's commit, so it covers it."""
+    url, _ = _db(tmp_path, "full")
+
+    async def main() -> None:
+        client, (first, second, third) = await _outcome_client(url, 60.0)
+        try:
+            begun = _recorded_syncs(client.store)
+            assert (await _complete(client, first)).ok
+            waiting = _complete(client, second)
+            await asyncio.sleep(0.05)
+            assert not waiting.done() and len(begun) == 1
+            journaled = await asyncio.wait_for(
+                client.apply(EffectBegin(third.id, third.epoch, "charge")), 10
+            )
+            assert journaled.ok
+            assert (await asyncio.wait_for(waiting, 10)).ok
+            assert len(begun) == 2  # the effect's fsync answered both
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_closing_the_client_syncs_and_answers_the_outcomes_still_waiting(
+    tmp_path: Path,
+) -> None:
+    """Closing does not wait out the delay, nor leave an outcome unanswered: the
+    outcomes waiting get their fsync at once."""
+    url, path = _db(tmp_path, "full")
+
+    async def main() -> None:
+        client, (first, second, _) = await _outcome_client(url, 60.0)
+        begun = _recorded_syncs(client.store)
+        assert (await _complete(client, first)).ok
+        waiting = _complete(client, second)
+        assert await asyncio.to_thread(
+            _wait_for, lambda: _committed_states(path, [second.id]) == ["succeeded"]
+        )
+        assert not waiting.done()
+        await asyncio.wait_for(client.aclose(), 10)
+        assert (await asyncio.wait_for(waiting, 10)).ok
+        assert len(begun) == 2
+
+    asyncio.run(main())
+
+
+def test_a_failed_shared_fsync_fails_every_outcome_it_was_to_cover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outcomes that waited for a shared fsync get its error, not an
+    acknowledgement; the client goes on."""
+    url, _ = _db(tmp_path, "full")
+    failing = threading.Event()
+    real = sqlite_module._fdatasync
+
+    def flaky_fdatasync(fd: int) -> None:
+        if failing.is_set():
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(sqlite_module, "_fdatasync", flaky_fdatasync)
+
+    async def main() -> None:
+        client, (first, second, third) = await _outcome_client(url, 0.2)
+        try:
+            assert (await _complete(client, first)).ok
+            failing.set()
+            outcomes = await asyncio.gather(
+                _complete(client, second), _complete(client, third), return_exceptions=True
+            )
+            assert all(isinstance(o, StoreError) for o in outcomes), outcomes
+            assert "Input/output error" in str(outcomes[0])
+        finally:
+            failing.clear()
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_negative_outcome_sync_delay_is_refused_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match="outcome_sync_delay"):
+        QueueClient("sqlite:///unused.db", outcome_sync_delay=-0.01)
+    with pytest.raises(ConfigError, match="outcome_sync_delay"):
+        WorkerSettings(outcome_sync_delay=-1.0)
 
 
 @pytest.mark.parametrize("where", ["thread", "loop", "kernel"])

@@ -45,7 +45,9 @@ async def _main(config: dict[str, object]) -> int:
     # stall the event loop; and pass over the young generation less often (see _gc).
     tune_for_serving()
     # hot store calls run on the event loop (SQLite at durability normal; see QueueClient)
-    async with QueueClient(str(config["store"]), inline=True) as client:
+    async with QueueClient(
+        str(config["store"]), inline=True, outcome_sync_delay=settings.outcome_sync_delay
+    ) as client:
         worker = Worker(
             client,
             worker_id=str(config["worker_id"]),

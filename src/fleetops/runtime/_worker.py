@@ -29,10 +29,15 @@ from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from .._clock import Clock
-from .._exceptions import LeaseLost, StoreError, TaskFailed
+from .._exceptions import ConfigError, LeaseLost, StoreError, TaskFailed
 from ..queue import QueueClient
 from ..queue._bell import Doorbell
-from ..queue._client import MAX_VALUE_BYTES, ChangeWatcher, size_over_limit
+from ..queue._client import (
+    MAX_VALUE_BYTES,
+    OUTCOME_SYNC_DELAY_SECONDS,
+    ChangeWatcher,
+    size_over_limit,
+)
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
 from ..telemetry import MetricSet, catalog, get_logger
 from ..telemetry._lean import LeanTracer
@@ -110,9 +115,19 @@ class WorkerSettings:
     #: The worker process's event loop: 'auto' (uvloop where installed), 'uvloop' or
     #: 'asyncio' (see runtime._loop).
     event_loop: str = "auto"
+    #: At durability full, the fsyncs that acknowledge its tasks' outcomes start at most
+    #: this often, each covering every outcome committed before it (0: one per group
+    #: commit; see QueueClient's outcome_sync_delay).
+    outcome_sync_delay: float = OUTCOME_SYNC_DELAY_SECONDS
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
+        if self.outcome_sync_delay < 0:
+            raise ConfigError(
+                "outcome_sync_delay",
+                self.outcome_sync_delay,
+                "use 0 (an fsync for every group commit) or more seconds",
+            )
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
