@@ -132,6 +132,9 @@ def test_bench_queue_measures_overhead_at_a_chosen_rate(tmp_path: Path) -> None:
     # the agent's own sleep can only be late, never early
     assert result["sleep_late_p50_ms"] >= 0
     assert result["sleep_late_p99_ms"] >= result["sleep_late_p50_ms"]
+    # a handler begins after its claim, and its completion is stamped after it returns
+    assert 0 <= result["handler_start_p50_ms"] <= result["handler_start_p99_ms"]
+    assert 0 <= result["completion_p50_ms"] <= result["completion_p99_ms"]
     # at full (the default) every submit was synced before it was answered, by the
     # submitter's event loop (or its thread, were the disk slow), not by the kernel:
     # at least one fsync for the first phase's submit and one for the second's

@@ -12,7 +12,10 @@ Two phases in one run, on real worker processes and a real store:
    (see :func:`_submit_paced`). Overhead is end-to-end latency (submit →
    completion) minus the task's nominal work, as p50 and p99; ``queue_wait_*``
    (submit → claimed) and ``run_overhead_*`` (claimed → completion, minus the work)
-   say where it goes.
+   say where it goes; with ``sleep`` work, ``run_overhead`` is split further, each
+   task's parts adding up to it: ``handler_start_*`` (claimed → the handler's first
+   line), ``sleep_late_*`` (the sleep past its time) and ``completion_*`` (the
+   handler's return → its completion stamped).
 
    The ends are the store's own stamps. A task's ``created_at`` is read before its
    submit waits for the write lock, so the submit's whole transaction counts. Its
@@ -47,7 +50,7 @@ from ..chaos import percentile
 from ..queue import QueueClient
 from ..runtime import ClusterPlan, RestartPolicy, Supervisor, SupervisorEvent, WorkerSettings
 from ..runtime._loop import resolve_event_loop
-from ..store import NewTask, Submitted
+from ..store import NewTask, Submitted, TaskRecord
 from ..store._sqlite import DURABILITY_LEVELS
 
 
@@ -113,6 +116,13 @@ class QueueBenchResult:
     submit_ack_p99_ms: float | None
     #: the event loop the workers ran on: 'uvloop' or 'asyncio'
     event_loop: str
+    #: claimed → the handler's first line (the claim's commit, then each task of the
+    #: batch started in turn) and the handler's return → its completion stamped
+    #: (None for noop work, whose handler reports no times)
+    handler_start_p50_ms: float | None
+    handler_start_p99_ms: float | None
+    completion_p50_ms: float | None
+    completion_p99_ms: float | None
     #: worker processes that died or hung during the run (their logs are kept: see
     #: _keep_logs); the supervisor replaced them and their tasks were redelivered
     worker_failures: int
@@ -236,6 +246,8 @@ async def bench_queue(
                 waits: list[float] = []
                 runs: list[float] = []
                 late: list[float] = []
+                starts: list[float] = []
+                completions: list[float] = []
                 cpu_half = _PhaseCpu(None, None, None)
                 if not config.measure_overhead:
                     rate = 0.0
@@ -256,11 +268,8 @@ async def bench_queue(
                     overheads = [(r.finished_at - r.created_at - work_s) * 1000 for r in done]  # type: ignore[operator]
                     waits = [(r.started_at - r.created_at) * 1000 for r in done]  # type: ignore[operator]
                     runs = [(r.finished_at - r.started_at - work_s) * 1000 for r in done]  # type: ignore[operator]
-                    late = [
-                        (float(json.loads(r.result)) - work_s) * 1000
-                        for r in done
-                        if agent == "sleep" and r.result
-                    ]
+                    if agent == "sleep":
+                        late, starts, completions = _sleep_parts(done, work_s)
                 submitter_fsyncs = {
                     "kernel": client.syncs_kernel,
                     "loop": client.syncs_inline,
@@ -299,6 +308,10 @@ async def bench_queue(
         run_overhead_p99_ms=_r(percentile(runs, 99)),
         sleep_late_p50_ms=_r(percentile(late, 50)),
         sleep_late_p99_ms=_r(percentile(late, 99)),
+        handler_start_p50_ms=_r(percentile(starts, 50)),
+        handler_start_p99_ms=_r(percentile(starts, 99)),
+        completion_p50_ms=_r(percentile(completions, 50)),
+        completion_p99_ms=_r(percentile(completions, 99)),
         overhead_tasks=len(paced),
         pacing="open" if config.open_loop else "closed",
         overhead_submits=len(acks),
@@ -314,6 +327,26 @@ async def bench_queue(
         cpu_busy_share_overhead_phase=cpu_half.busy_share,
         submitter_fsyncs=submitter_fsyncs,
     )
+
+
+def _sleep_parts(
+    done: Sequence[TaskRecord], work_s: float
+) -> tuple[list[float], list[float], list[float]]:
+    """Of the sleep agent's finished tasks, in ms: how late each sleep ended, how
+    long after its claim each handler began, and how long after its handler
+    returned each completion was stamped."""
+    late: list[float] = []
+    starts: list[float] = []
+    completions: list[float] = []
+    for record in done:
+        told = json.loads(record.result or "null")
+        if not isinstance(told, dict) or record.started_at is None:
+            continue
+        began, slept = float(told["began"]), float(told["slept"])
+        late.append((slept - work_s) * 1000)
+        starts.append((began - record.started_at) * 1000)
+        completions.append(((record.finished_at or 0.0) - began - slept) * 1000)
+    return late, starts, completions
 
 
 @dataclass(frozen=True, slots=True)
