@@ -114,6 +114,15 @@ INLINE_SYNC_BACKOFF_SECONDS = (1.0, 60.0)
 #: ``fleetops bench queue`` on a 2-core VM: see the README.
 OUTCOME_SYNC_DELAY_SECONDS = 0.01
 
+
+def check_outcome_sync_delay(seconds: float) -> None:
+    """Refuse a negative ``outcome_sync_delay``."""
+    if seconds < 0:
+        raise ConfigError(
+            "outcome_sync_delay", seconds, "use 0 (an fsync for every group commit) or more seconds"
+        )
+
+
 #: The most a task's payload or headers, its result, or the result of one of its
 #: effects may take, as JSON text in UTF-8 (2 MiB). Larger data belongs in a file or
 #: an object store, with the task carrying its address: a worker holds a whole batch
@@ -265,10 +274,7 @@ class QueueClient:
         kernel_fsync: bool = True,
         outcome_sync_delay: float = 0.0,
     ) -> None:
-        if outcome_sync_delay < 0:
-            raise ConfigError(
-                "outcome_sync_delay", outcome_sync_delay, "use 0 (no delay) or more seconds"
-            )
+        check_outcome_sync_delay(outcome_sync_delay)
         self.url = url
         self.clock: Clock = clock or SystemClock()
         self._factory = store_factory
@@ -401,7 +407,7 @@ class QueueClient:
         """
         result, sync = await self._hot_commit(fn, *args)
         if sync:
-            await self._synced_covering_outcomes()
+            await self._synced()
         return result
 
     async def _hot_commit(self, fn: Callable[..., T], *args: Any) -> tuple[T, bool]:
@@ -446,6 +452,13 @@ class QueueClient:
         return result, sync
 
     def _synced(self) -> asyncio.Future[None]:
+        """:meth:`_start_sync`, whose fsync also answers the outcomes waiting for a
+        shared one (see ``outcome_sync_delay``): it began after their commits."""
+        synced = self._start_sync()
+        self._sync_outcomes(synced)
+        return synced
+
+    def _start_sync(self) -> asyncio.Future[None]:
         """A future done once an fsync of the WAL that began after this call has
         ended: every commit made so far, by this client or any other, is then on disk.
 
@@ -628,9 +641,7 @@ class QueueClient:
         # durable with its own first synced write (see fleetops.store._sqlite)
         await self.ring(Counter(t.queue for tasks, _ in groups for t in tasks))
         if sync:  # answered once on disk; the next group commits meanwhile
-            self._synced_covering_outcomes().add_done_callback(
-                partial(_settle_synced, waiting, results)
-            )
+            self._synced().add_done_callback(partial(_settle_synced, waiting, results))
         else:
             _settle(waiting, results, None)
 
@@ -686,9 +697,7 @@ class QueueClient:
                     self._sync_outcome(batch, results)
                 else:
                     # acknowledged once on disk; the next batch commits meanwhile
-                    self._synced_covering_outcomes().add_done_callback(
-                        partial(_settle_synced, batch, results)
-                    )
+                    self._synced().add_done_callback(partial(_settle_synced, batch, results))
             if self._closed:
                 self._sync_outcomes()  # the outcomes still waiting: synced now
                 return
@@ -715,17 +724,11 @@ class QueueClient:
         if not self._outcomes_unsynced:
             return
         if synced is None:
-            synced = self._synced()
+            synced = self._start_sync()
         self._outcome_synced_at = asyncio.get_running_loop().time()
         for batch, results in self._outcomes_unsynced:
             synced.add_done_callback(partial(_settle_synced, batch, results))
         self._outcomes_unsynced = []
-
-    def _synced_covering_outcomes(self) -> asyncio.Future[None]:
-        """:meth:`_synced`, whose fsync also answers the outcomes waiting for one."""
-        synced = self._synced()
-        self._sync_outcomes(synced)
-        return synced
 
     def change_watcher(self) -> ChangeWatcher | None:
         """A cheap "did anyone commit?" probe for this store, or None if it has none."""

@@ -29,13 +29,14 @@ from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from .._clock import Clock
-from .._exceptions import ConfigError, LeaseLost, StoreError, TaskFailed
+from .._exceptions import LeaseLost, StoreError, TaskFailed
 from ..queue import QueueClient
 from ..queue._bell import Doorbell
 from ..queue._client import (
     MAX_VALUE_BYTES,
     OUTCOME_SYNC_DELAY_SECONDS,
     ChangeWatcher,
+    check_outcome_sync_delay,
     size_over_limit,
 )
 from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
@@ -122,12 +123,7 @@ class WorkerSettings:
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
-        if self.outcome_sync_delay < 0:
-            raise ConfigError(
-                "outcome_sync_delay",
-                self.outcome_sync_delay,
-                "use 0 (an fsync for every group commit) or more seconds",
-            )
+        check_outcome_sync_delay(self.outcome_sync_delay)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
