@@ -337,9 +337,9 @@ def test_stale_context_raises_lease_lost(sqlite_url: str) -> None:
 def test_graceful_shutdown_releases_unfinished_leases(sqlite_url: str) -> None:
     async def scenario() -> None:
         async with QueueClient(sqlite_url) as client:
-            worker = _worker(client, "w-drain", sleepy, shutdown_grace=0.1)
+            worker = _worker(client, "w-drain", nap, shutdown_grace=0.1)
             stop = asyncio.Event()
-            ids = [(await client.submit(NewTask("c", "sleepy", "0.15"))).id for _ in range(3)]
+            ids = [(await client.submit(NewTask("c", "nap", "30"))).id for _ in range(3)]
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(worker.run(stop))
                 await wait_until(lambda: worker.inflight == 3, within=5)
@@ -353,7 +353,8 @@ def test_graceful_shutdown_releases_unfinished_leases(sqlite_url: str) -> None:
             workers = await client.run(client.store.list_workers, "c")
             assert [w.state for w in workers] == ["stopped"]
 
-    # sleepy's own timeout (0.2 s) is longer than the grace (0.1 s): the drain must abort
+    # the naps (30 s, no timeout) outlast the grace (0.1 s) however late the stop comes:
+    # the drain must abort them (with a 0.15 s task, a stop seen 50 ms late let them finish)
     asyncio.run(scenario())
 
 
