@@ -80,6 +80,21 @@ WAL_HEADER_BYTES = 32
 #: :meth:`SqliteCheckpointer.fill`).
 WAL_FILL_AHEAD_BYTES = 16 << 20
 WAL_FILL_STEP_BYTES = 1 << 20
+#: Free space the checkpointer keeps on the store's file system: room for the WAL to
+#: reach its size limit (64 MiB) and for the database file to grow by what the
+#: checkpoints copy into it. Below it, it writes no zeros ahead into the WAL and makes
+#: the WAL start over every :data:`LOW_DISK_RESTART_FRAMES` frames. A WAL that took
+#: the last free space, with zeros or with frames, would leave a checkpoint no room to
+#: grow the database, so the WAL could never start over and every write would fail
+#: until someone else freed space (seen on an 8 MiB file system: "database or disk is
+#: full" within 0.2 s, and still after the space filled meanwhile was freed).
+WAL_DISK_RESERVE_BYTES = 256 << 20
+#: The WAL's size limit in frames while the disk is low: SQLite's own default (about
+#: 4 MiB of 4 KiB pages).
+LOW_DISK_RESTART_FRAMES = 1000
+#: How long a WAL restart that must happen (see SqliteCheckpointer.checkpoint) waits
+#: for the writers and readers before it, in milliseconds.
+RESTART_WAIT_MS = 200
 DEFAULT_DURABILITY = "full"
 #: How long a writer keeps retrying for the write lock before giving up.
 LOCK_TIMEOUT_SECONDS = 30.0
@@ -139,6 +154,24 @@ class WalFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def store_error(what: str, path: str | os.PathLike[str], exc: sqlite3.Error) -> StoreError:
+    """The StoreError for ``exc`` from the SQLite ``what`` ('store', 'span store') at
+    ``path``. A full disk says how much its file system has free and what to do: the
+    statement, and the transaction it was in, were rolled back."""
+    message = f"SQLite {what} {path}: {exc}"
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+            free = f"{st.f_bavail * st.f_frsize / (1 << 20):.1f} MiB free there"
+        except OSError:
+            free = "its free space unknown"
+        message += (
+            f" ({free}): free space on that file system (or move the store to a larger "
+            "one); nothing of this write was kept, and it can be tried again"
+        )
+    return StoreError(message)
 
 
 def is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -242,7 +275,7 @@ class SqliteStore(SqlStore):
             except sqlite3.OperationalError as exc:
                 message = str(exc)
                 if not is_busy(exc):
-                    raise StoreError(f"SQLite store {self.path}: {message}") from exc
+                    raise store_error("store", self.path, exc) from exc
                 if self.nonblocking and sql != "COMMIT":
                     # outside a transaction or at its BEGIN: nothing has been done yet
                     raise LockBusy(f"SQLite store {self.path}: {message}") from exc
@@ -379,14 +412,14 @@ class SqliteStore(SqlStore):
             try:
                 return self._conn.execute(sql, params)
             except sqlite3.Error as exc:
-                raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+                raise store_error("store", self.path, exc) from exc
         return self._retrying(sql, params)
 
     def _execmany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         try:
             self._conn.executemany(sql, rows)
         except sqlite3.Error as exc:
-            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+            raise store_error("store", self.path, exc) from exc
 
     def _claim_sql(self, n_queues: int, n_agents: int) -> str:
         queues = ", ".join("?" * n_queues)
@@ -457,7 +490,7 @@ class SqliteStore(SqlStore):
             try:
                 last = self._conn.execute(insert_tasks_sql(len(chunk)), params).lastrowid
             except sqlite3.Error as exc:
-                raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+                raise store_error("store", self.path, exc) from exc
             if last != top + start + len(chunk):
                 raise StoreError(
                     f"SQLite store {self.path}: new tasks got ids up to {last}, not "
@@ -496,7 +529,7 @@ class SqliteStore(SqlStore):
                     str(self.spans_path), isolation_level=None, check_same_thread=False, timeout=30
                 )
             except sqlite3.Error as exc:
-                raise StoreError(f"SQLite span store {self.spans_path}: {exc}") from exc
+                raise store_error("span store", self.spans_path, exc) from exc
             try:
                 use_wal(conn, self.lock_timeout)
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -506,7 +539,7 @@ class SqliteStore(SqlStore):
                     conn.execute(statement)
             except sqlite3.Error as exc:
                 conn.close()
-                raise StoreError(f"SQLite span store {self.spans_path}: {exc}") from exc
+                raise store_error("span store", self.spans_path, exc) from exc
             self._spans_conn = conn
         return self._spans_conn
 
@@ -523,7 +556,7 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise StoreError(f"SQLite span store {self.spans_path}: {exc}") from exc
+            raise store_error("span store", self.spans_path, exc) from exc
 
     def get_spans(
         self, trace_id: str | None = None, task_id: int | None = None, limit: int = 1000
@@ -540,7 +573,7 @@ class SqliteStore(SqlStore):
         try:
             return int(self._spans().execute(PRUNE_SPANS, (before, chunk)).rowcount)
         except sqlite3.Error as exc:
-            raise StoreError(f"SQLite span store {self.spans_path}: {exc}") from exc
+            raise store_error("span store", self.spans_path, exc) from exc
 
     def close(self) -> None:
         self._conn.close()
@@ -598,6 +631,10 @@ class SqliteCheckpointer:
 
     After each round it writes the WAL file out ahead of its last frame, up to
     ``fill_ahead`` bytes (0: never) and never past that size (see :meth:`fill`).
+
+    While the file system has less than ``disk_reserve`` bytes free, it writes no
+    zeros and restarts the WAL every :data:`LOW_DISK_RESTART_FRAMES` frames, so that
+    the WAL never takes the space a checkpoint needs (see :data:`WAL_DISK_RESERVE_BYTES`).
     """
 
     def __init__(
@@ -608,6 +645,7 @@ class SqliteCheckpointer:
         interval: float = 0.1,
         restart_frames: int = WAL_RESTART_FRAMES,
         fill_ahead: int = WAL_FILL_AHEAD_BYTES,
+        disk_reserve: int = WAL_DISK_RESERVE_BYTES,
     ) -> None:
         self.interval = interval
         self.restart_frames = restart_frames
@@ -622,6 +660,8 @@ class SqliteCheckpointer:
         self._frame_bytes = page_size + 24
         self._fill_limit = restart_frames * WAL_FRAME_BYTES
         self.fill_ahead = fill_ahead
+        self.disk_reserve = disk_reserve
+        self._dir = os.path.dirname(os.path.abspath(path))
         self._wal = WalFile(str(path), os.O_WRONLY)
         #: bytes of zeros written into the WAL file so far
         self.filled = 0
@@ -633,18 +673,40 @@ class SqliteCheckpointer:
         while not self._stop.wait(self.interval):
             self.checkpoint()
 
+    def low_on_disk(self) -> bool:
+        """Whether the store's file system has less than ``disk_reserve`` bytes free
+        (or cannot say)."""
+        try:
+            st = os.statvfs(self._dir)
+        except OSError:
+            return True
+        return st.f_bavail * st.f_frsize < self.disk_reserve
+
     def checkpoint(self) -> bool:
         """One passive checkpoint, and a restart of the WAL when it has grown past
-        ``restart_frames``; False if it could not run (another one was running)."""
+        ``restart_frames`` (:data:`LOW_DISK_RESTART_FRAMES` while the disk is low);
+        False if it could not run (another one was running, or the disk is full)."""
+        low = self.low_on_disk()
+        limit = min(self.restart_frames, LOW_DISK_RESTART_FRAMES) if low else self.restart_frames
         try:
             _, frames, _ = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if frames >= self.restart_frames:
-                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            if frames >= limit:
+                # Low on disk, or the WAL past twice its limit (writers that never
+                # leave the lock free): the restart waits for the writers, and new
+                # ones wait for it, rather than let the WAL grow on.
+                wait = low or frames >= 2 * self.restart_frames
+                if wait:
+                    self._conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+                try:
+                    busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                finally:
+                    if wait:
+                        self._conn.execute("PRAGMA busy_timeout=0")
                 self.restarts += not busy
         except sqlite3.Error:
             return False
         self.checkpoints += 1
-        if self.fill_ahead > 0:
+        if self.fill_ahead > 0 and not low:
             try:
                 self.fill(max(frames, 0))
             except (sqlite3.Error, OSError):  # a full disk, say: the writers grow the WAL
@@ -668,7 +730,9 @@ class SqliteCheckpointer:
 
         Each step holds SQLite's write lock (``BEGIN IMMEDIATE``) while it writes, so
         no writer appends meanwhile; when the lock is busy, the rest waits for the
-        next round.
+        next round. A step that would leave the file system less than
+        :attr:`disk_reserve` bytes free is not written: the zeros are only a head
+        start, and the last free space is for the frames and the checkpoints.
         """
         fd = self._wal.current()
         if fd is None:
@@ -684,10 +748,13 @@ class SqliteCheckpointer:
             try:
                 size = os.fstat(fd).st_size  # no one appends while the lock is held
                 step = min(WAL_FILL_STEP_BYTES, want - size)
-                if step > 0:
+                room = _free_bytes(fd) - step >= self.disk_reserve
+                if step > 0 and room:
                     wrote += os.pwrite(fd, _zeros(step), size)
             finally:
                 self._conn.execute("COMMIT")
+            if not room:
+                break
         if wrote:
             _fdatasync(fd)
             self.filled += wrote
@@ -698,6 +765,12 @@ class SqliteCheckpointer:
         self._thread.join()
         self._conn.close()
         self._wal.close()
+
+
+def _free_bytes(fd: int) -> int:
+    """The bytes free for an unprivileged writer on the file system of ``fd``."""
+    st = os.fstatvfs(fd)
+    return st.f_bavail * st.f_frsize
 
 
 @lru_cache(maxsize=4)
