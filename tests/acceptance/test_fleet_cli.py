@@ -11,13 +11,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from fleetops.chaos._ledger import Ledger
 from fleetops.queue._client import MAX_VALUE_BYTES
+from fleetops.store import NewTask, open_store
 
 FLEETOPS = [sys.executable, "-m", "fleetops.cli"]
 
@@ -86,7 +88,9 @@ def _children_of(pid: int) -> list[int]:
 
 
 def _fleetops_workers_running(marker: Path) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    """The command lines of the worker processes whose store is under ``marker``. ``-ww``:
+    without a terminal, ps cuts each line at 80 columns, before the store's path."""
+    out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "fleetops.runtime" in line and str(marker) in line]
 
 
@@ -417,3 +421,94 @@ def test_rolling_restart_under_load_loses_nothing(running_fleet: tuple[Path, str
                 break
             time.sleep(0.5)
         assert states == {"succeeded"}
+
+
+def _wait(predicate: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {within:.0f} s for {what}")
+        time.sleep(0.1)
+
+
+KILLED_SPEC = """\
+fleet: {name: killed}
+api: {port: 0}
+clusters:
+  back:
+    agents: [{name: effectful, entrypoint: "fleetops.chaos._agents:effectful"}]
+    replicas: 2
+"""
+
+
+def test_kill_9_of_the_control_plane_loses_nothing_and_the_next_one_resumes(
+    tmp_path: Path,
+) -> None:
+    """Invariant 3: `fleetops up` killed with SIGKILL under load. Its workers notice
+    and stop (none is left running tasks for no one); a new `fleetops up` takes the
+    fleet over from the store, past the lock the dead one left, and every task
+    accepted finishes with its side effect done exactly once."""
+    ledger = tmp_path / "ledger.db"
+    Ledger(ledger).close()
+    (tmp_path / "fleet.yaml").write_text(KILLED_SPEC)
+    env = dict(os.environ, COLUMNS="200", FLEETOPS_CHAOS_LEDGER=str(ledger))
+    url = f"sqlite:///{tmp_path / '.fleetops' / 'fleet.db'}"
+
+    def up(log: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / log).open("wb") as out:
+            return subprocess.Popen(
+                [*FLEETOPS, "up", "fleet.yaml", "--no-live"],
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def count(state: str) -> int:  # of the test's tasks (each `up` runs smoke tasks too)
+        store = open_store(url)
+        try:
+            counts = store.count_tasks().items()
+            return sum(n for (_, agent, s), n in counts if agent == "effectful" and s == state)
+        finally:
+            store.close()
+
+    first = up("first.log")
+    try:
+        _wait(lambda: len(_fleetops_workers_running(tmp_path)) == 2, 60, "2 workers up")
+        store = open_store(url)
+        try:
+            payload = json.dumps({"work_s": 0.5})  # 2.5 s of work for 200 slots
+            tasks = [NewTask("back", "effectful", payload)] * 1000
+            ids = [s.id for s in store.submit(tasks, time.time())]
+        finally:
+            store.close()
+        _wait(lambda: count("succeeded") >= 100, 60, "the fleet under load")
+        first.kill()
+        first.wait(10)
+        _wait(lambda: _fleetops_workers_running(tmp_path) == [], 10, "the workers gone with it")
+        assert count("succeeded") < len(ids), "killed before the work was done"
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
+
+    second = up("second.log")
+    try:
+        _wait(lambda: count("succeeded") >= len(ids), 120, "every task finished")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(60)
+    assert second.returncode == 0, (tmp_path / "second.log").read_text()[-2000:]
+    store = open_store(url)
+    try:
+        records = store.get_tasks(ids)
+    finally:
+        store.close()
+    assert {r.state for r in records} == {"succeeded"}
+    book = Ledger(ledger)
+    try:
+        report, applied = book.report(), book.applied_task_ids()
+    finally:
+        book.close()
+    assert report.duplicate_effects == 0
+    assert {r.id for r in records} <= applied, "every task's effect happened"
