@@ -17,9 +17,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_queue_inline import write_lock_held
 
 from fleetops.store import NewTask, Store, open_store
-from fleetops.store._sqlite import LOW_DISK_RESTART_FRAMES, WAL_FRAME_BYTES, SqliteCheckpointer
+from fleetops.store._sqlite import (
+    LOW_DISK_RESTART_FRAMES,
+    RESTART_WAIT_MS,
+    WAL_FRAME_BYTES,
+    SqliteCheckpointer,
+)
 
 SCENARIO = Path(__file__).with_name("disk_full_fleet.py")
 SMALL_DISK = 32 << 20
@@ -65,6 +71,31 @@ def test_low_on_disk_the_checkpointer_writes_no_zeros_and_restarts_the_wal_early
     assert results["low"] == (1, 0)
     restarts, filled = results["ample"]
     assert restarts == 0 and filled > 0
+
+
+def test_a_wal_past_twice_its_limit_is_restarted_even_when_a_writer_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """A restart finds the write lock taken (a writer in the middle of a commit). Past
+    its limit the round gives up and stays passive; past twice its limit it waits for
+    the writer (up to RESTART_WAIT_MS) rather than let the WAL grow on."""
+    results = {}
+    # 610 frames or a few more: past a limit of 400 but not 800; past twice 300
+    for name, restart_frames in (("past the limit", 400), ("past twice", 300)):
+        path = tmp_path / f"{name}.db"
+        store = _store_with_frames(path, 610)
+        checkpointer = SqliteCheckpointer(
+            path, durability="normal", interval=3600, restart_frames=restart_frames, disk_reserve=0
+        )
+        try:
+            assert 2 * 300 <= _wal_frames(path) < 2 * 400
+            with write_lock_held(path, RESTART_WAIT_MS / 4000):
+                assert checkpointer.checkpoint()
+            results[name] = checkpointer.restarts
+        finally:
+            checkpointer.close()
+            store.close()
+    assert results == {"past the limit": 0, "past twice": 1}
 
 
 def _namespace_command() -> list[str]:
