@@ -163,8 +163,8 @@ def store_error(what: str, path: str | os.PathLike[str], exc: sqlite3.Error) -> 
     message = f"SQLite {what} {path}: {exc}"
     if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
         try:
-            st = os.statvfs(os.path.dirname(os.path.abspath(path)))
-            free = f"{st.f_bavail * st.f_frsize / (1 << 20):.1f} MiB free there"
+            mib = _free_bytes(os.path.dirname(os.path.abspath(path))) / (1 << 20)
+            free = f"{mib:.1f} MiB free there"
         except OSError:
             free = "its free space unknown"
         message += (
@@ -677,10 +677,9 @@ class SqliteCheckpointer:
         """Whether the store's file system has less than ``disk_reserve`` bytes free
         (or cannot say)."""
         try:
-            st = os.statvfs(self._dir)
+            return _free_bytes(self._dir) < self.disk_reserve
         except OSError:
             return True
-        return st.f_bavail * st.f_frsize < self.disk_reserve
 
     def checkpoint(self) -> bool:
         """One passive checkpoint, and a restart of the WAL when it has grown past
@@ -767,9 +766,10 @@ class SqliteCheckpointer:
         self._wal.close()
 
 
-def _free_bytes(fd: int) -> int:
-    """The bytes free for an unprivileged writer on the file system of ``fd``."""
-    st = os.fstatvfs(fd)
+def _free_bytes(where: int | str) -> int:
+    """The bytes free for an unprivileged writer on the file system of ``where`` (a
+    path or an open descriptor)."""
+    st = os.statvfs(where)
     return st.f_bavail * st.f_frsize
 
 
