@@ -1487,26 +1487,79 @@ def test_live_workers_and_pruning_the_rows_of_gone_ones(
     assert [w.id for w in store.list_workers()] == ["w5", "w6", "w7"]
 
 
+def _poll(holds: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait until ``holds()`` (the server's own view of a session); fail after ``within`` s."""
+    ends = time.monotonic() + within
+    while not holds():
+        assert time.monotonic() < ends, "the server never got there"
+        time.sleep(0.01)
+
+
+def _end_session(url: str, pid: int) -> None:
+    """End the server session ``pid``, as a restart or an administrator would, and
+    wait until the server has let it go."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        gone = "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = %s"
+        _poll(lambda: bool(admin.execute(gone, (pid,)).fetchone()[0]))  # type: ignore[index]
+
+
 @pytest.mark.postgres
-def test_a_postgres_store_reconnects_after_the_server_dropped_its_connection(
+def test_a_postgres_store_replaces_a_connection_the_server_dropped_while_idle(
     postgres_url: str,
 ) -> None:
-    """A restart, a failover or an idle timeout drops the connection: the call that
-    finds it dropped fails (StoreUnavailable), the next one works on a new one."""
+    """A restart, a failover or an idle timeout ends an idle session: the next call
+    finds out before it sends anything, and runs on a new connection, once."""
+    store = open_store(postgres_url)
+    try:
+        submit_one(store)
+        for call in range(2):  # a read, then a write
+            pid = store._conn.info.backend_pid  # type: ignore[attr-defined]
+            _end_session(postgres_url, pid)
+            if call == 0:
+                assert store.count_tasks() == {("q", "a", "queued"): 1}
+            else:
+                submit_one(store)
+            assert store._conn.info.backend_pid != pid  # type: ignore[attr-defined]
+        assert store.open_count("q") == 2
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_call_whose_connection_drops_under_it_fails_and_the_next_reconnects(
+    postgres_url: str,
+) -> None:
+    """A session ended while a call waits on the server: that call fails with
+    StoreUnavailable (whether a write in flight happened cannot be known, so it is
+    not tried again), and the next call works on a new connection."""
     from fleetops import StoreUnavailable
 
     store = open_store(postgres_url)
     try:
         submit_one(store)
         pid = store._conn.info.backend_pid  # type: ignore[attr-defined]
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        with pytest.raises(StoreUnavailable):
-            store.count_tasks()
+        with psycopg.connect(postgres_url) as admin:  # holds the table until it ends
+            admin.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(store.count_tasks)
+                with psycopg.connect(postgres_url, autocommit=True) as killer:
+                    _poll(
+                        lambda: (
+                            killer.execute(
+                                "SELECT 1 FROM pg_stat_activity WHERE pid = %s "
+                                "AND wait_event_type = 'Lock'",
+                                (pid,),
+                            ).fetchone()
+                            is not None
+                        )
+                    )
+                    killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                with pytest.raises(StoreUnavailable):
+                    waiting.result(timeout=10)
+            admin.rollback()
         assert store.count_tasks() == {("q", "a", "queued"): 1}
         assert store._conn.info.backend_pid != pid  # type: ignore[attr-defined]
-        submit_one(store)  # writes too
-        assert store.open_count("q") == 2
     finally:
         store.close()
 

@@ -7,6 +7,7 @@ Statements are written with ``?`` and rewritten to psycopg's ``%s`` once, cached
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
@@ -165,12 +166,26 @@ class PostgresStore(SqlStore):
         return True
 
     def _reconnect_if_lost(self) -> None:
-        """A connection the server dropped (a restart, a failover, an idle timeout)
-        stays dropped: open a new one before the next call, outside a transaction.
-        The call that found it dropped failed, and is not tried again here: whether
-        its write happened is not known, so whether to try again is its caller's call
-        (a fenced completion may; an unkeyed submit might then be stored twice)."""
-        if self._depth == 0 and self._conn.closed:
+        """Before a call (outside a transaction), make sure the connection is one the
+        server still serves, else open a new one.
+
+        A server that ends an idle session (a restart or failover, an administrator's
+        ``pg_terminate_backend``, a proxy's idle timeout) says so on the socket, and
+        closes it. So a connection whose socket has something to read between calls
+        is replaced before anything of the call is sent, and the call runs as if
+        nothing had happened (see :func:`_dropped_while_idle`). That costs one poll
+        of the socket a call, no round trip.
+
+        A connection dropped while a call is in progress (the server stopped under
+        it) fails that call with StoreUnavailable, and the next call opens a new
+        one: whether a write that was in flight happened is not known, so whether
+        to try it again is its caller's call (a fenced completion may; an unkeyed
+        submit might then be stored twice)."""
+        if self._depth:
+            return
+        if not self._conn.closed and _dropped_while_idle(self._conn):
+            self._conn.close()
+        if self._conn.closed:
             self._conn = self._connect()
 
     @contextmanager
@@ -287,6 +302,20 @@ class PostgresStore(SqlStore):
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _dropped_while_idle(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn``, an idle connection, has heard from the server since its last
+    call: its socket has something to read. A server that ends a session says why
+    and closes it (the close may come a moment after the words); it sends an idle
+    session nothing else unasked but the odd notice or setting report, after which
+    a new connection is no loss."""
+    try:
+        poller = select.poll()  # any descriptor number, unlike select()
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):  # no socket left
+        return True
 
 
 class _Watchdog:
