@@ -718,6 +718,87 @@ def test_a_worker_rides_out_a_store_that_fails_its_periodic_calls_for_a_while(
     assert down["refused"] >= 5
 
 
+@agent(name="charge_then_nap", retry=RetryPolicy(max_attempts=1))
+async def charge_then_nap(task: TaskInfo, ctx: Context) -> str:
+    await ctx.effect("charge", lambda: SIDE_EFFECTS.append(f"cut-{task.id}"))
+    await asyncio.sleep(0.3)
+    return "done"
+
+
+@pytest.mark.postgres
+def test_a_worker_rides_out_its_database_going_away_for_seconds(postgres_url: str) -> None:
+    """Every connection between a worker and PostgreSQL is cut, and new ones refused,
+    for 1.5 s (a server restart, a failover, a network outage) while its handlers
+    are between an effect and their completion. The worker keeps its handlers and
+    their finished work, tries its claims, journal writes and outcomes again until
+    the database answers, and goes on: every task succeeds on its one attempt, each
+    effect happens once, and the worker is still running tasks afterwards."""
+    from _tcp_cut import CuttableRelay
+
+    SIDE_EFFECTS.clear()
+    target = ("127.0.0.1", 5432)
+    assert f"@{target[0]}:{target[1]}/" in postgres_url, postgres_url
+
+    with CuttableRelay(target) as relay:
+
+        async def body(client: QueueClient, worker: Worker) -> None:
+            ids = [s.id for s in await client.submit_many([NewTask("c", "charge_then_nap")] * 40)]
+            await wait_until(lambda: len(SIDE_EFFECTS) >= 10)
+            relay.cut(1.5)
+            await asyncio.sleep(1.6)
+            records = [await _wait_terminal(client, task_id, within=30) for task_id in ids]
+            assert [r.state for r in records] == ["succeeded"] * 40, [
+                (r.id, r.state, r.error) for r in records if r.state != "succeeded"
+            ]
+            assert not worker._stopping.is_set()
+            await _still_runs_tasks(client)
+
+        asyncio.run(
+            _with_worker(
+                relay.url(postgres_url),
+                body,
+                [spec(charge_then_nap), spec(child_double)],
+                heartbeat_interval=0.05,
+            )
+        )
+        assert relay.dropped >= 1 and relay.refused >= 1, (relay.dropped, relay.refused)
+    assert sorted(SIDE_EFFECTS) == sorted(set(SIDE_EFFECTS)), "an effect happened twice"
+    assert len(SIDE_EFFECTS) == 40
+
+
+def test_tasks_a_claim_leased_before_its_answer_was_lost_are_given_back_and_run(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim whose COMMIT went through but whose answer was lost (the connection
+    dropped in between) leaves tasks leased to a worker that does not know it holds
+    them, and whose heartbeats would extend those leases for as long as it lives.
+    It gives them back first thing once the store answers again; they are run."""
+    from fleetops import StoreUnavailable
+    from fleetops.store._sql import SqlStore
+
+    original = SqlStore.claim
+    lost: list[int] = []
+
+    def answer_lost_once(self: SqlStore, *args: Any, **kwargs: Any) -> Any:
+        claimed = original(self, *args, **kwargs)
+        if claimed and not lost:
+            lost.extend(t.id for t in claimed)
+            raise StoreUnavailable("the connection dropped before the claim was answered")
+        return claimed
+
+    monkeypatch.setattr(SqlStore, "claim", answer_lost_once)
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        ids = [s.id for s in await client.submit_many([NewTask("c", "child_double", "5")] * 3)]
+        records = [await _wait_terminal(client, task_id) for task_id in ids]
+        assert lost, "no claim was answered lost"
+        assert [r.state for r in records] == ["succeeded"] * 3
+        released = [a for t in lost for a in await client.run(client.store.attempts, t)]
+        assert [a.outcome for a in released if a.outcome != "succeeded"] == ["released"] * len(lost)
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(child_double)], lease_seconds=30))
+
+
 def test_a_worker_whose_heartbeats_fail_longer_than_its_lease_stops(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -178,7 +178,7 @@ class Context:
             ),
         )
         check_size("payload", child.payload)
-        result = await self._worker.client.apply(SubmitChild(self.task.id, self.task.epoch, child))
+        result = await self._worker.write_fenced(SubmitChild(self.task.id, self.task.epoch, child))
         if not result.ok:
             raise LeaseLost(self.task.id, self.task.epoch)
         self._worker.wake_claimer()
@@ -197,7 +197,7 @@ class Context:
         if journaled is not None and journaled[0] == "done":
             return json.loads(journaled[1] or "null")
         task_id, epoch = self.task.id, self.task.epoch
-        begun = await self._worker.client.apply(EffectBegin(task_id, epoch, key))
+        begun = await self._worker.write_fenced(EffectBegin(task_id, epoch, key))
         if not begun.ok:
             raise LeaseLost(task_id, epoch)
         found: Any = begun.value
@@ -229,7 +229,7 @@ class Context:
                 )
         # the effect happened: if its result cannot be journaled, journal it as done
         # (with no result) so that no attempt runs it again, and fail the task for good
-        ended = await self._worker.client.apply(EffectEnd(task_id, epoch, key, encoded))
+        ended = await self._worker.write_fenced(EffectEnd(task_id, epoch, key, encoded))
         if not ended.ok:
             raise LeaseLost(task_id, epoch)
         self._journal[key] = ("done", encoded)

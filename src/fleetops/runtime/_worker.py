@@ -29,7 +29,7 @@ from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from .._clock import Clock
-from .._exceptions import LeaseLost, StoreError, TaskFailed
+from .._exceptions import LeaseLost, StoreError, StoreUnavailable, TaskFailed
 from ..queue import QueueClient
 from ..queue._bell import Doorbell
 from ..queue._client import (
@@ -39,7 +39,17 @@ from ..queue._client import (
     check_outcome_sync_delay,
     size_over_limit,
 )
-from ..store import TERMINAL_STATES, ClaimedTask, Complete, Fail, Release
+from ..store import (
+    TERMINAL_STATES,
+    ClaimedTask,
+    Complete,
+    EffectBegin,
+    EffectEnd,
+    Fail,
+    OpResult,
+    Release,
+    SubmitChild,
+)
 from ..telemetry import MetricSet, catalog, get_logger
 from ..telemetry._lean import LeanTracer
 from ..telemetry._metricset import CounterSeries, NullMetricSet
@@ -77,6 +87,12 @@ LONG_IDLE_SECONDS = 10.0
 #: innermost frames).
 MAX_ERROR_CHARS = 4096
 MAX_TRACEBACK_CHARS = 16384
+#: While the store cannot be reached (a PostgreSQL server restarting or failing over,
+#: a SQLite file locked past its timeout), a worker's claims and its tasks' outcomes
+#: are tried again after these many seconds, doubling from the first to the last. It
+#: keeps its handlers and their leases meanwhile; the heartbeat loop gives up (and
+#: stops the worker) once the store has been gone for the length of a lease.
+STORE_RETRY_SECONDS = (0.05, 1.0)
 
 
 def cut_text(text: str, most: int, *, tail: bool = False) -> str:
@@ -409,6 +425,8 @@ class Worker:
         watcher = self.client.change_watcher()
         idle_since: float | None = None
         poll = s.poll_min
+        backoff = STORE_RETRY_SECONDS[0]
+        in_doubt = False
         try:
             while not self._stopping.is_set():
                 # a task waiting for a child's result gives its slot up meanwhile, so
@@ -428,14 +446,29 @@ class Worker:
                 # task rose 14 %: the median overhead 1.06 times as high (6 pairs at a
                 # fixed 15,000 tasks/s, fleetops bench queue on a 2-core VM).
                 limit = min(free, s.claim_batch)
-                claimed = await self.client.claim(
-                    self.worker_id,
-                    queues,
-                    limit,
-                    s.lease_seconds,
-                    agents,
-                    s.max_cluster_running,
-                )
+                try:
+                    if in_doubt:
+                        await self._release_unknown_leases()
+                        in_doubt = False
+                    claimed = await self.client.claim(
+                        self.worker_id,
+                        queues,
+                        limit,
+                        s.lease_seconds,
+                        agents,
+                        s.max_cluster_running,
+                    )
+                except StoreUnavailable as exc:
+                    # A claim that failed in its COMMIT may have leased tasks all
+                    # the same, which this worker would hold (its heartbeats extending
+                    # them) without running them: they are given back first thing
+                    # once the store answers again.
+                    in_doubt = True
+                    log.warning("claim.failed", worker=self.worker_id, error=str(exc))
+                    await self._wait_hint(backoff)
+                    backoff = min(backoff * 2, STORE_RETRY_SECONDS[1])
+                    continue
+                backoff = STORE_RETRY_SECONDS[0]
                 now = self.clock.monotonic()
                 for task in claimed:
                     handler = self._handlers.create_task(
@@ -455,6 +488,23 @@ class Worker:
         finally:
             if watcher is not None:
                 watcher.close()
+
+    async def _release_unknown_leases(self) -> None:
+        """Give back every lease the store says this worker holds that it does not
+        run (the claim loop calls this between claims, so no claim is in flight)."""
+        held = await self.client.run(self.client.store.held_leases, self.worker_id)
+        unknown = {t: e for t, e in held.items() if t not in self._running}
+        for task_id, epoch in unknown.items():
+            await self.client.apply(Release(task_id, epoch, self.worker_id))
+        if unknown:
+            log.warning(
+                "lease.released",
+                tasks=sorted(unknown)[:20],
+                count=len(unknown),
+                worker=self.worker_id,
+                reason="claim in doubt",
+            )
+            self.wake_claimer()
 
     async def _idle_wait(self, watcher: ChangeWatcher | None, poll: float, idle: float) -> None:
         """Wait for a sign of new work: a local hint, another process's commit, or time.
@@ -533,9 +583,21 @@ class Worker:
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(claimed.id, None)
             if reason == "shutdown":
-                await self.client.apply(Release(claimed.id, claimed.epoch, self.worker_id, started))
-                log.info("lease.released", task_id=claimed.id, worker=self.worker_id)
-                outcome = "released"
+                try:
+                    await self.client.apply(
+                        Release(claimed.id, claimed.epoch, self.worker_id, started)
+                    )
+                except StoreUnavailable as exc:  # its lease expires instead
+                    log.warning(
+                        "lease.not_released",
+                        task_id=claimed.id,
+                        worker=self.worker_id,
+                        error=str(exc),
+                    )
+                    outcome = "lease_lost"
+                else:
+                    log.info("lease.released", task_id=claimed.id, worker=self.worker_id)
+                    outcome = "released"
             elif reason is None:
                 raise
         finally:
@@ -551,6 +613,43 @@ class Worker:
             self._slot_free.set()
             lane.count_finished(outcome)
             lane.duration.observe(self.clock.now() - started)
+
+    async def write_fenced(
+        self, op: Complete | Fail | EffectBegin | EffectEnd | SubmitChild
+    ) -> OpResult:
+        """Write one of a task's fenced operations (its outcome; from its context, a
+        child or an effect's journal); while the store cannot be reached, try again
+        (see :data:`STORE_RETRY_SECONDS`) rather than throw a handler's work away, or
+        run an effect that already happened again because its end was not journaled.
+
+        Trying again is safe whether or not the failed try committed: the write is
+        fenced by the lease's epoch, a child carries its idempotency key, and an
+        effect's journal entries are written once. A Complete found refused after a
+        failed try is looked up, and counts as done if that try did commit it."""
+        delay = STORE_RETRY_SECONDS[0]
+        doubted = False
+        while True:
+            try:
+                result = await self.client.apply(op)
+            except StoreUnavailable as exc:
+                if self.dead:
+                    raise
+                doubted = True
+                log.warning(
+                    "store.write_retrying",
+                    task_id=op.parent_id if isinstance(op, SubmitChild) else op.task_id,
+                    write=type(op).__name__,
+                    worker=self.worker_id,
+                    error=str(exc),
+                )
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_SECONDS[1])
+                continue
+            if doubted and not result.ok and isinstance(op, Complete):
+                record = await self.client.run(self.client.store.get_task, op.task_id)
+                if record is not None and record.state == "succeeded" and record.epoch == op.epoch:
+                    return OpResult(True)
+            return result
 
     def _busy_changed(self) -> None:
         now = self.clock.monotonic()
@@ -697,7 +796,7 @@ class Worker:
                 max_attempts=policy_attempts,
             )
         self._settling(claimed.id)
-        done = await self.client.apply(
+        done = await self.write_fenced(
             Complete(claimed.id, claimed.epoch, encoded, self.worker_id, started)
         )
         if not done.ok:
@@ -754,7 +853,7 @@ class Worker:
                 )
             )
         self._settling(claimed.id)
-        result = await self.client.apply(
+        result = await self.write_fenced(
             Fail(claimed.id, claimed.epoch, error, self.worker_id, retry_at, reason, started)
         )
         log.info(

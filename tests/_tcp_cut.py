@@ -1,0 +1,95 @@
+"""A TCP relay on loopback that a test can cut, as a network outage or a database
+server going away would: every connection through it is closed at once, and new
+ones are closed as soon as they are accepted, until the cut ends."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from types import TracebackType
+
+
+class CuttableRelay:
+    """Relays ``127.0.0.1:<port>`` to ``target``; use as a context manager."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._cut_until = 0.0
+        #: connections closed by a cut, and connections refused during one
+        self.dropped = 0
+        self.refused = 0
+        self._closing = False
+        self._acceptor = threading.Thread(target=self._accept, name="relay-accept", daemon=True)
+
+    def __enter__(self) -> CuttableRelay:
+        self._acceptor.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._closing = True
+        self._listener.close()
+        self._drop_all()
+
+    def url(self, url: str) -> str:
+        """``url`` (a postgresql:// URL to ``target``) sent through this relay."""
+        host, port = self.target
+        return url.replace(f"@{host}:{port}/", f"@127.0.0.1:{self.port}/", 1)
+
+    def cut(self, seconds: float) -> None:
+        """Close every connection now, and each new one for ``seconds``."""
+        with self._lock:
+            self._cut_until = time.monotonic() + seconds
+        self._drop_all()
+
+    def _drop_all(self) -> None:
+        with self._lock:
+            doomed, self._open = self._open, set()
+            self.dropped += len(doomed) // 2
+        for sock in doomed:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                refused = time.monotonic() < self._cut_until
+            if refused:
+                self.refused += 1
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with self._lock:
+            self._open -= {source, sink}
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
