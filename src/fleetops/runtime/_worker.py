@@ -88,9 +88,10 @@ LONG_IDLE_SECONDS = 10.0
 MAX_ERROR_CHARS = 4096
 MAX_TRACEBACK_CHARS = 16384
 #: While the store cannot be reached (a PostgreSQL server restarting or failing over,
-#: a SQLite file locked past its timeout), a worker's claims and its tasks' outcomes
-#: are tried again after these many seconds, doubling from the first to the last. It
-#: keeps its handlers and their leases meanwhile; the heartbeat loop gives up (and
+#: a SQLite file locked past its timeout), a worker's claims, its tasks' outcomes and
+#: their contexts' writes (effect journal entries, child tasks) are tried again after
+#: these many seconds, doubling from the first to the last (see Worker.write_fenced).
+#: It keeps its handlers and their leases meanwhile; the heartbeat loop gives up (and
 #: stops the worker) once the store has been gone for the length of a lease.
 STORE_RETRY_SECONDS = (0.05, 1.0)
 
@@ -625,7 +626,9 @@ class Worker:
         Trying again is safe whether or not the failed try committed: the write is
         fenced by the lease's epoch, a child carries its idempotency key, and an
         effect's journal entries are written once. A Complete found refused after a
-        failed try is looked up, and counts as done if that try did commit it."""
+        failed try is looked up, and counts as done if that try did commit it. (An
+        EffectBegin whose first try did commit finds its own entry on the next, and
+        the effect is then told it may be a re-execution: the safe side.)"""
         delay = STORE_RETRY_SECONDS[0]
         doubted = False
         while True:
