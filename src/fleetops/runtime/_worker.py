@@ -495,8 +495,10 @@ class Worker:
         run (the claim loop calls this between claims, so no claim is in flight)."""
         held = await self.client.run(self.client.store.held_leases, self.worker_id)
         unknown = {t: e for t, e in held.items() if t not in self._running}
-        for task_id, epoch in unknown.items():
-            await self.client.apply(Release(task_id, epoch, self.worker_id))
+        # together, they go in one group commit
+        await asyncio.gather(
+            *(self.client.apply(Release(t, e, self.worker_id)) for t, e in unknown.items())
+        )
         if unknown:
             log.warning(
                 "lease.released",
