@@ -43,11 +43,17 @@ class CuttableRelay:
         host, port = self.target
         return url.replace(f"@{host}:{port}/", f"@127.0.0.1:{self.port}/", 1)
 
-    def cut(self, seconds: float) -> None:
-        """Close every connection now, and each new one for ``seconds``."""
+    def cut(self, seconds: float = float("inf")) -> None:
+        """Close every connection now, and each new one for ``seconds`` (until
+        :meth:`heal` if not given)."""
         with self._lock:
             self._cut_until = time.monotonic() + seconds
         self._drop_all()
+
+    def heal(self) -> None:
+        """End the cut: new connections go through again."""
+        with self._lock:
+            self._cut_until = 0.0
 
     def _drop_all(self) -> None:
         with self._lock:

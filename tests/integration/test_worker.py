@@ -20,6 +20,7 @@ from fleetops.runtime import AgentSpec, Worker, WorkerSettings, agent
 from fleetops.runtime import _worker as worker_module
 from fleetops.store import (
     TERMINAL_STATES,
+    AttemptRecord,
     Complete,
     Fail,
     NewTask,
@@ -764,6 +765,106 @@ def test_a_worker_rides_out_its_database_going_away_for_seconds(postgres_url: st
         assert relay.dropped >= 1 and relay.refused >= 1, (relay.dropped, relay.refused)
     assert sorted(SIDE_EFFECTS) == sorted(set(SIDE_EFFECTS)), "an effect happened twice"
     assert len(SIDE_EFFECTS) == 40
+
+
+#: tasks whose "charge" journal write was refused: the lease had been taken away
+LOST_CHARGES: list[int] = []
+
+
+@agent(name="reserve_nap_charge", retry=RetryPolicy(max_attempts=1))
+async def reserve_nap_charge(task: TaskInfo, ctx: Context) -> str:
+    await ctx.effect("reserve", lambda: SIDE_EFFECTS.append(f"reserve-{task.id}-{task.epoch}"))
+    await asyncio.sleep(float(task.payload))
+    try:
+        await ctx.effect("charge", lambda: SIDE_EFFECTS.append(f"charge-{task.id}-{task.epoch}"))
+    except LeaseLost:
+        LOST_CHARGES.append(task.id)
+        raise
+    return "done"
+
+
+@pytest.mark.postgres
+def test_a_worker_cut_off_and_declared_dead_cannot_repeat_an_effect_once_it_reconnects(
+    postgres_url: str,
+) -> None:
+    """Split brain. A worker loses its network to PostgreSQL while its handlers sit
+    between two effects, and is declared dead there (as a failure detector elsewhere
+    would): its tasks are taken from it. When the network comes back it is still
+    running (it has not yet heard it was declared dead) and its handlers go on to
+    their second effect: each of those journal writes reaches the database and is
+    refused, its epoch stale, so the effect does not run. A healthy worker then
+    finishes the tasks: it replays the first effects from the journal and runs the
+    second ones. Every effect happens once, by the holder of the lease at the time."""
+    from _tcp_cut import CuttableRelay
+
+    SIDE_EFFECTS.clear()
+    LOST_CHARGES.clear()
+    target = ("127.0.0.1", 5432)
+    assert f"@{target[0]}:{target[1]}/" in postgres_url, postgres_url
+
+    async def main(relay: CuttableRelay) -> list[tuple[TaskRecord, list[AttemptRecord]]]:
+        async with (
+            QueueClient(relay.url(postgres_url)) as far,
+            QueueClient(postgres_url) as near,
+        ):
+            # beating every 5 s, it hears it was declared dead only well after its
+            # handlers' journal writes have been answered
+            cut_off = _worker(
+                far,
+                "w-cut-off",
+                reserve_nap_charge,
+                concurrency=20,
+                heartbeat_interval=5.0,
+                lease_seconds=30,
+                shutdown_grace=1.0,
+            )
+            healthy = _worker(
+                near,
+                "w-healthy",
+                reserve_nap_charge,
+                concurrency=20,
+                heartbeat_interval=0.05,
+                shutdown_grace=1.0,
+            )
+            stop = asyncio.Event()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(cut_off.run(stop))
+                tasks = [NewTask("c", "reserve_nap_charge", "0.5")] * 10
+                ids = [s.id for s in await near.submit_many(tasks)]
+
+                async def reserved() -> bool:
+                    journals = [await near.run(near.store.effects, i) for i in ids]
+                    return all([e.state for e in j] == ["done"] for j in journals)
+
+                await wait_until(reserved)
+                relay.cut()
+                revoked = await near.run(
+                    near.store.revoke_worker, "w-cut-off", near.clock.now(), "cut off"
+                )
+                assert sorted(revoked) == sorted(ids)
+                await asyncio.sleep(1.0)  # its naps end: its charges wait for the database
+                assert relay.refused >= 1, "the cut-off worker did not try to reconnect"
+                assert not LOST_CHARGES and cut_off._running
+                relay.heal()
+                await wait_until(lambda: not cut_off._running, within=10)  # its handlers ended
+                tg.create_task(healthy.run(stop))
+                records = [await _wait_terminal(near, i, within=30) for i in ids]
+                stop.set()
+            return [(r, await near.run(near.store.attempts, r.id)) for r in records]
+
+    with CuttableRelay(target) as relay:
+        finished = asyncio.run(main(relay))
+    records = [r for r, _ in finished]
+    assert [r.state for r in records] == ["succeeded"] * 10
+    assert [[(a.worker, a.epoch, a.outcome) for a in attempts] for _, attempts in finished] == [
+        # the revocation ends the first lease (epoch 1 -> 2); the claim starts the next
+        [("w-cut-off", 1, "lease_lost"), ("w-healthy", 3, "succeeded")]
+    ] * 10
+    assert sorted(SIDE_EFFECTS) == sorted(
+        [f"reserve-{r.id}-1" for r in records] + [f"charge-{r.id}-3" for r in records]
+    )
+    # each of the cut-off worker's late journal writes reached the database and was refused
+    assert sorted(LOST_CHARGES) == sorted(r.id for r in records)
 
 
 def test_tasks_a_claim_leased_before_its_answer_was_lost_are_given_back_and_run(
