@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 FLEETOPS = [sys.executable, "-m", "fleetops.cli"]
 
 
@@ -50,6 +52,29 @@ def test_chaos_kill_workers_json(tmp_path: Path) -> None:
     assert result["lost"] == 0
     assert result["duplicate_effects"] == 0
     assert result["kills"] >= 1
+
+
+@pytest.mark.postgres
+def test_chaos_cut_store_json(tmp_path: Path, postgres_url: str) -> None:
+    proc = run(
+        "chaos",
+        "cut-store",
+        "--store",
+        postgres_url,
+        "--tasks",
+        "150",
+        "--cut-every",
+        "700ms",
+        "--cut-for",
+        "300ms",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["submitted"] == result["succeeded"] == 150
+    assert result["cuts"] >= 1 and result["connections_cut"] >= 1
+    assert result["lost"] == result["duplicate_effects"] == result["worker_failures"] == 0
 
 
 def test_bench_queue_json(tmp_path: Path) -> None:
@@ -198,3 +223,10 @@ def test_bad_store_url_is_a_clear_error(tmp_path: Path) -> None:
     proc = run("bench", "queue", "--store", "mysql://nope", "--json", cwd=tmp_path)
     assert proc.returncode == 2
     assert "--store" in proc.stderr and "postgresql://" in proc.stderr
+
+    # a SQLite store is a file: there is no network to cut
+    proc = run("chaos", "cut-store", "--store", "sqlite:///fleet.db", "--json", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "--store" in proc.stderr and "'sqlite:///fleet.db'" in proc.stderr
+    assert "postgresql://" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == "" and not list(tmp_path.iterdir())

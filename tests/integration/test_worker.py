@@ -14,6 +14,7 @@ import pytest
 
 from _polling import wait_until
 from fleetops import ConfigError, Context, LeaseLost, RetryPolicy, TaskFailed, TaskInfo
+from fleetops.chaos._relay import CuttableRelay, postgres_target
 from fleetops.queue import QueueClient
 from fleetops.queue._client import MAX_VALUE_BYTES, ChangeWatcher
 from fleetops.runtime import AgentSpec, Worker, WorkerSettings, agent
@@ -734,11 +735,8 @@ def test_a_worker_rides_out_its_database_going_away_for_seconds(postgres_url: st
     their finished work, tries its claims, journal writes and outcomes again until
     the database answers, and goes on: every task succeeds on its one attempt, each
     effect happens once, and the worker is still running tasks afterwards."""
-    from _tcp_cut import CuttableRelay
-
     SIDE_EFFECTS.clear()
-    target = ("127.0.0.1", 5432)
-    assert f"@{target[0]}:{target[1]}/" in postgres_url, postgres_url
+    target = postgres_target(postgres_url)
 
     with CuttableRelay(target) as relay:
 
@@ -795,12 +793,9 @@ def test_a_worker_cut_off_and_declared_dead_cannot_repeat_an_effect_once_it_reco
     refused, its epoch stale, so the effect does not run. A healthy worker then
     finishes the tasks: it replays the first effects from the journal and runs the
     second ones. Every effect happens once, by the holder of the lease at the time."""
-    from _tcp_cut import CuttableRelay
-
     SIDE_EFFECTS.clear()
     LOST_CHARGES.clear()
-    target = ("127.0.0.1", 5432)
-    assert f"@{target[0]}:{target[1]}/" in postgres_url, postgres_url
+    target = postgres_target(postgres_url)
 
     async def main(relay: CuttableRelay) -> list[tuple[TaskRecord, list[AttemptRecord]]]:
         async with (

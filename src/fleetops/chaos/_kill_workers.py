@@ -10,7 +10,6 @@ p99 ≤ 2 s, hung worker detected ≤ 3 s).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
@@ -31,12 +30,9 @@ from ..runtime import (
     WorkerHandle,
     WorkerSettings,
 )
-from ..store import TERMINAL_STATES, NewTask
-from ._agents import LEDGER_ENV
-from ._ledger import Ledger
-from ._stats import percentile
-
-AGENT_ENTRYPOINT = "fleetops.chaos._agents:effectful"
+from ..store._postgres import redact
+from ._run import AGENT_ENTRYPOINT, Tally, drive, new_ledger, tally
+from ._stats import percentile, seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +52,9 @@ class KillWorkersConfig:
 
 
 @dataclass(slots=True)
-class KillWorkersResult:
-    submitted: int
-    succeeded: int
-    dead_lettered: int
-    lost: int
-    duplicate_effects: int
-    missing_effects: int
-    effect_reexecutions: int
+class KillWorkersResult(Tally):
     kills: int
     stops: int
-    redelivered_tasks: int
     detection_p99_s: float | None
     recovery_p99_s: float | None
     hang_detection_s: float | None
@@ -95,8 +83,7 @@ async def kill_workers(
     with tempfile.TemporaryDirectory(prefix="fleetops-chaos-") as tmp:
         workdir = Path(tmp)
         store_url = config.store_url or f"sqlite:///{workdir / 'fleet.db'}"
-        ledger_path = workdir / "ledger.db"
-        Ledger(ledger_path).close()
+        ledger_path, env = new_ledger(workdir)
         cluster = f"chaos-{uuid.uuid4().hex[:8]}"
         detected: dict[str, float] = {}
         suspected: dict[str, float] = {}
@@ -109,8 +96,6 @@ async def kill_workers(
             elif event.kind == "worker.suspected":
                 suspected.setdefault(event.worker, event.at)
 
-        env = dict(os.environ)
-        env[LEDGER_ENV] = str(ledger_path)
         plan = ClusterPlan(
             name=cluster,
             agents=(AGENT_ENTRYPOINT,),
@@ -127,57 +112,28 @@ async def kill_workers(
             env=env,
             log_dir=workdir / "logs",
         )
-        stop_supervisor = asyncio.Event()
         kills: dict[str, float] = {}
         stops: dict[str, float] = {}
         started = clock.monotonic()
-        async with QueueClient(store_url, clock=clock) as client, asyncio.TaskGroup() as tg:
-            tg.create_task(supervisor.run(stop_supervisor), name="supervisor")
-            await supervisor.ready.wait()
-            payload = json.dumps({"work_s": config.work_s})
-            submitted: list[int] = []
-            for start in range(0, config.tasks, 500):
-                batch = [
-                    NewTask(queue=cluster, agent="effectful", payload=payload)
-                    for _ in range(min(500, config.tasks - start))
-                ]
-                submitted.extend(s.id for s in await client.submit_many(batch))
-            killer = tg.create_task(
-                _killer(supervisor, cluster, config, rng, clock, kills, stops), name="killer"
-            )
-            timed_out = False
-            try:
-                async with asyncio.timeout(config.timeout):
-                    while True:
-                        counts = await client.run(client.store.count_tasks)
-                        done = sum(
-                            n
-                            for (q, _, s), n in counts.items()
-                            if q == cluster and s in TERMINAL_STATES
-                        )
-                        if progress is not None:
-                            progress(done, len(submitted), len(kills))
-                        if done >= len(submitted):
-                            break
-                        await asyncio.sleep(0.1)
-            except TimeoutError:
-                timed_out = True
-            killer.cancel()
-            stop_supervisor.set()
+        submitted, timed_out = await drive(
+            supervisor,
+            store_url,
+            cluster,
+            lambda: _killer(supervisor, cluster, config, rng, clock, kills, stops),
+            tasks=config.tasks,
+            work_s=config.work_s,
+            time_limit=config.timeout,
+            clock=clock,
+            progress=None if progress is None else lambda d, t: progress(d, t, len(kills)),
+        )
         elapsed = clock.monotonic() - started
         async with QueueClient(store_url, clock=clock) as client:
             records = await client.run(client.store.get_tasks, submitted)
             attempts = {}
-            redelivered = [r.id for r in records if r.redeliveries > 0]
-            for task_id in redelivered:
+            for task_id in [r.id for r in records if r.redeliveries > 0]:
                 attempts[task_id] = await client.run(client.store.attempts, task_id)
-        ledger = Ledger(ledger_path)
-        report = ledger.report()
-        applied_ids = ledger.applied_task_ids()
-        ledger.close()
+        counted = tally(submitted, records, ledger_path)
 
-    succeeded = [r for r in records if r.state == "succeeded"]
-    terminal = [r for r in records if r.state in TERMINAL_STATES]
     record_by_id = {r.id: r for r in records}
     recovery: list[float] = []
     for task_id, rows in attempts.items():
@@ -193,29 +149,18 @@ async def kill_workers(
     detection = [detected[w] - t for w, t in kills.items() if w in detected]
     hang = [suspected[w] - t for w, t in stops.items() if w in suspected]
     return KillWorkersResult(
-        submitted=len(submitted),
-        succeeded=len(succeeded),
-        dead_lettered=sum(1 for r in records if r.state == "dead"),
-        lost=len(submitted) - len(terminal),
-        duplicate_effects=report.duplicate_effects,
-        missing_effects=sum(1 for r in succeeded if r.id not in applied_ids),
-        effect_reexecutions=report.reexecutions,
+        **counted.counts(),
         kills=len(kills),
         stops=len(stops),
-        redelivered_tasks=len(redelivered),
-        detection_p99_s=_round(percentile(detection, 99)),
-        recovery_p99_s=_round(percentile(recovery, 99)),
-        hang_detection_s=_round(max(hang) if hang else None),
+        detection_p99_s=seconds(percentile(detection, 99)),
+        recovery_p99_s=seconds(percentile(recovery, 99)),
+        hang_detection_s=seconds(max(hang) if hang else None),
         elapsed_s=round(elapsed, 3),
-        store=store_url if config.store_url else "sqlite (temporary file)",
+        store=redact(store_url) if config.store_url else "sqlite (temporary file)",
         timed_out=timed_out,
         detection_samples=detection,
         recovery_samples=recovery,
     )
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
 
 
 async def _killer(

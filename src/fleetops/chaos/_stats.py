@@ -13,3 +13,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100.0 * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
+
+
+def seconds(value: float | None) -> float | None:
+    """A time in seconds for a report: rounded to 0.1 ms (None stays None)."""
+    return None if value is None else round(value, 4)

@@ -9,7 +9,8 @@ import typer
 
 from .._exceptions import ConfigError
 from .._units import parse_duration
-from ..chaos import KillWorkersConfig, kill_workers
+from ..chaos import CutStoreConfig, KillWorkersConfig, cut_store, kill_workers
+from ..chaos._cut_store import check_cut_timing
 from ._common import (
     EXIT_FAILURE,
     err,
@@ -78,5 +79,60 @@ def kill_workers_command(
                 f"{result.lost} task(s) were still open when the run ended at its time "
                 f"limit ({result.elapsed_s:.0f} s): with a kill every {kill_every} the "
                 "fleet may not keep up; a longer interval tells loss from slowness"
+            )
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command("cut-store")
+def cut_store_command(
+    store: str = typer.Option(
+        ..., help="The fleet's PostgreSQL database: postgresql://user@host:port/db."
+    ),
+    tasks: int = typer.Option(1000, min=1, help="Tasks to submit, each with one side effect."),
+    workers: int = typer.Option(2, min=1, help="Worker processes."),
+    cut_every: str = typer.Option("3s", help="A cut begins this often, e.g. 2s."),
+    cut_for: str = typer.Option("1s", help="How long each cut lasts, e.g. 500ms."),
+    work: str = typer.Option("200ms", help="Work per task before its side effect."),
+    concurrency: int = typer.Option(25, min=1, help="Concurrent tasks per worker."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
+) -> None:
+    """Cut the network between the fleet and its database every interval under load
+    (every connection closed, new ones refused); report lost and duplicated work.
+
+    Exits 1 when the steady-state hypothesis fails: a task lost, a side effect
+    applied twice or missing, or a worker failed though the cuts were shorter than
+    its lease (workers ride a cut out; one cut off for its lease's length stops).
+    """
+    setup_logging(verbose, quiet_level=logging.CRITICAL)  # the failures are the point
+    with user_errors():
+        every = parse_duration(cut_every, "--cut-every")
+        length = parse_duration(cut_for, "--cut-for")
+        check_cut_timing(every, length, (cut_every, cut_for))
+        config = CutStoreConfig(
+            store_url=store,
+            tasks=tasks,
+            workers=workers,
+            cut_every=every,
+            cut_for=length,
+            work_s=parse_duration(work, "--work"),
+            concurrency=concurrency,
+        )
+        with progress_bar("tasks terminal") as update:
+            result = asyncio.run(
+                cut_store(config, progress=lambda d, t, k: update(d, t, note=f"{k} cuts"))
+            )
+    if json_output:
+        print_json(result.summary())
+    else:
+        print_mapping("chaos cut-store", result.summary())
+    if not result.holds:
+        err.print("[bold red]steady state violated:[/] ", end="")
+        if result.lost or result.duplicate_effects or result.missing_effects:
+            err.print("work was lost or duplicated")
+        else:
+            err.print(
+                f"{result.worker_failures} worker(s) failed though every cut was shorter "
+                "than a worker's lease; their logs say why"
             )
         raise typer.Exit(EXIT_FAILURE)

@@ -1,6 +1,6 @@
-"""A TCP relay on loopback that a test can cut, as a network outage or a database
-server going away would: every connection through it is closed at once, and new
-ones are closed as soon as they are accepted, until the cut ends."""
+"""A TCP relay on loopback that can be cut, as a network outage, a database failover
+or a server restart would cut it: every connection through it is closed at once,
+and new ones are closed as soon as they are accepted, until the cut ends."""
 
 from __future__ import annotations
 
@@ -9,10 +9,43 @@ import socket
 import threading
 import time
 from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
+
+from .._exceptions import ConfigError
+from ..store._postgres import redact
+
+#: PostgreSQL's port when a URL names none
+POSTGRES_PORT = 5432
+
+
+def postgres_target(url: str, field: str = "--store") -> tuple[str, int]:
+    """The TCP host and port of a ``postgresql://`` URL, or a ConfigError naming
+    ``field`` for a URL that is not one or reaches its server some other way."""
+    parts = urlsplit(url)
+    shown = redact(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            field,
+            shown,
+            "give a postgresql:// URL: the experiment cuts the network between the fleet "
+            "and its database, and a SQLite store is a file, with no connection to cut",
+        )
+    if not parts.hostname or "host=" in parts.query:
+        raise ConfigError(
+            field,
+            shown,
+            "name the database server's TCP host in the URL (postgresql://user@host:port/db): "
+            "a Unix socket cannot be relayed",
+        )
+    return parts.hostname, parts.port or POSTGRES_PORT
 
 
 class CuttableRelay:
-    """Relays ``127.0.0.1:<port>`` to ``target``; use as a context manager."""
+    """Relays ``127.0.0.1:<port>`` to ``target``; use as a context manager.
+
+    Two threads pump each connection, one a direction: a relay for tests and chaos
+    runs, not for a production path.
+    """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -40,8 +73,15 @@ class CuttableRelay:
 
     def url(self, url: str) -> str:
         """``url`` (a postgresql:// URL to ``target``) sent through this relay."""
-        host, port = self.target
-        return url.replace(f"@{host}:{port}/", f"@127.0.0.1:{self.port}/", 1)
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")
+        userinfo = netloc[0] + netloc[1]
+        return urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{self.port}"))
+
+    @property
+    def is_cut(self) -> bool:
+        with self._lock:
+            return time.monotonic() < self._cut_until
 
     def cut(self, seconds: float = float("inf")) -> None:
         """Close every connection now, and each new one for ``seconds`` (until
@@ -83,7 +123,14 @@ class CuttableRelay:
                 client.close()
                 continue
             with self._lock:
-                self._open |= {client, server}
+                late = time.monotonic() < self._cut_until  # a cut began meanwhile
+                if not late:
+                    self._open |= {client, server}
+            if late:
+                self.refused += 1
+                client.close()
+                server.close()
+                continue
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
