@@ -765,6 +765,39 @@ def test_a_worker_rides_out_its_database_going_away_for_seconds(postgres_url: st
     assert len(SIDE_EFFECTS) == 40
 
 
+@pytest.mark.postgres
+def test_a_worker_tries_its_writes_again_as_soon_as_its_database_answers_a_beat(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While its database is away, a worker's writes wait between tries, longer and
+    longer. Its heartbeats go on probing meanwhile, and the first one answered ends
+    those waits: here every wait is 30 s, and the work is done within seconds of the
+    database's return all the same."""
+    monkeypatch.setattr(worker_module, "STORE_RETRY_SECONDS", (30.0, 30.0))
+    caplog.set_level(logging.WARNING, logger="fleetops.worker")
+    SIDE_EFFECTS.clear()
+
+    with CuttableRelay(postgres_target(postgres_url)) as relay:
+
+        async def body(client: QueueClient, worker: Worker) -> None:
+            ids = [s.id for s in await client.submit_many([NewTask("c", "charge_then_nap")] * 10)]
+            await wait_until(lambda: len(SIDE_EFFECTS) == 10)
+            relay.cut(1.0)  # the naps end in the cut: each completion is refused, and waits
+            await asyncio.sleep(1.1)
+            records = [await _wait_terminal(client, task_id, within=10) for task_id in ids]
+            assert [r.state for r in records] == ["succeeded"] * 10
+
+        asyncio.run(
+            _with_worker(
+                relay.url(postgres_url), body, [spec(charge_then_nap)], heartbeat_interval=0.05
+            )
+        )
+        assert relay.dropped >= 1
+    retried = [r for r in caplog.records if r.getMessage() == "store.write_retrying"]
+    assert retried, "no write waited for the database"
+    assert sorted(SIDE_EFFECTS) == sorted(set(SIDE_EFFECTS)) and len(SIDE_EFFECTS) == 10
+
+
 #: tasks whose "charge" journal write was refused: the lease had been taken away
 LOST_CHARGES: list[int] = []
 

@@ -92,7 +92,10 @@ MAX_TRACEBACK_CHARS = 16384
 #: their contexts' writes (effect journal entries, child tasks) are tried again after
 #: these many seconds, doubling from the first to the last (see Worker.write_fenced).
 #: It keeps its handlers and their leases meanwhile; the heartbeat loop gives up (and
-#: stops the worker) once the store has been gone for the length of a lease.
+#: stops the worker) once the store has been gone for the length of a lease. The
+#: heartbeat loop also probes the store every heartbeat interval meanwhile, and the
+#: first beat it answers ends every such wait at once (see Worker._store_answered):
+#: work resumes within a beat of the store's return, not up to a pause later.
 STORE_RETRY_SECONDS = (0.05, 1.0)
 
 
@@ -248,6 +251,10 @@ class Worker:
         #: the idle claimer's wait, ended early by wake_claimer (see _wait_hint)
         self._hint_waiter: asyncio.Future[None] | None = None
         self._stopping = asyncio.Event()
+        #: done when the store answers again, for writes waiting to try again (see
+        #: _store_pause); the claim loop is waiting to claim again while claims_failing
+        self._store_back: asyncio.Future[None] | None = None
+        self._claims_failing = False
         self._waiters: dict[int, list[asyncio.Future[Any]]] = {}
         self._waiter_hint = asyncio.Event()
         self._waiter_poll = 0.01
@@ -466,9 +473,11 @@ class Worker:
                     # once the store answers again.
                     in_doubt = True
                     log.warning("claim.failed", worker=self.worker_id, error=str(exc))
+                    self._claims_failing = True  # a beat answered wakes this wait
                     await self._wait_hint(backoff)
                     backoff = min(backoff * 2, STORE_RETRY_SECONDS[1])
                     continue
+                self._claims_failing = False
                 backoff = STORE_RETRY_SECONDS[0]
                 now = self.clock.monotonic()
                 for task in claimed:
@@ -647,7 +656,7 @@ class Worker:
                     worker=self.worker_id,
                     error=str(exc),
                 )
-                await self.clock.sleep(delay)
+                await self._store_pause(delay)
                 delay = min(delay * 2, STORE_RETRY_SECONDS[1])
                 continue
             if doubted and not result.ok and isinstance(op, Complete):
@@ -655,6 +664,26 @@ class Worker:
                 if record is not None and record.state == "succeeded" and record.epoch == op.epoch:
                     return OpResult(True)
             return result
+
+    async def _store_pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before trying the store again, or until it answers a beat
+        (:meth:`_store_answered`), whichever is first."""
+        back = self._store_back
+        if back is None or back.done():
+            back = self._store_back = asyncio.get_running_loop().create_future()
+        pause = asyncio.ensure_future(self.clock.sleep(seconds))
+        try:
+            await asyncio.wait([pause, back], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            pause.cancel()
+
+    def _store_answered(self) -> None:
+        """The store answered: end the waits of whatever is waiting to try it again."""
+        back = self._store_back
+        if back is not None and not back.done():
+            back.set_result(None)
+        if self._claims_failing:
+            self.wake_claimer()
 
     def _busy_changed(self) -> None:
         now = self.clock.monotonic()
@@ -909,6 +938,7 @@ class Worker:
                 continue
             failing_since = None
             beats += 1
+            self._store_answered()
             if not alive:
                 log.error("worker.declared_dead", worker=self.worker_id)
                 self.dead = True
