@@ -954,6 +954,49 @@ def test_a_worker_whose_heartbeats_fail_longer_than_its_lease_stops(
     assert 0.5 <= took < 5
 
 
+def test_the_first_beat_answered_after_failed_ones_extends_the_leases(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every n-th beat extends the worker's leases (about once a second). While beats
+    fail, the leases run on towards their expiry, so the first beat the store answers
+    afterwards extends them, whatever its turn: else a cut almost a lease long could
+    let them lapse, and their tasks be taken away, just after the store came back."""
+    from fleetops import StoreError
+    from fleetops.store._sql import SqlStore
+
+    #: (which call, whether the store answered it)
+    calls: list[tuple[str, bool]] = []
+    down = {"on": False}
+    for name in ("beat", "heartbeat"):
+        original = getattr(SqlStore, name)
+
+        def recorded(
+            self: SqlStore, *args: Any, _name: str = name, _original: Any = original, **kw: Any
+        ) -> Any:
+            if down["on"]:
+                calls.append((_name, False))
+                raise StoreError("the store is away")
+            calls.append((_name, True))
+            return _original(self, *args, **kw)
+
+        monkeypatch.setattr(SqlStore, name, recorded)
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        await wait_until(lambda: len(calls) >= 60)  # 1 in 50 beats extends the leases
+        down["on"] = True
+        await wait_until(lambda: sum(1 for _, answered in calls if not answered) >= 3)
+        failed_until = len(calls)
+        down["on"] = False
+        await wait_until(lambda: any(answered for _, answered in calls[failed_until:]))
+        first = next(name for name, answered in calls[failed_until:] if answered)
+        assert first == "heartbeat", calls[failed_until - 5 :]
+
+    asyncio.run(
+        _with_worker(sqlite_url, body, [spec(nap)], heartbeat_interval=0.02, lease_seconds=3)
+    )
+    assert [n for n, _ in calls[:60]].count("heartbeat") <= 3  # mostly plain beats
+
+
 @agent(name="quick", retry=RetryPolicy(max_attempts=1))
 async def quick(task: TaskInfo, ctx: Context) -> str:
     if task.payload == "fail":

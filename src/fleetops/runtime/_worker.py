@@ -907,7 +907,9 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         """Beat every ``heartbeat_interval``; about once a second also extend every
-        lease in one statement and cancel handlers whose lease was taken away."""
+        lease in one statement and cancel handlers whose lease was taken away. After
+        beats that failed, the next one extends the leases too: they have gone that
+        long without, and may be close to their expiry."""
         s = self.settings
         every = max(1, round(min(1.0, s.lease_seconds / 3) / s.heartbeat_interval))
         beats = 0
@@ -915,7 +917,7 @@ class Worker:
         while True:
             sent_at = self.clock.monotonic()
             try:
-                if beats % every == 0:
+                if beats % every == 0 or failing_since is not None:
                     held = await self.client.heartbeat(
                         self.worker_id, s.lease_seconds, len(self._running), self.processed
                     )
