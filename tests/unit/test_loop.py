@@ -70,7 +70,9 @@ def test_the_loop_runs_timers_sockets_and_threads(kind: str) -> None:
             await asyncio.sleep(delay)
             order.append(name)
 
-        await asyncio.gather(later(0.003, "c"), later(0.0002, "a"), later(0.001, "b"))
+        # apart by more than a scheduler's time slice: a process descheduled between
+        # arming two timers (a loaded CI machine) must not reorder them
+        await asyncio.gather(later(0.03, "c"), later(0.0002, "a"), later(0.015, "b"))
         from_thread = await asyncio.get_running_loop().run_in_executor(None, lambda: 7)
         reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
         writer.write(b"ping\n")
@@ -83,12 +85,17 @@ def test_the_loop_runs_timers_sockets_and_threads(kind: str) -> None:
         await writer.drain()
         writer.close()
 
+    server = loop.run_until_complete(asyncio.start_server(echo, "127.0.0.1", 0))
     try:
-        server = loop.run_until_complete(asyncio.start_server(echo, "127.0.0.1", 0))
-        assert loop.run_until_complete(main()) == ("abc", 7, b"ping\n")
-        server.close()
+        ran = loop.run_until_complete(main())
     finally:
+        # a listening server left open would keep uvloop's close() waiting for ever:
+        # a failure must fail the test, not hang it
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
+    assert ran == ("abc", 7, b"ping\n")
 
 
 @pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
