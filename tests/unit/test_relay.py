@@ -66,6 +66,10 @@ def test_a_cut_closes_open_connections_refuses_new_ones_and_heals(
         relay.heal()
         assert not relay.is_cut
         assert _round_trip(relay.port, b"after") == b"after"
+    # once closed, it listens no more and leaves no thread behind
+    assert not relay._acceptor.is_alive()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", relay.port), timeout=5)
 
 
 def test_a_timed_cut_ends_by_itself(echo: tuple[str, int]) -> None:

@@ -68,6 +68,11 @@ class CuttableRelay:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._closing = True
+        # close() alone does not wake an accept() blocked in another thread (Linux):
+        # the thread would wait on, and the kernel keep the port listening
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._acceptor.join(timeout=5)
         self._listener.close()
         self._drop_all()
 
