@@ -83,13 +83,16 @@ def test_urls_are_sent_through_the_relay_with_everything_else_kept() -> None:
     url = "postgresql://fleet:s3cret@db.example:6543/prod?options=-c%20statement_timeout%3D5s"
     assert postgres_target(url) == ("db.example", 6543)
     assert postgres_target("postgresql://db.example/prod") == ("db.example", 5432)
+    assert postgres_target("postgresql://db.example/prod?hostaddr=10.0.0.7") == ("10.0.0.7", 5432)
     with CuttableRelay(("db.example", 6543)) as relay:
+        # the server's name stays (TLS verifies it, a password file matches it); the
+        # connection goes to the relay
         assert relay.url(url) == (
-            f"postgresql://fleet:s3cret@127.0.0.1:{relay.port}/prod"
-            "?options=-c%20statement_timeout%3D5s"
+            f"postgresql://fleet:s3cret@db.example:{relay.port}/prod"
+            "?options=-c%20statement_timeout%3D5s&hostaddr=127.0.0.1"
         )
-        assert relay.url("postgresql://db.example/prod") == (
-            f"postgresql://127.0.0.1:{relay.port}/prod"
+        assert relay.url("postgresql://[::1]/prod?hostaddr=::1") == (
+            f"postgresql://[::1]:{relay.port}/prod?hostaddr=127.0.0.1"
         )
 
 

@@ -37,7 +37,9 @@ def postgres_target(url: str, field: str = "--store") -> tuple[str, int]:
             "name the database server's TCP host in the URL (postgresql://user@host:port/db): "
             "a Unix socket cannot be relayed",
         )
-    return parts.hostname, parts.port or POSTGRES_PORT
+    # where libpq would connect: hostaddr, when given, rather than the host's name
+    addrs = [p.partition("=")[2] for p in parts.query.split("&") if p.startswith("hostaddr=")]
+    return (addrs[-1] if addrs else parts.hostname), parts.port or POSTGRES_PORT
 
 
 class CuttableRelay:
@@ -77,11 +79,19 @@ class CuttableRelay:
         self._drop_all()
 
     def url(self, url: str) -> str:
-        """``url`` (a postgresql:// URL to ``target``) sent through this relay."""
+        """``url`` (a postgresql:// URL to ``target``) sent through this relay: the
+        connection goes to the relay's port on loopback (``hostaddr``), and the server's
+        own host name stays in the URL, for TLS to verify and a password file to match."""
         parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")
-        userinfo = netloc[0] + netloc[1]
-        return urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{self.port}"))
+        userinfo, at, hostport = parts.netloc.rpartition("@")
+        host = hostport.rsplit(":", 1)[0] if not hostport.endswith("]") else hostport
+        kept = [p for p in parts.query.split("&") if p and not p.startswith("hostaddr=")]
+        return urlunsplit(
+            parts._replace(
+                netloc=f"{userinfo}{at}{host}:{self.port}",
+                query="&".join([*kept, "hostaddr=127.0.0.1"]),
+            )
+        )
 
     @property
     def is_cut(self) -> bool:
