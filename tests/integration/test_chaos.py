@@ -4,6 +4,7 @@ lose nothing, duplicate nothing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def test_cutting_the_database_off_again_and_again_loses_nothing_and_fails_no_wor
     assert result.duplicate_effects == 0 and result.missing_effects == 0
     assert result.worker_failures == 0
     assert result.redelivered_tasks == 0
-    assert result.holds
+    assert result.holds and result.logs is None  # nothing to look into: none kept
     assert result.resume_max_s is not None
 
 
@@ -120,3 +121,28 @@ def test_cut_store_needs_a_database_with_a_network_to_cut(tmp_path: Path) -> Non
         CutStoreConfig(store_url="postgresql://db.example/fleet", cut_every=1.0, cut_for=1.0)
     assert refused.value.field == "--cut-every"
     assert not list(tmp_path.iterdir())  # nothing was created
+
+
+@pytest.mark.postgres
+def test_a_cut_store_run_that_fails_its_hypothesis_keeps_the_fleets_logs(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The run's directory is temporary: when it fails, the logs that say why are
+    copied out first (here the tally is made to report a duplicated effect)."""
+    from fleetops.chaos import _cut_store
+
+    monkeypatch.chdir(tmp_path)
+    honest = _cut_store.tally
+    monkeypatch.setattr(
+        _cut_store,
+        "tally",
+        lambda *args: dataclasses.replace(honest(*args), duplicate_effects=1),
+    )
+    config = CutStoreConfig(
+        store_url=postgres_url, tasks=20, workers=1, cut_every=0.6, cut_for=0.2, max_cuts=1
+    )
+    result = asyncio.run(cut_store(config))
+    assert not result.holds and result.logs is not None
+    kept = Path(result.logs)
+    assert kept.parent == tmp_path
+    assert [p.suffix for p in kept.iterdir()] == [".log"]  # the one worker's

@@ -19,6 +19,7 @@ longer than its lease stops by design: by then its leases may be someone else's.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import uuid
 from bisect import bisect_left
@@ -92,6 +93,8 @@ class CutStoreResult(Tally):
     cuts_outlast_leases: bool
     #: the run ended at config.timeout with tasks still open: they count as lost
     timed_out: bool = False
+    #: where the fleet's logs were kept, when the hypothesis failed (else None)
+    logs: str | None = None
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,6 +167,14 @@ async def cut_store(
         async with QueueClient(config.store_url, clock=clock) as client:
             records = await client.run(client.store.get_tasks, submitted)
         counted = tally(submitted, records, ledger_path)
+        outlast = config.cut_for >= settings.lease_seconds
+        violated = counted.lost or counted.duplicate_effects or counted.missing_effects
+        logs = None
+        if violated or (failed_during_run[0] and not outlast):
+            # the temporary directory goes with the run: keep what says why
+            kept = Path.cwd() / workdir.name
+            shutil.copytree(workdir / "logs", kept, dirs_exist_ok=True)
+            logs = str(kept)
 
     finished = sorted(r.finished_at for r in records if r.finished_at is not None)
     resumes = []
@@ -181,8 +192,9 @@ async def cut_store(
         resume_max_s=seconds(max(resumes) if resumes else None),
         elapsed_s=round(elapsed, 3),
         store=redact(config.store_url),
-        cuts_outlast_leases=config.cut_for >= settings.lease_seconds,
+        cuts_outlast_leases=outlast,
         timed_out=timed_out,
+        logs=logs,
     )
 
 

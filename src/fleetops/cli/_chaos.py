@@ -129,10 +129,12 @@ def cut_store_command(
     if not result.holds:
         err.print("[bold red]steady state violated:[/] ", end="")
         if result.lost or result.duplicate_effects or result.missing_effects:
-            err.print("work was lost or duplicated")
+            err.print("work was lost or duplicated", end="")
         else:
             err.print(
                 f"{result.worker_failures} worker(s) failed though every cut was shorter "
-                "than a worker's lease; their logs say why"
+                "than a worker's lease",
+                end="",
             )
+        err.print(f"; the fleet's logs are kept in {result.logs}", markup=False)
         raise typer.Exit(EXIT_FAILURE)
