@@ -32,7 +32,7 @@ from .._clock import SystemClock
 from .._exceptions import ConfigError
 from ..queue import QueueClient
 from ..runtime import ClusterPlan, RestartPolicy, Supervisor, SupervisorEvent, WorkerSettings
-from ..store._postgres import redact
+from ..store._open import redact
 from ._relay import CuttableRelay, postgres_target
 from ._run import AGENT_ENTRYPOINT, Tally, drive, new_ledger, tally
 from ._stats import percentile, seconds
@@ -144,11 +144,12 @@ async def cut_store(
             log_dir=workdir / "logs",
         )
         cut_ends: list[float] = []
-        failed_during_run: list[int] = []
+        failed_during_run = 0
 
         def cuts_over() -> None:
+            nonlocal failed_during_run
             relay.heal()  # the workers stop in order, as they would with their database back
-            failed_during_run.append(len(failures))
+            failed_during_run = len(failures)
 
         started = clock.monotonic()
         submitted, timed_out = await drive(
@@ -170,7 +171,7 @@ async def cut_store(
         outlast = config.cut_for >= settings.lease_seconds
         violated = counted.lost or counted.duplicate_effects or counted.missing_effects
         logs = None
-        if violated or (failed_during_run[0] and not outlast):
+        if violated or (failed_during_run and not outlast):
             # the temporary directory goes with the run: keep what says why
             kept = Path.cwd() / workdir.name
             shutil.copytree(workdir / "logs", kept, dirs_exist_ok=True)
@@ -187,7 +188,7 @@ async def cut_store(
         cuts=len(cut_ends),
         connections_cut=relay.dropped,
         connections_refused=relay.refused,
-        worker_failures=failed_during_run[0],
+        worker_failures=failed_during_run,
         resume_p99_s=seconds(percentile(resumes, 99)),
         resume_max_s=seconds(max(resumes) if resumes else None),
         elapsed_s=round(elapsed, 3),

@@ -30,7 +30,7 @@ from ..runtime import (
     WorkerHandle,
     WorkerSettings,
 )
-from ..store._postgres import redact
+from ..store._open import redact
 from ._run import AGENT_ENTRYPOINT, Tally, drive, new_ledger, tally
 from ._stats import percentile, seconds
 

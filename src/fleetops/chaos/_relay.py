@@ -12,7 +12,7 @@ from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 from .._exceptions import ConfigError
-from ..store._postgres import redact
+from ..store._open import redact
 
 #: PostgreSQL's port when a URL names none
 POSTGRES_PORT = 5432

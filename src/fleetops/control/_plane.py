@@ -36,6 +36,7 @@ from ..queue import QueueClient
 from ..runtime import ClusterPlan, Supervisor, load_agent
 from ..spec import FleetSpec, load_spec_text
 from ..store import TERMINAL_STATES, NewTask, Store, open_store
+from ..store._open import redact
 from ..store._sql import PRUNE_TASKS
 from ..telemetry import JsonFormatter, MetricSet, get_logger
 from ..telemetry._logs import LOG_MAX_BYTES
@@ -286,7 +287,7 @@ class ControlPlane:
         version = await self.client.run(self.client.store.schema_version)
         applied_path = self.state_dir / "applied-spec.yaml"
         applied_path.write_text(self.spec_text, encoding="utf-8")
-        return f"store {_redact(self.store_url)} at schema version {version}"
+        return f"store {redact(self.store_url)} at schema version {version}"
 
     def _start_log_file(self) -> None:
         """Keep the control plane's own logs beside the workers', for search."""
@@ -872,12 +873,6 @@ def _message(exc: BaseException) -> str:
 
 def _since(began: float) -> float:
     return round(time.monotonic() - began, 3)
-
-
-def _redact(url: str) -> str:
-    from ..store._postgres import redact
-
-    return redact(url)
 
 
 def _dump(spec: FleetSpec) -> str:

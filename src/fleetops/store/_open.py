@@ -10,6 +10,16 @@ from ._protocol import Store
 DEFAULT_STORE_URL = "sqlite:///.fleetops/fleet.db"
 
 
+def redact(url: str) -> str:
+    """The URL without its password, for error messages, logs and reports."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}@{host}" if ":" in creds else url
+
+
 def open_store(url: str = DEFAULT_STORE_URL, *, migrate: bool = True) -> Store:
     """Open the store named by ``url`` and bring its schema up to date.
 

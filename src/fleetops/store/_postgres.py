@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .._exceptions import StoreError, StoreUnavailable
 from ._models import NewTask
+from ._open import redact
 from ._sql import INSERT_TASK, NOT_DEAD_WORKER, SqlStore, migration_scripts, task_params
 
 #: TCP keepalives and a limit on unacknowledged data: a dead peer is noticed in ~10 s.
@@ -117,7 +118,7 @@ class PostgresStore(SqlStore):
             if conn is not None:
                 conn.close()
             raise StoreUnavailable(
-                f"cannot connect to the PostgreSQL store at {_redact(self.url)}: "
+                f"cannot connect to the PostgreSQL store at {redact(self.url)}: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
             ) from exc
         statement_ms = int(row[0]) if row is not None else 0
@@ -228,12 +229,12 @@ class PostgresStore(SqlStore):
         server that did not answer); StoreError otherwise."""
         if self._gave_up_after is not None:
             return StoreUnavailable(
-                f"PostgreSQL store {_redact(self.url)}: no answer from the server for "
+                f"PostgreSQL store {redact(self.url)}: no answer from the server for "
                 f"{self._gave_up_after:.1f} s, {self._deadline_margin:g} s past its "
                 "statement_timeout (is its process stopped, or its disk stuck?): the "
                 "connection was dropped, and the next call opens a new one"
             )
-        message = f"PostgreSQL store {_redact(self.url)}: {exc}"
+        message = f"PostgreSQL store {redact(self.url)}: {exc}"
         if isinstance(exc, psycopg.OperationalError) or self._conn.closed:
             return StoreUnavailable(message)
         return StoreError(message)
@@ -352,20 +353,6 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages and logs."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}" if ":" in creds else url
-
-
-def redact(url: str) -> str:
-    return _redact(url)
 
 
 __all__ = ["PostgresStore", "StoreError"]
