@@ -195,6 +195,53 @@ def test_effect_is_journaled_and_replayed_on_retry(sqlite_url: str) -> None:
     asyncio.run(_with_worker(sqlite_url, body, [spec(effect_then_fail)]))
 
 
+@agent(name="effect_twice_at_once", retry=RetryPolicy(max_attempts=1))
+async def effect_twice_at_once(task: TaskInfo, ctx: Context) -> Any:
+    """Starts one effect key twice at once; with payload "flaky", its first run raises."""
+    runs: list[bool] = []
+
+    async def charge(call: Any) -> str:
+        runs.append(call.reexecution)
+        SIDE_EFFECTS.append(f"charge-{task.id}")
+        await asyncio.sleep(0.05)  # both calls are in flight meanwhile
+        if task.payload == "flaky" and len(runs) == 1:
+            raise ConnectionError("card network hiccup")
+        return f"receipt-{len(runs)}"
+
+    answers = await asyncio.gather(
+        ctx.effect("charge", charge), ctx.effect("charge", charge), return_exceptions=True
+    )
+    return {
+        "answers": [a if isinstance(a, str) else type(a).__name__ for a in answers],
+        "reexecutions": runs,
+    }
+
+
+def test_one_effect_key_started_twice_at_once_runs_once(store_url: str) -> None:
+    """Two calls of one key in flight together: the second waits for the first and gets
+    its result; it runs the effect only if the first raised (as a later call would)."""
+    SIDE_EFFECTS.clear()
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        once = await client.submit(NewTask("c", "effect_twice_at_once"))
+        flaky = await client.submit(NewTask("c", "effect_twice_at_once", '"flaky"'))
+        for task_id, answers, reexecutions, executions in (
+            (once.id, ["receipt-1", "receipt-1"], [False], 1),
+            (flaky.id, ["ConnectionError", "receipt-2"], [False, True], 2),
+        ):
+            record = await _wait_terminal(client, task_id)
+            assert record.state == "succeeded", record.error
+            result = json.loads(record.result or "null")
+            assert result == {"answers": answers, "reexecutions": reexecutions}
+            assert SIDE_EFFECTS.count(f"charge-{task_id}") == executions
+            effects = await client.run(client.store.effects, task_id)
+            assert [(e.key, e.state, e.executions) for e in effects] == [
+                ("charge", "done", executions)
+            ]
+
+    asyncio.run(_with_worker(store_url, body, [spec(effect_twice_at_once)]))
+
+
 def test_an_effect_whose_result_cannot_be_journaled_runs_once_and_dead_letters_its_task(
     sqlite_url: str,
 ) -> None:

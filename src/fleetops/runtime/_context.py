@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import json
@@ -96,6 +97,8 @@ class Context:
         self._journal = dict(claimed.journal)
         self._seq = 0
         self._log: TaskLogger | None = None
+        #: one lock per effect key in use: calls of one key run one after another
+        self._effect_locks: dict[str, asyncio.Lock] = {}
 
     @property
     def log(self) -> TaskLogger:
@@ -192,10 +195,26 @@ class Context:
         Its result (JSON-serialisable) is journaled; a redelivered task gets the
         journaled result back without running ``fn`` again. If a holder died while
         ``fn`` was running, ``fn`` runs again with the same ``call.key``.
+
+        Calls with the same ``key`` made at once (``asyncio.gather``) run one after
+        another: the first runs ``fn``, the others get its journaled result (or, if
+        it raised, the next one runs ``fn`` again, as a call made after it would).
         """
         journaled = self._journal.get(key)
         if journaled is not None and journaled[0] == "done":
             return json.loads(journaled[1] or "null")
+        lock = self._effect_locks.get(key)
+        if lock is None:
+            lock = self._effect_locks[key] = asyncio.Lock()
+        async with lock:
+            journaled = self._journal.get(key)  # the call that held the lock may have run it
+            if journaled is not None and journaled[0] == "done":
+                return json.loads(journaled[1] or "null")
+            return await self._run_effect(key, fn, journaled)
+
+    async def _run_effect(
+        self, key: str, fn: Callable[..., Any], journaled: tuple[str, str | None] | None
+    ) -> Any:
         task_id, epoch = self.task.id, self.task.epoch
         begun = await self._worker.write_fenced(EffectBegin(task_id, epoch, key))
         if not begun.ok:
