@@ -1407,6 +1407,27 @@ def test_prune_tasks_deletes_what_finished_before_its_cutoff_with_attempts_and_e
     assert store.prune_tasks(T0 + 20, T0 + 20) == 0
 
 
+def test_prune_tasks_keeps_the_children_of_a_dead_letter_that_may_be_retried(
+    store: Store,
+) -> None:
+    """A dead parent may be retried (``fleetops tasks retry``): run again, it must find
+    the children it sent, by key, or it sends them again and their effects repeat."""
+    submit_one(store, queue="p")
+    parent = claim_one(store, "w9", queue="p")
+    child = _finish(store, "succeeded", T0 + 10, "c", parent_id=parent.id)
+    assert apply_one(store, Fail(parent.id, parent.epoch, "down", "w9", None, "down"), T0 + 40).ok
+
+    assert store.prune_tasks(T0 + 20, None) == 0  # succeeded long ago, but its parent is dead
+    assert store.get_task(child) is not None
+    assert store.retry_dead(parent.id, T0 + 50)
+    assert store.get_task(child) is not None
+    [again] = store.claim("w9", ["p"], 1, T0 + 50, LEASE)
+    assert apply_one(store, Complete(parent.id, again.epoch, "4", "w9"), T0 + 60).ok
+    # the parent finished: the child goes by its own cutoff, the parent by its own
+    assert store.prune_tasks(T0 + 20, None) == 1 and store.get_task(child) is None
+    assert store.get_task(parent.id) is not None
+
+
 def test_count_dead_since_counts_the_dead_letters_of_every_cluster_and_agent(
     store: Store,
 ) -> None:

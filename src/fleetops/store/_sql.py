@@ -833,9 +833,12 @@ class SqlStore:
 
         Succeeded and cancelled tasks go once they finished before ``finished_before``,
         dead letters before ``dead_before`` (None keeps them), the longest finished of
-        each cluster and agent first. A task whose parent is still queued or running
-        stays: the parent, run again, finds its child by key and must find its result.
-        Once a task is gone, its idempotency key is free.
+        each cluster and agent first. A task whose parent may still run stays (the
+        parent is queued, running, or a dead letter an operator may retry): the
+        parent, run again, finds its child by key and must find its result, else it
+        would send the child again and repeat its effects. So a child goes no sooner
+        than its parent's own cutoff allows. Once a task is gone, its idempotency key
+        is free.
         """
         cutoffs = {"succeeded": finished_before, "cancelled": finished_before, "dead": dead_before}
         # read before the write lock is taken: a group that is gone by then reads empty
@@ -847,7 +850,7 @@ class SqlStore:
                 rows = self._exec(
                     f"SELECT id FROM tasks t WHERE {FINISHED} AND state = ? AND queue = ? "
                     "AND agent = ? AND finished_at < ? AND NOT EXISTS (SELECT 1 FROM tasks p "
-                    "WHERE p.id = t.parent_id AND p.state IN ('queued', 'running')) "
+                    "WHERE p.id = t.parent_id AND p.state IN ('queued', 'running', 'dead')) "
                     "ORDER BY finished_at LIMIT ?",
                     (state, queue, agent, before, limit - len(ids)),
                 ).fetchall()
