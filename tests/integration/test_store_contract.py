@@ -1853,3 +1853,42 @@ def test_list_tasks_by_state_in_id_order_with_filters_and_pages(store: Store) ->
     first, *rest = queued
     assert [t.id for t in store.list_tasks(state="queued", after_id=first)] == rest
     assert [t.id for t in store.list_tasks(state="queued", limit=2)] == queued[:2]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("outcome", ["succeeded", "dead"])
+def test_a_cancel_racing_a_postgres_completion_waits_for_it_and_answers_false(
+    postgres_url: str, outcome: str
+) -> None:
+    """The holder's outcome is committing (its row locked) when a cancel comes: the
+    cancel waits for it, sees the task finished and answers False, changing nothing.
+    Read without the lock, it answered True and recorded a cancelled attempt for a
+    task that had succeeded."""
+    from fleetops.store._sql import COMPLETE, FAIL_DEAD
+
+    store = open_store(postgres_url)
+    other = open_store(postgres_url)
+    try:
+        task_id = submit_one(store)
+        held = claim_one(store, "w1")
+        holder = psycopg.connect(postgres_url)  # the outcome's transaction, held open
+        try:
+            if outcome == "succeeded":
+                sql, params = COMPLETE, ('"done"', T0 + 1, "w1", task_id, held.epoch)
+            else:
+                sql, params = FAIL_DEAD, ("boom", "boom", T0 + 1, task_id, held.epoch)
+            assert holder.execute(sql.replace("?", "%s"), params).fetchone() is not None
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                cancelled = pool.submit(other.cancel, task_id, T0 + 1, "operator")
+                time.sleep(0.3)
+                assert not cancelled.done()  # waiting for the holder's row lock
+                holder.commit()
+                assert cancelled.result(timeout=10) is False
+        finally:
+            holder.close()
+        record = store.get_task(task_id)
+        assert record is not None and record.state == outcome and record.epoch == held.epoch
+        assert "cancelled" not in [a.outcome for a in store.attempts(task_id)]
+    finally:
+        other.close()
+        store.close()

@@ -643,8 +643,11 @@ class SqlStore:
 
     def cancel(self, task_id: int, now: float, reason: str = "cancelled") -> bool:
         with self._tx():
+            # the row is locked as it is read (PostgreSQL): a completion committing
+            # meanwhile is waited for and then seen, and the task not said cancelled
             row = self._exec(
-                "SELECT state, attempts, epoch, lease_owner, started_at FROM tasks WHERE id = ?",
+                "SELECT state, attempts, epoch, lease_owner, started_at FROM tasks WHERE id = ?"
+                + self._for_update_wait(),
                 (task_id,),
             ).fetchone()
             if row is None or row[0] not in ("queued", "running"):
