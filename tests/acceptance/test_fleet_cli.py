@@ -302,6 +302,17 @@ def test_api_errors_are_problem_json(running_fleet: tuple[Path, str]) -> None:
         r = http.post("/api/v1/tasks", json=huge)
         assert r.status_code == 422 and r.json()["field"] == "payload"
         assert r.json()["value"] == f"{MAX_VALUE_BYTES + 2:,} bytes of JSON"
+        # NaN and Infinity are not JSON: a stored one made the task's own page fail
+        for body, field in (
+            ('{"agent": "back/work", "payload": {"x": NaN}}', "payload"),
+            ('{"agent": "back/work", "deadline": Infinity}', "deadline"),
+        ):
+            r = http.post(
+                "/api/v1/tasks", content=body, headers={"content-type": "application/json"}
+            )
+            assert r.status_code == 422, r.text
+            problem = r.json()
+            assert field in (problem.get("field"), *(e["field"] for e in problem.get("errors", [])))
         assert http.get("/openapi.json").json()["info"]["title"] == "fleetops"
         assert http.get("/readyz").status_code == 200
         metrics = http.get("/metrics").text

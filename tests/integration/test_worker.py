@@ -566,6 +566,43 @@ def test_a_submit_with_bad_json_is_refused_naming_the_field_and_stores_nothing(
     asyncio.run(main())
 
 
+@pytest.mark.parametrize(
+    ("field", "task"),
+    [
+        ("payload", NewTask("c", "child_double", json.dumps({"x": float("nan")}))),
+        ("payload", NewTask("c", "child_double", "Infinity")),
+        ("payload", NewTask("c", "child_double", '"\ud800"')),
+        ("queue", NewTask("c\x00", "child_double")),
+        ("agent", NewTask("c", "")),
+        ("idempotency_key", NewTask("c", "child_double", idempotency_key="\ud800")),
+        ("idempotency_key", NewTask("c", "child_double", idempotency_key="a\x00b")),
+        ("priority", NewTask("c", "child_double", priority=2**31)),
+        ("priority", NewTask("c", "child_double", priority=True)),
+        ("max_attempts", NewTask("c", "child_double", max_attempts=-1)),
+        ("max_redeliveries", NewTask("c", "child_double", max_redeliveries=2**40)),
+        ("deadline", NewTask("c", "child_double", deadline=float("nan"))),
+        ("run_after", NewTask("c", "child_double", run_after=float("inf"))),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",  # the values hold lone surrogates
+)
+def test_a_task_either_store_would_refuse_or_keep_differently_is_refused_naming_the_field(
+    store_url: str, field: str, task: NewTask
+) -> None:
+    """Checked before it is stored, alike for both stores: PostgreSQL refused a priority
+    past its INTEGER or a NUL that SQLite took; a NaN deadline vanished on SQLite and
+    dead-lettered on PostgreSQL; a NaN run_after was never claimed there."""
+
+    async def main() -> None:
+        async with QueueClient(store_url) as client:
+            with pytest.raises(ConfigError) as caught:
+                await client.submit_many([NewTask("c", "child_double", "1"), task])
+            assert caught.value.field == field
+            assert caught.value.fix
+            assert await client.run(client.store.count_tasks) == {}
+
+    asyncio.run(main())
+
+
 def test_a_submit_larger_than_the_limit_is_refused_naming_the_field_and_stores_nothing(
     sqlite_url: str,
 ) -> None:
@@ -1134,3 +1171,78 @@ def test_a_worker_idle_for_long_looks_for_commits_less_often_and_still_finds_wor
         assert json.loads((await _wait_terminal(client, sub[0].id)).result or "null") == 8
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(child_double)]))
+
+
+def test_a_write_the_store_refuses_fails_alone_not_the_group_commit_it_was_in(
+    store_url: str,
+) -> None:
+    """Ops waiting together go in one transaction; one the store refuses (here a key
+    no store can keep, slipped past the client's checks) fails by itself, and the
+    others of its group commit all the same."""
+    from fleetops.store import Submit
+
+    async def main() -> None:
+        async with QueueClient(store_url) as client:
+            ops = [Submit(NewTask("c", "child_double", str(n))) for n in range(5)]
+            ops.insert(2, Submit(NewTask("c", "child_double", idempotency_key="\ud800")))
+            commits = client.commits
+            results = await asyncio.gather(
+                *(client.apply(op) for op in ops), return_exceptions=True
+            )
+            refused = results.pop(2)
+            assert isinstance(refused, Exception), refused
+            assert all(isinstance(r, OpResult) and r.ok for r in results), results
+            stored = await client.run(client.store.list_tasks, None, "c", "child_double")
+            assert sorted(t.payload for t in stored) == ["0", "1", "2", "3", "4"]
+            # the group was tried once together, then each of its six alone
+            assert client.commits - commits == 5
+
+    asyncio.run(main())
+
+
+@agent(name="bad_values", retry=RetryPolicy(max_attempts=1))
+async def bad_values(task: TaskInfo, ctx: Context) -> Any:
+    if task.payload == "nan result":
+        return {"score": float("nan")}
+    if task.payload == "odd error":
+        raise ValueError("byte \x00 and half a pair \ud800 in the message")
+    try:
+        if task.payload == "big priority":
+            await ctx.send("child_double", 1, priority=2**31)
+        elif task.payload == "nan child":
+            await ctx.send("child_double", float("nan"))
+        else:
+            await ctx.effect("half a pair \ud800", lambda: 1)
+    except ConfigError as exc:
+        return f"refused: {exc.field}"
+    return "sent"
+
+
+def test_an_agents_bad_values_fail_its_own_task_not_the_worker_or_the_others(
+    store_url: str,
+) -> None:
+    """A child with a priority past PostgreSQL's INTEGER, a NaN payload, result or an
+    effect key no store can keep are refused in the agent, naming the field; an error
+    message with a NUL or a lone surrogate is kept, escaped. Before, on PostgreSQL, the
+    refused write failed the group commit it was in and the worker with it."""
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        quick = [NewTask("c", "child_double", str(n)) for n in range(20)]
+        cases = ["big priority", "nan child", "bad key", "nan result", "odd error"]
+        subs = await client.submit_many(
+            quick + [NewTask("c", "bad_values", json.dumps(c)) for c in cases]
+        )
+        records = [await _wait_terminal(client, s.id) for s in subs]
+        assert [r.state for r in records[:20]] == ["succeeded"] * 20
+        assert [json.loads(r.result or "null") for r in records[20:23]] == [
+            "refused: priority",
+            "refused: payload",
+            "refused: key",
+        ]
+        nan_result, odd_error = records[23:]
+        assert nan_result.state == "dead" and "JSON" in (nan_result.dead_reason or "")
+        assert odd_error.state == "dead"
+        assert odd_error.error == "ValueError: byte \\x00 and half a pair \\ud800 in the message"
+        await _still_runs_tasks(client)
+
+    asyncio.run(_with_worker(store_url, body, [spec(bad_values), spec(child_double)]))

@@ -15,7 +15,7 @@ class TaskSubmit(BaseModel):
     agent: str = Field(description="'cluster/agent', e.g. 'intake/classify'", min_length=3)
     payload: Any = None
     priority: int = Field(0, ge=-1000, le=1000)
-    deadline: float | None = Field(None, description="seconds since the epoch")
+    deadline: float | None = Field(None, description="seconds since the epoch", allow_inf_nan=False)
     idempotency_key: str | None = Field(
         None,
         min_length=1,

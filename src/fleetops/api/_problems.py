@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,7 +34,7 @@ def install(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return problem(422, "Invalid request", detail, errors=errors)
+        return problem(422, "Invalid request", detail, errors=_jsonable({"e": errors})["e"])
 
     @app.exception_handler(UsageError)
     async def usage(request: Request, exc: UsageError) -> JSONResponse:
@@ -70,6 +71,17 @@ def install(app: FastAPI) -> None:
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as JSON can carry it: what JSON has no value for as its text (a NaN
+    or an infinity a client sent, say, shown back as the bad value)."""
     import json
 
-    return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
+    def plain(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(json.loads(json.dumps(data, default=str)))  # type: ignore[no-any-return]

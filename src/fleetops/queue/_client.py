@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import errno
 import json
+import math
 import statistics
 import time
 from collections import Counter, deque
@@ -151,9 +152,57 @@ def check_size(field: str, text: str) -> None:
         )
 
 
-def check_json(task: NewTask) -> None:
-    """Refuse a task whose payload or headers are not JSON text, or are larger than
-    :data:`MAX_VALUE_BYTES`, before it is stored: a worker could only dead-letter it."""
+#: The range of the stores' integer columns (PostgreSQL's INTEGER): priorities and
+#: attempt budgets outside it are refused before they are stored, on either store.
+INT_RANGE = (-(2**31), 2**31 - 1)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def check_text(field: str, value: object, *, empty: bool = False) -> None:
+    """Refuse a name or key the stores cannot keep alike: not a string, empty (unless
+    ``empty``), holding a NUL character (PostgreSQL's text cannot) or a lone surrogate
+    (no UTF-8 for it)."""
+    if not isinstance(value, str):
+        raise ConfigError(field, value, "pass a string")
+    if not value and not empty:
+        raise ConfigError(field, value, "pass a non-empty string")
+    if "\x00" in value:
+        raise ConfigError(field, value, "remove the NUL character(s): the stores cannot keep them")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            field, value, "remove the lone surrogate(s): the text must be valid Unicode"
+        ) from None
+
+
+def _check_int(field: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(field, value, "pass a whole number")
+    if not low <= value <= INT_RANGE[1]:
+        raise ConfigError(field, value, f"use a whole number from {low} to {INT_RANGE[1]}")
+
+
+def _check_time(field: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(field, value, "pass seconds since the epoch, or None")
+    if not math.isfinite(value):
+        raise ConfigError(field, value, "pass a finite number of seconds since the epoch, or None")
+
+
+def check_task(task: NewTask) -> None:
+    """Refuse a task the stores would refuse, or keep differently, before it is
+    stored (a worker could only dead-letter it, and a refusal in a group commit
+    fails every write committed with it): its payload or headers not JSON text (or
+    with NaN or Infinity, which JSON has not), either larger than
+    :data:`MAX_VALUE_BYTES`; a name or key that is not plain text; a priority or
+    attempt budget out of the stores' range; a deadline or run_after that is not a
+    finite time."""
     for field, text in (("payload", task.payload), ("headers", task.headers)):
         if field == "headers" and text == "{}":
             continue
@@ -161,13 +210,26 @@ def check_json(task: NewTask) -> None:
             check_size(field, text)
         shown = text if not isinstance(text, str) or len(text) <= 80 else text[:77] + "..."
         try:
-            value = json.loads(text)
-        except (TypeError, ValueError, RecursionError):
+            value = json.loads(text, parse_constant=_refuse_constant)
+            text.encode("utf-8")
+        except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError included
             raise ConfigError(
-                field, shown, f"pass JSON text as the task's {field}, e.g. json.dumps(value)"
+                field,
+                shown,
+                f"pass JSON text as the task's {field}, e.g. json.dumps(value, "
+                "allow_nan=False): no NaN or Infinity, no lone surrogates",
             ) from None
         if field == "headers" and not isinstance(value, dict):
             raise ConfigError(field, shown, "pass a JSON object, e.g. json.dumps({'key': 'v'})")
+    check_text("queue", task.queue)
+    check_text("agent", task.agent)
+    if task.idempotency_key is not None:
+        check_text("idempotency_key", task.idempotency_key)
+    _check_int("priority", task.priority, INT_RANGE[0])
+    _check_int("max_attempts", task.max_attempts, 0)
+    _check_int("max_redeliveries", task.max_redeliveries, 0)
+    _check_time("deadline", task.deadline)
+    _check_time("run_after", task.run_after)
 
 
 class ChangeWatcher(Protocol):
@@ -282,6 +344,8 @@ class QueueClient:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._store: Store | None = None
         self._pending: _OpCalls = []
+        #: ops at the head of _pending to commit one a transaction (their group was refused)
+        self._alone = 0
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
@@ -575,7 +639,7 @@ class QueueClient:
 
     async def submit(self, task: NewTask) -> Submitted:
         """Submit one task as part of the next group commit."""
-        check_json(task)
+        check_task(task)
         result = await self.apply(Submit(task))
         assert isinstance(result.value, Submitted)
         return result.value
@@ -591,7 +655,7 @@ class QueueClient:
         if self._closed:
             raise Closed("the queue client is closed")
         for task in tasks:
-            check_json(task)
+            check_task(task)
         answer: asyncio.Future[list[Submitted]] = asyncio.get_running_loop().create_future()
         call = ((list(tasks), self.clock.now()), answer)
         if self._submitting:  # another call is committing: go with the next group
@@ -668,8 +732,10 @@ class QueueClient:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
+                size = 1 if self._alone else self._max_batch
+                batch = self._pending[:size]
+                del self._pending[:size]
+                self._alone = max(0, self._alone - 1)
                 try:
                     results, sync = await self._hot_commit(
                         # stamped once the write lock is held: the time a completion
@@ -679,7 +745,14 @@ class QueueClient:
                         self.clock.now,
                     )
                 except Exception as exc:
-                    _settle(batch, None, exc)
+                    if len(batch) == 1 or isinstance(exc, StoreUnavailable | Closed):
+                        _settle(batch, None, exc)
+                    else:
+                        # the store refused the group for one of them (a value it
+                        # cannot keep), which must not fail the others: each goes
+                        # again, first, in a transaction of its own
+                        self._pending[:0] = batch
+                        self._alone = len(batch)
                     continue
                 self.commits += 1
                 queued = Counter(

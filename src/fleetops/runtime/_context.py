@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import SpanKind
 
 from .._exceptions import LeaseLost, UsageError
-from ..queue._client import MAX_VALUE_BYTES, check_size, size_over_limit
+from ..queue._client import MAX_VALUE_BYTES, check_task, check_text, size_over_limit
 from ..store import ClaimedTask, EffectBegin, EffectEnd, NewTask, SubmitChild
 from ..telemetry import catalog
 from ..telemetry._tracing import TRACEPARENT, current_traceparent
@@ -180,7 +180,7 @@ class Context:
                 }
             ),
         )
-        check_size("payload", child.payload)
+        check_task(child)
         result = await self._worker.write_fenced(SubmitChild(self.task.id, self.task.epoch, child))
         if not result.ok:
             raise LeaseLost(self.task.id, self.task.epoch)
@@ -203,6 +203,7 @@ class Context:
         journaled = self._journal.get(key)
         if journaled is not None and journaled[0] == "done":
             return json.loads(journaled[1] or "null")
+        check_text("key", key)
         lock = self._effect_locks.get(key)
         if lock is None:
             lock = self._effect_locks[key] = asyncio.Lock()
@@ -234,7 +235,7 @@ class Context:
         unjournaled: str | None = None
         cause: Exception | None = None
         try:
-            encoded = json.dumps(outcome)
+            encoded = json.dumps(outcome, allow_nan=False)
         except (TypeError, ValueError) as exc:
             encoded, cause = "null", exc
             unjournaled = f"its result is not JSON-serialisable ({exc})"

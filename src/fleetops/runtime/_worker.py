@@ -101,7 +101,16 @@ STORE_RETRY_SECONDS = (0.05, 1.0)
 
 def cut_text(text: str, most: int, *, tail: bool = False) -> str:
     """``text`` if it has at most ``most`` characters; else its start (its end if
-    ``tail``) and how much was cut."""
+    ``tail``) and how much was cut. A NUL character (PostgreSQL's text cannot hold
+    one) or a lone surrogate (no UTF-8 for it) in an agent's error is written as an
+    escape, so that the store can keep the error."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(text) <= most:
         return text
     cut = len(text) - most
@@ -810,7 +819,7 @@ class Worker:
                 exc=exc,
             )
         try:
-            encoded = "null" if result is None else json.dumps(result)
+            encoded = "null" if result is None else json.dumps(result, allow_nan=False)
         except (TypeError, ValueError) as exc:
             return await self._fail(
                 claimed,
