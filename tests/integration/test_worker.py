@@ -28,6 +28,7 @@ from fleetops.store import (
     Operation,
     OpResult,
     TaskRecord,
+    open_store,
 )
 from fleetops.telemetry import catalog
 
@@ -1246,3 +1247,71 @@ def test_an_agents_bad_values_fail_its_own_task_not_the_worker_or_the_others(
         await _still_runs_tasks(client)
 
     asyncio.run(_with_worker(store_url, body, [spec(bad_values), spec(child_double)]))
+
+
+RECLAIM_LOG: list[str] = []
+
+
+@agent(name="outlives_its_lease", retry=RetryPolicy(max_attempts=3))
+async def outlives_its_lease(task: TaskInfo, ctx: Context) -> str:
+    RECLAIM_LOG.append(f"attempt {task.attempt} starts")
+    if task.attempt == 1:
+        time.sleep(1.6)  # noqa: ASYNC251  # a CPU-bound step blocks the loop past the lease
+        await asyncio.sleep(1.0)
+        RECLAIM_LOG.append("attempt 1 ran to its end")
+        return "first"
+    for _ in range(30):
+        await asyncio.sleep(0.1)
+    RECLAIM_LOG.append(f"attempt {task.attempt} ran to its end")
+    return "later"
+
+
+def test_a_worker_that_claims_its_own_lapsed_task_again_stops_the_stale_handler(
+    sqlite_url: str,
+) -> None:
+    """A handler blocks the loop past its lease; a reaper elsewhere requeues the task,
+    and this same worker claims it again. The stale handler is stopped, and the new
+    attempt stays tracked: a cancel of the task then stops it. Before, the new attempt
+    replaced the old one's entry, which the old one removed when it ended: neither
+    was stopped, nor counted against the worker's concurrency."""
+    RECLAIM_LOG.clear()
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        sub = await client.submit(NewTask("c", "outlives_its_lease"))
+
+        def reap() -> None:
+            """A reaper elsewhere: the loop is blocked, the lease lapses, it is requeued."""
+            store = open_store(sqlite_url)
+            try:
+                for _ in range(400):
+                    if requeued := store.requeue_expired(time.time()):
+                        RECLAIM_LOG.append(f"requeued {requeued}")
+                        return
+                    time.sleep(0.025)
+            finally:
+                store.close()
+
+        reaper = threading.Thread(target=reap)
+        reaper.start()
+        await wait_until(lambda: "attempt 2 starts" in RECLAIM_LOG, within=10)
+        reaper.join()
+        await asyncio.sleep(1.5)  # attempt 1's nap would be over by now
+        assert "attempt 1 ran to its end" not in RECLAIM_LOG
+        record = await client.run(client.store.get_task, sub.id)
+        assert record is not None and record.state == "running"
+        assert {t: r.epoch for t, r in worker._running.items()} == {sub.id: record.epoch}
+        assert await client.run(client.store.cancel, sub.id, time.time(), "operator")
+        await asyncio.sleep(1.0)  # a few heartbeats: the lease is gone, the handler stops
+        assert not any(line.endswith("ran to its end") for line in RECLAIM_LOG), RECLAIM_LOG
+        assert worker._running == {}
+
+    asyncio.run(
+        _with_worker(
+            sqlite_url,
+            body,
+            [spec(outlives_its_lease)],
+            lease_seconds=1.0,
+            heartbeat_interval=0.1,
+            reap_interval=100,
+        )
+    )

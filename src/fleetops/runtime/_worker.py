@@ -254,7 +254,9 @@ class Worker:
         #: Clusters this worker's agents may send to (None: any); its own is always allowed.
         self.routes = None if routes is None else frozenset([*routes, cluster])
         self._running: dict[int, _Running] = {}
-        self._cancel_reasons: dict[int, str] = {}
+        #: why a handler was cancelled, by (task id, epoch): the same task may run
+        #: here again under a newer lease while its stale handler winds down
+        self._cancel_reasons: dict[tuple[int, int], str] = {}
         self._slot_free = asyncio.Event()
         self._work_hint = asyncio.Event()
         #: the idle claimer's wait, ended early by wake_claimer (see _wait_hint)
@@ -429,7 +431,7 @@ class Worker:
             pending = [r.task for r in self._running.values()]
             await asyncio.wait(pending, timeout=self._until(grace_ends))
         for task_id, running in list(self._running.items()):
-            self._cancel_reasons[task_id] = "dead" if self.dead else "shutdown"
+            self._cancel_reasons[task_id, running.epoch] = "dead" if self.dead else "shutdown"
             running.task.cancel()
 
     # --- claiming -------------------------------------------------------------------------------
@@ -490,6 +492,20 @@ class Worker:
                 backoff = STORE_RETRY_SECONDS[0]
                 now = self.clock.monotonic()
                 for task in claimed:
+                    stale = self._running.get(task.id)
+                    if stale is not None:
+                        # this worker's own lease on it lapsed (its loop was blocked
+                        # past the lease, say) and it claimed the task anew: the old
+                        # handler is a stale holder, stopped like any other
+                        self._cancel_reasons[task.id, stale.epoch] = "lease_lost"
+                        stale.task.cancel()
+                        log.warning(
+                            "lease.revoked",
+                            task_id=task.id,
+                            epoch=stale.epoch,
+                            worker=self.worker_id,
+                            reason="claimed again under a newer lease",
+                        )
                     handler = self._handlers.create_task(
                         self._execute(task), name=f"task-{task.id}"
                     )
@@ -602,7 +618,7 @@ class Worker:
         try:
             outcome = await self._run_handler(claimed, started, headers, malformed)
         except asyncio.CancelledError:
-            reason = self._cancel_reasons.pop(claimed.id, None)
+            reason = self._cancel_reasons.pop((claimed.id, claimed.epoch), None)
             if reason == "shutdown":
                 try:
                     await self.client.apply(
@@ -627,9 +643,11 @@ class Worker:
                 if outcome != "succeeded":
                     span.set_status(Status(StatusCode.ERROR, outcome))
                 span.end()
-            self._running.pop(claimed.id, None)
+            mine = self._running.get(claimed.id)
+            if mine is not None and mine.epoch == claimed.epoch:  # not a newer lease's
+                del self._running[claimed.id]
             self._busy_changed()
-            self._cancel_reasons.pop(claimed.id, None)
+            self._cancel_reasons.pop((claimed.id, claimed.epoch), None)
             self.processed += 1
             self._slot_free.set()
             lane.count_finished(outcome)
@@ -838,7 +856,7 @@ class Worker:
                 retryable=False,
                 max_attempts=policy_attempts,
             )
-        self._settling(claimed.id)
+        self._settling(claimed.id, claimed.epoch)
         done = await self.write_fenced(
             Complete(claimed.id, claimed.epoch, encoded, self.worker_id, started)
         )
@@ -895,7 +913,7 @@ class Worker:
                     else f"failed {failures} time(s), the most allowed: {error}"
                 )
             )
-        self._settling(claimed.id)
+        self._settling(claimed.id, claimed.epoch)
         result = await self.write_fenced(
             Fail(claimed.id, claimed.epoch, error, self.worker_id, retry_at, reason, started)
         )
@@ -963,10 +981,10 @@ class Worker:
                 return
             await self.clock.sleep(s.heartbeat_interval)
 
-    def _settling(self, task_id: int) -> None:
+    def _settling(self, task_id: int, epoch: int) -> None:
         """Say that a task's last write is on its way: see :meth:`_cancel_lost`."""
         running = self._running.get(task_id)
-        if running is not None:
+        if running is not None and running.epoch == epoch:
             running.settling = True
 
     def _cancel_lost(self, held: dict[int, int], sent_at: float) -> None:
@@ -980,7 +998,7 @@ class Worker:
                 # and the handler reports the lease lost itself.
                 continue
             if held.get(task_id) != running.epoch:
-                self._cancel_reasons[task_id] = "lease_lost"
+                self._cancel_reasons[task_id, running.epoch] = "lease_lost"
                 running.task.cancel()
                 log.warning("lease.revoked", task_id=task_id, worker=self.worker_id)
 
