@@ -1315,3 +1315,34 @@ def test_a_worker_that_claims_its_own_lapsed_task_again_stops_the_stale_handler(
             reap_interval=100,
         )
     )
+
+
+@agent(name="exits", retry=RetryPolicy(max_attempts=1))
+async def exits(task: TaskInfo, ctx: Context) -> None:
+    await asyncio.sleep(0.05)
+    if task.payload == "exit":
+        raise SystemExit(5)  # a library's argparse on bad arguments, say
+    raise KeyboardInterrupt
+
+
+def test_a_handler_that_raises_systemexit_or_keyboardinterrupt_fails_its_task_not_the_worker(
+    sqlite_url: str,
+) -> None:
+    """Escaping, either stopped the worker process, and every task in it was
+    redelivered (and charged for it) however healthy; SystemExit left no log."""
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        naps = await client.submit_many([NewTask("c", "nap", "0.3") for _ in range(5)])
+        subs = await client.submit_many(
+            [NewTask("c", "exits", '"exit"'), NewTask("c", "exits", '"interrupt"')]
+        )
+        exited, interrupted = [await _wait_terminal(client, s.id) for s in subs]
+        assert exited.state == "dead" and (exited.error or "").startswith("SystemExit: 5 (")
+        assert interrupted.state == "dead"
+        assert (interrupted.error or "").startswith("KeyboardInterrupt:")
+        for nap_task in naps:
+            record = await _wait_terminal(client, nap_task.id)
+            assert (record.state, record.redeliveries) == ("succeeded", 0)
+        await _still_runs_tasks(client)
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(exits), spec(nap), spec(child_double)]))

@@ -836,6 +836,21 @@ class Worker:
                 spec=spec,
                 exc=exc,
             )
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # a handler's sys.exit() (a library's argparse, say) or KeyboardInterrupt
+            # fails its task, not the worker: escaping, it stopped the process and
+            # every task in it was redelivered (the worker's own stop comes as
+            # SIGTERM, handled on the loop, never as these)
+            return await self._fail(
+                claimed,
+                started,
+                f"{type(exc).__name__}: {exc} (a handler must not stop its worker: raise "
+                "an exception instead)",
+                retryable=True,
+                max_attempts=policy_attempts,
+                spec=spec,
+                exc=exc,
+            )
         try:
             encoded = "null" if result is None else json.dumps(result, allow_nan=False)
         except (TypeError, ValueError) as exc:
