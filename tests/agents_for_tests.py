@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from fleetops import Context, TaskInfo, agent
@@ -50,3 +51,10 @@ async def chatty(task: TaskInfo, ctx: Context) -> int:
     for n in range(task.payload["lines"]):
         ctx.log.info("chatty.line", extra={"tag": task.payload["tag"], "n": n})
     return int(task.payload["lines"])
+
+
+@agent(name="block")
+async def block(task: TaskInfo, ctx: Context) -> str:
+    """Block the worker's event loop for ``payload`` seconds (a CPU-bound step, say)."""
+    time.sleep(float(task.payload))  # noqa: ASYNC251  # on purpose
+    return "unblocked"

@@ -389,3 +389,67 @@ def test_a_worker_keeps_its_log_file_under_its_size_and_logs_on_into_a_new_one(
 
     current, older = asyncio.run(main())
     assert current.stat().st_size < 8192 <= older.stat().st_size
+
+
+ORPHANING_SUPERVISOR = """
+import asyncio, sys
+from fleetops.runtime import ClusterPlan, Supervisor, WorkerSettings
+
+plan = ClusterPlan(
+    name="c",
+    agents=("agents_for_tests:block", "agents_for_tests:echo"),
+    replicas=1,
+    worker=WorkerSettings(concurrency=10, shutdown_grace=1.0),
+    python_path=(sys.argv[2],),
+)
+asyncio.run(Supervisor(sys.argv[1], [plan]).run(asyncio.Event()))
+"""
+
+
+def _exited(pid: int) -> bool:
+    """The process is gone, or a zombie nobody reaped yet (it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_a_worker_whose_supervisor_is_killed_exits_even_while_a_handler_blocks_its_loop(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """kill -9 of the supervisor: its worker, whose event loop a handler blocks for a
+    minute, exits within its shutdown grace and a margin, and claims nothing more.
+    Before, it lived as long as the handler blocked, then claimed work again."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "supervisor.py"
+    script.write_text(ORPHANING_SUPERVISOR)
+    supervisor = subprocess.Popen([sys.executable, str(script), sqlite_url, TESTS_DIR])
+    store = open_store(sqlite_url)
+    try:
+        [blocked] = store.submit([NewTask("c", "block", "60")], time.time())
+        deadline = time.monotonic() + 30
+        while (record := store.get_task(blocked.id)) is None or record.state != "running":
+            assert time.monotonic() < deadline, "the worker never ran the blocking task"
+            assert supervisor.poll() is None, "the supervisor stopped"
+            time.sleep(0.05)
+        [worker] = store.list_workers("c", live=True)
+        assert worker.pid is not None and not _exited(worker.pid)
+        supervisor.kill()
+        supervisor.wait(10)
+        killed_at = time.monotonic()
+        later = store.submit([NewTask("c", "echo", str(n)) for n in range(3)], time.time())
+        while not _exited(worker.pid):
+            # grace 1 s + ORPHAN_EXIT_MARGIN_SECONDS 2 s, and room for a loaded machine
+            assert time.monotonic() - killed_at < 15, "the orphaned worker lives on"
+            time.sleep(0.05)
+        for task in later:  # nobody supervises it: it took no more work
+            record = store.get_task(task.id)
+            assert record is not None and (record.state, record.attempts) == ("queued", 0)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+        store.close()

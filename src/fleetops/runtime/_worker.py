@@ -14,9 +14,11 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import os
 import random
 import socket
+import threading
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,6 +99,14 @@ MAX_TRACEBACK_CHARS = 16384
 #: first beat it answers ends every such wait at once (see Worker._store_answered):
 #: work resumes within a beat of the store's return, not up to a pause later.
 STORE_RETRY_SECONDS = (0.05, 1.0)
+
+#: How often a worker started by a supervisor looks whether the supervisor still lives
+#: (on a thread of its own, so that a handler blocking the event loop cannot stop it).
+PARENT_CHECK_SECONDS = 0.2
+#: An orphaned worker whose loop has not stopped this long after its shutdown grace
+#: exits the process (code ORPHAN_EXIT_CODE).
+ORPHAN_EXIT_MARGIN_SECONDS = 2.0
+ORPHAN_EXIT_CODE = 70
 
 
 def cut_text(text: str, most: int, *, tail: bool = False) -> str:
@@ -366,13 +376,56 @@ class Worker:
         )
         # telemetry (metric snapshots, spans) is written through a connection and thread
         # of its own, so that a bulk span insert never delays a claim or a completion
+        ended = threading.Event()
+        if self._parent_pid is not None:
+            threading.Thread(
+                target=self._watch_parent,
+                args=(asyncio.get_running_loop(), ended),
+                name="fleetops-parent-watch",
+                daemon=True,
+            ).start()
         try:
             async with QueueClient(self.client.url, clock=self.clock) as telemetry:
                 self._telemetry_client = telemetry
                 await self._run(stop)
         finally:
+            ended.set()
             doorbell.close()
         log.info("worker.stopped", worker=self.worker_id, processed=self.processed)
+
+    def _orphaned(self) -> bool:
+        """The supervisor that started this worker is gone (it was killed)."""
+        return self._parent_pid is not None and os.getppid() != self._parent_pid
+
+    def _stop_orphaned(self) -> None:
+        if not self._stopping.is_set():
+            log.error("worker.orphaned", worker=self.worker_id, parent=self._parent_pid)
+            self._stopping.set()
+            self.wake_claimer()
+
+    def _watch_parent(self, loop: asyncio.AbstractEventLoop, ended: threading.Event) -> None:
+        """A thread: once the supervisor is gone, stop the worker (it claims nothing
+        more, drains, and exits), and if it has not exited within its grace (a
+        handler blocks its event loop), exit the process. An orphan otherwise lived
+        on as long as the handler blocked, claiming again once it was free."""
+        while not ended.wait(PARENT_CHECK_SECONDS):
+            if self._orphaned():
+                break
+        else:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: it ended
+            loop.call_soon_threadsafe(self._stop_orphaned)
+        if ended.wait(self.settings.shutdown_grace + ORPHAN_EXIT_MARGIN_SECONDS):
+            return
+        log.error(
+            "worker.orphaned_exit",
+            worker=self.worker_id,
+            parent=self._parent_pid,
+            reason="the event loop did not stop within the shutdown grace; its leases "
+            "expire and its tasks are redelivered",
+        )
+        logging.shutdown()
+        os._exit(ORPHAN_EXIT_CODE)
 
     async def _run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -448,6 +501,9 @@ class Worker:
         in_doubt = False
         try:
             while not self._stopping.is_set():
+                if self._orphaned():  # no more work for a worker nobody supervises
+                    self._stop_orphaned()
+                    break
                 # a task waiting for a child's result gives its slot up meanwhile, so
                 # that a fan-out inside one cluster cannot starve its own children
                 free = s.concurrency - len(self._running) + len(self._waiting)
@@ -990,10 +1046,6 @@ class Worker:
                 return
             if held is not None:
                 self._cancel_lost(held, sent_at)
-            if self._parent_pid is not None and os.getppid() != self._parent_pid:
-                log.error("worker.orphaned", worker=self.worker_id, parent=self._parent_pid)
-                self._stopping.set()
-                return
             await self.clock.sleep(s.heartbeat_interval)
 
     def _settling(self, task_id: int, epoch: int) -> None:
