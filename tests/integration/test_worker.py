@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -109,6 +110,7 @@ async def _with_worker(
     url: str,
     body: Callable[[QueueClient, Worker], Awaitable[None]],
     agents: list[AgentSpec],
+    rng: random.Random | None = None,
     **settings: Any,
 ) -> None:
     async with QueueClient(url) as client:
@@ -118,6 +120,7 @@ async def _with_worker(
             cluster="c",
             agents={a.name: a for a in agents},
             settings=WorkerSettings(**({"concurrency": 20, "shutdown_grace": 1.0} | settings)),
+            rng=rng,
         )
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
@@ -1346,3 +1349,35 @@ def test_a_handler_that_raises_systemexit_or_keyboardinterrupt_fails_its_task_no
         await _still_runs_tasks(client)
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(exits), spec(nap), spec(child_double)]))
+
+
+@agent(name="refused", retry=RetryPolicy(max_attempts=5, backoff_base=3.0, backoff_max=3.0))
+async def refused(task: TaskInfo, ctx: Context) -> None:
+    raise ConnectionError("payments API refused the connection")
+
+
+def test_a_retry_that_would_start_after_the_deadline_dead_letters_at_once_with_the_error(
+    sqlite_url: str,
+) -> None:
+    """Before, the retry was set past the deadline; the task waited out the backoff
+    and died of the deadline then, its error lost ('deadline passed before the task
+    started'). With the deadline far off, the same failure is retried."""
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        now = client.clock.now()
+        soon = await client.submit(NewTask("c", "refused", deadline=now + 0.5))
+        later = await client.submit(NewTask("c", "refused", deadline=now + 3600))
+        record = await _wait_terminal(client, soon.id, within=2)
+        assert record.state == "dead" and record.failures == 1
+        assert (record.finished_at or 0) < now + 0.5
+        reason = record.dead_reason or ""
+        assert reason.startswith("deadline passed before the next try (due in ")
+        assert reason.endswith("ConnectionError: payments API refused the connection")
+        waiting = await client.run(client.store.get_task, later.id)
+        assert waiting is not None and (waiting.state, waiting.failures) == ("queued", 1)
+
+    class Longest(random.Random):  # full jitter at its longest: 3 s, every time
+        def random(self) -> float:
+            return 1.0
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(refused)], rng=Longest()))

@@ -971,9 +971,18 @@ class Worker:
         failures = claimed.failures + 1
         retry_at: float | None = None
         reason = None
-        past_deadline = claimed.deadline is not None and self.clock.now() >= claimed.deadline
+        now = self.clock.now()
+        past_deadline = claimed.deadline is not None and now >= claimed.deadline
         if retryable and failures < max_attempts and not past_deadline and spec is not None:
-            retry_at = self.clock.now() + spec.retry.delay(failures, self._rng)
+            retry_at = now + spec.retry.delay(failures, self._rng)
+            if claimed.deadline is not None and retry_at >= claimed.deadline:
+                # the next try could not start in time: dead now, with this error
+                # (waiting out the backoff, it died of its deadline, the error lost)
+                reason = (
+                    f"deadline passed before the next try (due in {retry_at - now:.3g} s, "
+                    f"the deadline in {claimed.deadline - now:.3g} s): {error}"
+                )
+                retry_at = None
         else:
             reason = (
                 error
