@@ -236,10 +236,11 @@ def test_a_worker_hung_while_holding_the_write_lock_does_not_stall_the_fleet(
 
 
 def test_a_worker_that_cannot_be_started_is_tried_again_not_the_end_of_the_fleet(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """fork() can fail for a while (EAGAIN: too many processes, ENOMEM): the slot
-    backs off and tries again; the supervisor and the other workers go on."""
+    backs off and tries again; the supervisor and the other workers go on. Each
+    failure is logged as an error (it was INFO, like a worker started)."""
     spawn = asyncio.create_subprocess_exec
     refusals = [2]
 
@@ -262,6 +263,8 @@ def test_a_worker_that_cannot_be_started_is_tried_again_not_the_end_of_the_fleet
     failed = [e for e in events if e.kind == "worker.spawn_failed"]
     assert len(failed) == 2
     assert "Resource temporarily unavailable" in failed[0].data["error"]
+    logged = [r.levelname for r in caplog.records if r.getMessage() == "worker.spawn_failed"]
+    assert logged == ["ERROR", "ERROR"]
 
 
 def test_a_store_that_cannot_record_events_does_not_stop_the_supervisor(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import signal
@@ -42,6 +43,16 @@ from ._detector import DetectorSettings, PhiAccrualFailureDetector
 from ._worker import WorkerSettings
 
 log = get_logger("fleetops.supervisor")
+
+#: How loud each supervision event is in the log (the rest are INFO): what an
+#: operator must look at stands out from the workers started and stopped.
+EVENT_LEVELS = {
+    "worker.spawn_failed": logging.ERROR,
+    "worker.failed": logging.WARNING,
+    "worker.suspected": logging.WARNING,
+    "cluster.degraded": logging.ERROR,
+    "agent_failure.notify_operations_team": logging.WARNING,
+}
 
 STARTUP_TIMEOUT = 60.0
 
@@ -589,6 +600,6 @@ class Supervisor:
                 )
             except StoreError as exc:
                 log.warning("event.not_recorded", kind=kind, error=str(exc))
-        log.info(kind, cluster=cluster, worker=worker, **data)
+        log.log(EVENT_LEVELS.get(kind, logging.INFO), kind, cluster=cluster, worker=worker, **data)
         if self._on_event is not None:
             self._on_event(event)

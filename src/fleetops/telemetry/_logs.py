@@ -30,6 +30,9 @@ class EventLogger:
         if self._logger.isEnabledFor(level):
             self._logger.log(level, event, extra={"fleetops": fields})
 
+    def log(self, level: int, event: str, **fields: Any) -> None:
+        self._log(level, event, fields)
+
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, event, fields)
 
