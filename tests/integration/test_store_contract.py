@@ -891,6 +891,38 @@ def test_retry_dead_queues_a_dead_letter_again_keeping_its_attempts_and_journal(
         assert store.get_task(task_id) == before
 
 
+def test_retry_dead_queues_the_dead_children_of_the_dead_letter_again_with_it(
+    store: Store,
+) -> None:
+    """Run again, the parent finds each child it sent by key: a dead one would fail it
+    again at once, so the dead children and grandchildren are queued with it; a
+    child that succeeded keeps its result, and another parent's children stay."""
+
+    def dead(queue: str, parent: int | None) -> int:
+        task_id = submit_one(store, queue=queue, parent_id=parent)
+        held = claim_one(store, "w1", queue=queue)
+        assert apply_one(store, Fail(task_id, held.epoch, "bug", "w1", None, "bug"), T0 + 1).ok
+        return task_id
+
+    parent = dead("p", None)
+    child = dead("c", parent)
+    grandchild = dead("g", child)
+    fine = _finish(store, "succeeded", T0 + 1, "c", parent_id=parent)
+    stranger = dead("s", dead("o", None))
+
+    assert store.retry_dead(parent, T0 + 100)
+
+    states = {t.id: t.state for t in store.get_tasks([parent, child, grandchild, fine, stranger])}
+    assert states == {
+        parent: "queued",
+        child: "queued",
+        grandchild: "queued",
+        fine: "succeeded",
+        stranger: "dead",
+    }
+    assert not store.retry_dead(child, T0 + 101)  # queued now: not a dead letter
+
+
 def test_revoke_worker_requeues_every_lease_it_holds(store: Store) -> None:
     for worker in ("w1", "w2"):
         store.register_worker(worker, "c", 100, "host", 8, T0)

@@ -1381,3 +1381,38 @@ def test_a_retry_that_would_start_after_the_deadline_dead_letters_at_once_with_t
             return 1.0
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(refused)], rng=Longest()))
+
+
+CHILD_BROKEN = {"on": True}
+
+
+@agent(name="fixable_child", retry=RetryPolicy(max_attempts=1))
+async def fixable_child(task: TaskInfo, ctx: Context) -> str:
+    if CHILD_BROKEN["on"]:
+        raise RuntimeError("bug in child")
+    return "fixed"
+
+
+@agent(name="calls_fixable", retry=RetryPolicy(max_attempts=1))
+async def calls_fixable(task: TaskInfo, ctx: Context) -> Any:
+    return await ctx.call("fixable_child", 1)
+
+
+def test_retrying_a_parent_whose_child_died_runs_the_child_again_once_fixed(
+    sqlite_url: str,
+) -> None:
+    """The operator's way: fix the cause, then 'fleetops tasks retry' the parent. Before,
+    the parent found its dead child by key and was dead again at once."""
+    CHILD_BROKEN["on"] = True
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        sub = await client.submit(NewTask("c", "calls_fixable"))
+        assert (await _wait_terminal(client, sub.id)).state == "dead"
+        CHILD_BROKEN["on"] = False
+        assert await client.run(client.store.retry_dead, sub.id, client.clock.now())
+        record = await _wait_terminal(client, sub.id)
+        assert (record.state, json.loads(record.result or "null")) == ("succeeded", "fixed")
+        children = await client.run(client.store.list_tasks, None, "c", "fixable_child")
+        assert [(c.parent_id, c.state, c.attempts) for c in children] == [(sub.id, "succeeded", 2)]
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(calls_fixable), spec(fixable_child)]))

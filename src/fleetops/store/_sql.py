@@ -665,9 +665,23 @@ class SqlStore:
         ``max_redeliveries``: what an operator does once the cause is fixed. Its
         attempts so far stay on record (the next is numbered after them) and so does
         its effect journal, so an effect done before it died is replayed, not run
-        again. False, changing nothing, when the task is not dead."""
+        again. Its dead children (and theirs) are queued again with it: run again,
+        it finds each child it sent by key, and a dead one would fail it the same
+        way at once. False, changing nothing, when the task is not dead."""
         with self._tx():
-            return self._exec(RETRY_DEAD, (now, task_id)).fetchone() is not None
+            if self._exec(RETRY_DEAD, (now, task_id)).fetchone() is None:
+                return False
+            parents = [task_id]
+            while parents:
+                marks = ", ".join("?" * len(parents))
+                parents = [
+                    int(r[0])
+                    for r in self._exec(
+                        RETRY_DEAD.replace("WHERE id = ?", f"WHERE parent_id IN ({marks})"),
+                        (now, *parents),
+                    ).fetchall()
+                ]
+            return True
 
     def get_task(self, task_id: int) -> TaskRecord | None:
         row = self._exec(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
