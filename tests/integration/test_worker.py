@@ -1416,3 +1416,27 @@ def test_retrying_a_parent_whose_child_died_runs_the_child_again_once_fixed(
         assert [(c.parent_id, c.state, c.attempts) for c in children] == [(sub.id, "succeeded", 2)]
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(calls_fixable), spec(fixable_child)]))
+
+
+@agent(name="stubborn", retry=RetryPolicy(max_attempts=1))
+async def stubborn(task: TaskInfo, ctx: Context) -> str:
+    """Swallows its cancellation and finishes its nap anyway."""
+    try:
+        await asyncio.sleep(1.0)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.5)
+    return "done late"
+
+
+def test_a_handler_that_swallows_its_cancellation_at_the_deadline_does_not_succeed(
+    sqlite_url: str,
+) -> None:
+    """Before, its late result was recorded as a success, past the deadline."""
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        sub = await client.submit(NewTask("c", "stubborn", deadline=client.clock.now() + 0.3))
+        record = await _wait_terminal(client, sub.id)
+        assert record.state == "dead" and record.result is None
+        assert (record.dead_reason or "").startswith("deadline passed: timed out after")
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(stubborn)]))

@@ -859,8 +859,12 @@ class Worker:
             if timeout is None:
                 result = await spec.handler(info, ctx)
             else:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(timeout) as window:
                     result = await spec.handler(info, ctx)
+                if window.expired():
+                    # it caught its cancellation at the timeout and returned anyway:
+                    # too late, whatever it returned (a deadline is a promise)
+                    raise TimeoutError("the handler went on past its cancellation")
         except LeaseLost:
             log.warning(
                 "lease.lost", task_id=claimed.id, epoch=claimed.epoch, worker=self.worker_id
