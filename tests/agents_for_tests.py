@@ -58,3 +58,15 @@ async def block(task: TaskInfo, ctx: Context) -> str:
     """Block the worker's event loop for ``payload`` seconds (a CPU-bound step, say)."""
     time.sleep(float(task.payload))  # noqa: ASYNC251  # on purpose
     return "unblocked"
+
+
+@agent(name="deaf")
+async def deaf(task: TaskInfo, ctx: Context) -> str:
+    """Ignores every cancellation for a minute (a handler that cannot be stopped)."""
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        try:
+            await asyncio.sleep(end - time.monotonic())
+        except asyncio.CancelledError:
+            continue
+    return "finally"

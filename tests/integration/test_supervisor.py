@@ -456,3 +456,38 @@ def test_a_worker_whose_supervisor_is_killed_exits_even_while_a_handler_blocks_i
         if supervisor.poll() is None:
             supervisor.kill()
         store.close()
+
+
+def test_a_worker_killed_at_shutdown_because_it_would_not_drain_has_its_tasks_queued_again(
+    sqlite_url: str,
+) -> None:
+    """Its handler ignores cancellation: the supervisor kills it after the grace, and
+    queues what it held at once. Before, the tasks stayed 'running', leased to a dead
+    worker, until their leases expired."""
+    plan = ClusterPlan(
+        name="c",
+        agents=("agents_for_tests:deaf", "agents_for_tests:echo"),
+        replicas=1,
+        worker=WorkerSettings(concurrency=4, shutdown_grace=0.5, lease_seconds=600),
+        python_path=(TESTS_DIR,),
+    )
+    ids: list[int] = []
+
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        task = await client.submit(NewTask("c", "deaf"))
+        ids.append(task.id)
+
+        async def running() -> bool:
+            record = await client.run(client.store.get_task, task.id)
+            return record is not None and record.state == "running"
+
+        await wait_until(running, within=20)
+
+    asyncio.run(_supervised(sqlite_url, body, plan))
+    store = open_store(sqlite_url)
+    try:
+        record = store.get_task(ids[0])
+        assert record is not None
+        assert (record.state, record.lease_owner, record.redeliveries) == ("queued", None, 1)
+    finally:
+        store.close()

@@ -564,6 +564,17 @@ class Supervisor:
                 handle.process.kill()
         for handle in stragglers:
             await handle.process.wait()
+        if stragglers and self._client is not None:
+            # their handlers would not stop: what they held is queued again now, not
+            # when its leases expire (the next start finds it ready)
+            for handle in stragglers:
+                requeued = await self._revoke(handle, "killed at shutdown: it did not drain")
+                log.warning(
+                    "worker.killed_at_shutdown",
+                    cluster=handle.cluster,
+                    worker=handle.id,
+                    requeued=len(requeued),
+                )
         for reader in list(self._beat_readers):
             reader.cancel()
 
