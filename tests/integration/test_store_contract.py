@@ -923,6 +923,29 @@ def test_retry_dead_queues_the_dead_children_of_the_dead_letter_again_with_it(
     assert not store.retry_dead(child, T0 + 101)  # queued now: not a dead letter
 
 
+def test_a_claim_takes_no_more_suspects_than_it_is_allowed(store: Store) -> None:
+    """A task on SUSPECT_REDELIVERIES dead workers is a suspect: a claim takes at most
+    ``suspects`` of them (after the others, whatever their order), any with None."""
+    from fleetops.store._sql import SUSPECT_REDELIVERIES
+
+    suspects = [submit_one(store, T0) for _ in range(3)]
+    for death in range(SUSPECT_REDELIVERIES):  # each on a worker that then dies
+        worker = f"doomed-{death}"
+        store.register_worker(worker, "c", 100, "host", 8, T0)
+        assert len(store.claim(worker, ["q"], 10, T0, LEASE)) == 3
+        assert sorted(store.revoke_worker(worker, T0, "exited")) == suspects
+    fresh = [submit_one(store, T0 + 1) for _ in range(3)]
+    for worker in ("wa", "wb", "wc"):
+        store.register_worker(worker, "c", 100, "host", 8, T0)
+
+    first = store.claim("wa", ["q"], 10, T0 + 2, LEASE, suspects=1)
+    assert sorted(t.id for t in first) == sorted([*fresh, suspects[0]])
+    assert [t.redeliveries for t in first if t.id == suspects[0]] == [SUSPECT_REDELIVERIES]
+    assert store.claim("wb", ["q"], 10, T0 + 2, LEASE, suspects=0) == []
+    assert [t.id for t in store.claim("wb", ["q"], 1, T0 + 2, LEASE, suspects=5)] == [suspects[1]]
+    assert [t.id for t in store.claim("wc", ["q"], 10, T0 + 2, LEASE)] == [suspects[2]]
+
+
 def test_revoke_worker_requeues_every_lease_it_holds(store: Store) -> None:
     for worker in ("w1", "w2"):
         store.register_worker(worker, "c", 100, "host", 8, T0)

@@ -491,3 +491,41 @@ def test_a_worker_killed_at_shutdown_because_it_would_not_drain_has_its_tasks_qu
         assert (record.state, record.lease_owner, record.redeliveries) == ("queued", None, 1)
     finally:
         store.close()
+
+
+def test_a_task_that_kills_its_worker_again_and_again_does_not_take_the_healthy_ones_with_it(
+    sqlite_url: str,
+) -> None:
+    """A crashing task claimed with healthy ones kills their worker, and each is
+    charged a redelivery. Before, they were claimed together again and again and died
+    together: max_redeliveries dead-lettered the healthy ones with the culprit. Once a
+    suspect (SUSPECT_REDELIVERIES dead workers), a task runs alone among suspects in
+    its worker, so the healthy ones are charged at most that often."""
+    from fleetops.store._sql import SUSPECT_REDELIVERIES
+
+    budget = SUSPECT_REDELIVERIES + 1  # room for the bound, no more
+
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        tasks = [NewTask("c", "slow", "0.5", max_redeliveries=budget) for _ in range(10)]
+        tasks.insert(5, NewTask("c", "crash", max_redeliveries=budget))
+        subs = await client.submit_many(tasks)
+
+        async def all_done() -> bool:
+            return all([await _terminal(client, s.id) for s in subs])
+
+        await wait_until(all_done, within=60)
+        records = {r.id: r for r in await client.run(client.store.get_tasks, [s.id for s in subs])}
+        culprit = records.pop(subs[5].id)
+        assert culprit.state == "dead" and culprit.redeliveries == budget + 1
+        assert "lost too often" in (culprit.dead_reason or "")
+        assert {r.state for r in records.values()} == {"succeeded"}
+        assert max(r.redeliveries for r in records.values()) <= SUSPECT_REDELIVERIES
+
+    asyncio.run(
+        _supervised(
+            sqlite_url,
+            body,
+            _plan(replicas=1),
+            RestartPolicy(backoff_base=0.02, backoff_max=0.1, intensity=100),
+        )
+    )

@@ -823,6 +823,7 @@ class QueueClient:
         lease_seconds: float,
         agents: Sequence[str] | None = None,
         max_running: int | None = None,
+        suspects: int | None = None,
     ) -> list[ClaimedTask]:
         return await self._hot(
             self.store.claim,
@@ -833,6 +834,7 @@ class QueueClient:
             lease_seconds,
             agents,
             max_running,
+            suspects,
         )
 
     async def beat(self, worker: str, inflight: int, processed: int) -> bool:

@@ -52,6 +52,7 @@ from ..store import (
     Release,
     SubmitChild,
 )
+from ..store._sql import SUSPECT_REDELIVERIES
 from ..telemetry import MetricSet, catalog, get_logger
 from ..telemetry._lean import LeanTracer
 from ..telemetry._metricset import CounterSeries, NullMetricSet
@@ -267,6 +268,9 @@ class Worker:
         #: why a handler was cancelled, by (task id, epoch): the same task may run
         #: here again under a newer lease while its stale handler winds down
         self._cancel_reasons: dict[tuple[int, int], str] = {}
+        #: the suspect this worker runs, as (task id, epoch): it runs one at a time
+        #: (see SUSPECT_REDELIVERIES in fleetops.store._sql)
+        self._suspect: tuple[int, int] | None = None
         self._slot_free = asyncio.Event()
         self._work_hint = asyncio.Event()
         #: the idle claimer's wait, ended early by wake_claimer (see _wait_hint)
@@ -532,6 +536,7 @@ class Worker:
                         s.lease_seconds,
                         agents,
                         s.max_cluster_running,
+                        0 if self._suspect is not None else 1,
                     )
                 except StoreUnavailable as exc:
                     # A claim that failed in its COMMIT may have leased tasks all
@@ -562,6 +567,8 @@ class Worker:
                             worker=self.worker_id,
                             reason="claimed again under a newer lease",
                         )
+                    if task.redeliveries >= SUSPECT_REDELIVERIES:
+                        self._suspect = (task.id, task.epoch)
                     handler = self._handlers.create_task(
                         self._execute(task), name=f"task-{task.id}"
                     )
@@ -704,6 +711,8 @@ class Worker:
                 del self._running[claimed.id]
             self._busy_changed()
             self._cancel_reasons.pop((claimed.id, claimed.epoch), None)
+            if self._suspect == (claimed.id, claimed.epoch):
+                self._suspect = None
             self.processed += 1
             self._slot_free.set()
             lane.count_finished(outcome)

@@ -23,7 +23,14 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .._exceptions import StoreError, StoreUnavailable
 from ._models import NewTask
 from ._open import redact
-from ._sql import INSERT_TASK, NOT_DEAD_WORKER, SqlStore, migration_scripts, task_params
+from ._sql import (
+    INSERT_TASK,
+    NOT_DEAD_WORKER,
+    SUSPECT_TERMS,
+    SqlStore,
+    migration_scripts,
+    task_params,
+)
 
 #: TCP keepalives and a limit on unacknowledged data: a dead peer is noticed in ~10 s.
 TCP_LIVENESS = {
@@ -239,14 +246,15 @@ class PostgresStore(SqlStore):
             return StoreUnavailable(message)
         return StoreError(message)
 
-    def _claim_sql(self, n_queues: int, n_agents: int) -> str:
+    def _claim_sql(self, n_queues: int, n_agents: int, suspect: bool | None = None) -> str:
         queues = ", ".join("?" * n_queues)
         agents = f" AND agent IN ({', '.join('?' * n_agents)})" if n_agents else ""
         return (
             "UPDATE tasks SET state = 'running', lease_owner = ?, lease_expires_at = ?, "
             "epoch = epoch + 1, attempts = attempts + 1, started_at = ? "
             "WHERE id IN (SELECT id FROM tasks WHERE state = 'queued' "
-            f"AND queue IN ({queues}){agents} AND run_after <= ? {NOT_DEAD_WORKER}"
+            f"AND queue IN ({queues}){agents} AND run_after <= ? "
+            f"{SUSPECT_TERMS[suspect]}{NOT_DEAD_WORKER}"
             "ORDER BY priority DESC, run_after, id LIMIT ? FOR UPDATE SKIP LOCKED) "
             "RETURNING id, queue, agent, payload, priority, epoch, attempts, failures, "
             "redeliveries, max_attempts, max_redeliveries, deadline, idempotency_key, "

@@ -59,8 +59,13 @@ class Store(Protocol):
         lease_seconds: float,
         agents: Sequence[str] | None = None,
         max_running: int | None = None,
+        suspects: int | None = None,
     ) -> list[ClaimedTask]:
-        """Lease up to ``limit`` ready tasks; ``max_running`` caps the queues' running total."""
+        """Lease up to ``limit`` ready tasks; ``max_running`` caps the queues' running total.
+
+        ``suspects`` (None: no limit) is how many of them may be suspects, tasks that
+        were on several dead workers (see SUSPECT_REDELIVERIES in fleetops.store._sql):
+        a worker running one asks for none."""
         ...
 
     def apply(self, ops: Sequence[Operation], now: float | Callable[[], float]) -> list[OpResult]:

@@ -52,6 +52,15 @@ CLAIM_RETURNING = (
 #: The claim's condition that fences off a worker declared dead as a whole: it may
 #: not take new leases. Parameter: the worker.
 NOT_DEAD_WORKER = "AND NOT EXISTS (SELECT 1 FROM workers WHERE id = ? AND state = 'dead') "
+#: A task on this many dead workers (its redeliveries) is a suspect: it may be what
+#: killed them. A claim takes suspects only as its ``suspects`` allows (a worker runs
+#: one at a time), so that a task that kills its worker takes down only itself and
+#: the fresh tasks beside it, not the same healthy ones every time until they are
+#: dead-lettered with it (schema 9). Written into the claim's SQL and the
+#: tasks_suspect index, whose terms must match word for word.
+SUSPECT_REDELIVERIES = 3
+#: The claim's term for each kind of task (None: any task)
+SUSPECT_TERMS = {None: "", False: "AND redeliveries < 3 ", True: "AND redeliveries >= 3 "}
 WORKER_COLUMNS = (
     "id, cluster, pid, host, state, started_at, heartbeat_at, stopped_at, concurrency, "
     "inflight, processed"
@@ -268,7 +277,7 @@ def task_params(task: NewTask, now: float) -> tuple[Any, ...]:
 
 
 #: The claim UPDATE by (store class, number of queues, number of agents): built once.
-_CLAIM_SQL: dict[tuple[type, int, int], str] = {}
+_CLAIM_SQL: dict[tuple[type, int, int, bool | None], str] = {}
 
 
 class SqlStore:
@@ -287,9 +296,11 @@ class SqlStore:
         """Run one statement; answer a cursor (rows via fetchall, count via rowcount)."""
         raise NotImplementedError
 
-    def _claim_sql(self, n_queues: int, n_agents: int) -> str:
+    def _claim_sql(self, n_queues: int, n_agents: int, suspect: bool | None = None) -> str:
         """The claim UPDATE. Parameters: worker, lease expiry, now, the queues, the
-        agents, now (for run_after), worker (for :data:`NOT_DEAD_WORKER`), limit."""
+        agents, now (for run_after), worker (for :data:`NOT_DEAD_WORKER`), limit.
+        ``suspect``: suspects only (True), none (False) or any task (None); see
+        :data:`SUSPECT_TERMS`."""
         raise NotImplementedError
 
     def _execmany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -401,14 +412,11 @@ class SqlStore:
         lease_seconds: float,
         agents: Sequence[str] | None = None,
         max_running: int | None = None,
+        suspects: int | None = None,
     ) -> list[ClaimedTask]:
         if limit <= 0 or not queues:
             return []
         agents = list(agents or [])
-        shape = (type(self), len(queues), len(agents))
-        sql = _CLAIM_SQL.get(shape)
-        if sql is None:
-            sql = _CLAIM_SQL[shape] = self._claim_sql(len(queues), len(agents))
         params = [worker, now + lease_seconds, now, *queues, *agents, now, worker, limit]
         with self._tx():
             if max_running is not None:
@@ -421,7 +429,13 @@ class SqlStore:
                 if limit <= 0:
                     return []
                 params[-1] = limit
-            rows = self._exec(sql, params).fetchall()
+            kind = None if suspects is None else False
+            rows = self._exec(self._claim_statement(len(queues), len(agents), kind), params)
+            rows = rows.fetchall()
+            if suspects and len(rows) < limit:
+                params[-1] = min(suspects, limit - len(rows))
+                more = self._exec(self._claim_statement(len(queues), len(agents), True), params)
+                rows += more.fetchall()
             if not rows:
                 return []
             redelivered = [r[0] for r in rows if r[6] > 1]
@@ -436,6 +450,13 @@ class SqlStore:
         claimed = [ClaimedTask(*r, journal=journal.get(r[0], {})) for r in rows]  # type: ignore[misc]
         claimed.sort(key=lambda t: (-t.priority, t.id))
         return claimed
+
+    def _claim_statement(self, n_queues: int, n_agents: int, suspect: bool | None) -> str:
+        shape = (type(self), n_queues, n_agents, suspect)
+        sql = _CLAIM_SQL.get(shape)
+        if sql is None:
+            sql = _CLAIM_SQL[shape] = self._claim_sql(n_queues, n_agents, suspect)
+        return sql
 
     def apply(self, ops: Sequence[Operation], now: float | Callable[[], float]) -> list[OpResult]:
         """Apply ``ops`` in one transaction; answer one result per op, in their order.

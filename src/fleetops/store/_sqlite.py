@@ -60,6 +60,7 @@ from ._sql import (
     SELECT_TASK_TRACES,
     SELECT_TRACE,
     SPAN_SCHEMA,
+    SUSPECT_TERMS,
     SqlStore,
     migration_scripts,
     task_params,
@@ -421,14 +422,16 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             raise store_error("store", self.path, exc) from exc
 
-    def _claim_sql(self, n_queues: int, n_agents: int) -> str:
+    def _claim_sql(self, n_queues: int, n_agents: int, suspect: bool | None = None) -> str:
         queues = ", ".join("?" * n_queues)
         agents = f" AND agent IN ({', '.join('?' * n_agents)})" if n_agents else ""
+        index = "tasks_suspect" if suspect else "tasks_ready"
         return (
             "UPDATE tasks SET state = 'running', lease_owner = ?, lease_expires_at = ?, "
             "epoch = epoch + 1, attempts = attempts + 1, started_at = ? "
-            "WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_ready WHERE state = 'queued' "
-            f"AND queue IN ({queues}){agents} AND run_after <= ? {NOT_DEAD_WORKER}"
+            f"WHERE id IN (SELECT id FROM tasks INDEXED BY {index} WHERE state = 'queued' "
+            f"AND queue IN ({queues}){agents} AND run_after <= ? "
+            f"{SUSPECT_TERMS[suspect]}{NOT_DEAD_WORKER}"
             "ORDER BY priority DESC, run_after, id LIMIT ?) "
             "RETURNING id, queue, agent, payload, priority, epoch, attempts, failures, "
             "redeliveries, max_attempts, max_redeliveries, deadline, idempotency_key, "
@@ -444,6 +447,7 @@ class SqliteStore(SqlStore):
         lease_seconds: float,
         agents: Sequence[str] | None = None,
         max_running: int | None = None,
+        suspects: int | None = None,
     ) -> list[ClaimedTask]:
         # Look before taking the write lock: an idle poll must not serialise writers.
         if not self._depth and queues and limit > 0:
@@ -456,7 +460,9 @@ class SqliteStore(SqlStore):
             if ready is None:
                 return []
         with self._unsynced():
-            return super().claim(worker, queues, limit, now, lease_seconds, agents, max_running)
+            return super().claim(
+                worker, queues, limit, now, lease_seconds, agents, max_running, suspects
+            )
 
     def _lock_task_sql(self) -> str:
         return "SELECT 1 FROM tasks WHERE id = ? AND epoch = ? AND state = 'running'"
