@@ -493,6 +493,8 @@ providers:
         ("- fleet\n- clusters\n", 1, 1, "the spec is a list, not a mapping", "'key: value'"),
         ("just text\n", 1, 1, "the spec is a single value", "'key: value'"),
         ("# nothing yet\n", 1, 1, "the spec is empty", "fleet"),
+        ("fleet: {name: t}\x07\n", 1, 17, "invalid YAML: unacceptable character", "control"),
+        ("fleet:\n  name: \x1b[31mt\n", 2, 9, "invalid YAML: unacceptable character", "control"),
         ("fleet: &f {name: *f}\n", 1, 8, "a value contains itself", "anchor"),
         ("deep: " + "[" * 1000 + "]" * 1000 + "\n", 1, 1, "the spec is nested too deeply", ""),
         (

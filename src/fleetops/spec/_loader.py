@@ -147,7 +147,10 @@ def _read_document(text: str) -> tuple[yaml.MappingNode, Any, list[SpecIssue]] |
     Duplicates are looked for before construction, which merges ``<<`` keys into
     their mappings (where an explicit key may override a merged one).
     """
-    loader = _SpecLoader(text)
+    try:
+        loader = _SpecLoader(text)  # checks every character is printable
+    except yaml.YAMLError as exc:
+        return _reader_issue(exc, text)
     try:
         root = loader.get_single_node()
         if root is None:
@@ -220,13 +223,19 @@ def _yaml_issue(exc: yaml.MarkedYAMLError) -> SpecIssue:
 
 def _reader_issue(exc: yaml.YAMLError, text: str) -> SpecIssue:
     position = getattr(exc, "position", 0)
+    character = getattr(exc, "character", None)
     before = text[:position]
+    problem = (
+        f"unacceptable character U+{character:04X}: control characters are not allowed"
+        if isinstance(character, int)
+        else str(exc)
+    )
     return SpecIssue(
         "",
         before.count("\n") + 1,
         position - (before.rfind("\n") + 1) + 1,
         None,
-        f"invalid YAML: {exc}",
+        f"invalid YAML: {problem}",
         "remove the control character; the spec must be printable text",
     )
 
