@@ -230,3 +230,20 @@ def test_bad_store_url_is_a_clear_error(tmp_path: Path) -> None:
     assert "--store" in proc.stderr and "'sqlite:///fleet.db'" in proc.stderr
     assert "postgresql://" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == "" and not list(tmp_path.iterdir())
+
+
+def test_a_postgres_url_libpq_cannot_read_is_a_usage_error(tmp_path: Path) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    url = "postgresql://postgres:s3cret@127.0.0.1:5432/test?bogus=1"
+    for args in (
+        ("bench", "queue", "--tasks", "5", "--store", url, "--json"),
+        ("chaos", "cut-store", "--tasks", "5", "--store", url, "--json"),
+        ("chaos", "cut-store", "--store", "postgresql://postgres@[::1/test"),
+    ):
+        proc = run(*args, cwd=tmp_path, TMPDIR=str(temp))
+        assert proc.returncode == 2, proc.stderr
+        assert "--store" in proc.stderr and "postgresql://postgres@" in proc.stderr
+        assert "postgresql://user:password@host:5432/database" in proc.stderr  # the fix
+        assert "s3cret" not in proc.stderr and "Traceback" not in proc.stderr
+        assert proc.stdout == "" and not list(temp.iterdir())

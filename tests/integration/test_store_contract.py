@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from fleetops._exceptions import SchemaError, StoreError
+from fleetops._exceptions import ConfigError, SchemaError, StoreError
 from fleetops.store import (
     AttemptRecord,
     ClaimedTask,
@@ -38,6 +38,7 @@ from fleetops.store import (
     Submitted,
     open_store,
 )
+from fleetops.store._open import redact
 from fleetops.store._sql import BATCH_ROWS
 from fleetops.store._sqlite import LARGEST_TASK_ID
 
@@ -1667,6 +1668,26 @@ def test_a_postgres_connection_notices_a_dead_peer_in_seconds_unless_the_url_say
     }
     joiner = "&" if "?" in postgres_url else "?"
     assert liveness(f"{postgres_url}{joiner}keepalives_idle=60")["keepalives_idle"] == "60"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://postgres:s3cret@127.0.0.1:5432/test?bogus=1", 'parameter: "bogus"'),
+        ("postgresql://postgres:s3cret@[::1/test", 'matching "]"'),
+        ("postgresql://%zz:s3cret@127.0.0.1/test", 'token: "%zz"'),
+        ("postgresql://postgres:s3%zzcret@127.0.0.1/test", 'token: "***"'),
+    ],
+)
+def test_a_postgres_url_libpq_cannot_read_is_a_config_error_without_its_password(
+    url: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        open_store(url)
+    error = raised.value
+    assert (error.field, error.value) == ("store", redact(url))
+    assert reason in error.fix and "postgresql://user:password@host:5432/database" in error.fix
+    assert "s3" not in str(error) and "cret" not in str(error)
 
 
 def _with_options(url: str, *settings: str) -> str:

@@ -432,6 +432,28 @@ alerting:
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://postgres:s3cret@127.0.0.1:5432/test?bogus=1", 'parameter: "bogus"'),
+        ("postgresql://postgres:s3cret@[::1/test", 'matching "]"'),
+        ("postgresql://%zz:s3cret@127.0.0.1/test", 'token: "%zz"'),
+    ],
+)
+@pytest.mark.parametrize("form", ["store: {url: URL}", "store: URL"])
+def test_a_postgres_url_libpq_cannot_read_is_reported_without_its_password(
+    url: str, reason: str, form: str
+) -> None:
+    text = MINIMAL + form.replace("URL", f'"{url}"') + "\n"
+    [issue] = issues_of(text)
+    assert issue.path == ("store.url" if "{" in form else "store")
+    assert issue.line == line_of(text, "store:")
+    assert issue.message.startswith("not a PostgreSQL URL: ") and reason in issue.message
+    assert issue.fix.startswith("write postgresql://user:password@host:5432/database")
+    assert issue.value is not None and ("@127.0.0.1" in issue.value or "@[::1" in issue.value)
+    assert "s3cret" not in format_issues([issue])
+
+
 def test_bad_values_get_a_plain_message_and_fix() -> None:
     text = (
         MINIMAL

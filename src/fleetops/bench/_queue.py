@@ -51,6 +51,7 @@ from ..queue import QueueClient
 from ..runtime import ClusterPlan, RestartPolicy, Supervisor, SupervisorEvent, WorkerSettings
 from ..runtime._loop import resolve_event_loop
 from ..store import NewTask, Submitted, TaskRecord
+from ..store._open import check_postgres_url
 from ..store._sqlite import DURABILITY_LEVELS
 
 
@@ -181,6 +182,7 @@ async def bench_queue(
             url = f"sqlite:///{Path(tmp) / 'bench.db'}?durability={config.durability}"
             durability = config.durability
         elif config.store.startswith(("postgresql://", "postgres://")):
+            check_postgres_url(config.store, "--store")
             url, durability = config.store, "postgresql (synchronous_commit as configured)"
         else:
             raise ConfigError("--store", config.store, "use 'sqlite' or a postgresql:// URL")

@@ -12,7 +12,7 @@ from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 from .._exceptions import ConfigError
-from ..store._open import redact
+from ..store._open import POSTGRES_URL_FIX, check_postgres_url, redact
 
 #: PostgreSQL's port when a URL names none
 POSTGRES_PORT = 5432
@@ -21,15 +21,20 @@ POSTGRES_PORT = 5432
 def postgres_target(url: str, field: str = "--store") -> tuple[str, int]:
     """The TCP host and port of a ``postgresql://`` URL, or a ConfigError naming
     ``field`` for a URL that is not one or reaches its server some other way."""
-    parts = urlsplit(url)
     shown = redact(url)
-    if parts.scheme not in ("postgresql", "postgres"):
+    if not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(
             field,
             shown,
             "give a postgresql:// URL: the experiment cuts the network between the fleet "
             "and its database, and a SQLite store is a file, with no connection to cut",
         )
+    check_postgres_url(url, field)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # libpq took it, but it is no URL Python can take apart
+        raise ConfigError(field, shown, f"{exc}; {POSTGRES_URL_FIX}") from None
     if not parts.hostname or "host=" in parts.query:
         raise ConfigError(
             field,
@@ -39,7 +44,7 @@ def postgres_target(url: str, field: str = "--store") -> tuple[str, int]:
         )
     # where libpq would connect: hostaddr, when given, rather than the host's name
     addrs = [p.partition("=")[2] for p in parts.query.split("&") if p.startswith("hostaddr=")]
-    return (addrs[-1] if addrs else parts.hostname), parts.port or POSTGRES_PORT
+    return (addrs[-1] if addrs else parts.hostname), port or POSTGRES_PORT
 
 
 class CuttableRelay:

@@ -386,9 +386,11 @@ def _long_enough(error: ErrorDetails) -> bool:
 
 def _problem_issue(root: yaml.Node, data: Any, base: Location, problem: Problem) -> SpecIssue:
     path, value_mark, _ = _locate(root, base + problem.path)
-    # Show the value as written ('12h'), not as validated (43200.0), when it is there.
+    # Show the value as written ('12h'), not as validated (43200.0), when it is there;
+    # text is shown as the check gives it (a URL without its password).
     written = _data_at(data, path)
-    value = None if is_secret(path) else render_value(problem.value if written is None else written)
+    shown = problem.value if written is None or isinstance(problem.value, str) else written
+    value = None if is_secret(path) else render_value(shown)
     return SpecIssue(
         render_path(path),
         value_mark.line + 1,

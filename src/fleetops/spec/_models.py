@@ -33,6 +33,7 @@ from .._clock import Clock
 from ..providers import Provider
 from ..runtime import ClusterPlan
 from ..store import DEFAULT_STORE_URL
+from ..store._open import POSTGRES_URL_FIX, postgres_url_problem, redact
 from ._clusters import ClusterSpec
 from ._operations import AlertingSettings, ObservabilitySettings, RecoverySettings
 from ._providers import BUILTIN_PROVIDER, ProviderSpec, SimulatedProviderSpec
@@ -114,21 +115,32 @@ def _sqlite_path(url: str) -> tuple[str, str]:
 
 def _store_problems(url: str, durability: str | None) -> list[Problem]:
     if url.startswith(_POSTGRES_SCHEMES):
-        if durability is None:
-            return []
-        return [
-            Problem(
-                ("durability",),
-                durability,
-                "durability applies to SQLite stores only",
-                "remove it; PostgreSQL durability is configured on the server",
+        problems = []
+        unreadable = postgres_url_problem(url)
+        if unreadable is not None:
+            problems.append(
+                Problem(
+                    ("url",),
+                    redact(url),
+                    f"not a PostgreSQL URL: {unreadable}",
+                    POSTGRES_URL_FIX,
+                )
             )
-        ]
+        if durability is not None:
+            problems.append(
+                Problem(
+                    ("durability",),
+                    durability,
+                    "durability applies to SQLite stores only",
+                    "remove it; PostgreSQL durability is configured on the server",
+                )
+            )
+        return problems
     if "://" in url and not url.startswith("sqlite://"):
         return [
             Problem(
                 ("url",),
-                url,
+                redact(url),
                 f"unsupported store scheme {url.split('://', 1)[0]!r}",
                 "use sqlite:///path/to/fleet.db or postgresql://user@host:5432/db",
             )

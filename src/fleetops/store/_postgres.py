@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .._exceptions import StoreError, StoreUnavailable
 from ._models import NewTask
-from ._open import redact
+from ._open import check_postgres_url, redact
 from ._sql import (
     INSERT_TASK,
     NOT_DEAD_WORKER,
@@ -105,6 +105,7 @@ class PostgresStore(SqlStore):
         # a network that stops carrying packets (a partition, a host gone) ends the
         # connection in about 10 s instead of when TCP gives up (minutes to hours);
         # the next call then reconnects. Values in the URL win.
+        check_postgres_url(self.url)
         given = conninfo_to_dict(self.url)
         tcp = {k: v for k, v in TCP_LIVENESS.items() if k not in given}
         named = str(given.get("options") or "")
