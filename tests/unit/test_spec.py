@@ -185,13 +185,13 @@ alerting:
     business_hours: {start: 07:45, end: 17:00, days: [mon, sat]}
 observability:
   retention: {high: 36h}
-  resolution: {high: 500ms}
+  resolution: {high: 1500ms}
 """
     )
     assert spec.alerting.escalation.critical_after == 5400.0
     assert spec.alerting.escalation.business_hours.end.hour == 17  # not the number 1020
     assert spec.observability.retention.high == 36 * 3600
-    assert spec.observability.resolution.high == 0.5
+    assert spec.observability.resolution.high == 1.5
     no_is_a_name = MINIMAL.replace("triage:", "no:")
     assert list(load_spec_text(no_is_a_name).clusters) == ["no"]  # not the boolean false
 
@@ -452,6 +452,53 @@ def test_a_postgres_url_libpq_cannot_read_is_reported_without_its_password(
     assert issue.fix.startswith("write postgresql://user:password@host:5432/database")
     assert issue.value is not None and ("@127.0.0.1" in issue.value or "@[::1" in issue.value)
     assert "s3cret" not in format_issues([issue])
+
+
+@pytest.mark.parametrize(
+    ("section", "path", "message", "fix"),
+    [
+        (
+            "observability: {resolution: {high: 0.001ms}}",
+            "observability.resolution.high",
+            "shorter than 1s: each step scrapes every worker",
+            "use 1s or more (the default is 10s)",
+        ),
+        (
+            "observability: {resolution: {medium: 1500ms}}",
+            "observability.resolution.medium",
+            "not a whole number of seconds",
+            "use whole seconds",
+        ),
+        (
+            "observability: {resolution: {medium: 1m, low: 90s}}",
+            "observability.resolution.low",
+            "low is not a whole multiple of medium (1m)",
+            "use a step of 2m, 1h or another multiple of 1m",
+        ),
+        (
+            "observability: {resolution: {medium: 1m, low: 1m}}",
+            "observability.resolution.low",
+            "low is not a whole multiple of medium (1m) wider than it",
+            "use a step of 2m",
+        ),
+        (
+            "clusters: {triage: {agents: [{name: a, entrypoint: 'm:f'}],"
+            " health_checks: {heartbeat_interval: 1ms}}}",
+            "clusters.triage.health_checks.heartbeat_interval",
+            "shorter than 50ms: each beat is a write to the store",
+            "use 50ms or more (the default is 200ms)",
+        ),
+    ],
+)
+def test_durations_that_drive_loops_have_a_floor(
+    section: str, path: str, message: str, fix: str
+) -> None:
+    text = "fleet: {name: demo}\n" + section + "\n"
+    if "clusters" not in section:
+        text = MINIMAL + section + "\n"
+    [issue] = issues_of(text)
+    assert (issue.path, issue.line) == (path, 2 if "clusters" in section else 6)
+    assert issue.message.startswith(message) and issue.fix.startswith(fix)
 
 
 def test_bad_values_get_a_plain_message_and_fix() -> None:

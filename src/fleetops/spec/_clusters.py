@@ -25,6 +25,7 @@ from ._types import (
     Seconds,
     human_duration,
     raise_problems,
+    seconds_at_least,
 )
 
 _RETRY = RetryPolicy()
@@ -34,6 +35,8 @@ _DETECTOR = DetectorSettings()
 _RESTART = RestartPolicy()
 
 DEFAULT_REPLICAS = 1
+#: The shortest heartbeat interval: every beat of every worker is a store write.
+MIN_HEARTBEAT_INTERVAL = 0.05
 
 
 def _check_backoff(base: float, most: float) -> None:
@@ -146,8 +149,15 @@ class HealthChecks(BaseModel):
 
     model_config = SPEC_CONFIG
 
-    heartbeat_interval: PositiveSeconds = WORKER_DEFAULTS.heartbeat_interval
-    """How often a worker heartbeats and extends its leases."""
+    heartbeat_interval: Annotated[
+        PositiveSeconds,
+        seconds_at_least(
+            MIN_HEARTBEAT_INTERVAL,
+            "each beat is a write to the store by every worker",
+            WORKER_DEFAULTS.heartbeat_interval,
+        ),
+    ] = WORKER_DEFAULTS.heartbeat_interval
+    """How often a worker heartbeats and extends its leases (50ms at the least)."""
     lease_timeout: PositiveSeconds = WORKER_DEFAULTS.lease_seconds
     """A task whose lease is not extended within this long goes back to the queue."""
     failure_detector: FailureDetectorSettings = FailureDetectorSettings()

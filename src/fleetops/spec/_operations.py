@@ -24,8 +24,10 @@ from ._types import (
     PositiveSeconds,
     Problem,
     TimeOfDay,
+    WholeSeconds,
     human_duration,
     raise_problems,
+    seconds_at_least,
 )
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -76,29 +78,52 @@ class Retention(BaseModel):
         return self
 
 
+#: The shortest scrape step: each one reads every worker's metrics and writes them to
+#: the history, so a shorter one would keep the control plane busy doing only that.
+MIN_SCRAPE_STEP = 1.0
+
+
 class Resolution(BaseModel):
     """The step between stored samples in each tier."""
 
     model_config = SPEC_CONFIG
 
-    high: PositiveSeconds = 10.0
-    medium: PositiveSeconds = 60.0
-    low: PositiveSeconds = 3600.0
+    high: Annotated[
+        PositiveSeconds,
+        seconds_at_least(
+            MIN_SCRAPE_STEP, "each step scrapes every worker and writes the history", 10.0
+        ),
+    ] = 10.0
+    """How often the control plane scrapes the fleet's metrics into the history."""
+    medium: Annotated[PositiveSeconds, WholeSeconds] = 60.0
+    """The medium tier's bucket: one row per series per step."""
+    low: Annotated[PositiveSeconds, WholeSeconds] = 3600.0
+    """The low tier's bucket, made of whole medium buckets."""
 
     @model_validator(mode="after")
     def _coarser_in_order(self) -> Resolution:
         problems = []
-        for finer, coarser in zip(_TIERS, _TIERS[1:], strict=False):
-            step, wider = getattr(self, finer), getattr(self, coarser)
-            if wider < step:
-                problems.append(
-                    Problem(
-                        (coarser,),
-                        wider,
-                        f"{coarser} is finer than {finer}",
-                        f"use a step of at least {human_duration(step)}",
-                    )
+        if self.medium < self.high:
+            problems.append(
+                Problem(
+                    ("medium",),
+                    self.medium,
+                    "medium is finer than high",
+                    f"use a step of at least {human_duration(self.high)}",
                 )
+            )
+        if self.low <= self.medium or self.low % self.medium:
+            problems.append(
+                Problem(
+                    ("low",),
+                    self.low,
+                    f"low is not a whole multiple of medium ({human_duration(self.medium)}) "
+                    "wider than it: each low row is made of whole medium rows",
+                    f"use a step of {human_duration(self.medium * 2)}, "
+                    f"{human_duration(self.medium * 60)} or another multiple of "
+                    f"{human_duration(self.medium)}",
+                )
+            )
         raise_problems(problems)
         return self
 

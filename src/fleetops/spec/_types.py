@@ -83,6 +83,33 @@ def human_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def seconds_at_least(minimum: float, why: str, default: float) -> AfterValidator:
+    """A duration field's floor: shorter values would make a loop spin (``why`` says
+    which); the message names the floor and the default."""
+
+    def check(value: float) -> float:
+        if value < minimum:
+            raise spec_error(
+                f"shorter than {human_duration(minimum)}: {why}",
+                f"use {human_duration(minimum)} or more (the default is {human_duration(default)})",
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_whole_seconds(value: float) -> float:
+    if value.is_integer():
+        return value
+    raise spec_error(
+        "not a whole number of seconds: the history rolls samples up in whole seconds",
+        "use whole seconds, e.g. '1m' or '90s'",
+    )
+
+
+WholeSeconds = AfterValidator(_check_whole_seconds)
+
+
 def _check_name(value: str) -> str:
     if re.fullmatch(NAME_PATTERN, value):
         return value
