@@ -287,7 +287,7 @@ def test_apply_scales_under_load_loses_nothing_and_records_changes(
 
 
 def test_api_errors_are_problem_json(running_fleet: tuple[Path, str]) -> None:
-    _, api = running_fleet
+    fleet_dir, api = running_fleet
     with httpx.Client(base_url=api, timeout=10) as http:
         r = http.post("/api/v1/tasks", json={"agent": "back/nope"})
         assert r.status_code == 422
@@ -298,6 +298,19 @@ def test_api_errors_are_problem_json(running_fleet: tuple[Path, str]) -> None:
         assert r.json()["errors"][0]["field"] == "priority"
         r = http.get("/api/v1/tasks/999999")
         assert r.status_code == 422 and "999999" in r.json()["detail"]
+        # ids no store can hold are unknown too, not a 500 from the store
+        for task_id in (2**63, 2**64 + 5, 0, -1):
+            for method, path in (
+                ("GET", f"/api/v1/tasks/{task_id}"),
+                ("POST", f"/api/v1/tasks/{task_id}/cancel"),
+                ("POST", f"/api/v1/tasks/{task_id}/retry"),
+                ("GET", f"/api/v1/traces?task_id={task_id}"),
+            ):
+                r = http.request(method, path)
+                assert r.status_code == 422, (path, r.text)
+                assert r.json()["detail"] == f"no task has id {task_id}"
+        r = http.get(f"/api/v1/tasks?after={2**63}")
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "query.after"
         huge = {"agent": "back/work", "payload": "x" * MAX_VALUE_BYTES}
         r = http.post("/api/v1/tasks", json=huge)
         assert r.status_code == 422 and r.json()["field"] == "payload"
@@ -317,6 +330,10 @@ def test_api_errors_are_problem_json(running_fleet: tuple[Path, str]) -> None:
         assert http.get("/readyz").status_code == 200
         metrics = http.get("/metrics").text
         assert 'fleetops_workers{cluster="back"} 2.0' in metrics
+    for option in ("--id", "--retry", "--cancel"):
+        proc = run("tasks", option, str(2**63), "--api", api, cwd=fleet_dir)
+        assert proc.returncode == 2, proc.stderr
+        assert f"no task has id {2**63}" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_the_control_plane_logs_to_its_own_file_and_log_search_finds_it(

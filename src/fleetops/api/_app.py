@@ -53,6 +53,18 @@ def _task_json(record: TaskRecord) -> dict[str, Any]:
     return out
 
 
+#: Task ids are 64-bit signed integers in both stores (INTEGER, BIGINT).
+LARGEST_TASK_ID = 2**63 - 1
+
+
+def check_task_id(task_id: int) -> int:
+    """``task_id``, or UnknownTask for an id no store can hold (the store would fail
+    to take it as a parameter, a 500)."""
+    if not 1 <= task_id <= LARGEST_TASK_ID:
+        raise UnknownTask(task_id)
+    return task_id
+
+
 def create_app(plane: ControlPlane) -> FastAPI:
     """The API of ``plane``; the app factory, and the only place that knows the plane."""
     app = FastAPI(
@@ -68,7 +80,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         return plane.client
 
     async def known_task(c: Any, task_id: int) -> TaskRecord:
-        record: TaskRecord | None = await c.run(c.store.get_task, task_id)
+        record: TaskRecord | None = await c.run(c.store.get_task, check_task_id(task_id))
         if record is None:
             raise UnknownTask(task_id)
         return record
@@ -172,7 +184,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         cluster: str | None = None,
         agent: str | None = None,
         limit: int = Query(100, ge=1, le=1000),
-        after: int | None = Query(None, description="page after this task id"),
+        after: int | None = Query(None, le=LARGEST_TASK_ID, description="page after this task id"),
     ) -> dict[str, Any]:
         """Tasks, oldest first, filtered by state, cluster and agent."""
         if state is not None and state not in TASK_STATES:
@@ -320,6 +332,8 @@ def create_app(plane: ControlPlane) -> FastAPI:
         """Every span of the trace(s) a task took part in, or of one trace, by start time."""
         if task_id is None and trace_id is None:
             raise UsageError("task_id or trace_id: give one, e.g. /api/v1/traces?task_id=12")
+        if task_id is not None:
+            check_task_id(task_id)
         c = client()
         rows = await c.run(c.store.get_spans, trace_id, task_id, limit)
         return {"spans": [_span(r) for r in rows]}
