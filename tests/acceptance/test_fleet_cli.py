@@ -311,6 +311,21 @@ def test_api_errors_are_problem_json(running_fleet: tuple[Path, str]) -> None:
                 assert r.json()["detail"] == f"no task has id {task_id}"
         r = http.get(f"/api/v1/tasks?after={2**63}")
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "query.after"
+        # an address that is not 'cluster/agent' is told what to write, and nothing stored
+        before = http.get("/api/v1/tasks?limit=1000").json()["items"]
+        for address, said in (
+            ("back", "'back' is a cluster: name one of its agents as 'cluster/agent'"),
+            ("back/work/x", "write 'cluster/agent' with one '/'"),
+            ("work", "write 'cluster/agent' with one '/'"),
+            ("back/", "name one of its agents after the '/'"),
+        ):
+            r = http.post("/api/v1/tasks", json={"agent": address})
+            assert r.status_code == 422, r.text
+            problem = r.json()
+            assert (problem["field"], problem["value"]) == ("agent", address)
+            assert said in problem["fix"] and "e.g. back/work" in problem["fix"]
+            assert "(its agents: work, gate)" in problem["fix"]
+        assert http.get("/api/v1/tasks?limit=1000").json()["items"] == before
         huge = {"agent": "back/work", "payload": "x" * MAX_VALUE_BYTES}
         r = http.post("/api/v1/tasks", json=huge)
         assert r.status_code == 422 and r.json()["field"] == "payload"

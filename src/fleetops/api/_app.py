@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Query, Response
@@ -12,10 +13,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import __version__
-from .._exceptions import UnknownTask, UsageError
+from .._exceptions import ConfigError, UnknownTask, UsageError
 from .._units import parse_duration
 from ..dashboard import mount_dashboard
-from ..runtime._context import split_address
 from ..store import TASK_STATES, NewTask, TaskRecord
 from ..telemetry._logsearch import LogFilter, search_logs
 from ..telemetry._tracing import TRACEPARENT, new_traceparent
@@ -63,6 +63,49 @@ def check_task_id(task_id: int) -> int:
     if not 1 <= task_id <= LARGEST_TASK_ID:
         raise UnknownTask(task_id)
     return task_id
+
+
+def resolve_address(address: str, clusters: Mapping[str, Sequence[str]]) -> tuple[str, str]:
+    """The (cluster, agent) a submit's ``cluster/agent`` names, given each cluster's
+    agents; a ConfigError on ``agent`` that says what to write instead."""
+
+    def example(cluster: str) -> str:
+        agents = clusters[cluster]
+        return f"e.g. {cluster}/{agents[0]} (its agents: {', '.join(agents)})"
+
+    first = next(iter(clusters))
+    if "/" not in address and address in clusters:
+        raise ConfigError(
+            "agent",
+            address,
+            f"{address!r} is a cluster: name one of its agents as 'cluster/agent', "
+            + example(address),
+        )
+    if address.count("/") != 1:
+        # the cluster it begins with, or one with an agent of that name, or any
+        named = [c for c in clusters if address.split("/")[0] == c or address in clusters[c]]
+        raise ConfigError(
+            "agent",
+            address,
+            "write 'cluster/agent' with one '/', " + example(named[0] if named else first),
+        )
+    cluster, _, agent = address.partition("/")
+    if cluster not in clusters:
+        raise ConfigError(
+            "agent",
+            address,
+            f"{cluster!r} names no cluster of this fleet: use one of {', '.join(clusters)} "
+            f"as 'cluster/agent', {example(first)}",
+        )
+    if agent not in clusters[cluster]:
+        raise ConfigError(
+            "agent",
+            address,
+            f"cluster {cluster!r} has no agent {agent!r}: use one of {', '.join(clusters[cluster])}"
+            if agent
+            else "name one of its agents after the '/', " + example(cluster),
+        )
+    return cluster, agent
 
 
 def create_app(plane: ControlPlane) -> FastAPI:
@@ -113,18 +156,10 @@ def create_app(plane: ControlPlane) -> FastAPI:
     @app.post("/api/v1/tasks", status_code=201, response_model=Submitted, tags=["tasks"])
     async def submit(body: TaskSubmit) -> Submitted:
         """Submit a task to ``cluster/agent``; an idempotency key returns the same task."""
-        cluster, agent = split_address(body.agent, "")
-        spec_cluster = plane.spec.clusters.get(cluster)
-        if spec_cluster is None:
-            raise UsageError(
-                f"agent: {body.agent!r} names no cluster of this fleet: use one of "
-                f"{', '.join(plane.spec.clusters)} as 'cluster/agent'"
-            )
-        names = [a.name for a in spec_cluster.agents]
-        if agent not in names:
-            raise UsageError(
-                f"agent: cluster {cluster!r} has no agent {agent!r}: use one of {', '.join(names)}"
-            )
+        cluster, agent = resolve_address(
+            body.agent,
+            {name: [a.name for a in c.agents] for name, c in plane.spec.clusters.items()},
+        )
         task = NewTask(
             queue=cluster,
             agent=agent,
