@@ -247,3 +247,15 @@ def test_a_postgres_url_libpq_cannot_read_is_a_usage_error(tmp_path: Path) -> No
         assert "postgresql://user:password@host:5432/database" in proc.stderr  # the fix
         assert "s3cret" not in proc.stderr and "Traceback" not in proc.stderr
         assert proc.stdout == "" and not list(temp.iterdir())
+
+
+def test_an_api_url_that_is_not_one_is_a_usage_error(tmp_path: Path) -> None:
+    commands = [("status",), ("tasks", "--id", "1"), ("submit", "a/b", "{}")] * 2
+    apis = ("http://[::1", "foo", "127.0.0.1:8470", "ftp://fleet", "http://")
+    for api, args in zip(apis, commands, strict=False):
+        proc = run(*args, "--api", api, cwd=tmp_path)
+        assert proc.returncode == 2, (args, api, proc.stderr)
+        assert f"--api: invalid value '{api}'" in proc.stderr
+        assert "http://127.0.0.1:8470" in proc.stderr  # the fix
+        assert "did not answer" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from .._exceptions import ConfigError
 from ..control import read_running
 from ._common import EXIT_FAILURE, EXIT_USAGE, fail
 
@@ -16,10 +17,22 @@ DEFAULT_API = "http://127.0.0.1:8470"
 def api_url(api: str | None, spec: Path | None) -> str:
     """The API to talk to: ``--api``, else the fleet running next to the spec (or here)."""
     if api:
-        return api.rstrip("/")
+        return _checked_api(api).rstrip("/")
     base = spec.resolve().parent if spec is not None else Path.cwd()
     running = read_running(base / ".fleetops")
     return running.api_url if running else DEFAULT_API
+
+
+def _checked_api(api: str) -> str:
+    """``--api`` as given, if it is an http(s) URL with a host; else a usage error."""
+    fix = f"give the control plane's http(s) URL, e.g. {DEFAULT_API}"
+    try:
+        url = httpx.URL(api)
+    except httpx.InvalidURL as exc:
+        fail(str(ConfigError("--api", api, f"{exc}; {fix}")), EXIT_USAGE)
+    if url.scheme not in ("http", "https") or not url.host:
+        fail(str(ConfigError("--api", api, fix)), EXIT_USAGE)
+    return api
 
 
 def call(method: str, url: str, path: str, **kwargs: Any) -> Any:
