@@ -259,3 +259,15 @@ def test_an_api_url_that_is_not_one_is_a_usage_error(tmp_path: Path) -> None:
         assert "http://127.0.0.1:8470" in proc.stderr  # the fix
         assert "did not answer" not in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_state_directory_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    state = tmp_path / ".fleetops"
+    state.write_text("not a directory")
+    for args in (("status",), ("down",), ("tasks",)):
+        proc = run(*args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert f"{state} is a file, not a directory" in proc.stderr.replace("\n", " ")
+        assert "move or remove that file" in proc.stderr.replace("\n", " ")
+        assert "Traceback" not in proc.stderr
+    assert state.read_text() == "not a directory"

@@ -6,6 +6,7 @@ import typer
 
 from .. import __version__
 from . import _bench, _chaos, _fleet, _spec
+from ._common import reported
 from ._export import app as export_app
 
 app = typer.Typer(
@@ -32,7 +33,7 @@ for command in (
     _fleet.load,
     _fleet.logs,
 ):
-    app.command()(command)
+    app.command()(reported(command))
 
 
 @app.command()

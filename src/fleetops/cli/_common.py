@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +21,9 @@ from ..telemetry import configure_json_logging
 
 out = Console()
 err = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Exit status for a user's mistake (bad spec, bad argument), as argparse and typer do.
 EXIT_USAGE = 2
@@ -42,6 +46,20 @@ def user_errors() -> Iterator[None]:
         fail(str(exc), EXIT_USAGE)
     except FleetOpsError as exc:
         fail(str(exc), EXIT_FAILURE)
+
+
+def reported(command: Callable[P, R]) -> Callable[P, R]:
+    """``command`` with the fleetops errors it lets through reported as
+    :func:`user_errors` does: a user's mistake found outside a command's own
+    ``user_errors`` block (reading a fleet's state directory, say) is still no
+    traceback."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with user_errors():
+            return command(*args, **kwargs)
+
+    return run
 
 
 def setup_logging(verbose: bool, quiet_level: int = logging.ERROR) -> None:

@@ -42,8 +42,11 @@ class ControlLock:
         self._file: IO[str] | None = None
 
     def acquire(self, info: dict[str, Any]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held while running
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held while running
+        except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+            raise unusable_state_dir(self.state_dir, exc) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -79,8 +82,24 @@ class ControlLock:
         self._file = None
 
 
+def unusable_state_dir(state_dir: Path, exc: OSError) -> UsageError:
+    """The error for a state directory that cannot be used: a file where the
+    directory should be, or a lock file that cannot be opened."""
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        where = next((p for p in (state_dir, *state_dir.parents) if p.is_file()), state_dir)
+        return UsageError(
+            f"{where} is a file, not a directory: fleetops keeps the fleet's store, logs "
+            f"and lock in {state_dir}; move or remove that file"
+        )
+    return UsageError(
+        f"cannot use the fleet's state directory {state_dir}: {exc.strerror or exc}; "
+        f"make {state_dir / LOCK_FILE} a file this user can read and write"
+    )
+
+
 def read_running(state_dir: Path) -> RunningFleet | None:
-    """The control plane that holds the lock in ``state_dir``, if one does."""
+    """The control plane that holds the lock in ``state_dir``, if one does; a
+    UsageError if ``state_dir`` cannot be used (a file where it should be, say)."""
     path = state_dir / LOCK_FILE
     try:
         with open(path, encoding="utf-8") as handle:
@@ -98,6 +117,8 @@ def read_running(state_dir: Path) -> RunningFleet | None:
             return None  # a leftover file nobody holds
     except (FileNotFoundError, KeyError, ValueError):
         return None
+    except (NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        raise unusable_state_dir(state_dir, exc) from None
 
 
 def pid_alive(pid: int) -> bool:
