@@ -271,3 +271,21 @@ def test_a_state_directory_that_is_a_file_is_a_usage_error(tmp_path: Path) -> No
         assert "move or remove that file" in proc.stderr.replace("\n", " ")
         assert "Traceback" not in proc.stderr
     assert state.read_text() == "not a directory"
+
+
+def test_export_refuses_what_kubernetes_would_and_an_empty_file_name(tmp_path: Path) -> None:
+    for args, shown, fix in (
+        (("--label", "a b=c"), "--label: invalid value 'a b=c'", "not a label name"),
+        (("--label", "k=" + "v" * 64), "--label: invalid value 'k=", "64 characters"),
+        (("--namespace", "Bad_NS!"), "--namespace: invalid value 'Bad_NS!'", "lowercase"),
+        (("--namespace", ""), "--namespace: invalid value ''", "leave it out"),
+    ):
+        proc = run("export", "k8s-monitoring", "out.yaml", *args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        message = proc.stderr.replace("\n", " ")
+        assert shown in message and fix in message and "Traceback" not in message
+    for command in ("prometheus-rules", "grafana", "k8s-monitoring"):
+        proc = run("export", command, "", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert "cannot write '': name a file, or '-' for standard output" in proc.stderr
+    assert not list(tmp_path.iterdir())

@@ -11,8 +11,10 @@ import re
 import textwrap
 from typing import Any
 
+import pytest
 import yaml
 
+from fleetops import ConfigError
 from fleetops.spec import FleetSpec, check_spec_text, format_issues
 from fleetops.telemetry import catalog
 from fleetops.telemetry.exports import (
@@ -310,3 +312,31 @@ def test_kubernetes_documents_without_a_spec() -> None:
     assert monitor["metadata"]["name"] == "fleetops"
     assert monitor["spec"]["endpoints"][0]["interval"] == "10s"
     assert rule["spec"]["groups"] == rule_groups()
+
+
+@pytest.mark.parametrize(
+    ("namespace", "labels", "field", "value", "fix"),
+    [
+        (None, {"a b": "c"}, "labels", "a b=c", "the key's name 'a b' is not a label name"),
+        (None, {"k": "v" * 64}, "labels", "k=" + "v" * 64, "the value (64 characters)"),
+        (None, {"k": "-v"}, "labels", "k=-v", "is not a label value"),
+        (None, {"k" * 64: "v"}, "labels", "k" * 64 + "=v", "is not a label name"),
+        (None, {"Example.com/k": "v"}, "labels", "Example.com/k=v", "not a DNS subdomain"),
+        ("Bad_NS!", {}, "namespace", "Bad_NS!", "lowercase letters, digits or '-'"),
+        ("", {}, "namespace", "", "leave it out for kubectl's current namespace"),
+        ("n" * 64, {}, "namespace", "n" * 64, "use 1 to 63"),
+    ],
+)
+def test_kubernetes_refuses_what_kubernetes_would(
+    namespace: str | None, labels: dict[str, str], field: str, value: str, fix: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        kubernetes_monitoring(spec(), namespace=namespace, labels=labels)
+    assert (raised.value.field, raised.value.value) == (field, value)
+    assert fix in raised.value.fix
+
+
+def test_kubernetes_takes_what_kubernetes_takes() -> None:
+    labels = {"example.com/team": "a.b_c-d", "release": "", "k" * 63: "v" * 63}
+    monitor, _ = kubernetes_monitoring(spec(), namespace="n" * 63, labels=labels)
+    assert monitor["metadata"]["labels"].items() >= labels.items()

@@ -17,7 +17,8 @@ from ..telemetry.exports import (
     to_yaml,
     to_yaml_documents,
 )
-from ._common import EXIT_FAILURE, EXIT_USAGE, fail, out
+from ..telemetry.exports._kubernetes import check_label, check_namespace
+from ._common import EXIT_FAILURE, EXIT_USAGE, fail, out, user_errors
 from ._spec import load_or_exit
 
 app = typer.Typer(
@@ -34,11 +35,14 @@ def _spec(path: Path | None) -> FleetSpec | None:
     return None if path is None else load_or_exit(path)
 
 
-def _write(file: Path, text: str, what: str) -> None:
-    if str(file) == "-":
+def _write(name: str, text: str, what: str) -> None:
+    if name == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
         return
+    if not name:
+        fail("cannot write '': name a file, or '-' for standard output", EXIT_USAGE)
+    file = Path(name)
     if not file.parent.is_dir():
         fail(
             f"cannot write {file}: the directory {file.parent} does not exist; "
@@ -54,7 +58,7 @@ def _write(file: Path, text: str, what: str) -> None:
 
 @app.command("prometheus-rules")
 def prometheus_rules_command(
-    file: Path = typer.Argument(..., help=FILE_HELP),
+    file: str = typer.Argument(..., help=FILE_HELP),
     spec: Path | None = typer.Option(None, "--spec", help=SPEC_HELP),
 ) -> None:
     """Prometheus recording rules and alert rules at the warning and critical thresholds.
@@ -69,7 +73,7 @@ def prometheus_rules_command(
 
 @app.command("grafana")
 def grafana_command(
-    file: Path = typer.Argument(..., help=FILE_HELP),
+    file: str = typer.Argument(..., help=FILE_HELP),
     spec: Path | None = typer.Option(None, "--spec", help=SPEC_HELP),
 ) -> None:
     """A Grafana dashboard (JSON) of the fleet's metrics.
@@ -85,7 +89,7 @@ def grafana_command(
 
 @app.command("k8s-monitoring")
 def k8s_monitoring_command(
-    file: Path = typer.Argument(..., help=FILE_HELP),
+    file: str = typer.Argument(..., help=FILE_HELP),
     spec: Path | None = typer.Option(None, "--spec", help=SPEC_HELP),
     namespace: str | None = typer.Option(
         None, help="Put both resources in this namespace (default: kubectl's current one)."
@@ -101,13 +105,16 @@ def k8s_monitoring_command(
     Apply it with `kubectl apply -f FILE`.
     """
     labels = {}
-    for item in label:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            fail(
-                f"--label {item!r} is not KEY=VALUE; write it as e.g. release=prometheus",
-                EXIT_USAGE,
-            )
-        labels[key.strip()] = value.strip()
+    with user_errors():
+        for item in label:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                fail(
+                    f"--label {item!r} is not KEY=VALUE; write it as e.g. release=prometheus",
+                    EXIT_USAGE,
+                )
+            labels[key.strip()] = check_label(key.strip(), value.strip(), "--label")[1]
+        if namespace is not None:
+            check_namespace(namespace, "--namespace")
     documents = kubernetes_monitoring(_spec(spec), namespace=namespace, labels=labels)
     _write(file, to_yaml_documents(documents), "a ServiceMonitor and a PrometheusRule")

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..._exceptions import ConfigError
 from ...spec import FleetSpec, ObservabilitySettings
 from ._rules import prometheus_duration, rule_groups
 
@@ -20,6 +21,54 @@ API_VERSION = "monitoring.coreos.com/v1"
 #: The name of the Service port that serves the API (and ``/metrics``).
 PORT_NAME = "http"
 METRICS_PATH = "/metrics"
+
+
+#: Kubernetes' rules for names (k8s.io/apimachinery validation): a DNS-1123 label
+#: (a namespace), a DNS-1123 subdomain (a label key's prefix), a qualified name (a
+#: label key's name) and a label value, which may also be empty.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL.pattern}(\.{_DNS_LABEL.pattern})*")
+_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_NAME_CHARS = "letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"
+
+
+def check_namespace(namespace: str, field: str = "namespace") -> str:
+    """``namespace`` if Kubernetes takes it as one (a DNS-1123 label); else a ConfigError."""
+    if len(namespace) <= 63 and _DNS_LABEL.fullmatch(namespace):
+        return namespace
+    raise ConfigError(
+        field,
+        namespace,
+        "use 1 to 63 lowercase letters, digits or '-', beginning and ending with a letter "
+        "or digit, e.g. monitoring; leave it out for kubectl's current namespace",
+    )
+
+
+def check_label(key: str, value: str, field: str = "labels") -> tuple[str, str]:
+    """``(key, value)`` if Kubernetes takes them as a label; else a ConfigError naming
+    which part is wrong."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and not (len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix)):
+        raise ConfigError(
+            field,
+            f"{key}={value}",
+            f"the key's prefix {prefix!r} is not a DNS subdomain: use lowercase letters, "
+            "digits, '-' and '.', e.g. example.com/team",
+        )
+    if not (len(name) <= 63 and _QUALIFIED_NAME.fullmatch(name)):
+        raise ConfigError(
+            field,
+            f"{key}={value}",
+            f"the key's name {name!r} is not a label name: use 1 to 63 {_NAME_CHARS}",
+        )
+    if value and not (len(value) <= 63 and _QUALIFIED_NAME.fullmatch(value)):
+        raise ConfigError(
+            field,
+            f"{key}={value}",
+            f"the value ({len(value)} characters) is not a label value: use at most 63 "
+            f"{_NAME_CHARS}, or nothing",
+        )
+    return key, value
 
 
 def resource_name(spec: FleetSpec | None) -> str:
@@ -42,7 +91,7 @@ def _metadata(
     spec: FleetSpec | None, namespace: str | None, labels: Mapping[str, str]
 ) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": resource_name(spec)}
-    if namespace:
+    if namespace is not None:
         metadata["namespace"] = namespace
     metadata["labels"] = {**selector_labels(spec), **labels}
     return metadata
@@ -57,9 +106,12 @@ def kubernetes_monitoring(
     """A ServiceMonitor and a PrometheusRule (``monitoring.coreos.com/v1``).
 
     ``labels`` are added to both resources' metadata, e.g. the ``release`` label a
-    Prometheus Operator's ``serviceMonitorSelector`` and ``ruleSelector`` match.
+    Prometheus Operator's ``serviceMonitorSelector`` and ``ruleSelector`` match. A
+    namespace or a label Kubernetes would refuse is a ConfigError.
     """
-    extra = dict(labels or {})
+    if namespace is not None:
+        check_namespace(namespace)
+    extra = dict(check_label(key, value) for key, value in (labels or {}).items())
     observability = spec.observability if spec is not None else ObservabilitySettings()
     service_monitor = {
         "apiVersion": API_VERSION,
