@@ -289,3 +289,14 @@ def test_export_refuses_what_kubernetes_would_and_an_empty_file_name(tmp_path: P
         assert proc.returncode == 2, proc.stderr
         assert "cannot write '': name a file, or '-' for standard output" in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_bench_refuses_an_infinite_rate_or_length_before_it_starts(tmp_path: Path) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    for option, fix in (("--overhead-rate", "e.g. 500"), ("--overhead-seconds", "e.g. 5")):
+        proc = run("bench", "queue", "--tasks", "5", option, "inf", cwd=tmp_path, TMPDIR=str(temp))
+        assert proc.returncode == 2, proc.stderr
+        assert f"{option}: invalid value inf" in proc.stderr and fix in proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not list(temp.iterdir()) and list(tmp_path.iterdir()) == [temp]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -165,8 +166,14 @@ async def bench_queue(
     agent, work_s = parse_work(config.work)
     if config.tasks < 1:
         raise ConfigError("--tasks", config.tasks, "use 1 or more")
-    if config.overhead_rate is not None and config.overhead_rate <= 0:
-        raise ConfigError("--overhead-rate", config.overhead_rate, "use a rate above 0 tasks/s")
+    if config.overhead_rate is not None and not 0 < config.overhead_rate < math.inf:
+        raise ConfigError(
+            "--overhead-rate", config.overhead_rate, "use a finite rate above 0 tasks/s, e.g. 500"
+        )
+    if not 0 < config.overhead_seconds < math.inf:
+        raise ConfigError(
+            "--overhead-seconds", config.overhead_seconds, "use a finite length in seconds, e.g. 5"
+        )
     if config.inflight < config.workers:
         raise ConfigError(
             "--inflight", config.inflight, f"use at least --workers ({config.workers})"
