@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -300,3 +302,40 @@ def test_bench_refuses_an_infinite_rate_or_length_before_it_starts(tmp_path: Pat
         assert f"{option}: invalid value inf" in proc.stderr and fix in proc.stderr
         assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert not list(temp.iterdir()) and list(tmp_path.iterdir()) == [temp]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue  # it ended while we looked
+    return found
+
+
+def test_a_bench_stopped_by_sigterm_cleans_up_as_ctrl_c_does(tmp_path: Path) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = dict(os.environ, TMPDIR=str(temp))
+    args = ["bench", "queue", "--tasks", "200000", "--work", "noop", "--json"]
+    proc = subprocess.Popen(
+        [*FLEETOPS, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(temp.glob("fleetops-bench-*/logs/*.log")):  # its workers started
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert b"Traceback" not in stderr
+    assert not list(temp.iterdir())
+    deadline = time.monotonic() + 10
+    while _processes_mentioning(str(temp)):  # its workers end with it
+        assert time.monotonic() < deadline, _processes_mentioning(str(temp))
+        time.sleep(0.1)

@@ -9,7 +9,14 @@ import typer
 from ..bench import QueueBenchConfig, bench_queue
 from ..bench._queue import summarize_rounds
 from ..runtime._gc import tune_for_serving
-from ._common import print_json, print_mapping, progress_bar, setup_logging, user_errors
+from ._common import (
+    cancelled_by_sigterm,
+    print_json,
+    print_mapping,
+    progress_bar,
+    setup_logging,
+    user_errors,
+)
 
 app = typer.Typer(help="Measure fleetops on this machine (JSON with --json).", no_args_is_help=True)
 
@@ -71,7 +78,7 @@ def queue(
                 update(done, total, description=label + phase)
 
             tune_for_serving()  # as a long-running submitter would be
-            results.append(asyncio.run(bench_queue(config, progress=report)))
+            results.append(asyncio.run(cancelled_by_sigterm(bench_queue(config, progress=report))))
     summary = summarize_rounds(results)
     if json_output:
         print_json(summary)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
+import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
@@ -24,6 +26,7 @@ err = Console(stderr=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 #: Exit status for a user's mistake (bad spec, bad argument), as argparse and typer do.
 EXIT_USAGE = 2
@@ -60,6 +63,35 @@ def reported(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
 
     return run
+
+
+#: Exit status of a command stopped by SIGTERM, as a shell reports a process it killed.
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+async def cancelled_by_sigterm(work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``; SIGTERM cancels it as Ctrl-C cancels ``asyncio.run``'s task, so
+    its ``finally`` blocks and context managers clean up (stopping workers, deleting
+    temporary directories), and the command then exits with :data:`EXIT_TERMINATED`."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if terminated:
+            raise typer.Exit(EXIT_TERMINATED) from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def setup_logging(verbose: bool, quiet_level: int = logging.ERROR) -> None:
