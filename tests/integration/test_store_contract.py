@@ -155,6 +155,9 @@ def test_a_batch_submit_answers_each_task_its_own_id(store: Store, n: int) -> No
     assert [(rows[i].payload, rows[i].priority) for i in ids] == [
         (t.payload, t.priority) for t in tasks
     ]
+    # the tasks that exist, in id order on both stores, however they were asked for
+    asked = [*reversed(ids), max(ids) + 1000, *ids[: n // 2]]
+    assert [t.id for t in store.get_tasks(asked)] == sorted(ids)
 
 
 def test_sqlite_refuses_a_submit_once_task_ids_run_out_of_order(sqlite_url: str) -> None:

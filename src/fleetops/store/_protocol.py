@@ -104,7 +104,9 @@ class Store(Protocol):
 
     def get_task(self, task_id: int) -> TaskRecord | None: ...
 
-    def get_tasks(self, task_ids: Sequence[int]) -> list[TaskRecord]: ...
+    def get_tasks(self, task_ids: Sequence[int]) -> list[TaskRecord]:
+        """The tasks of ``task_ids`` that exist, in id order."""
+        ...
 
     def list_tasks(
         self,

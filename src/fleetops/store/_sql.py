@@ -718,6 +718,7 @@ class SqlStore:
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN ({marks})", chunk
             ).fetchall()
             out.extend(TaskRecord(*r) for r in rows)
+        out.sort(key=lambda t: t.id)  # PostgreSQL answers IN (...) in no set order
         return out
 
     def list_tasks(
