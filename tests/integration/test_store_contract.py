@@ -1971,3 +1971,18 @@ def test_a_cancel_racing_a_postgres_completion_waits_for_it_and_answers_false(
     finally:
         other.close()
         store.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_store_names_its_sessions_unless_the_url_does(postgres_url: str) -> None:
+    """An operator finds the fleet's sessions in pg_stat_activity by application_name."""
+    asked = "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    for url, name in (
+        (postgres_url, "fleetops"),
+        (f"{postgres_url}&application_name=mine", "mine"),
+    ):
+        store = open_store(url)
+        try:
+            assert store._exec(asked).fetchone()[0] == name  # type: ignore[attr-defined]
+        finally:
+            store.close()

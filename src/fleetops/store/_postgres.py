@@ -32,6 +32,8 @@ from ._sql import (
     task_params,
 )
 
+#: The sessions' application_name (pg_stat_activity) unless the URL or PGAPPNAME names one.
+APPLICATION_NAME = "fleetops"
 #: TCP keepalives and a limit on unacknowledged data: a dead peer is noticed in ~10 s.
 TCP_LIVENESS = {
     "keepalives": 1,
@@ -107,7 +109,10 @@ class PostgresStore(SqlStore):
         # the next call then reconnects. Values in the URL win.
         check_postgres_url(self.url)
         given = conninfo_to_dict(self.url)
-        tcp = {k: v for k, v in TCP_LIVENESS.items() if k not in given}
+        tcp: dict[str, Any] = {k: v for k, v in TCP_LIVENESS.items() if k not in given}
+        if "application_name" not in given and "PGAPPNAME" not in os.environ:
+            # an operator finds the fleet's sessions in pg_stat_activity by this name
+            tcp["application_name"] = APPLICATION_NAME
         named = str(given.get("options") or "")
         limits = {k: v for k, v in SESSION_LIMITS.items() if k not in named}
         conn: psycopg.Connection[Any] | None = None
