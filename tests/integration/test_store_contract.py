@@ -212,6 +212,27 @@ def test_idempotency_key_answers_the_same_task_and_inserts_once(store: Store) ->
     assert store.count_tasks() == {("q", "a", "queued"): 1}
 
 
+def test_an_idempotency_key_of_another_cluster_or_agent_is_refused_changing_nothing(
+    store: Store,
+) -> None:
+    """A retry of a submit sends the same task; the same key for another cluster or
+    agent is a mistake, and answering the first task would pass it off as this one.
+    (A different payload is still a retry: a redelivered parent may build its
+    child's payload anew.)"""
+    from fleetops import ConfigError
+
+    [first] = store.submit([new_task(idempotency_key="order-7")], T0)
+    for other in (
+        new_task(agent="b", idempotency_key="order-7"),
+        new_task("r", idempotency_key="order-7"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            store.submit([new_task(payload='"fine"'), other], T0 + 1)
+        assert refused.value.field == "idempotency_key" and refused.value.value == "order-7"
+        assert f"task {first.id} of q/a" in refused.value.fix
+    assert store.count_tasks() == {("q", "a", "queued"): 1}  # the batch is refused whole
+
+
 def test_idempotency_within_one_batch_and_mixed_with_unkeyed(store: Store) -> None:
     answers = store.submit(
         [

@@ -15,7 +15,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from .._exceptions import SchemaError
+from .._exceptions import ConfigError, SchemaError
 from ._models import (
     AttemptRecord,
     ChangeRecord,
@@ -72,7 +72,7 @@ INSERT_TASK = (
     "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_TASK_KEYED = INSERT_TASK + " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
-SELECT_BY_KEY = "SELECT id FROM tasks WHERE idempotency_key = ?"
+SELECT_BY_KEY = "SELECT id, queue, agent FROM tasks WHERE idempotency_key = ?"
 
 #: Finished tasks deleted to a transaction by prune_tasks: each holds the write lock
 #: a few milliseconds (it deletes their attempts and effects too).
@@ -399,8 +399,19 @@ class SqlStore:
             if rows:
                 out.append(Submitted(int(rows[0][0]), True))
             else:
-                row = self._exec(SELECT_BY_KEY, (task.idempotency_key,)).fetchone()
-                out.append(Submitted(int(row[0]), False))
+                task_id, queue, agent = self._exec(
+                    SELECT_BY_KEY, (task.idempotency_key,)
+                ).fetchone()
+                if (queue, agent) != (task.queue, task.agent):
+                    # the same key for other work is a mistake, not a retry: answering
+                    # the first task would pass it off as this one
+                    raise ConfigError(
+                        "idempotency_key",
+                        task.idempotency_key,
+                        f"it already names task {task_id} of {queue}/{agent}: use a key of "
+                        f"its own for a task of {task.queue}/{task.agent}",
+                    )
+                out.append(Submitted(int(task_id), False))
         return out
 
     def claim(
