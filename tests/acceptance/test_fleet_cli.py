@@ -309,8 +309,13 @@ def test_api_errors_are_problem_json(running_fleet: tuple[Path, str]) -> None:
                 r = http.request(method, path)
                 assert r.status_code == 422, (path, r.text)
                 assert r.json()["detail"] == f"no task has id {task_id}"
-        r = http.get(f"/api/v1/tasks?after={2**63}")
-        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "query.after"
+        for path, field in (
+            (f"/api/v1/tasks?after={2**63}", "query.after"),
+            (f"/api/v1/changes?after={2**63}", "query.after"),
+            ("/api/v1/traces?task_id=1&limit=99999999999999999999", "query.limit"),
+        ):
+            r = http.get(path)
+            assert r.status_code == 422 and r.json()["errors"][0]["field"] == field, r.text
         # an address that is not 'cluster/agent' is told what to write, and nothing stored
         before = http.get("/api/v1/tasks?limit=1000").json()["items"]
         for address, said in (

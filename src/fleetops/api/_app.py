@@ -293,7 +293,8 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
     @app.get("/api/v1/changes", tags=["fleet"])
     async def changes(
-        limit: int = Query(100, ge=1, le=1000), after: int = 0
+        limit: int = Query(100, ge=1, le=1000),
+        after: int = Query(0, ge=0, le=LARGEST_TASK_ID, description="page after this change id"),
     ) -> list[dict[str, Any]]:
         """The change log: every deploy and apply, with actor, time, reason and diff."""
         c = client()
@@ -362,7 +363,9 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
     @app.get("/api/v1/traces", tags=["observability"])
     async def traces(
-        task_id: int | None = None, trace_id: str | None = None, limit: int = 2000
+        task_id: int | None = None,
+        trace_id: str | None = None,
+        limit: int = Query(2000, ge=1, le=20000),
     ) -> dict[str, Any]:
         """Every span of the trace(s) a task took part in, or of one trace, by start time."""
         if task_id is None and trace_id is None:
