@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .._units import DURATION_PATTERN, duration_seconds
+
 SPEC_ERROR = "fleetops_spec"
 SPEC_CONFIG = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 """Every spec model: unknown keys are errors, values are immutable, docstrings describe."""
@@ -33,11 +35,7 @@ SPEC_CONFIG = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=T
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$"
 TIME_OF_DAY_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d$"
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
 
 
 class Problem(NamedTuple):
@@ -153,11 +151,9 @@ def parse_duration(value: Any) -> Any:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
-        if re.fullmatch(DURATION_PATTERN, value):
-            return sum(
-                float(amount) * _DURATION_UNITS[unit]
-                for amount, unit in _DURATION_PART.findall(value)
-            )
+        seconds = duration_seconds(value, bare=False)
+        if seconds is not None:
+            return seconds
         raise spec_error(
             "not a duration",
             "write a number of seconds or a number with a unit: ms, s, m, h or d "
