@@ -70,3 +70,13 @@ async def deaf(task: TaskInfo, ctx: Context) -> str:
         except asyncio.CancelledError:
             continue
     return "finally"
+
+
+HOARD: list[bytes] = []
+
+
+@agent(name="hoard")
+async def hoard(task: TaskInfo, ctx: Context) -> int:
+    """Keep ``payload`` MiB for the life of the worker (a cache that only grows)."""
+    HOARD.append(b"\x01" * (int(task.payload) << 20))
+    return len(HOARD)

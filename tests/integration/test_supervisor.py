@@ -529,3 +529,42 @@ def test_a_task_that_kills_its_worker_again_and_again_does_not_take_the_healthy_
             RestartPolicy(backoff_base=0.02, backoff_max=0.1, intensity=100),
         )
     )
+
+
+def test_a_worker_past_its_memory_limit_drains_and_is_replaced_without_a_failure(
+    sqlite_url: str,
+) -> None:
+    """An agent that only grows its memory: the worker past max_memory_mb finishes
+    what it runs, exits to be recycled, and a new one takes over; no task is
+    redelivered and nothing counts as a failure."""
+    from fleetops.runtime._worker import resident_mib
+
+    baseline = resident_mib()
+    assert baseline is not None and baseline > 10  # this test's own process, for scale
+    plan = ClusterPlan(
+        name="c",
+        agents=("agents_for_tests:hoard", "agents_for_tests:echo", "agents_for_tests:slow"),
+        replicas=1,
+        worker=WorkerSettings(concurrency=10, shutdown_grace=5.0, max_memory_mb=400),
+        python_path=(TESTS_DIR,),
+    )
+
+    async def body(sup: Supervisor, client: QueueClient, events: list[SupervisorEvent]) -> None:
+        [first] = sup.live_workers("c")
+        naps = await client.submit_many([NewTask("c", "slow", "1.0") for _ in range(3)])
+        held = await client.submit(NewTask("c", "hoard", "500"))
+        await wait_until(lambda: "worker.recycled" in _kinds(events), within=30)
+        for task in [*naps, held]:
+            record = await client.run(client.store.get_task, task.id)
+            assert record is not None and (record.state, record.redeliveries) == ("succeeded", 0)
+        late = await client.submit(NewTask("c", "echo", '"after"'))
+        await wait_until(lambda: _terminal(client, late.id), within=30)
+        [second] = sup.live_workers("c")
+        assert second.id != first.id
+        record = await client.run(client.store.get_task, late.id)
+        assert record is not None and record.state == "succeeded"
+
+    events = asyncio.run(_supervised(sqlite_url, body, plan))
+    kinds = _kinds(events)
+    assert kinds.count("worker.recycled") == 1
+    assert "worker.failed" not in kinds and "agent_failure.restart_failed_agent" not in kinds

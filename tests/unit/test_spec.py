@@ -779,3 +779,13 @@ def test_provider_fallbacks_must_name_other_providers() -> None:
     ok = check_spec_text(text.replace(", nope, gpt", ""))
     assert isinstance(ok, FleetSpec)
     assert ok.provider_for("a").fallbacks == ("simulated",)  # type: ignore[union-attr]
+
+
+def test_a_workers_memory_limit_reaches_its_settings_and_must_be_positive() -> None:
+    spec = load_spec_text(
+        MINIMAL.replace("  triage:\n", "  triage:\n    max_worker_memory_mb: 2048\n")
+    )
+    assert spec.clusters["triage"].worker_settings().max_memory_mb == 2048
+    assert load_spec_text(MINIMAL).clusters["triage"].worker_settings().max_memory_mb is None
+    [issue] = issues_of(MINIMAL.replace("  triage:\n", "  triage:\n    max_worker_memory_mb: 0\n"))
+    assert issue.path == "clusters.triage.max_worker_memory_mb" and issue.line == 4

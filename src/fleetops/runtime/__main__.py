@@ -22,7 +22,7 @@ from ..telemetry._tracing import otlp_endpoint_from_env
 from ._agent import AgentSpec, load_agent
 from ._gc import tune_for_serving
 from ._loop import new_event_loop
-from ._worker import Worker, WorkerSettings
+from ._worker import RECYCLE_EXIT_CODE, Worker, WorkerSettings
 
 log = get_logger("fleetops.worker")
 
@@ -74,7 +74,7 @@ async def _main(config: dict[str, object]) -> int:
                 rotating.cancel()
             if gateway is not None:
                 await gateway.aclose()
-    return 3 if worker.dead else 0
+    return 3 if worker.dead else RECYCLE_EXIT_CODE if worker.recycled else 0
 
 
 async def _rotate_logs(rotator: StderrRotator, every: float) -> None:

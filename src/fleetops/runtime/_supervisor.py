@@ -40,7 +40,7 @@ from ..store import event_data
 from ..telemetry import MetricSet, catalog, get_logger
 from ..telemetry._logs import LOG_CHECK_SECONDS, LOG_MAX_BYTES
 from ._detector import DetectorSettings, PhiAccrualFailureDetector
-from ._worker import WorkerSettings
+from ._worker import RECYCLE_EXIT_CODE, WorkerSettings
 
 log = get_logger("fleetops.supervisor")
 
@@ -313,6 +313,11 @@ class Supervisor:
                 await self._event("worker.stopped", cluster, handle.id, exit_code=code)
                 self.workers.pop(handle.id, None)
                 return
+            if code == RECYCLE_EXIT_CODE:  # it drained and left to be replaced: no failure
+                await self._event("worker.recycled", cluster, handle.id, pid=handle.pid)
+                self.workers.pop(handle.id, None)
+                replacing = None
+                continue
             failures = failures + 1 if handle.first_heartbeat_at is None else 1
             await self._worker_lost(handle, f"exited with code {code}")
             self.workers.pop(handle.id, None)

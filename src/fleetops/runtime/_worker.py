@@ -101,6 +101,20 @@ MAX_TRACEBACK_CHARS = 16384
 #: work resumes within a beat of the store's return, not up to a pause later.
 STORE_RETRY_SECONDS = (0.05, 1.0)
 
+#: The exit code of a worker that stopped to be recycled (see WorkerSettings.max_memory_mb).
+RECYCLE_EXIT_CODE = 4
+_PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 4096 / 2**20
+
+
+def resident_mib() -> float | None:
+    """This process's resident memory in MiB (None where /proc cannot say)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_MIB
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 #: How often a worker started by a supervisor looks whether the supervisor still lives
 #: (on a thread of its own, so that a handler blocking the event loop cannot stop it).
 PARENT_CHECK_SECONDS = 0.2
@@ -160,6 +174,11 @@ class WorkerSettings:
     #: this often, each covering every outcome committed before it (0: one per group
     #: commit; see QueueClient's outcome_sync_delay).
     outcome_sync_delay: float = OUTCOME_SYNC_DELAY_SECONDS
+    #: A worker whose resident memory passes this many MiB is recycled: it stops
+    #: claiming, drains, and exits with RECYCLE_EXIT_CODE; its supervisor starts a new
+    #: one at once, not counted as a failure (None: no limit). Agents that leak (a
+    #: cache that only grows, a library's) cost a restart, not the machine's memory.
+    max_memory_mb: float | None = None
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
@@ -271,6 +290,8 @@ class Worker:
         #: the suspect this worker runs, as (task id, epoch): it runs one at a time
         #: (see SUSPECT_REDELIVERIES in fleetops.store._sql)
         self._suspect: tuple[int, int] | None = None
+        #: it stopped because its memory passed settings.max_memory_mb
+        self.recycled = False
         self._slot_free = asyncio.Event()
         self._work_hint = asyncio.Event()
         #: the idle claimer's wait, ended early by wake_claimer (see _wait_hint)
@@ -1068,7 +1089,26 @@ class Worker:
                 return
             if held is not None:
                 self._cancel_lost(held, sent_at)
+                if s.max_memory_mb is not None and not self.recycled:
+                    self._recycle_if_over(s.max_memory_mb)  # beating on while it drains
             await self.clock.sleep(s.heartbeat_interval)
+
+    def _recycle_if_over(self, limit: float) -> None:
+        """Past ``limit`` MiB resident: stop, to be recycled (looked at about once a
+        second, with the beats that extend the leases)."""
+        resident = resident_mib()
+        if resident is None or resident <= limit:
+            return
+        log.warning(
+            "worker.recycling",
+            worker=self.worker_id,
+            resident_mib=round(resident, 1),
+            limit_mib=limit,
+            inflight=len(self._running),
+        )
+        self.recycled = True
+        self._stopping.set()
+        self.wake_claimer()
 
     def _settling(self, task_id: int, epoch: int) -> None:
         """Say that a task's last write is on its way: see :meth:`_cancel_lost`."""

@@ -202,6 +202,9 @@ class ClusterSpec(BaseModel):
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     """The workers' event loop: uvloop where installed ('auto'), or asyncio's, whose
     timers never fire early."""
+    max_worker_memory_mb: PositiveCount | None = None
+    """A worker whose resident memory passes this many MiB stops claiming, drains and
+    is replaced, not counted as a failure (leave out: no limit)."""
     resource_quotas: ResourceQuotas = ResourceQuotas()
     health_checks: HealthChecks = HealthChecks()
     routes: tuple[Name, ...] = ()
@@ -284,6 +287,7 @@ class ClusterSpec(BaseModel):
             event_loop=self.event_loop,
             heartbeat_interval=self.health_checks.heartbeat_interval,
             lease_seconds=self.health_checks.lease_timeout,
+            max_memory_mb=self.max_worker_memory_mb,
         )
 
     def detector_settings(self) -> DetectorSettings:
