@@ -286,6 +286,44 @@ def test_apply_scales_under_load_loses_nothing_and_records_changes(
         assert {c["name"]: c["heartbeating_workers"] for c in live}["back"] == 1
 
 
+def test_apply_of_an_entrypoint_that_does_not_import_is_refused_and_changes_nothing(
+    running_fleet: tuple[Path, str],
+) -> None:
+    """The entrypoint is imported, as a worker would, before any worker is touched:
+    rolled out, it left the cluster crash-looping, and the spec it replaced, applied
+    again, found nothing to do. Refused, the fleet runs on as it was."""
+    fleet_dir, api = running_fleet
+    with httpx.Client(base_url=api, timeout=30) as http:
+
+        def workers() -> set[str]:
+            return {w["id"] for w in http.get("/api/v1/workers", params={"live": "true"}).json()}
+
+        before = workers()
+        (fleet_dir / "bad.yaml").write_text(spec_text(entrypoint="fleet_agents:nosuchfn"))
+        proc = run("apply", "bad.yaml", "--api", api, cwd=fleet_dir)
+        assert proc.returncode == 2, (proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        for needle in (
+            "clusters.back.agents[0].entrypoint",
+            "fleet_agents:nosuchfn",
+            "has no attribute 'nosuchfn'",
+        ):
+            assert needle in proc.stderr, proc.stderr
+        assert workers() == before
+        assert not any(c["degraded"] for c in http.get("/api/v1/clusters").json())
+        assert [c["kind"] for c in http.get("/api/v1/changes").json()] == ["deploy"]
+        assert (fleet_dir / ".fleetops" / "applied-spec.yaml").read_text() == spec_text()
+        task = http.post("/api/v1/tasks", json={"agent": "back/work", "payload": 0.01}).json()
+        _wait(
+            lambda: http.get(f"/api/v1/tasks/{task['id']}").json()["state"] == "succeeded",
+            30,
+            "a task through the fleet as it was",
+        )
+        again = run("apply", "fleet.yaml", "--api", api, cwd=fleet_dir)
+        assert again.returncode == 0, again.stderr
+        assert "nothing to do" in again.stdout
+
+
 def test_api_errors_are_problem_json(running_fleet: tuple[Path, str]) -> None:
     fleet_dir, api = running_fleet
     with httpx.Client(base_url=api, timeout=10) as http:

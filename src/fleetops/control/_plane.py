@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from ..telemetry._logsearch import CONTROL_LOG, prune_logs
 from ..telemetry._tracing import TRACEPARENT, new_traceparent
 from ..telemetry.history import HistoryStore, RetentionPolicy, Sample
 from ._diff import diff
+from ._preflight import check_entrypoints
 from ._readiness import FleetFacts, ReadinessReport, score
 from ._smoke import SMOKE_AGENT, SMOKE_ENTRYPOINT
 from ._state import STATE_DIR, ControlLock
@@ -66,6 +67,10 @@ RECONCILE_INTERVAL = 2.0
 
 class PhaseFailed(FleetOpsError):
     """A deployment phase failed."""
+
+
+class ApplyFailed(FleetOpsError):
+    """A change to the running fleet failed part-way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,8 +663,6 @@ class ControlPlane:
             settings = plan.worker
             quota = cluster.resource_quotas.max_concurrent_tasks
             if quota is not None:
-                from dataclasses import replace
-
                 settings = replace(settings, max_cluster_running=quota)
             plans.append(
                 ClusterPlan(
@@ -791,8 +794,11 @@ class ControlPlane:
     ) -> ApplyResult:
         """Change the running fleet to the spec in ``text``; record the change.
 
-        Invalid specs and changes that need a restart (store, API) raise UsageError
-        and change nothing.
+        Invalid specs, entrypoints that do not import and changes that need a restart
+        (store, API) raise UsageError and change nothing. A change that fails part-way
+        (a rolled-out worker not heartbeating in time) raises :class:`ApplyFailed`
+        and is recorded as ``apply_failed``; the fleet keeps its last applied spec,
+        and applying a spec again converges on it from what is actually running.
         """
         new = load_spec_text(text, path=self.spec.source)
         async with self._apply_lock:
@@ -813,12 +819,37 @@ class ControlPlane:
                     f"{new.api.host}:{new.api.port}",
                     "the API address changes only on restart: 'fleetops down', then 'fleetops up'",
                 )
+            await check_entrypoints(new)  # before any worker is touched
+            client = self._need_client()
             before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
             changes = diff(before, after)
-            actions = await self._converge(old, new, set(rollout))
+            actions: list[str] = []
+            try:
+                await self._converge(old, new, set(rollout), actions)
+            except (FleetOpsError, OSError, TimeoutError) as exc:
+                message = f"{_message(exc)} after: {'; '.join(actions) or 'no change'}"
+                notes = [
+                    {"path": "actions", "after": actions, "op": "note"},
+                    {"path": "error", "after": message, "op": "note"},
+                ]
+                change_id = await client.run(
+                    client.store.record_change,
+                    self.clock.now(),
+                    actor or self.actor,
+                    "apply_failed",
+                    f"fleet/{new.fleet.name}",
+                    reason,
+                    json.dumps(before),
+                    json.dumps(after),
+                    json.dumps(changes + notes),
+                )
+                log.error("fleet.apply_failed", change=change_id, error=message)
+                raise ApplyFailed(
+                    f"change {change_id} failed: {message}. The fleet keeps its last applied "
+                    "spec: apply it (or a fixed one) again to converge on it"
+                ) from exc
             self.spec, self.spec_text = new, text
             (self.state_dir / "applied-spec.yaml").write_text(text, encoding="utf-8")
-            client = self._need_client()
             change_id = await client.run(
                 client.store.record_change,
                 self.clock.now(),
@@ -833,35 +864,47 @@ class ControlPlane:
         log.info("fleet.applied", change=change_id, actions=actions)
         return ApplyResult(change_id, changes, actions)
 
-    async def _converge(self, old: FleetSpec, new: FleetSpec, rollout: set[str]) -> list[str]:
+    async def _converge(
+        self, old: FleetSpec, new: FleetSpec, rollout: set[str], actions: list[str]
+    ) -> None:
+        """Bring the supervisor from what it runs to ``new``, noting each step in
+        ``actions``. What it runs is compared, not only ``old``: a change that failed
+        part-way leaves clusters on plans ``old`` does not describe."""
         supervisor = self.supervisor
         if supervisor is None:
             raise UsageError("the fleet is not deployed: run 'fleetops up' first")
-        actions: list[str] = []
         new_plans = {p.name: p for p in self.cluster_plans(new)}
-        for name in old.clusters:
-            if name not in new.clusters:
+        for name in list(supervisor.plans):
+            if name not in new_plans:
                 await supervisor.remove_cluster(name)
                 actions.append(f"removed cluster {name}")
         for name, plan in new_plans.items():
-            if name not in old.clusters:
+            running = supervisor.plans.get(name)
+            if running is None:
                 supervisor.add_cluster(plan)
                 actions.append(f"added cluster {name} with {plan.replicas} worker(s)")
                 continue
-            old_c = old.clusters[name].model_dump(mode="json")
-            new_c = new.clusters[name].model_dump(mode="json")
-            scale_only = {k: v for k, v in old_c.items() if k != "replicas"} == {
-                k: v for k, v in new_c.items() if k != "replicas"
-            }
-            providers_changed = old.provider_for(name) != new.provider_for(name)
-            if name in rollout or not scale_only or providers_changed:
+            if (
+                name in rollout
+                or name not in old.clusters
+                or _restart_needed(old, new, name)
+                or replace(running, replicas=plan.replicas) != plan
+            ):
                 await supervisor.roll(plan)
                 actions.append(f"rolled out cluster {name} ({plan.replicas} worker(s))")
             elif supervisor.desired(name) != plan.replicas:
                 was = supervisor.desired(name)
                 supervisor.scale(name, plan.replicas)
                 actions.append(f"scaled {name} from {was} to {plan.replicas} worker(s)")
-        return actions
+
+
+def _restart_needed(old: FleetSpec, new: FleetSpec, cluster: str) -> bool:
+    """Whether ``cluster`` changed in more than its replicas, or its provider changed."""
+    old_c = old.clusters[cluster].model_dump(mode="json")
+    new_c = new.clusters[cluster].model_dump(mode="json")
+    old_c.pop("replicas")
+    new_c.pop("replicas")
+    return old_c != new_c or old.provider_for(cluster) != new.provider_for(cluster)
 
 
 def _message(exc: BaseException) -> str:

@@ -1,0 +1,100 @@
+"""Checks made before a deploy or an apply touches anything.
+
+A spec can be valid and still name an agent entrypoint that does not import: its
+workers would start, fail to load their agents and crash in a loop. So every
+entrypoint is imported first, as a worker imports it, and the first one that fails
+is refused with its field path (``clusters.<name>.agents[<i>].entrypoint``), its
+value and the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from .._exceptions import ConfigError, FleetOpsError
+from ..spec import FleetSpec
+
+#: How long the agent modules of a spec may take to import in a fresh process.
+IMPORT_CHECK_TIMEOUT = 60.0
+
+# Run by ``python -c``: imports only the runtime (a worker's own imports), puts the
+# fleet's directories on the path, and prints the first failure as the last line.
+_IMPORT_CHECK = """\
+import json, sys
+from fleetops.runtime import load_agent
+paths, entrypoints = json.loads(sys.argv[1])
+sys.path[:0] = paths
+failed = None
+for field, entrypoint in entrypoints:
+    try:
+        load_agent(entrypoint)
+    except Exception as exc:
+        failed = [field, entrypoint, getattr(exc, "fix", f"{type(exc).__name__}: {exc}")]
+        break
+print(json.dumps(failed))
+"""
+
+
+class ImportCheckFailed(FleetOpsError):
+    """The agent modules could not be checked: the import check did not finish."""
+
+
+def entrypoints(spec: FleetSpec) -> list[tuple[str, str]]:
+    """Every agent's (field path, entrypoint), in spec order."""
+    return [
+        (f"clusters.{name}.agents[{index}].entrypoint", agent.entrypoint)
+        for name, cluster in spec.clusters.items()
+        for index, agent in enumerate(cluster.agents)
+    ]
+
+
+def python_path(spec: FleetSpec) -> list[str]:
+    """The directories the spec's workers import their agents from."""
+    return sorted({path for plan in spec.cluster_plans() for path in plan.python_path})
+
+
+async def check_entrypoints(spec: FleetSpec) -> None:
+    """Import every entrypoint of ``spec`` in a new Python process, as a worker would.
+
+    A new process, not this one: a running control plane has imported the agent
+    modules already, as they were when it started, and would answer for those, not
+    for the code a new worker gets. Raises :class:`ConfigError` for the first that
+    does not import.
+    """
+    argument = json.dumps([python_path(spec), entrypoints(spec)])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _IMPORT_CHECK,
+        argument,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(IMPORT_CHECK_TIMEOUT):
+            stdout, stderr = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise ImportCheckFailed(
+            f"the agent modules did not import within {IMPORT_CHECK_TIMEOUT:.0f} s: "
+            "look for a module that blocks or loops when it is imported"
+        ) from None
+    lines = stdout.decode(errors="replace").strip().splitlines()
+    try:
+        failed = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        tail = stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise ImportCheckFailed(
+            "the agent modules' import check ended without an answer "
+            f"(exit status {process.returncode}{': ' + tail[0] if tail else ''})"
+        ) from None
+    if failed is not None:
+        field, entrypoint, fix = failed
+        raise ConfigError(field, entrypoint, fix)
+
+
+__all__ = ["check_entrypoints", "entrypoints", "python_path"]

@@ -1,0 +1,86 @@
+"""ControlPlane.apply against a real store, with a supervisor that records what it is
+asked to run instead of starting worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from fleetops import FleetOpsError
+from fleetops.control import ControlPlane
+from fleetops.queue import QueueClient
+from fleetops.runtime import ClusterPlan
+from fleetops.spec import load_spec
+
+
+def fleet(concurrency: int) -> str:
+    return (
+        "fleet: {name: demo}\n"
+        "clusters:\n"
+        "  triage:\n"
+        '    agents: [{name: smoke, entrypoint: "fleetops.control._smoke:smoke"}]\n'
+        f"    concurrency: {concurrency}\n"
+    )
+
+
+class RecordingSupervisor:
+    """What a supervisor is asked to run; ``roll`` fails while ``failing`` is set, after
+    taking the new plan on, as a rolled-out worker that never heartbeats leaves it."""
+
+    def __init__(self, plans: list[ClusterPlan]) -> None:
+        self.plans = {p.name: p for p in plans}
+        self._desired = {p.name: p.replicas for p in plans}
+        self.failing = False
+
+    async def roll(self, plan: ClusterPlan) -> None:
+        self.plans[plan.name] = plan
+        self._desired[plan.name] = plan.replicas
+        if self.failing:
+            raise TimeoutError
+
+    def desired(self, cluster: str) -> int:
+        return self._desired[cluster]
+
+    def scale(self, cluster: str, replicas: int) -> None:
+        self._desired[cluster] = replicas
+
+
+def test_a_roll_that_fails_is_recorded_and_the_spec_applied_again_repairs_it(
+    tmp_path: Path,
+) -> None:
+    """A failed roll left the cluster on the new plan while the plane kept the old
+    spec: applying the old spec again found nothing to do, and the cluster stayed
+    broken. Now the failure is an error of its own, recorded, and the next apply
+    compares with what the supervisor runs."""
+    (tmp_path / "fleet.yaml").write_text(fleet(4), encoding="utf-8")
+    plane = ControlPlane(load_spec(tmp_path / "fleet.yaml"), serve_api=False)
+    plane.state_dir.mkdir()
+    supervisor = RecordingSupervisor(plane.cluster_plans())
+    plane.supervisor = supervisor  # type: ignore[assignment]
+    good = plane.cluster_plans()[0]
+
+    async def main() -> list[str]:
+        async with QueueClient(plane.store_url) as client:
+            plane.client = client
+            supervisor.failing = True
+            with pytest.raises(FleetOpsError, match="apply it .* again"):
+                await plane.apply(fleet(8), reason="more slots")
+            assert plane.spec.clusters["triage"].concurrency == 4
+            assert supervisor.plans["triage"] != good  # what a failed roll leaves
+            supervisor.failing = False
+            result = await plane.apply(fleet(4), reason="back")
+            changes = await client.run(client.store.list_changes, 10, 0)
+            assert [(c.kind, c.reason) for c in changes] == [
+                ("apply_failed", "more slots"),
+                ("apply", "back"),
+            ]
+            notes = {d["path"]: d["after"] for d in json.loads(changes[0].diff)}
+            assert "timed out" in notes["error"]
+            return result.actions
+
+    actions = asyncio.run(main())
+    assert actions == ["rolled out cluster triage (1 worker(s))"]
+    assert supervisor.plans["triage"] == good
