@@ -598,3 +598,22 @@ def test_kill_9_of_the_control_plane_loses_nothing_and_the_next_one_resumes(
         book.close()
     assert report.duplicate_effects == 0
     assert {r.id for r in records} <= applied, "every task's effect happened"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["up", "fleet.yaml", "--smoke"],
+        ["load", *"fleet.yaml --workload x:y --target back/work".split()],
+    ],
+)
+@pytest.mark.parametrize("port", ["-5", "70000"])
+def test_an_api_port_out_of_range_is_refused_before_anything_is_created(
+    fleet_dir: Path, command: list[str], port: str
+) -> None:
+    proc = run(*command, "--api-port", port, cwd=fleet_dir)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert "--api-port" in proc.stderr and f"{port} is not a port" in proc.stderr
+    assert "use 1 to 65535, or 0 for any free port" in proc.stderr
+    assert not (fleet_dir / ".fleetops").exists()

@@ -40,7 +40,15 @@ from ._remote import api_url, call
 from ._spec import load_or_exit
 
 SPEC_HELP = "The fleet spec (YAML)."
+API_PORT_HELP = "Override the spec's api.port (0: any free port)."
 API_HELP = "The control plane's API (default: the fleet running here, else 127.0.0.1:8470)."
+
+
+def _port(value: int | None) -> int | None:
+    """Refuse a port out of range while the options are read, before anything runs."""
+    if value is not None and not 0 <= value <= 65535:
+        raise typer.BadParameter(f"{value} is not a port: use 1 to 65535, or 0 for any free port")
+    return value
 
 
 def _time(at: float | None) -> str:
@@ -216,7 +224,7 @@ def up(
     smoke: bool = typer.Option(False, "--smoke", help="Deploy, validate, tear down, exit."),
     json_output: bool = typer.Option(False, "--json", help="Print the deployment report as JSON."),
     actor: str = typer.Option(None, help="Who deploys (default: user@host)."),
-    api_port: int = typer.Option(None, help="Override the spec's api.port (0: any free port)."),
+    api_port: int = typer.Option(None, callback=_port, help=API_PORT_HELP),
     live: bool = typer.Option(True, help="Show a live status table while running."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
 ) -> None:
@@ -518,7 +526,7 @@ def load(
         None, min=0.0, max=1.0, help="SIGKILL one worker when this fraction is submitted."
     ),
     seed: int = typer.Option(0, help="Seed for the workload and the choice of victim."),
-    api_port: int = typer.Option(None, help="Override the spec's api.port (0: any free port)."),
+    api_port: int = typer.Option(None, callback=_port, help=API_PORT_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
 ) -> None:
