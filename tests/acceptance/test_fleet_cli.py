@@ -617,3 +617,41 @@ def test_an_api_port_out_of_range_is_refused_before_anything_is_created(
     assert "--api-port" in proc.stderr and f"{port} is not a port" in proc.stderr
     assert "use 1 to 65535, or 0 for any free port" in proc.stderr
     assert not (fleet_dir / ".fleetops").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "value", "fix"),
+    [
+        (["--workload", "nosuch:fn"], "--workload", "'nosuch:fn'", "does not import"),
+        (["--workload", "notacolon"], "--workload", "'notacolon'", "'package.module:function'"),
+        (
+            ["--workload", "fleet_workload:broken"],
+            "--workload",
+            "'fleet_workload:broken'",
+            "ZeroDivisionError",
+        ),
+        (["--target", "nosuch/x"], "--target", "'nosuch/x'", "front, back"),
+        (["--target", "back/nosuch"], "--target", "'back/nosuch'", "runs work, gate"),
+        (["--rate", "inf"], "--rate", "inf", "a finite number"),
+        (["--duration", "99999999h"], "--duration", "'99999999h'", "shorten --duration"),
+        (["--duration", "0s"], "--duration", "'0s'", "above zero"),
+    ],
+)
+def test_load_checks_its_options_before_it_deploys_anything(
+    fleet_dir: Path, options: list[str], field: str, value: str, fix: str
+) -> None:
+    """load's own options were checked after a full deploy, which left the fleet's
+    state behind (or a traceback, or billions of payloads being made)."""
+    (fleet_dir / "fleet_workload.py").write_text(
+        "def generate(count, seed):\n    return [0.01] * count\n\n"
+        "def broken(count, seed):\n    return 1 / 0\n"
+    )
+    given = {"--workload": "fleet_workload:generate", "--target": "back/work", "--duration": "2s"}
+    given.update(zip(options[::2], options[1::2], strict=True))
+    args = [a for pair in given.items() for a in pair]
+    proc = run("load", "fleet.yaml", *args, "--api-port", "0", cwd=fleet_dir)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert f"{field}: invalid value {value}" in proc.stderr, proc.stderr
+    assert fix in proc.stderr
+    assert not (fleet_dir / ".fleetops").exists()

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 import sys
 import textwrap
@@ -22,10 +23,11 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from .._exceptions import StoreError
+from .._exceptions import ConfigError, StoreError
 from ..control import PHASES, ControlPlane, DeploymentReport, read_running
 from ..control._state import pid_alive
 from ..runtime._gc import tune_for_serving
+from ..spec import FleetSpec
 from ._common import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -473,15 +475,14 @@ __all__ = ["PHASES"]
 
 async def _run_load(
     plane: ControlPlane,
-    workload: str,
     target: str,
-    count: int,
+    payloads: list[Any],
     rate: float,
     kill_at: float | None,
     seed: int,
     json_output: bool,
 ) -> int:
-    from ..control._load import load_workload, run_load
+    from ..control._load import run_load
     from ._common import print_mapping, progress_bar
 
     async with plane:
@@ -495,8 +496,6 @@ async def _run_load(
             return EXIT_FAILURE
         if not json_output:
             out.print(f"API: [bold]{plane.api_url}[/]  (try: curl {plane.api_url}/api/v1/clusters)")
-        generate = load_workload(workload)
-        payloads = list(generate(count, seed))
         with progress_bar(f"{target}") as update:
             result = await run_load(
                 plane,
@@ -512,6 +511,53 @@ async def _run_load(
     else:
         print_mapping("load report", result.as_dict())
     return 0 if result.unfinished == 0 else EXIT_FAILURE
+
+
+#: The most tasks one ``fleetops load`` submits (--duration times --rate): its payloads
+#: are made before the fleet is deployed, and are held in memory.
+MAX_LOAD_TASKS = 100_000
+
+
+def _load_payloads(
+    spec: FleetSpec, workload: str, target: str, duration: str, rate: float, seed: int
+) -> list[Any]:
+    """Check load's options against ``spec`` and make its payloads, before anything is
+    deployed: a mistake found after the deploy left a fleet's state behind it."""
+    from .._units import parse_duration
+    from ..control._load import load_workload
+    from ..runtime._context import split_address
+
+    cluster, agent = split_address(target, "")
+    if cluster not in spec.clusters:
+        raise ConfigError(
+            "--target",
+            target,
+            f"write 'cluster/agent' with a cluster of the fleet: {', '.join(spec.clusters)}",
+        )
+    agents = [a.name for a in spec.clusters[cluster].agents]
+    if agent not in agents:
+        raise ConfigError("--target", target, f"cluster {cluster} runs {', '.join(agents)}")
+    if not math.isfinite(rate):  # typer's range lets an infinity through
+        raise ConfigError("--rate", rate, "give a finite number of tasks per second, e.g. 5")
+    seconds = parse_duration(duration, "--duration")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError("--duration", duration, "give a duration above zero, e.g. 60s")
+    count = max(1, int(seconds * rate))
+    if seconds * rate > MAX_LOAD_TASKS:
+        raise ConfigError(
+            "--duration",
+            duration,
+            f"at {rate:g} per second that is {seconds * rate:,.0f} tasks, more than "
+            f"{MAX_LOAD_TASKS:,}: shorten --duration or lower --rate",
+        )
+    if spec.base_dir is not None and str(spec.base_dir) not in sys.path:
+        sys.path.insert(0, str(spec.base_dir))
+    generate = load_workload(workload)
+    try:
+        return list(generate(count, seed))
+    except Exception as exc:  # the user's code: its error is theirs to see, not a traceback
+        why = f"{type(exc).__name__}: {exc}"
+        raise ConfigError("--workload", workload, f"making {count} payloads failed: {why}") from exc
 
 
 def load(
@@ -531,18 +577,13 @@ def load(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
 ) -> None:
     """Deploy FILE, drive a workload through it, optionally kill a worker, and report."""
-    from .._units import parse_duration
-
     setup_logging(verbose, quiet_level=logging.CRITICAL)
     spec = load_or_exit(file)
     with user_errors():
-        seconds = parse_duration(duration, "--duration")
-        count = max(1, int(seconds * rate))
-        if spec.base_dir is not None and str(spec.base_dir) not in sys.path:
-            sys.path.insert(0, str(spec.base_dir))
+        payloads = _load_payloads(spec, workload, target, duration, rate, seed)
         plane = ControlPlane(spec, spec_text=file.read_text(encoding="utf-8"), api_port=api_port)
         code = asyncio.run(
-            _run_load(plane, workload, target, count, rate, kill_worker_at, seed, json_output)
+            _run_load(plane, target, payloads, rate, kill_worker_at, seed, json_output)
         )
     raise typer.Exit(code)
 
