@@ -655,3 +655,13 @@ def test_load_checks_its_options_before_it_deploys_anything(
     assert f"{field}: invalid value {value}" in proc.stderr, proc.stderr
     assert fix in proc.stderr
     assert not (fleet_dir / ".fleetops").exists()
+
+
+@pytest.mark.parametrize("payload", ["NaN", "1e999", '{"a": Infinity}', "[-Infinity]"])
+def test_submit_refuses_a_payload_with_nan_or_infinity(tmp_path: Path, payload: str) -> None:
+    """Python's json reads them, httpx refuses to send them: it was a traceback."""
+    proc = run("submit", "back/work", payload, "--api", "http://127.0.0.1:9", cwd=tmp_path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert f"payload: {payload!r} is not JSON (NaN/Infinity)" in proc.stderr
+    assert "send a finite number, a string or null" in proc.stderr

@@ -328,9 +328,16 @@ def submit(
     """Submit a task to the running fleet."""
     try:
         value = json.loads(payload)
+        json.dumps(value, allow_nan=False)  # Python reads NaN, Infinity and 1e999; JSON has none
     except json.JSONDecodeError as exc:
         fail(
             f"payload: {payload!r} is not JSON ({exc.msg}): quote strings, e.g. '\"hello\"'",
+            EXIT_USAGE,
+        )
+    except ValueError:
+        fail(
+            f"payload: {payload!r} is not JSON (NaN/Infinity): JSON has no such numbers; "
+            "send a finite number, a string or null",
             EXIT_USAGE,
         )
     url = api_url(api, None)
