@@ -665,3 +665,29 @@ def test_submit_refuses_a_payload_with_nan_or_infinity(tmp_path: Path, payload: 
     assert "Traceback" not in proc.stderr
     assert f"payload: {payload!r} is not JSON (NaN/Infinity)" in proc.stderr
     assert "send a finite number, a string or null" in proc.stderr
+
+
+def test_down_and_logs_refuse_a_bad_file_or_timeout_and_take_a_directory_as_the_fleets(
+    running_fleet: tuple[Path, str],
+) -> None:
+    """down stopped the fleet and then failed for --timeout -1 or a FILE that does not
+    exist; a directory meant its parent's fleet."""
+    fleet_dir, api = running_fleet
+    for args, needle in (
+        (["down", "nosuch.yaml"], "'nosuch.yaml' does not exist"),
+        (["down", "fleet.yaml", "--timeout", "-1"], "-1 is not a wait"),
+        (["down", "--timeout", "0"], "0 is not a wait"),
+        (["logs", "nosuch.yaml"], "'nosuch.yaml' does not exist"),
+    ):
+        proc = run(*args, cwd=fleet_dir)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert needle in proc.stderr, (args, proc.stderr)
+        assert httpx.get(f"{api}/readyz", timeout=5).status_code == 200, args
+    found = run("logs", fleet_dir.name, "-q", "worker.started", "--json", cwd=fleet_dir.parent)
+    assert found.returncode == 0, found.stderr
+    records = [json.loads(line) for line in found.stdout.splitlines()]
+    assert sum(r["logger"] == "fleetops.supervisor" for r in records) == 3
+    # the fleet is this test's child: a zombie until the fixture reaps it, so down may
+    # not see it gone; that it found the fleet and asked it to stop is what counts
+    stopping = run("down", fleet_dir.name, "--timeout", "3", cwd=fleet_dir.parent)
+    assert "asked the control plane" in stopping.stderr, stopping.stderr

@@ -241,12 +241,30 @@ def up(
     raise typer.Exit(code)
 
 
+FLEET_FILE_HELP = "The fleet's spec or its directory (default: the fleet run from here)."
+
+
+def _seconds(value: float) -> float:
+    """Refuse a wait that is not a positive number of seconds, before anything runs."""
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value:g} is not a wait: give seconds above 0, e.g. 120")
+    return value
+
+
+def _fleet_base(file: Path | None) -> Path:
+    """The directory a fleet runs from: FILE's own if it is a spec, FILE if it is a
+    directory, this one if there is no FILE."""
+    if file is None:
+        return Path.cwd()
+    return file.resolve() if file.is_dir() else file.resolve().parent
+
+
 def down(
-    file: Path = typer.Argument(None, help="The fleet spec (default: the fleet run from here)."),
-    timeout: float = typer.Option(120.0, help="Seconds to wait for the drain."),
+    file: Path = typer.Argument(None, exists=True, help=FLEET_FILE_HELP),
+    timeout: float = typer.Option(120.0, callback=_seconds, help="Seconds to wait for the drain."),
 ) -> None:
-    """Stop the fleet running from this directory (or next to FILE), draining its workers."""
-    base = file.resolve().parent if file is not None else Path.cwd()
+    """Stop the fleet running from this directory (or from FILE's), draining its workers."""
+    base = _fleet_base(file)
     running = read_running(base / ".fleetops")
     if running is None:
         fail(f"no fleet is running from {base}", EXIT_USAGE)
@@ -260,7 +278,7 @@ def down(
             out.print("[green]✓[/] fleet stopped")
             return
         time.sleep(0.2)
-    fail(f"the control plane (pid {running.pid}) did not stop within {timeout:.0f} s")
+    fail(f"the control plane (pid {running.pid}) did not stop within {timeout:g} s")
 
 
 def apply(
@@ -596,7 +614,7 @@ def load(
 
 
 def logs(
-    file: Path = typer.Argument(None, help="The fleet spec (default: the fleet run from here)."),
+    file: Path = typer.Argument(None, exists=True, help=FLEET_FILE_HELP),
     query: str = typer.Option(None, "-q", "--query", help="Text to look for."),
     level: str = typer.Option(None, help="Lowest level: debug, info, warning, error."),
     task_id: int = typer.Option(None, "--task", help="Only this task's records."),
@@ -609,8 +627,7 @@ def logs(
     """Search the fleet's structured logs (every worker and the control plane)."""
     from ..telemetry._logsearch import LogFilter, follow_logs, search_logs
 
-    base = file.resolve().parent if file is not None else Path.cwd()
-    log_dir = base / ".fleetops" / "logs"
+    log_dir = _fleet_base(file) / ".fleetops" / "logs"
     if not log_dir.is_dir():
         fail(f"no fleet logs in {log_dir}: run the fleet from here (or name its spec)", EXIT_USAGE)
     with user_errors():
