@@ -691,3 +691,25 @@ def test_down_and_logs_refuse_a_bad_file_or_timeout_and_take_a_directory_as_the_
     # not see it gone; that it found the fleet and asked it to stop is what counts
     stopping = run("down", fleet_dir.name, "--timeout", "3", cwd=fleet_dir.parent)
     assert "asked the control plane" in stopping.stderr, stopping.stderr
+
+
+def test_the_smoke_test_skips_a_cluster_of_no_replicas_and_the_routes_to_it(
+    fleet_dir: Path,
+) -> None:
+    """replicas: 0 is valid: the smoke task sent to it waited out the smoke timeout,
+    failed the deploy and stayed queued."""
+    (fleet_dir / "fleet.yaml").write_text(spec_text(replicas=0))
+    began = time.monotonic()
+    proc = run("up", "fleet.yaml", "--smoke", "--json", cwd=fleet_dir)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert time.monotonic() - began < 40
+    report = json.loads(proc.stdout)
+    detail = report["phases"][-1]["detail"]
+    assert "through 1 cluster(s) and 0 route(s)" in detail
+    assert "skipped back: 0 replicas" in detail
+    store = open_store(f"sqlite:///{fleet_dir / '.fleetops' / 'fleet.db'}")
+    try:
+        states = {state for (_, _, state) in store.count_tasks()}
+    finally:
+        store.close()
+    assert states == {"succeeded"}

@@ -617,16 +617,24 @@ class ControlPlane:
         return detail
 
     async def smoke_test(self, within: float = SMOKE_TIMEOUT) -> tuple[bool, str]:
-        """A smoke task through every cluster and every route; answers (passed, detail)."""
+        """A smoke task through every cluster and every route; answers (passed, detail).
+
+        A cluster with no replicas has no worker to run one: it is skipped, and so
+        are the routes to it, and the detail says so."""
         client = self._need_client()
         stamp = f"{self.clock.now():.6f}"
+        running = [name for name in self.spec.clusters if self.desired_replicas(name) > 0]
+        skipped = [name for name in self.spec.clusters if name not in running]
         ids = {}
-        for name, cluster in self.spec.clusters.items():
+        routes = 0
+        for name in running:
+            targets = [r for r in self.spec.clusters[name].routes if r in running]
+            routes += len(targets)
             submitted = await client.submit(
                 NewTask(
                     queue=name,
                     agent=SMOKE_AGENT,
-                    payload=json.dumps({"routes": list(cluster.routes)}),
+                    payload=json.dumps({"routes": targets}),
                     priority=100,
                     idempotency_key=f"smoke/{stamp}/{name}",
                     max_attempts=1,
@@ -635,13 +643,13 @@ class ControlPlane:
             )
             ids[name] = submitted.id
         deadline = time.monotonic() + within
-        while True:
+        records = []
+        while ids:
             records = await client.run(client.store.get_tasks, list(ids.values()))
             if all(r.state in TERMINAL_STATES for r in records) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
         failed = [r for r in records if r.state != "succeeded"]
-        routes = sum(len(c.routes) for c in self.spec.clusters.values())
         if failed:
             detail = "; ".join(
                 f"{r.queue}: {r.state} {r.dead_reason or r.error or 'not finished in time'}"
@@ -650,6 +658,8 @@ class ControlPlane:
             self._smoke = (False, detail)
         else:
             detail = f"smoke tasks passed through {len(ids)} cluster(s) and {routes} route(s)"
+            if skipped:
+                detail += f"; skipped {', '.join(skipped)}: 0 replicas, no worker to run one"
             self._smoke = (True, detail)
         return self._smoke[0] is True, self._smoke[1]
 
