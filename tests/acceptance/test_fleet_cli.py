@@ -130,7 +130,7 @@ def test_unreachable_store_fails_fast_in_the_first_phase(fleet_dir: Path) -> Non
     assert report["failed_phase"] == "infrastructure_provisioning"
     assert report["completed_phases"] == []
     assert "127.0.0.1:9" in report["error"]
-    assert not (fleet_dir / ".fleetops" / "control.lock").exists()
+    assert not (fleet_dir / ".fleetops").exists()  # its log file and lock went with it
     assert _fleetops_workers_running(fleet_dir) == []
 
 
@@ -141,15 +141,17 @@ def test_entrypoint_that_does_not_import_fails_its_phase_and_leaves_nothing(
     proc = run("up", "fleet.yaml", "--smoke", "--json", cwd=fleet_dir)
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
-    assert report["failed_phase"] == "agent_cluster_deployment"
+    # found before the store is made, and no worker started
+    assert report["failed_phase"] == "infrastructure_provisioning"
+    assert "clusters.back.agents[0].entrypoint" in report["error"]
     assert "no_such_module" in report["error"]
-    assert report["completed_phases"][-1] == "service_mesh_configuration"
-    assert not (fleet_dir / ".fleetops" / "control.lock").exists()
+    assert report["completed_phases"] == []
+    assert not (fleet_dir / ".fleetops").exists()
     assert _fleetops_workers_running(fleet_dir) == []
-    # the API this deploy started is gone too: the port it bound is free again
+    # the port it bound is free again
     port = int(report["api_url"].rsplit(":", 1)[1])
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))
 
 
 def test_three_mistakes_are_reported_together_with_lines(tmp_path: Path) -> None:
@@ -713,3 +715,47 @@ def test_the_smoke_test_skips_a_cluster_of_no_replicas_and_the_routes_to_it(
     finally:
         store.close()
     assert states == {"succeeded"}
+
+
+def test_a_failed_first_deploy_takes_back_what_it_made_and_a_later_one_keeps_the_state(
+    fleet_dir: Path,
+) -> None:
+    """A failed deploy left its store (with a deployment row), applied spec, routes
+    and control log behind, and found a bad entrypoint or API address only after
+    making the store. Now what it made goes; what was there before stays."""
+    bad_entrypoint = spec_text(store="sqlite:///no/such/dir/fleet.db", entrypoint="nosuch:fn")
+    public = spec_text().replace("api: {port: 0}", "api: {host: 0.0.0.0, port: 0}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        in_use = spec_text(port=taken.getsockname()[1])
+        for text, phase, needle in (
+            (bad_entrypoint, "infrastructure_provisioning", "clusters.back.agents[0].entrypoint"),
+            (public, "infrastructure_provisioning", "api.host"),
+            (in_use, "infrastructure_provisioning", "cannot listen"),
+        ):
+            (fleet_dir / "fleet.yaml").write_text(text)
+            proc = run("up", "fleet.yaml", "--smoke", "--json", cwd=fleet_dir)
+            assert proc.returncode == 1, (proc.stdout, proc.stderr)
+            report = json.loads(proc.stdout)
+            assert (report["failed_phase"], report["completed_phases"]) == (phase, [])
+            assert needle in report["error"]
+            assert sorted(p.name for p in fleet_dir.iterdir()) == [
+                "fleet.yaml",
+                "fleet_agents.py",
+            ], proc.stdout
+    # a fleet that ran once: its store and state outlive a deploy that fails later
+    (fleet_dir / "fleet.yaml").write_text(spec_text())
+    assert run("up", "fleet.yaml", "--smoke", cwd=fleet_dir).returncode == 0
+    state = fleet_dir / ".fleetops"
+    before = sorted(p.relative_to(state) for p in state.rglob("*"))
+    (fleet_dir / "bad.yaml").write_text(spec_text(entrypoint="nosuch:fn"))
+    failed = run("up", "bad.yaml", "--smoke", cwd=fleet_dir)
+    assert failed.returncode == 1, failed.stderr
+    assert (state / "applied-spec.yaml").read_text() == spec_text()
+    assert sorted(p.relative_to(state) for p in state.rglob("*")) == before
+    store = open_store(f"sqlite:///{state / 'fleet.db'}")
+    try:
+        assert store.count_tasks()  # the first run's smoke tasks are there still
+    finally:
+        store.close()

@@ -21,7 +21,6 @@ import logging
 import logging.handlers
 import os
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +32,7 @@ import yaml
 from .._clock import Clock, SystemClock
 from .._exceptions import ConfigError, FleetOpsError, UsageError
 from ..queue import QueueClient
-from ..runtime import ClusterPlan, Supervisor, load_agent
+from ..runtime import ClusterPlan, Supervisor
 from ..spec import FleetSpec, load_spec_text
 from ..store import TERMINAL_STATES, NewTask, Store, open_store
 from ..store._open import redact
@@ -44,7 +43,8 @@ from ..telemetry._logsearch import CONTROL_LOG, prune_logs
 from ..telemetry._tracing import TRACEPARENT, new_traceparent
 from ..telemetry.history import HistoryStore, RetentionPolicy, Sample
 from ._diff import diff
-from ._preflight import check_entrypoints
+from ._footprint import SQLITE_SIDE_FILES, Footprint, sqlite_file
+from ._preflight import check_entrypoints, import_entrypoints
 from ._readiness import FleetFacts, ReadinessReport, score
 from ._smoke import SMOKE_AGENT, SMOKE_ENTRYPOINT
 from ._state import STATE_DIR, ControlLock
@@ -186,6 +186,8 @@ class ControlPlane:
         self._finished_cost = 0.0
         self._count_lock = asyncio.Lock()
         self._started: list[str] = []
+        self._api_socket: socket.socket | None = None
+        self._footprint: Footprint | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -201,6 +203,9 @@ class ControlPlane:
 
     async def shutdown(self) -> None:
         """Stop in a fixed order: API, workers (drained), store, lock. Idempotent."""
+        if self._api_socket is not None:  # bound, never served
+            self._api_socket.close()
+            self._api_socket = None
         if self._api_server is not None:
             self._api_server.should_exit = True
             if self._api_task is not None:
@@ -259,7 +264,11 @@ class ControlPlane:
                 self._phase_event(name, "failed")
                 log.error("deploy.phase_failed", phase=name, error=message)
                 await self._record_failed_deploy(report)
+                workers_started = self.supervisor is not None
                 await self.shutdown()
+                if self._footprint is not None:
+                    # the workers' logs are what the error points at: they stay
+                    self._footprint.undo(keep=(self.log_dir,) if workers_started else ())
                 self.last_report = report
                 return report
             report.phases.append(PhaseOutcome(name, True, _since(began), detail))
@@ -278,14 +287,16 @@ class ControlPlane:
             self._on_phase(phase, status)
 
     async def _infrastructure(self) -> str:
-        self._lock.acquire(
-            {
-                "pid": os.getpid(),
-                "api_url": self.api_url,
-                "spec": str(self.spec.source or ""),
-                "started_at": self.clock.now(),
-            }
-        )
+        footprint = self._deploy_footprint()
+        self._lock.acquire(self._lock_info())
+        # from here no other control plane writes to the state directory: what is new
+        # in it when the deploy fails is this deploy's to take back
+        self._footprint = footprint
+        # what can be checked is, before the store is made or opened
+        if self.serve_api:
+            self._api_socket = self._bind_api()
+            self._lock.update(self._lock_info())
+        import_entrypoints(self.spec)
         self._start_log_file()
         self.client = QueueClient(self.store_url, clock=self.clock)
         await self.client.__aenter__()
@@ -293,6 +304,17 @@ class ControlPlane:
         applied_path = self.state_dir / "applied-spec.yaml"
         applied_path.write_text(self.spec_text, encoding="utf-8")
         return f"store {redact(self.store_url)} at schema version {version}"
+
+    def _deploy_footprint(self) -> Footprint:
+        """The files and directories a deploy makes, as they are before it."""
+        files = [self.log_dir / CONTROL_LOG, self.log_dir / f"{CONTROL_LOG}.1"]
+        dirs = [self.log_dir, self.state_dir]
+        for database in (sqlite_file(self.store_url), self.state_dir / "history.db"):
+            if database is not None:
+                files += [database, *(Path(f"{database}{s}") for s in SQLITE_SIDE_FILES)]
+                dirs += [d for d in database.parents if d not in dirs]
+        restored = [self.state_dir / "applied-spec.yaml", self.state_dir / "routes.json"]
+        return Footprint(files=files, restored=restored, dirs=dirs)
 
     def _start_log_file(self) -> None:
         """Keep the control plane's own logs beside the workers', for search."""
@@ -321,9 +343,8 @@ class ControlPlane:
             "started_at": self.clock.now(),
         }
 
-    async def _control_plane(self) -> str:
-        if not self.serve_api:
-            return "API disabled"
+    def _bind_api(self) -> socket.socket:
+        """The API's listening address, bound (it is served in the next phase)."""
         if not self.api_host.startswith(("127.", "localhost", "::1")):
             raise ConfigError(
                 "api.host",
@@ -331,10 +352,6 @@ class ControlPlane:
                 "bind to a loopback address such as 127.0.0.1: the API has no "
                 "authentication yet, so it refuses to listen on other interfaces",
             )
-        import uvicorn
-
-        from ..api import create_app
-
         family = socket.AF_INET6 if ":" in self.api_host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -346,9 +363,19 @@ class ControlPlane:
                 f"cannot listen on {self.api_host}:{self.api_port} ({exc.strerror}): stop what "
                 "uses that port or set api.port in the spec"
             ) from exc
-        sock.listen(128)
         self.api_port = sock.getsockname()[1]
-        self._lock.update(self._lock_info())
+        return sock
+
+    async def _control_plane(self) -> str:
+        sock = self._api_socket
+        if sock is None:
+            return "API disabled"
+        self._api_socket = None  # the server's from here
+        import uvicorn
+
+        from ..api import create_app
+
+        sock.listen(128)
         config = uvicorn.Config(
             create_app(self), log_level="warning", lifespan="off", access_log=False
         )
@@ -386,12 +413,6 @@ class ControlPlane:
 
     async def _agent_clusters(self) -> str:
         plans = self.cluster_plans()
-        for plan in plans:
-            for path in plan.python_path:
-                if path not in sys.path:
-                    sys.path.insert(0, path)
-            for entrypoint in plan.agents:
-                load_agent(entrypoint)  # fail fast here, not in a crash loop of workers
         self.supervisor = Supervisor(
             self.store_url,
             plans,

@@ -14,6 +14,7 @@ import json
 import sys
 
 from .._exceptions import ConfigError, FleetOpsError
+from ..runtime import load_agent
 from ..spec import FleetSpec
 
 #: How long the agent modules of a spec may take to import in a fresh process.
@@ -53,6 +54,19 @@ def entrypoints(spec: FleetSpec) -> list[tuple[str, str]]:
 def python_path(spec: FleetSpec) -> list[str]:
     """The directories the spec's workers import their agents from."""
     return sorted({path for plan in spec.cluster_plans() for path in plan.python_path})
+
+
+def import_entrypoints(spec: FleetSpec) -> None:
+    """Import every entrypoint of ``spec`` in this process (a deploy's, which has
+    imported none of them yet); :class:`ConfigError` for the first that does not."""
+    for path in python_path(spec):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    for field, entrypoint in entrypoints(spec):
+        try:
+            load_agent(entrypoint)
+        except ConfigError as exc:
+            raise ConfigError(field, entrypoint, exc.fix) from exc
 
 
 async def check_entrypoints(spec: FleetSpec) -> None:
@@ -97,4 +111,4 @@ async def check_entrypoints(spec: FleetSpec) -> None:
         raise ConfigError(field, entrypoint, fix)
 
 
-__all__ = ["check_entrypoints", "entrypoints", "python_path"]
+__all__ = ["check_entrypoints", "entrypoints", "import_entrypoints", "python_path"]
