@@ -855,25 +855,27 @@ class ControlPlane:
             before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
             changes = diff(before, after)
             actions: list[str] = []
-            try:
-                await self._converge(old, new, set(rollout), actions)
-            except (FleetOpsError, OSError, TimeoutError) as exc:
-                message = f"{_message(exc)} after: {'; '.join(actions) or 'no change'}"
-                notes = [
-                    {"path": "actions", "after": actions, "op": "note"},
-                    {"path": "error", "after": message, "op": "note"},
-                ]
-                change_id = await client.run(
+            notes: list[dict[str, Any]] = [{"path": "actions", "after": actions, "op": "note"}]
+
+            async def record(kind: str) -> int:
+                return await client.run(
                     client.store.record_change,
                     self.clock.now(),
                     actor or self.actor,
-                    "apply_failed",
+                    kind,
                     f"fleet/{new.fleet.name}",
                     reason,
                     json.dumps(before),
                     json.dumps(after),
                     json.dumps(changes + notes),
                 )
+
+            try:
+                await self._converge(old, new, set(rollout), actions)
+            except (FleetOpsError, OSError, TimeoutError) as exc:
+                message = f"{_message(exc)} after: {'; '.join(actions) or 'no change'}"
+                notes.append({"path": "error", "after": message, "op": "note"})
+                change_id = await record("apply_failed")
                 log.error("fleet.apply_failed", change=change_id, error=message)
                 raise ApplyFailed(
                     f"change {change_id} failed: {message}. The fleet keeps its last applied "
@@ -881,17 +883,7 @@ class ControlPlane:
                 ) from exc
             self.spec, self.spec_text = new, text
             (self.state_dir / "applied-spec.yaml").write_text(text, encoding="utf-8")
-            change_id = await client.run(
-                client.store.record_change,
-                self.clock.now(),
-                actor or self.actor,
-                "apply",
-                f"fleet/{new.fleet.name}",
-                reason,
-                json.dumps(before),
-                json.dumps(after),
-                json.dumps(changes + [{"path": "actions", "after": actions, "op": "note"}]),
-            )
+            change_id = await record("apply")
         log.info("fleet.applied", change=change_id, actions=actions)
         return ApplyResult(change_id, changes, actions)
 
