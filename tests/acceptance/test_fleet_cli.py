@@ -42,6 +42,16 @@ async def gate(task, ctx):
 @agent(name="relay")
 async def relay(task, ctx):
     return await ctx.call("back/work", 0.01)
+
+@agent(name="deaf")
+async def deaf(task, ctx):
+    # ignores cancellation for a minute: a worker running it will not drain
+    for _ in range(600):
+        try:
+            await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            pass
+    return "finally"
 """
 
 
@@ -757,5 +767,53 @@ def test_a_failed_first_deploy_takes_back_what_it_made_and_a_later_one_keeps_the
     store = open_store(f"sqlite:///{state / 'fleet.db'}")
     try:
         assert store.count_tasks()  # the first run's smoke tasks are there still
+    finally:
+        store.close()
+
+
+def test_a_second_ctrl_c_stops_at_once_and_queues_what_the_workers_held(fleet_dir: Path) -> None:
+    """The first Ctrl-C drains; a handler that ignores cancellation keeps its worker
+    draining for its whole grace (10 s, then 5 more before it is killed). The second
+    Ctrl-C kills it now, and its task is queued again for the next start. Before, the
+    second did nothing, and the task stayed 'running', leased to a dead worker."""
+    (fleet_dir / "fleet.yaml").write_text(spec_text(replicas=1, entrypoint="fleet_agents:deaf"))
+    proc = subprocess.Popen(
+        [*FLEETOPS, "up", "fleet.yaml", "--json", "--no-live"],
+        cwd=fleet_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, COLUMNS="200"),
+    )
+    try:
+        assert proc.stdout is not None
+        report = json.loads(proc.stdout.readline())
+        assert report["deployment_successful"], report
+        api = report["api_url"]
+        task_id = httpx.post(f"{api}/api/v1/tasks", json={"agent": "back/work"}).json()["id"]
+        _wait(
+            lambda: httpx.get(f"{api}/api/v1/tasks/{task_id}").json()["state"] == "running",
+            within=30,
+            what="the deaf task running",
+        )
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)  # draining now, and the deaf handler will not let it end
+        assert proc.poll() is None
+        hurried_at = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - hurried_at
+        assert proc.returncode == 0, stderr
+        assert took < 10, f"stopped {took:.1f} s after the second Ctrl-C"  # the grace alone is 10 s
+        control_log = (fleet_dir / ".fleetops" / "logs" / "control.log").read_text()
+        assert '"event":"worker.killed_at_shutdown","cluster":"back"' in control_log
+        assert _fleetops_workers_running(fleet_dir) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    store = open_store(f"sqlite:///{fleet_dir / '.fleetops' / 'fleet.db'}")
+    try:
+        record = store.get_task(task_id)
+        assert record is not None and (record.state, record.lease_owner) == ("queued", None)
     finally:
         store.close()

@@ -171,8 +171,23 @@ class LiveTable:
 async def _run_up(plane: ControlPlane, smoke: bool, json_output: bool, live: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        """The first Ctrl-C (or SIGTERM) drains; the next stops at once: the workers
+        still draining are killed, and what they held is queued again."""
+        if not stop.is_set():
+            stop.set()
+        elif plane.supervisor is not None:
+            plane.supervisor.hurry()
+            if not json_output:
+                threading.Thread(
+                    target=err.print,
+                    args=("stopping now: the workers still draining are killed",),
+                    daemon=True,
+                ).start()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     async with plane:
         status = None
         if not json_output:
@@ -216,7 +231,9 @@ async def _run_up(plane: ControlPlane, smoke: bool, json_output: bool, live: boo
             # from a thread of its own: a terminal that stopped reading must not hold
             # up the drain that follows (see LiveTable)
             threading.Thread(
-                target=err.print, args=("draining workers and stopping…",), daemon=True
+                target=err.print,
+                args=("draining workers and stopping… (Ctrl-C again to stop at once)",),
+                daemon=True,
             ).start()
     return 0
 

@@ -22,7 +22,7 @@ import logging.handlers
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,22 @@ RECONCILE_INTERVAL = 2.0
 
 class PhaseFailed(FleetOpsError):
     """A deployment phase failed."""
+
+
+@functools.cache
+def _api_server_class() -> Any:
+    """uvicorn's Server, minus its signal handling (made on first use: uvicorn loads
+    late). The fleet's command owns SIGINT and SIGTERM: the first drains, the second
+    stops at once. uvicorn took them over while it served and raised each again once
+    it stopped, so one Ctrl-C reached the command twice and was taken for a second."""
+    import uvicorn
+
+    class ApiServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return ApiServer
 
 
 class ApplyFailed(FleetOpsError):
@@ -379,7 +395,7 @@ class ControlPlane:
         config = uvicorn.Config(
             create_app(self), log_level="warning", lifespan="off", access_log=False
         )
-        server = uvicorn.Server(config)
+        server = _api_server_class()(config)
         assert self._tg is not None
         self._api_server = server
         self._api_task = self._tg.create_task(server.serve(sockets=[sock]), name="api-server")

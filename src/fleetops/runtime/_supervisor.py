@@ -171,6 +171,8 @@ class Supervisor:
         self._desired = {name: plan.replicas for name, plan in self.plans.items()}
         self._slots: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._stopping = False
+        #: set to stop without waiting for the workers to drain (see hurry)
+        self._hurry = asyncio.Event()
         self._client: QueueClient | None = None
         self._watch: QueueClient | None = None
         self._beat_readers: set[asyncio.Task[None]] = set()
@@ -545,19 +547,27 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     handle.process.kill()
 
+    def hurry(self) -> None:
+        """Stop now: the workers still draining are killed (their tasks queued again),
+        without waiting out their grace (a second Ctrl-C)."""
+        self._hurry.set()
+
     async def _stop_all(self) -> None:
         handles = self.live_workers()
         for handle in handles:
             handle.stopping = True
             self._terminate(handle)
         grace = max((self.plans[h.cluster].worker.shutdown_grace for h in handles), default=0)
-        waits = [h.process.wait() for h in handles]
-        if waits:
-            done, pending = await asyncio.wait(
-                [asyncio.ensure_future(w) for w in waits], timeout=grace + 5
+        pending = {asyncio.ensure_future(h.process.wait()) for h in handles}
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        ends = self.clock.monotonic() + grace + 5
+        while pending and not self._hurry.is_set() and (left := ends - self.clock.monotonic()) > 0:
+            done, _ = await asyncio.wait(
+                [*pending, hurried], timeout=left, return_when=asyncio.FIRST_COMPLETED
             )
-            for task in pending:
-                task.cancel()
+            pending -= done
+        for task in [*pending, hurried]:
+            task.cancel()
         for slot_task in self._slots.values():
             slot_task.cancel()
         await asyncio.gather(*self._slots.values(), return_exceptions=True)
