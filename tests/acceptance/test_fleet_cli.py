@@ -192,23 +192,27 @@ def test_schema_is_json_schema(tmp_path: Path) -> None:
     assert "clusters" in schema["properties"]
 
 
-@pytest.fixture
-def running_fleet(fleet_dir: Path) -> Iterator[tuple[Path, str]]:
-    env = dict(os.environ, COLUMNS="200")
+def _up(fleet_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    """``fleetops up fleet.yaml`` in ``fleet_dir``, deployed: the process and its API."""
     proc = subprocess.Popen(
         [*FLEETOPS, "up", "fleet.yaml", "--json", "--no-live"],
         cwd=fleet_dir,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=dict(os.environ, COLUMNS="200"),
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()
-    report = json.loads(line)
+    report = json.loads(proc.stdout.readline())
     assert report["deployment_successful"], report
+    return proc, str(report["api_url"])
+
+
+@pytest.fixture
+def running_fleet(fleet_dir: Path) -> Iterator[tuple[Path, str]]:
+    proc, api = _up(fleet_dir)
     try:
-        yield fleet_dir, report["api_url"]
+        yield fleet_dir, api
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
@@ -777,19 +781,8 @@ def test_a_second_ctrl_c_stops_at_once_and_queues_what_the_workers_held(fleet_di
     Ctrl-C kills it now, and its task is queued again for the next start. Before, the
     second did nothing, and the task stayed 'running', leased to a dead worker."""
     (fleet_dir / "fleet.yaml").write_text(spec_text(replicas=1, entrypoint="fleet_agents:deaf"))
-    proc = subprocess.Popen(
-        [*FLEETOPS, "up", "fleet.yaml", "--json", "--no-live"],
-        cwd=fleet_dir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, COLUMNS="200"),
-    )
+    proc, api = _up(fleet_dir)
     try:
-        assert proc.stdout is not None
-        report = json.loads(proc.stdout.readline())
-        assert report["deployment_successful"], report
-        api = report["api_url"]
         task_id = httpx.post(f"{api}/api/v1/tasks", json={"agent": "back/work"}).json()["id"]
         _wait(
             lambda: httpx.get(f"{api}/api/v1/tasks/{task_id}").json()["state"] == "running",
