@@ -402,9 +402,11 @@ def test_without_the_chart_library_and_history_charts_are_svg_of_sampled_metrics
     # two samples of /metrics make the first rates and quantiles
     wait_for_charts(page, HAS_THROUGHPUT)
     wait_for_charts(page, ALL_DRAWN)
+    # a quantile needs tasks finished between two samples, which a loaded machine may
+    # not have had when the first rate came
+    wait_for_charts(page, HAS_THROUGHPUT.replace("chart-throughput", "chart-latency"))
     state = chart_state(page)
     assert {c["renderer"] for c in state.values()} == {"svg"}
-    assert state["chart-latency"]["points"] > 0, state
     assert not [c["error"] for c in state.values() if c["error"]], state
     # a line needs two rates, one more sample
     wait_for_charts(page, HAS_THROUGHPUT.replace("> 0", "> 3"))
