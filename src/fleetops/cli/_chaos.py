@@ -13,6 +13,7 @@ from ..chaos import CutStoreConfig, KillWorkersConfig, cut_store, kill_workers
 from ..chaos._cut_store import check_cut_timing
 from ._common import (
     EXIT_FAILURE,
+    cancelled_by_sigterm,
     err,
     print_json,
     print_mapping,
@@ -63,8 +64,10 @@ def kill_workers_command(
         )
         with progress_bar("tasks terminal") as update:
             result = asyncio.run(
-                kill_workers(
-                    config, progress=lambda d, t, k: update(d, t, note=f"{k} workers killed")
+                cancelled_by_sigterm(
+                    kill_workers(
+                        config, progress=lambda d, t, k: update(d, t, note=f"{k} workers killed")
+                    )
                 )
             )
     summary = result.summary()
@@ -120,7 +123,9 @@ def cut_store_command(
         )
         with progress_bar("tasks terminal") as update:
             result = asyncio.run(
-                cut_store(config, progress=lambda d, t, k: update(d, t, note=f"{k} cuts"))
+                cancelled_by_sigterm(
+                    cut_store(config, progress=lambda d, t, k: update(d, t, note=f"{k} cuts"))
+                )
             )
     if json_output:
         print_json(result.summary())
