@@ -202,10 +202,13 @@ CANCEL = (
 )
 #: A dead letter queued again with a fresh budget of attempts and redeliveries; its
 #: attempts so far and its effect journal stay (see SqlStore.retry_dead).
-RETRY_DEAD = (
+_RETRY_DEAD_SET = (
     "UPDATE tasks SET state = 'queued', failures = 0, redeliveries = 0, run_after = ?, "
-    "finished_at = NULL, dead_reason = NULL WHERE id = ? AND state = 'dead' RETURNING id"
+    "finished_at = NULL, dead_reason = NULL "
 )
+RETRY_DEAD = _RETRY_DEAD_SET + "WHERE id = ? AND state = 'dead' RETURNING id"
+#: ... and the dead children of the tasks in the IN list (filled in by the caller)
+RETRY_DEAD_CHILDREN = _RETRY_DEAD_SET + "WHERE parent_id IN ({}) AND state = 'dead' RETURNING id"
 INSERT_EVENT = (
     "INSERT INTO events (at, kind, cluster, worker, task_id, data) VALUES (?, ?, ?, ?, ?, ?) "
     "RETURNING id"
@@ -709,7 +712,7 @@ class SqlStore:
                 parents = [
                     int(r[0])
                     for r in self._exec(
-                        RETRY_DEAD.replace("WHERE id = ?", f"WHERE parent_id IN ({marks})"),
+                        RETRY_DEAD_CHILDREN.format(marks),
                         (now, *parents),
                     ).fetchall()
                 ]
