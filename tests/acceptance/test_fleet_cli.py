@@ -810,3 +810,36 @@ def test_a_second_ctrl_c_stops_at_once_and_queues_what_the_workers_held(fleet_di
         assert record is not None and (record.state, record.lease_owner) == ("queued", None)
     finally:
         store.close()
+
+
+def test_a_second_fleet_on_the_same_store_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Two fleet directories whose specs name one store: the second `up` is refused in
+    its first phase, naming the first control plane, and leaves no state behind; the
+    first keeps running, and once it is down the second deploys."""
+    shared = tmp_path / "shared.db"
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    for directory in (first_dir, second_dir):
+        directory.mkdir()
+        (directory / "fleet_agents.py").write_text(AGENTS)
+        (directory / "fleet.yaml").write_text(spec_text(store=f"sqlite:///{shared}"))
+    first, api = _up(first_dir)
+    try:
+        refused = run("up", "fleet.yaml", "--json", cwd=second_dir)
+        assert refused.returncode == 1
+        report = json.loads(refused.stdout)
+        assert report["failed_phase"] == "infrastructure_provisioning"
+        assert "another control plane runs a fleet on the store" in report["error"]
+        assert f"pid {first.pid} " in report["error"]
+        assert str(first_dir / "fleet.yaml") in report["error"]
+        assert not (second_dir / ".fleetops").exists()
+        assert httpx.get(f"{api}/healthz", timeout=10).status_code == 200
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert first.returncode == 0
+    second, _ = _up(second_dir)
+    second.send_signal(signal.SIGTERM)
+    second.communicate(timeout=60)
+    assert second.returncode == 0

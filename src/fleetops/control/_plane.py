@@ -48,6 +48,7 @@ from ._preflight import check_entrypoints, import_entrypoints
 from ._readiness import FleetFacts, ReadinessReport, score
 from ._smoke import SMOKE_AGENT, SMOKE_ENTRYPOINT
 from ._state import STATE_DIR, ControlLock
+from ._store_lock import SQLITE_LOCK_SUFFIX, StoreLock
 
 log = get_logger("fleetops.control")
 
@@ -185,6 +186,7 @@ class ControlPlane:
         self.deployed = False
         self.last_report: DeploymentReport | None = None
         self._lock = ControlLock(self.state_dir)
+        self._store_lock = StoreLock(self.store_url)
         self._tg: asyncio.TaskGroup | None = None
         self._supervisor_stop = asyncio.Event()
         self._supervisor_task: asyncio.Task[None] | None = None
@@ -243,6 +245,7 @@ class ControlPlane:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
+        self._store_lock.release()
         self._lock.release()
         self.deployed = False
         if self._log_handler is not None:
@@ -314,6 +317,10 @@ class ControlPlane:
             self._lock.update(self._lock_info())
         import_entrypoints(self.spec)
         self._start_log_file()
+        # before the first write to the store: one control plane a store (_store_lock)
+        if (database := sqlite_file(self.store_url)) is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._store_lock.acquire, self._lock_info())
         self.client = QueueClient(self.store_url, clock=self.clock)
         await self.client.__aenter__()
         version = await self.client.run(self.client.store.schema_version)
@@ -328,6 +335,7 @@ class ControlPlane:
         for database in (sqlite_file(self.store_url), self.state_dir / "history.db"):
             if database is not None:
                 files += [database, *(Path(f"{database}{s}") for s in SQLITE_SIDE_FILES)]
+                files.append(Path(f"{database}{SQLITE_LOCK_SUFFIX}"))
                 dirs += [d for d in database.parents if d not in dirs]
         restored = [self.state_dir / "applied-spec.yaml", self.state_dir / "routes.json"]
         return Footprint(files=files, restored=restored, dirs=dirs)
@@ -596,6 +604,16 @@ class ControlPlane:
             log.info("logs.pruned", workers=len(pruned), older_than_s=keep)
         client = self.client
         if client is None:
+            return 0
+        if not await asyncio.to_thread(self._store_lock.keep):
+            # another control plane may run on the store now: what follows deletes
+            # from it, and is left to whichever one holds the lock
+            log.error(
+                "control_plane.store_lock_lost",
+                store=redact(self.store_url),
+                detail="the store's control-plane lock could not be taken again; "
+                "its maintenance is skipped until it can",
+            )
             return 0
         await self.retire_telemetry()
         forgotten = await client.run(client.store.prune_workers, self.clock.now() - keep)
