@@ -332,10 +332,12 @@ class ControlPlane:
         """The files and directories a deploy makes, as they are before it."""
         files = [self.log_dir / CONTROL_LOG, self.log_dir / f"{CONTROL_LOG}.1"]
         dirs = [self.log_dir, self.state_dir]
-        for database in (sqlite_file(self.store_url), self.state_dir / "history.db"):
+        store = sqlite_file(self.store_url)
+        if store is not None:  # its lock beside it (see _store_lock)
+            files.append(Path(f"{store}{SQLITE_LOCK_SUFFIX}"))
+        for database in (store, self.state_dir / "history.db"):
             if database is not None:
                 files += [database, *(Path(f"{database}{s}") for s in SQLITE_SIDE_FILES)]
-                files.append(Path(f"{database}{SQLITE_LOCK_SUFFIX}"))
                 dirs += [d for d in database.parents if d not in dirs]
         restored = [self.state_dir / "applied-spec.yaml", self.state_dir / "routes.json"]
         return Footprint(files=files, restored=restored, dirs=dirs)
