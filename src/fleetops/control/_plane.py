@@ -607,7 +607,8 @@ class ControlPlane:
         client = self.client
         if client is None:
             return 0
-        if not await asyncio.to_thread(self._store_lock.keep):
+        lock = self._store_lock
+        if lock.taken and not await asyncio.to_thread(lock.keep):
             # another control plane may run on the store now: what follows deletes
             # from it, and is left to whichever one holds the lock
             log.error(

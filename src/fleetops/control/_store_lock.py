@@ -78,6 +78,11 @@ class StoreLock:
         self._wanted = False
 
     @property
+    def taken(self) -> bool:
+        """Taken, and not released since (whether or not its connection holds it now)."""
+        return self._wanted
+
+    @property
     def held(self) -> bool:
         return self._file is not None or self._conn is not None
 
