@@ -41,7 +41,7 @@ async def gate(task, ctx):
 
 @agent(name="relay")
 async def relay(task, ctx):
-    return await ctx.call("back/work", 0.01)
+    return await ctx.call("back/work", task.payload or 0.01)
 
 @agent(name="deaf")
 async def deaf(task, ctx):
@@ -445,26 +445,53 @@ def test_a_dead_letter_is_retried_once_its_cause_is_fixed_and_a_task_is_cancelle
             assert state(task_id) == wanted
 
         dead = http.post("/api/v1/tasks", json={"agent": "back/gate", "payload": str(opened)})
-        slow = http.post("/api/v1/tasks", json={"agent": "back/work", "payload": 60})
+        # a relay waiting for a slow child it called: cancelled, the child goes with it
+        slow = http.post("/api/v1/tasks", json={"agent": "front/relay", "payload": 60})
         dead_id, slow_id = dead.json()["id"], slow.json()["id"]
         wait_for(dead_id, "dead")
         wait_for(slow_id, "running")
+        deadline = time.monotonic() + 30
+        listed = {"cluster": "back", "agent": "work"}
+        while not (children := http.get("/api/v1/tasks", params=listed).json()["items"]):
+            assert time.monotonic() < deadline, "the relay never called its child"
+            time.sleep(0.1)
+        [child] = [t["id"] for t in children]
+        wait_for(child, "running")
 
         refused = tasks("--retry", str(slow_id))  # not a dead letter: changes nothing
         assert refused.returncode == 2 and "is running, not dead" in refused.stderr
         assert json.loads(refused.stdout) == [] and state(slow_id) == "running"
+
+        def back_inflight() -> int:
+            live = {"cluster": "back", "live": True}
+            return sum(w["inflight"] for w in http.get("/api/v1/workers", params=live).json())
+
+        deadline = time.monotonic() + 30
+        while back_inflight() == 0:  # the child's worker beats that it runs it
+            assert time.monotonic() < deadline, "no back worker ever reported the child"
+            time.sleep(0.2)
 
         opened.write_text("")  # the cause, fixed
         done = tasks("--retry", str(dead_id), "--cancel", str(slow_id))
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == [
             {"id": dead_id, "state": "queued"},
-            {"id": slow_id, "state": "cancelled"},
+            {"id": slow_id, "state": "cancelled", "descendants_cancelled": [child]},
         ]
         wait_for(dead_id, "succeeded")
         record = http.get(f"/api/v1/tasks/{dead_id}").json()
         assert [a["outcome"] for a in record["attempt_history"]] == ["failed", "succeeded"]
         assert state(slow_id) == "cancelled"
+        called = http.get(f"/api/v1/tasks/{child}").json()
+        assert called["state"] == "cancelled"
+        assert f"cancelled with task {slow_id}" in called["dead_reason"]
+        assert [a["outcome"] for a in called["attempt_history"]] == ["cancelled"]
+        # its worker stopped the handler (fenced off, it would have slept a minute):
+        # the back cluster's workers report nothing in flight at their next beats
+        deadline = time.monotonic() + 30
+        while back_inflight():
+            assert time.monotonic() < deadline, "the cancelled child still runs"
+            time.sleep(0.2)
 
         again = tasks("--cancel", str(dead_id))
         assert again.returncode == 2 and "is succeeded, so it cannot be cancelled" in again.stderr

@@ -84,3 +84,24 @@ def test_a_roll_that_fails_is_recorded_and_the_spec_applied_again_repairs_it(
     actions = asyncio.run(main())
     assert actions == ["rolled out cluster triage (1 worker(s))"]
     assert supervisor.plans["triage"] == good
+
+
+def test_a_smoke_test_that_gives_up_cancels_its_tasks(tmp_path: Path) -> None:
+    """No worker runs the smoke task in time (here: none runs at all): the test fails,
+    and its task is cancelled, not left queued for whenever a worker comes (where it
+    would run, and call the other clusters' smoke agents, for nobody)."""
+    (tmp_path / "fleet.yaml").write_text(fleet(4), encoding="utf-8")
+    plane = ControlPlane(load_spec(tmp_path / "fleet.yaml"), serve_api=False)
+    plane.state_dir.mkdir()
+    plane.supervisor = RecordingSupervisor(plane.cluster_plans())  # type: ignore[assignment]
+
+    async def main() -> tuple[bool, str, list[tuple[str, str | None]]]:
+        async with QueueClient(plane.store_url) as client:
+            plane.client = client
+            passed, detail = await plane.smoke_test(within=0.2)
+            records = await client.run(client.store.list_tasks, None, "triage")
+            return passed, detail, [(r.state, r.dead_reason) for r in records]
+
+    passed, detail, tasks = asyncio.run(main())
+    assert not passed and "triage: queued not finished in time" in detail
+    assert tasks == [("cancelled", "the smoke test gave up on it after 0.2 s")]

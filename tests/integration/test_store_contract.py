@@ -881,6 +881,68 @@ def test_cancel_of_a_finished_task_changes_nothing(store: Store, ending: str) ->
     assert snapshot(store, held.id) == before
 
 
+def test_cancel_takes_every_open_task_a_task_sent_with_it_and_nothing_else(store: Store) -> None:
+    """A task cancelled while the tasks it sent wait or run (ctx.call, ctx.send): they
+    go with it, every generation, reached through a child that has finished too. Its
+    finished children, a task of another tree and a child cancelled alone (whose
+    parent stays) are not touched."""
+
+    def child_of(parent: int, now: float = T0) -> int:
+        return submit_one(store, now, parent_id=parent)
+
+    root = running_task(store, "w1").id
+    running = child_of(root)
+    held = claim_one(store, "w2")
+    succeeded = child_of(root)
+    done = claim_one(store, "w3")
+    assert apply_one(store, Complete(done.id, done.epoch, '"ok"', "w3")).ok
+    dead = child_of(root)
+    failed = claim_one(store, "w3")
+    assert apply_one(store, Fail(failed.id, failed.epoch, "boom", "w3", None, "gave up")).ok
+    queued = child_of(root)
+    grandchild = child_of(queued)
+    through_finished = child_of(succeeded)
+    stranger = submit_one(store)
+    strangers_child = child_of(stranger)
+    assert (held.id, done.id, failed.id) == (running, succeeded, dead)
+    untouched = {i: snapshot(store, i)[:3] for i in (succeeded, dead, stranger, strangers_child)}
+
+    # a finished task is not cancelled, and neither is what it sent
+    assert store.cancel_tree(succeeded, T0 + 2, "operator") == []
+    assert store.get_task(through_finished).state == "queued"  # type: ignore[union-attr]
+
+    cancelled = store.cancel_tree(root, T0 + 5, "operator")
+
+    assert cancelled == [root, *sorted([running, queued, grandchild, through_finished])]
+    rows = {r.id: r for r in store.get_tasks(cancelled)}
+    assert {i: (r.state, r.finished_at) for i, r in rows.items()} == {
+        i: ("cancelled", T0 + 5) for i in cancelled
+    }
+    assert rows[root].dead_reason == "operator"
+    inherited = f"cancelled with task {root}, which it descends from: operator"
+    assert {rows[i].dead_reason for i in cancelled[1:]} == {inherited}
+    # the running child's holder is fenced off, and its attempt says why it ended
+    assert rows[running].epoch == held.epoch + 1
+    assert apply_one(store, Complete(running, held.epoch, '"late"', "w2"), T0 + 6) == OpResult(
+        False
+    )
+    assert store.attempts(running) == [
+        AttemptRecord(running, 1, held.epoch, "w2", T0, T0 + 5, "cancelled", inherited)
+    ]
+    assert {i: snapshot(store, i)[:3] for i in untouched} == untouched
+    assert store.cancel_tree(root, T0 + 7) == []
+
+    # a child cancelled alone leaves its parent (and its siblings) running or queued
+    parent = submit_one(store)
+    first, second = child_of(parent), child_of(parent)
+    assert store.cancel(first, T0 + 8)
+    assert [r.state for r in store.get_tasks([parent, first, second])] == [
+        "queued",
+        "cancelled",
+        "queued",
+    ]
+
+
 # --- workers: revocation, expiry, heartbeats -----------------------------------------------
 
 

@@ -379,14 +379,26 @@ class LeaseMachine(RuleBasedStateMachine):
         cancellable = task.state in ("queued", "running")
         before = None if cancellable else self.snapshot(task.id)
 
-        assert self.store.cancel(task.id, self.now, "operator") == cancellable
+        # the tasks it sent go with it, every generation, reached through finished ones
+        descendants, parents = [], [task]
+        while parents:
+            children = [self.tasks[i] for p in parents for i in p.children.values()]
+            descendants += [c.id for c in children if c.state in ("queued", "running")]
+            parents = children
+        expected = [task.id, *sorted(descendants)] if cancellable else []
+        if descendants:
+            event("cancel with open descendants")
+
+        assert self.store.cancel_tree(task.id, self.now, "operator") == expected
 
         if not cancellable:
             assert self.snapshot(task.id) == before
             return
-        row = self.store.get_task(task.id)
-        assert row is not None and row.epoch > task.epoch, "cancel must fence off the holder"
-        task.state, task.epoch, task.owner, task.expires = "cancelled", row.epoch, None, None
+        for task_id in expected:
+            gone = self.tasks[task_id]
+            row = self.store.get_task(task_id)
+            assert row is not None and row.epoch > gone.epoch, "cancel must fence off the holder"
+            gone.state, gone.epoch, gone.owner, gone.expires = "cancelled", row.epoch, None, None
 
     # --- invariants --------------------------------------------------------------------------
 

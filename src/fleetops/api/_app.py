@@ -184,14 +184,31 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
     @app.post("/api/v1/tasks/{task_id}/cancel", tags=["tasks"])
     async def cancel(task_id: int, reason: str = "cancelled through the API") -> dict[str, Any]:
-        """Cancel a queued or running task (a running one's holder is fenced off)."""
+        """Cancel a queued or running task (a running one's holder is fenced off), and
+        with it every queued or running task it sent, and theirs
+        (``descendants_cancelled``): nothing is left running for a result nobody
+        waits for."""
         c = client()
         record = await known_task(c, task_id)
-        cancelled = await c.run(c.store.cancel, task_id, c.clock.now(), reason)
+        cancelled = await c.run(c.store.cancel_tree, task_id, c.clock.now(), reason)
         if cancelled:
             now = c.clock.now()
-            await c.run(c.store.record_event, "task.cancelled", now, record.queue, None, task_id)
-        return {"id": task_id, "cancelled": cancelled}
+            data = json.dumps({"reason": reason, "descendants": cancelled[1:]})
+            await c.run(
+                c.store.record_event, "task.cancelled", now, record.queue, None, task_id, data
+            )
+            with_it = json.dumps({"reason": reason, "with": task_id})
+            for other in await c.run(c.store.get_tasks, cancelled[1:]):
+                await c.run(
+                    c.store.record_event,
+                    "task.cancelled",
+                    now,
+                    other.queue,
+                    None,
+                    other.id,
+                    with_it,
+                )
+        return {"id": task_id, "cancelled": bool(cancelled), "descendants_cancelled": cancelled[1:]}
 
     @app.post("/api/v1/tasks/{task_id}/retry", tags=["tasks"])
     async def retry(task_id: int) -> dict[str, Any]:

@@ -402,7 +402,10 @@ def tasks(
         [], "--retry", help="Queue this dead letter again (repeat for more)."
     ),
     cancel: list[int] = typer.Option(
-        [], "--cancel", help="Cancel this queued or running task (repeat for more)."
+        [],
+        "--cancel",
+        help="Cancel this queued or running task, and the queued or running tasks it sent "
+        "(repeat for more).",
     ),
     api: str = typer.Option(None, help=API_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
@@ -447,7 +450,7 @@ def _retry_or_cancel(url: str, retry: list[int], cancel: list[int]) -> None:
     for action, ids in (("retry", retry), ("cancel", cancel)):
         for i in ids:
             try:
-                answer = call("POST", url, f"/api/v1/tasks/{i}/{action}")
+                answer: dict[str, Any] = call("POST", url, f"/api/v1/tasks/{i}/{action}")
                 if action == "cancel" and not answer["cancelled"]:
                     state = call("GET", url, f"/api/v1/tasks/{i}")["state"]
                     fail(
@@ -460,7 +463,11 @@ def _retry_or_cancel(url: str, retry: list[int], cancel: list[int]) -> None:
                     raise  # the control plane is not there: the rest would fail alike
                 refused += 1
                 continue
-            done.append({"id": i, "state": "queued" if action == "retry" else "cancelled"})
+            if action == "retry":
+                done.append({"id": i, "state": "queued"})
+            else:  # the tasks it sent went with it
+                descendants = answer.get("descendants_cancelled", [])
+                done.append({"id": i, "state": "cancelled", "descendants_cancelled": descendants})
     print_json(done)
     if refused:
         raise typer.Exit(EXIT_USAGE)

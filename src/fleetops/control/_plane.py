@@ -713,6 +713,16 @@ class ControlPlane:
                 f"{r.queue}: {r.state} {r.dead_reason or r.error or 'not finished in time'}"
                 for r in failed
             )
+            # given up on: not left queued (to run whenever a worker comes) with the
+            # smoke tasks they called
+            for r in failed:
+                if r.state not in TERMINAL_STATES:
+                    await client.run(
+                        client.store.cancel_tree,
+                        r.id,
+                        self.clock.now(),
+                        f"the smoke test gave up on it after {within:g} s",
+                    )
             self._smoke = (False, detail)
         else:
             detail = f"smoke tasks passed through {len(ids)} cluster(s) and {routes} route(s)"

@@ -95,7 +95,15 @@ class Store(Protocol):
 
     def requeue_expired(self, now: float, limit: int = 1000) -> list[int]: ...
 
-    def cancel(self, task_id: int, now: float, reason: str = "cancelled") -> bool: ...
+    def cancel(self, task_id: int, now: float, reason: str = "cancelled") -> bool:
+        """:meth:`cancel_tree`: whether ``task_id`` was cancelled."""
+        ...
+
+    def cancel_tree(self, task_id: int, now: float, reason: str = "cancelled") -> list[int]:
+        """Cancel a queued or running task and its queued or running descendants (the
+        tasks it sent, and theirs); answer their ids, ``task_id`` first, or [] when
+        ``task_id`` is not queued or running (nothing changes then)."""
+        ...
 
     def retry_dead(self, task_id: int, now: float) -> bool:
         """Queue a dead letter again with its full budget of attempts; its attempts and

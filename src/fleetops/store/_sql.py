@@ -677,23 +677,57 @@ class SqlStore:
             return self._revoke(where, (now, limit), now, "lease expired")
 
     def cancel(self, task_id: int, now: float, reason: str = "cancelled") -> bool:
+        return bool(self.cancel_tree(task_id, now, reason))
+
+    def cancel_tree(self, task_id: int, now: float, reason: str = "cancelled") -> list[int]:
+        """Cancel a queued or running task and every queued or running task it sent
+        (``ctx.send``, ``ctx.call``), and theirs, down to the last generation, in one
+        transaction: work nobody waits for any more is not left to run. A running one
+        is fenced off (its epoch bumped) and its attempt recorded as cancelled. The
+        tree is walked through finished tasks too: a child that has ended may have
+        sent tasks that have not. Answers the ids cancelled, ``task_id`` first and
+        the rest in id order; [] (changing nothing) when ``task_id`` is not queued or
+        running. The others' ``dead_reason`` names ``task_id`` and ``reason``."""
         with self._tx():
-            # the row is locked as it is read (PostgreSQL): a completion committing
+            # the rows are locked as they are read (PostgreSQL): a completion committing
             # meanwhile is waited for and then seen, and the task not said cancelled
+            lock = self._for_update_wait()
             row = self._exec(
-                "SELECT state, attempts, epoch, lease_owner, started_at FROM tasks WHERE id = ?"
-                + self._for_update_wait(),
+                f"SELECT id, state, attempts, epoch, lease_owner, started_at FROM tasks "
+                f"WHERE id = ?{lock}",
                 (task_id,),
             ).fetchone()
-            if row is None or row[0] not in ("queued", "running"):
-                return False
+            if row is None or row[1] not in ("queued", "running"):
+                return []
+            self._cancel_rows([row], now, reason)
+            inherited = f"cancelled with task {task_id}, which it descends from: {reason}"
+            descendants: list[int] = []
+            parents = [task_id]
+            while parents:
+                children = []
+                for at in range(0, len(parents), BATCH_ROWS):
+                    chunk = parents[at : at + BATCH_ROWS]
+                    children += self._exec(
+                        "SELECT id, state, attempts, epoch, lease_owner, started_at FROM tasks "
+                        f"WHERE parent_id IN ({', '.join('?' * len(chunk))}) ORDER BY id{lock}",
+                        chunk,
+                    ).fetchall()
+                open_ = [r for r in children if r[1] in ("queued", "running")]
+                self._cancel_rows(open_, now, inherited)
+                descendants += (int(r[0]) for r in open_)
+                parents = [int(r[0]) for r in children]
+            return [task_id, *sorted(descendants)]
+
+    def _cancel_rows(self, rows: Sequence[Sequence[Any]], now: float, reason: str) -> None:
+        """Cancel the queued or running tasks of ``rows`` (id, state, attempts, epoch,
+        lease_owner, started_at), read and locked in this transaction."""
+        for task_id, state, attempts, epoch, owner, started_at in rows:
             self._exec(CANCEL, (now, reason, task_id))
-            if row[0] == "running":
+            if state == "running":
                 self._exec(
                     INSERT_ATTEMPT,
-                    (task_id, row[1], row[2], row[3], row[4], now, "cancelled", reason),
+                    (task_id, attempts, epoch, owner, started_at, now, "cancelled", reason),
                 )
-            return True
 
     def retry_dead(self, task_id: int, now: float) -> bool:
         """Queue a dead letter again, to run at once with its full ``max_attempts`` and
