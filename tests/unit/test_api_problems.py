@@ -1,4 +1,5 @@
-"""The API's errors: a store that cannot answer is a 503 that says when to try again."""
+"""The API's errors: a store that cannot answer is a 503 that says when to try again;
+a failure that waiting does not mend is a 500 that does not."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import asyncio
 import httpx
 from fastapi import FastAPI
 
-from fleetops import ConfigError, StoreUnavailable
+from fleetops import Closed, ConfigError, StoreUnavailable
 from fleetops.api._problems import RETRY_AFTER_SECONDS, install
+from fleetops.control._plane import ApplyFailed
 
 
 def test_store_trouble_is_503_with_retry_after_and_bad_input_is_422_without() -> None:
@@ -35,3 +37,30 @@ def test_store_trouble_is_503_with_retry_after_and_bad_input_is_422_without() ->
     assert "terminating connection" in unavailable.json()["detail"]
     assert refused.status_code == 422 and "Retry-After" not in refused.headers
     assert refused.json()["field"] == "priority"
+
+
+def test_a_failed_apply_is_a_500_without_retry_after() -> None:
+    """A change that failed part-way is recorded and the fleet keeps its last applied
+    spec: a client is told to read the error, not to send the same apply again in a
+    second (which a 503 with Retry-After asked for)."""
+    app = FastAPI()
+    install(app)
+
+    @app.post("/apply")
+    async def apply() -> None:
+        raise ApplyFailed("change 7 failed: a rolled-out worker did not heartbeat in time")
+
+    @app.get("/closing")
+    async def closing() -> None:
+        raise Closed("the queue client is closed")
+
+    async def main() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as client:
+            return await client.post("/apply"), await client.get("/closing")
+
+    failed, stopping = asyncio.run(main())
+    assert failed.status_code == 500 and "Retry-After" not in failed.headers
+    assert failed.json()["title"] == "Apply failed"
+    assert "change 7 failed" in failed.json()["detail"]
+    assert stopping.status_code == 503 and stopping.headers["Retry-After"] == "1"

@@ -10,11 +10,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .._exceptions import FleetOpsError, UsageError
+from .._exceptions import Closed, FleetOpsError, StoreError, UsageError
+from ..control._plane import ApplyFailed
+from ..control._preflight import ImportCheckFailed
 
 PROBLEM = "application/problem+json"
 #: What a 503 answer (the store unavailable) asks a client to wait before trying again.
 RETRY_AFTER_SECONDS = 1
+#: The errors a client may send the same request again for, after Retry-After (503):
+#: the store unreachable or restarting, the control plane stopping, an agent import
+#: check that did not finish in time. Any other error is a 500, without Retry-After.
+TRANSIENT = (StoreError, Closed, ImportCheckFailed)
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -59,11 +65,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(FleetOpsError)
     async def broken(request: Request, exc: FleetOpsError) -> JSONResponse:
-        # the store restarting, say: worth trying again shortly (a submit with an
-        # idempotency key is stored once however often it is sent)
-        response = problem(503, "Service unavailable", str(exc))
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response
+        if isinstance(exc, TRANSIENT):
+            # the store restarting, say: worth trying again shortly (a submit with an
+            # idempotency key is stored once however often it is sent)
+            response = problem(503, "Service unavailable", str(exc))
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
+        # not a matter of waiting: a change that failed part-way (recorded, the fleet
+        # on its last applied spec) is read and fixed, not sent again blindly
+        title = "Apply failed" if isinstance(exc, ApplyFailed) else "Internal error"
+        return problem(500, title, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
