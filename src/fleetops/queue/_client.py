@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
-import json
 import math
 import statistics
 import time
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._clock import Clock, SystemClock
 from .._exceptions import Closed, ConfigError, StoreUnavailable
+from .._json import loads_strict
 from ..store import (
     ClaimedTask,
     Complete,
@@ -157,10 +157,6 @@ def check_size(field: str, text: str) -> None:
 INT_RANGE = (-(2**31), 2**31 - 1)
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def check_text(field: str, value: object, *, empty: bool = False) -> None:
     """Refuse a name or key the stores cannot keep alike: not a string, empty (unless
     ``empty``), holding a NUL character (PostgreSQL's text cannot) or a lone surrogate
@@ -210,7 +206,7 @@ def check_task(task: NewTask) -> None:
             check_size(field, text)
         shown = text if not isinstance(text, str) or len(text) <= 80 else text[:77] + "..."
         try:
-            value = json.loads(text, parse_constant=_refuse_constant)
+            value = loads_strict(text)
             text.encode("utf-8")
         except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError included
             raise ConfigError(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import SpanKind
 
 from .._exceptions import LeaseLost, UsageError
+from .._json import dumps_strict
 from ..queue._client import MAX_VALUE_BYTES, check_task, check_text, size_over_limit
 from ..store import ClaimedTask, EffectBegin, EffectEnd, NewTask, SubmitChild
 from ..telemetry import catalog
@@ -235,7 +236,7 @@ class Context:
         unjournaled: str | None = None
         cause: Exception | None = None
         try:
-            encoded = json.dumps(outcome, allow_nan=False)
+            encoded = dumps_strict(outcome)
         except (TypeError, ValueError) as exc:
             encoded, cause = "null", exc
             unjournaled = f"its result is not JSON-serialisable ({exc})"

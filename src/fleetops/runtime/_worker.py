@@ -33,6 +33,7 @@ from opentelemetry.util.types import AttributeValue
 
 from .._clock import Clock
 from .._exceptions import LeaseLost, StoreError, StoreUnavailable, TaskFailed
+from .._json import dumps_strict
 from ..queue import QueueClient
 from ..queue._bell import Doorbell
 from ..queue._client import (
@@ -950,7 +951,7 @@ class Worker:
                 exc=exc,
             )
         try:
-            encoded = "null" if result is None else json.dumps(result, allow_nan=False)
+            encoded = "null" if result is None else dumps_strict(result)
         except (TypeError, ValueError) as exc:
             return await self._fail(
                 claimed,
