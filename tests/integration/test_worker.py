@@ -182,6 +182,41 @@ def test_call_send_and_child_failure(sqlite_url: str) -> None:
     )
 
 
+@agent(name="deadline_parent")
+async def deadline_parent(task: TaskInfo, ctx: Context) -> list[int]:
+    """Calls with no deadline, a later one and an earlier one; sends with none."""
+    ahead = float(task.payload)
+    return [
+        await ctx.call("child_double", 1),
+        await ctx.call("child_double", 2, deadline=ahead + 3600),
+        await ctx.call("child_double", 3, deadline=ahead - 1),
+        await ctx.send("child_double", 4),
+    ]
+
+
+def test_a_called_child_runs_by_its_parents_deadline_at_the_latest(sqlite_url: str) -> None:
+    """A parent that must finish by D calls children: none of them may run past D (its
+    result would come too late to be used), unless given an earlier deadline, which
+    stands. A child it only sends (work of its own) keeps the deadline it was given."""
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        due = client.clock.now() + 600
+        sub = await client.submit(NewTask("c", "deadline_parent", json.dumps(due), deadline=due))
+        record = await _wait_terminal(client, sub.id)
+        assert record.state == "succeeded", record.error
+        sent = json.loads(record.result or "null")[3]
+        children = await client.run(client.store.list_tasks, None, "c", "child_double")
+        assert {c.payload: c.deadline for c in children} == {
+            "1": due,
+            "2": due,
+            "3": due - 1,
+            "4": None,
+        }
+        assert [c.id for c in children if c.payload == "4"] == [sent]
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(deadline_parent), spec(child_double)]))
+
+
 def test_effect_is_journaled_and_replayed_on_retry(sqlite_url: str) -> None:
     SIDE_EFFECTS.clear()
 

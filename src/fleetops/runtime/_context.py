@@ -144,7 +144,15 @@ class Context:
         deadline: float | None = None,
         poll_interval: float = 0.01,
     ) -> Any:
-        """Submit a child task and wait for its result (raises TaskFailed if it fails)."""
+        """Submit a child task and wait for its result (raises TaskFailed if it fails).
+
+        The child's deadline is at the latest this task's own: a result that comes
+        after it is one nobody can use (this task fails at its deadline, for good),
+        so the child is not run past it either. ``deadline`` may set an earlier one.
+        """
+        parent = self.task.deadline
+        if parent is not None and (deadline is None or deadline > parent):
+            deadline = parent
         child = await self._submit_child("call", address, payload, key, priority, deadline)
         return await self._worker.wait_for_result(child, self, poll_interval)
 
