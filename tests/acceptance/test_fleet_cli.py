@@ -497,6 +497,41 @@ def test_a_dead_letter_is_retried_once_its_cause_is_fixed_and_a_task_is_cancelle
         assert again.returncode == 2 and "is succeeded, so it cannot be cancelled" in again.stderr
 
 
+def test_every_dead_letter_of_an_agent_is_retried_at_once_once_its_cause_is_fixed(
+    running_fleet: tuple[Path, str],
+) -> None:
+    """A cause that dead-lettered many tasks (the gate closed) is fixed: one command
+    queues them all again, and only them: a dead letter of another agent stays."""
+    fleet_dir, api = running_fleet
+    opened = fleet_dir / "gate-open"
+    with httpx.Client(base_url=api, timeout=10) as http:
+        gated = [
+            http.post("/api/v1/tasks", json={"agent": "back/gate", "payload": str(opened)}).json()[
+                "id"
+            ]
+            for _ in range(3)
+        ]
+        other = http.post("/api/v1/tasks", json={"agent": "back/work", "payload": "x"})
+        other_id = other.json()["id"]  # 'x' is no number of seconds: dead at once
+
+        def states() -> list[str]:
+            return [http.get(f"/api/v1/tasks/{i}").json()["state"] for i in [*gated, other_id]]
+
+        _wait(lambda: states() == ["dead"] * 4, 30, "four dead letters")
+
+        mixed = run("tasks", "--retry-dead", "--cancel", str(other_id), "--api", api, cwd=fleet_dir)
+        assert mixed.returncode == 2 and "--retry-dead" in mixed.stderr
+        assert states() == ["dead"] * 4  # refused: nothing changed
+
+        opened.write_text("")  # the cause, fixed
+        done = run("tasks", "--retry-dead", "--agent", "gate", "--api", api, cwd=fleet_dir)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"retried": 3, "tasks": gated}
+        _wait(lambda: states() == ["succeeded"] * 3 + ["dead"], 30, "the gated ones through")
+        again = run("tasks", "--retry-dead", "--agent", "gate", "--api", api, cwd=fleet_dir)
+        assert json.loads(again.stdout) == {"retried": 0, "tasks": []}
+
+
 def test_the_support_desk_example_deploys_with_a_full_readiness_score(tmp_path: Path) -> None:
     import shutil
 

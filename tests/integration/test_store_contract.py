@@ -1010,6 +1010,35 @@ def test_retry_dead_queues_the_dead_children_of_the_dead_letter_again_with_it(
     assert not store.retry_dead(child, T0 + 101)  # queued now: not a dead letter
 
 
+def test_retry_dead_many_queues_the_dead_ones_of_a_list_and_their_dead_children(
+    store: Store,
+) -> None:
+    """Many dead letters at once, more than one statement's rows (BATCH_ROWS): each is
+    queued again with its dead children as retry_dead would; the ids not dead (queued,
+    unknown, given twice) are answered only once or not at all and left as they are."""
+    n = BATCH_ROWS + 10
+    store.submit([new_task() for _ in range(n)], T0)
+    held = store.claim("w1", ["q"], n, T0, LEASE)
+    assert len(held) == n
+    results = store.apply([Fail(t.id, t.epoch, "bug", "w1", None, "bug") for t in held], T0 + 1)
+    assert all(r.ok for r in results)
+    letters = sorted(t.id for t in held)
+    # the last letter, in the second chunk of parents, has a dead child
+    child = submit_one(store, T0 + 2, queue="c", parent_id=letters[-1])
+    taken = claim_one(store, "w1", T0 + 2, queue="c")
+    assert apply_one(store, Fail(child, taken.epoch, "bug", "w1", None, "bug"), T0 + 3).ok
+    waiting = submit_one(store, T0 + 4, queue="other")
+    before = snapshot(store, waiting)[:3]
+
+    asked = [waiting, *reversed(letters), letters[0], LARGEST_TASK_ID]
+    assert store.retry_dead_many(asked, T0 + 100) == letters
+
+    rows = store.get_tasks([*letters, child])
+    assert {(r.state, r.failures, r.dead_reason) for r in rows} == {("queued", 0, None)}
+    assert snapshot(store, waiting)[:3] == before
+    assert store.retry_dead_many(letters, T0 + 101) == []  # queued now: none is dead
+
+
 def test_a_claim_takes_no_more_suspects_than_it_is_allowed(store: Store) -> None:
     """A task on SUSPECT_REDELIVERIES dead workers is a suspect: a claim takes at most
     ``suspects`` of them (after the others, whatever their order), any with None."""

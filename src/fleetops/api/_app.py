@@ -201,6 +201,30 @@ def create_app(plane: ControlPlane) -> FastAPI:
             )
         return {"id": task_id, "cancelled": bool(cancelled), "descendants_cancelled": cancelled[1:]}
 
+    @app.post("/api/v1/tasks/retry-dead", tags=["tasks"])
+    async def retry_dead_letters(
+        cluster: str | None = None,
+        agent: str | None = None,
+        limit: int = Query(1000, ge=1, le=10_000),
+        after: int | None = Query(None, le=LARGEST_TASK_ID, description="page after this task id"),
+    ) -> dict[str, Any]:
+        """Queue again the oldest ``limit`` dead letters (of ``cluster`` and ``agent``
+        where given) after task ``after``, each as ``POST /tasks/{id}/retry`` does, in
+        one transaction: once a cause that killed many is fixed. ``retried`` lists
+        them; ``next_after``, when not null, is where the next page starts (a letter
+        retried here that dies again keeps its id, so paging never meets it twice)."""
+        c = client()
+        listed = await c.run(c.store.list_tasks, "dead", cluster, agent, limit, after)
+        now = c.clock.now()
+        retried = await c.run(c.store.retry_dead_many, [r.id for r in listed], now)
+        if retried:
+            data = json.dumps({"tasks": retried, "agent": agent})
+            await c.run(c.store.record_event, "tasks.retried", now, cluster, None, None, data)
+        return {
+            "retried": retried,
+            "next_after": listed[-1].id if len(listed) == limit else None,
+        }
+
     @app.post("/api/v1/tasks/{task_id}/retry", tags=["tasks"])
     async def retry(task_id: int) -> dict[str, Any]:
         """Queue a dead letter again with its full budget of attempts (once its cause is

@@ -407,11 +407,26 @@ def tasks(
         help="Cancel this queued or running task, and the queued or running tasks it sent "
         "(repeat for more).",
     ),
+    retry_dead: bool = typer.Option(
+        False,
+        "--retry-dead",
+        help="Queue again every dead letter (of --cluster and --agent where given), "
+        "once the cause is fixed.",
+    ),
     api: str = typer.Option(None, help=API_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """List tasks, or show one with every attempt; retry dead letters, cancel tasks."""
     url = api_url(api, None)
+    if retry_dead:
+        if retry or cancel or task_id is not None or state not in (None, "dead"):
+            fail(
+                "--retry-dead: retries the dead letters --cluster and --agent pick; use it "
+                "without --retry, --cancel, --id or a --state other than dead",
+                EXIT_USAGE,
+            )
+        _retry_all_dead(url, cluster, agent)
+        return
     if retry or cancel:
         _retry_or_cancel(url, retry, cancel)
         return
@@ -440,6 +455,23 @@ def tasks(
             escape((t["dead_reason"] or t["error"] or "")[:60]),
         )
     out.print(table)
+
+
+def _retry_all_dead(url: str, cluster: str | None, agent: str | None) -> None:
+    """Every dead letter of ``cluster`` and ``agent``, a page at a time; print the ids
+    queued again and how many."""
+    retried: list[int] = []
+    after: int | None = None
+    while True:
+        params = {k: v for k, v in {"cluster": cluster, "agent": agent}.items() if v is not None}
+        if after is not None:
+            params["after"] = str(after)
+        page = call("POST", url, "/api/v1/tasks/retry-dead", params=params)
+        retried += page["retried"]
+        after = page["next_after"]
+        if after is None:
+            break
+    print_json({"retried": len(retried), "tasks": retried})
 
 
 def _retry_or_cancel(url: str, retry: list[int], cancel: list[int]) -> None:

@@ -110,6 +110,11 @@ class Store(Protocol):
         effect journal stay. False, changing nothing, when the task is not dead."""
         ...
 
+    def retry_dead_many(self, task_ids: Sequence[int], now: float) -> list[int]:
+        """:meth:`retry_dead` for each task in one transaction; answer those queued
+        again (the ones that were dead), in id order."""
+        ...
+
     def get_task(self, task_id: int) -> TaskRecord | None: ...
 
     def get_tasks(self, task_ids: Sequence[int]) -> list[TaskRecord]:

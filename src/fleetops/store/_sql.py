@@ -737,20 +737,31 @@ class SqlStore:
         again. Its dead children (and theirs) are queued again with it: run again,
         it finds each child it sent by key, and a dead one would fail it the same
         way at once. False, changing nothing, when the task is not dead."""
+        return bool(self.retry_dead_many([task_id], now))
+
+    def retry_dead_many(self, task_ids: Sequence[int], now: float) -> list[int]:
+        """:meth:`retry_dead` for each of ``task_ids``, in one transaction; answer those
+        that were dead and are queued again, in id order (the dead children queued
+        again with them are not listed). The others are left as they are."""
         with self._tx():
-            if self._exec(RETRY_DEAD, (now, task_id)).fetchone() is None:
-                return False
-            parents = [task_id]
+            queued: list[int] = []
+            for task_id in sorted(set(task_ids)):
+                if self._exec(RETRY_DEAD, (now, task_id)).fetchone() is not None:
+                    queued.append(task_id)
+            parents = queued
             while parents:
-                marks = ", ".join("?" * len(parents))
-                parents = [
-                    int(r[0])
-                    for r in self._exec(
-                        RETRY_DEAD_CHILDREN.format(marks),
-                        (now, *parents),
-                    ).fetchall()
-                ]
-            return True
+                children: list[int] = []
+                for at in range(0, len(parents), BATCH_ROWS):
+                    chunk = parents[at : at + BATCH_ROWS]
+                    children += (
+                        int(r[0])
+                        for r in self._exec(
+                            RETRY_DEAD_CHILDREN.format(", ".join("?" * len(chunk))),
+                            (now, *chunk),
+                        ).fetchall()
+                    )
+                parents = children
+            return queued
 
     def get_task(self, task_id: int) -> TaskRecord | None:
         row = self._exec(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
