@@ -2044,6 +2044,17 @@ def test_list_tasks_by_state_in_id_order_with_filters_and_pages(store: Store) ->
     first, *rest = queued
     assert [t.id for t in store.list_tasks(state="queued", after_id=first)] == rest
     assert [t.id for t in store.list_tasks(state="queued", limit=2)] == queued[:2]
+    # the ids alone, for a page of tasks to act on: the same ones, without the rows
+    for query in (
+        {"state": "queued"},
+        {"state": "running"},
+        {"state": "succeeded"},
+        {"state": "queued", "queue": "q"},
+        {"state": "queued", "after_id": first},
+        {"state": "queued", "limit": 2},
+        {"queue": "r"},
+    ):
+        assert store.list_task_ids(**query) == [t.id for t in store.list_tasks(**query)], query
 
 
 @pytest.mark.postgres

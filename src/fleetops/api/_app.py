@@ -214,15 +214,15 @@ def create_app(plane: ControlPlane) -> FastAPI:
         them; ``next_after``, when not null, is where the next page starts (a letter
         retried here that dies again keeps its id, so paging never meets it twice)."""
         c = client()
-        listed = await c.run(c.store.list_tasks, "dead", cluster, agent, limit, after)
+        listed = await c.run(c.store.list_task_ids, "dead", cluster, agent, limit, after)
         now = c.clock.now()
-        retried = await c.run(c.store.retry_dead_many, [r.id for r in listed], now)
+        retried = await c.run(c.store.retry_dead_many, listed, now)
         if retried:
             data = json.dumps({"tasks": retried, "agent": agent})
             await c.run(c.store.record_event, "tasks.retried", now, cluster, None, None, data)
         return {
             "retried": retried,
-            "next_after": listed[-1].id if len(listed) == limit else None,
+            "next_after": listed[-1] if len(listed) == limit else None,
         }
 
     @app.post("/api/v1/tasks/{task_id}/retry", tags=["tasks"])

@@ -130,6 +130,17 @@ class Store(Protocol):
         after_id: int | None = None,
     ) -> list[TaskRecord]: ...
 
+    def list_task_ids(
+        self,
+        state: str | None = None,
+        queue: str | None = None,
+        agent: str | None = None,
+        limit: int = 100,
+        after_id: int | None = None,
+    ) -> list[int]:
+        """The ids :meth:`list_tasks` would answer, without reading the tasks."""
+        ...
+
     def count_tasks(self, finished: bool = True) -> dict[tuple[str, str, str], int]:
         """Task counts by (queue, agent, state); with ``finished=False`` only of the
         queued and running tasks. Counting the finished tasks reads an index entry

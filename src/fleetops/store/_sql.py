@@ -788,6 +788,30 @@ class SqlStore:
         limit: int = 100,
         after_id: int | None = None,
     ) -> list[TaskRecord]:
+        rows = self._list(TASK_COLUMNS, state, queue, agent, limit, after_id)
+        return [TaskRecord(*r) for r in rows]
+
+    def list_task_ids(
+        self,
+        state: str | None = None,
+        queue: str | None = None,
+        agent: str | None = None,
+        limit: int = 100,
+        after_id: int | None = None,
+    ) -> list[int]:
+        """:meth:`list_tasks`' ids only: for a page of tasks to act on, whose payloads
+        and results (up to 2 MiB each) need not be read."""
+        return [int(r[0]) for r in self._list("id", state, queue, agent, limit, after_id)]
+
+    def _list(
+        self,
+        columns: str,
+        state: str | None,
+        queue: str | None,
+        agent: str | None,
+        limit: int,
+        after_id: int | None,
+    ) -> list[Any]:
         clauses: list[str] = []
         params: list[object] = []
         if state in ("dead", "cancelled"):
@@ -812,8 +836,8 @@ class SqlStore:
             params.append(after_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         source = f"tasks{self._indexed_by(index)}"
-        sql = f"SELECT {TASK_COLUMNS} FROM {source} {where} ORDER BY id LIMIT ?"
-        return [TaskRecord(*r) for r in self._exec(sql, [*params, limit]).fetchall()]
+        sql = f"SELECT {columns} FROM {source} {where} ORDER BY id LIMIT ?"
+        return list(self._exec(sql, [*params, limit]).fetchall())
 
     def count_tasks(self, finished: bool = True) -> dict[tuple[str, str, str], int]:
         # one part per partial index (schema 5): the WHERE terms are the indexes' own
