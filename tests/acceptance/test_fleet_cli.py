@@ -532,6 +532,49 @@ def test_every_dead_letter_of_an_agent_is_retried_at_once_once_its_cause_is_fixe
         assert json.loads(again.stdout) == {"retried": 0, "tasks": []}
 
 
+def test_a_cluster_s_queue_is_emptied_of_tasks_scheduled_for_later(
+    running_fleet: tuple[Path, str],
+) -> None:
+    """Tasks submitted with --delay wait in the queue; --cancel-queued takes every
+    queued one of the cluster out (and only them), a task that ran stays done."""
+    fleet_dir, api = running_fleet
+
+    def fleetops(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(*args, "--api", api, cwd=fleet_dir)
+
+    ran = fleetops("submit", "back/work", "0.01", "--wait")
+    assert ran.returncode == 0, ran.stderr
+    ran_id = json.loads(ran.stdout)["id"]
+    later = []
+    for n in range(3):
+        sent = fleetops("submit", "back/work", str(n), "--delay", "1h")
+        assert sent.returncode == 0, sent.stderr
+        later.append(json.loads(sent.stdout)["id"])
+    bad = fleetops("submit", "back/work", "--delay", "soon")
+    assert bad.returncode == 2 and "--delay" in bad.stderr and "30s" in bad.stderr
+
+    with httpx.Client(base_url=api, timeout=10) as http:
+
+        def state(task_id: int) -> str:
+            return str(http.get(f"/api/v1/tasks/{task_id}").json()["state"])
+
+        time.sleep(0.5)  # time enough to run them, were they due
+        assert [state(i) for i in later] == ["queued"] * 3
+        scheduled = http.get(f"/api/v1/tasks/{later[0]}").json()["run_after"]
+        assert 3500 < scheduled - time.time() <= 3600
+
+        unnamed = fleetops("tasks", "--cancel-queued")
+        assert unnamed.returncode == 2 and "--cluster" in unnamed.stderr
+        emptied = fleetops("tasks", "--cancel-queued", "--cluster", "back")
+        assert emptied.returncode == 0, emptied.stderr
+        assert json.loads(emptied.stdout) == {
+            "cancelled": 3,
+            "tasks": later,
+            "descendants_cancelled": [],
+        }
+        assert [state(i) for i in [ran_id, *later]] == ["succeeded"] + ["cancelled"] * 3
+
+
 def test_the_support_desk_example_deploys_with_a_full_readiness_score(tmp_path: Path) -> None:
     import shutil
 

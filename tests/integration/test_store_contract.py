@@ -943,6 +943,27 @@ def test_cancel_takes_every_open_task_a_task_sent_with_it_and_nothing_else(store
     ]
 
 
+def test_cancel_many_cancels_each_tree_once_in_id_order(store: Store) -> None:
+    """A list holding a task and its own child, a running task, a finished one and an
+    unknown id: each open one is cancelled with what it sent, once; the rest stay."""
+    first = submit_one(store)
+    child = submit_one(store, parent_id=first)
+    grandchild = submit_one(store, parent_id=child)
+    running = claim_one(store, "w1")  # the oldest queued: first
+    assert running.id == first
+    done = _finish(store, "succeeded", T0 + 1, "other")
+    alone = submit_one(store, queue="other")
+    before = snapshot(store, done)[:3]
+
+    trees = store.cancel_many([done, grandchild, alone, child, first, LARGEST_TASK_ID], T0 + 5)
+
+    assert trees == [[first, child, grandchild], [alone]]
+    states = {r.id: r.state for r in store.get_tasks([first, child, grandchild, alone])}
+    assert set(states.values()) == {"cancelled"}
+    assert snapshot(store, done)[:3] == before
+    assert store.cancel_many([first, alone], T0 + 6) == []
+
+
 # --- workers: revocation, expiry, heartbeats -----------------------------------------------
 
 

@@ -46,6 +46,7 @@ def _task_json(record: TaskRecord) -> dict[str, Any]:
         "idempotency_key": record.idempotency_key,
         "parent_id": record.parent_id,
         "deadline": record.deadline,
+        "run_after": record.run_after,
         "created_at": record.created_at,
         "started_at": record.started_at,
         "finished_at": record.finished_at,
@@ -169,6 +170,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
             idempotency_key=body.idempotency_key,
             max_attempts=body.max_attempts,
             headers=json.dumps({TRACEPARENT: new_traceparent()}),
+            run_after=body.run_after,
         )
         done = await client().submit(task)
         return Submitted(id=done.id, created=done.created)
@@ -200,6 +202,36 @@ def create_app(plane: ControlPlane) -> FastAPI:
                 c.store.record_event, "task.cancelled", now, record.queue, None, task_id, data
             )
         return {"id": task_id, "cancelled": bool(cancelled), "descendants_cancelled": cancelled[1:]}
+
+    @app.post("/api/v1/tasks/cancel-queued", tags=["tasks"])
+    async def cancel_queued(
+        cluster: str = Query(..., description="the cluster whose queue to empty"),
+        agent: str | None = None,
+        limit: int = Query(1000, ge=1, le=10_000),
+        after: int | None = Query(None, le=LARGEST_TASK_ID, description="page after this task id"),
+        reason: str = "queue emptied through the API",
+    ) -> dict[str, Any]:
+        """Cancel the oldest ``limit`` queued tasks of ``cluster`` (of ``agent`` where
+        given) after task ``after``, each with the tasks it sent, as
+        ``POST /tasks/{id}/cancel`` does, in one transaction: a flood of unwanted
+        work taken out of the queue. Running tasks are left to finish. ``next_after``,
+        when not null, is where the next page starts."""
+        c = client()
+        listed = await c.run(c.store.list_task_ids, "queued", cluster, agent, limit, after)
+        now = c.clock.now()
+        trees = await c.run(c.store.cancel_many, listed, now, reason)
+        cancelled = [tree[0] for tree in trees]
+        descendants = sorted(i for tree in trees for i in tree[1:])
+        if cancelled:
+            data = json.dumps(
+                {"reason": reason, "tasks": cancelled, "descendants": descendants, "agent": agent}
+            )
+            await c.run(c.store.record_event, "tasks.cancelled", now, cluster, None, None, data)
+        return {
+            "cancelled": cancelled,
+            "descendants_cancelled": descendants,
+            "next_after": listed[-1] if len(listed) == limit else None,
+        }
 
     @app.post("/api/v1/tasks/retry-dead", tags=["tasks"])
     async def retry_dead_letters(

@@ -16,6 +16,11 @@ class TaskSubmit(BaseModel):
     payload: Any = None
     priority: int = Field(0, ge=-1000, le=1000)
     deadline: float | None = Field(None, description="seconds since the epoch", allow_inf_nan=False)
+    run_after: float | None = Field(
+        None,
+        description="seconds since the epoch: the task waits in the queue until then",
+        allow_inf_nan=False,
+    )
     idempotency_key: str | None = Field(
         None,
         min_length=1,

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .._exceptions import ConfigError, StoreError
+from .._units import parse_duration
 from ..control import PHASES, ControlPlane, DeploymentReport, read_running
 from ..control._state import pid_alive
 from ..runtime._gc import tune_for_serving
@@ -358,9 +360,21 @@ def submit(
     priority: int = typer.Option(0, help="Higher runs first."),
     key: str = typer.Option(None, "--key", help="Idempotency key: the same key, the same task."),
     wait: bool = typer.Option(False, help="Wait for the task to finish and print it."),
+    delay: str = typer.Option(
+        None, "--delay", help="Keep it queued this long first, e.g. 30s or 2h (default: none)."
+    ),
     api: str = typer.Option(None, help=API_HELP),
 ) -> None:
     """Submit a task to the running fleet."""
+    run_after = None
+    if delay is not None:
+        try:
+            seconds = parse_duration(delay, "--delay")
+        except ConfigError as exc:
+            fail(str(exc), EXIT_USAGE)
+        if not math.isfinite(seconds):
+            fail(f"--delay: {delay!r} is longer than any clock counts: use e.g. 2h", EXIT_USAGE)
+        run_after = time.time() + seconds
     try:
         value = json.loads(payload)
         json.dumps(value, allow_nan=False)  # Python reads NaN, Infinity and 1e999; JSON has none
@@ -376,7 +390,13 @@ def submit(
             EXIT_USAGE,
         )
     url = api_url(api, None)
-    body = {"agent": agent, "payload": value, "priority": priority, "idempotency_key": key}
+    body = {
+        "agent": agent,
+        "payload": value,
+        "priority": priority,
+        "idempotency_key": key,
+        "run_after": run_after,
+    }
     result = call("POST", url, "/api/v1/tasks", json=body)
     if not wait:
         print_json(result)
@@ -413,11 +433,31 @@ def tasks(
         help="Queue again every dead letter (of --cluster and --agent where given), "
         "once the cause is fixed.",
     ),
+    cancel_queued: bool = typer.Option(
+        False,
+        "--cancel-queued",
+        help="Cancel every queued task of --cluster (of --agent where given), and what "
+        "each sent; running tasks finish.",
+    ),
     api: str = typer.Option(None, help=API_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """List tasks, or show one with every attempt; retry dead letters, cancel tasks."""
     url = api_url(api, None)
+    if cancel_queued:
+        if retry_dead or retry or cancel or task_id is not None or state not in (None, "queued"):
+            fail(
+                "--cancel-queued: cancels the queued tasks --cluster and --agent pick; use "
+                "it without --retry-dead, --retry, --cancel, --id or a --state other than "
+                "queued",
+                EXIT_USAGE,
+            )
+        if cluster is None:
+            fail(
+                "--cancel-queued: name the cluster whose queue to empty with --cluster", EXIT_USAGE
+            )
+        _cancel_all_queued(url, cluster, agent)
+        return
     if retry_dead:
         if retry or cancel or task_id is not None or state not in (None, "dead"):
             fail(
@@ -457,20 +497,39 @@ def tasks(
     out.print(table)
 
 
-def _retry_all_dead(url: str, cluster: str | None, agent: str | None) -> None:
-    """Every dead letter of ``cluster`` and ``agent``, a page at a time; print the ids
-    queued again and how many."""
-    retried: list[int] = []
-    after: int | None = None
+def _pages(url: str, path: str, cluster: str | None, agent: str | None) -> Iterator[Any]:
+    """POST ``path`` (a bulk action on the tasks ``cluster`` and ``agent`` pick) a page
+    at a time, each after the last one's ``next_after``, until there is no next."""
+    params = {k: v for k, v in {"cluster": cluster, "agent": agent}.items() if v is not None}
     while True:
-        params = {k: v for k, v in {"cluster": cluster, "agent": agent}.items() if v is not None}
-        if after is not None:
-            params["after"] = str(after)
-        page = call("POST", url, "/api/v1/tasks/retry-dead", params=params)
-        retried += page["retried"]
-        after = page["next_after"]
-        if after is None:
-            break
+        page = call("POST", url, path, params=params)
+        yield page
+        if page["next_after"] is None:
+            return
+        params["after"] = str(page["next_after"])
+
+
+def _cancel_all_queued(url: str, cluster: str, agent: str | None) -> None:
+    """Every queued task of ``cluster`` (and ``agent``); print the ids cancelled, with
+    the tasks they had sent."""
+    cancelled: list[int] = []
+    descendants: list[int] = []
+    for page in _pages(url, "/api/v1/tasks/cancel-queued", cluster, agent):
+        cancelled += page["cancelled"]
+        descendants += page["descendants_cancelled"]
+    print_json(
+        {"cancelled": len(cancelled), "tasks": cancelled, "descendants_cancelled": descendants}
+    )
+
+
+def _retry_all_dead(url: str, cluster: str | None, agent: str | None) -> None:
+    """Every dead letter of ``cluster`` and ``agent``; print the ids queued again and
+    how many."""
+    retried = [
+        i
+        for page in _pages(url, "/api/v1/tasks/retry-dead", cluster, agent)
+        for i in page["retried"]
+    ]
     print_json({"retried": len(retried), "tasks": retried})
 
 
@@ -604,7 +663,6 @@ def _load_payloads(
 ) -> list[Any]:
     """Check load's options against ``spec`` and make its payloads, before anything is
     deployed: a mistake found after the deploy left a fleet's state behind it."""
-    from .._units import parse_duration
     from ..control._load import load_workload
     from ..runtime._context import split_address
 

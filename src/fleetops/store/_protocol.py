@@ -105,6 +105,13 @@ class Store(Protocol):
         ``task_id`` is not queued or running (nothing changes then)."""
         ...
 
+    def cancel_many(
+        self, task_ids: Sequence[int], now: float, reason: str = "cancelled"
+    ) -> list[list[int]]:
+        """:meth:`cancel_tree` for each task in one transaction; answer the trees
+        cancelled."""
+        ...
+
     def retry_dead(self, task_id: int, now: float) -> bool:
         """Queue a dead letter again with its full budget of attempts; its attempts and
         effect journal stay. False, changing nothing, when the task is not dead."""

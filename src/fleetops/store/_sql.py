@@ -718,6 +718,16 @@ class SqlStore:
                 parents = [int(r[0]) for r in children]
             return [task_id, *sorted(descendants)]
 
+    def cancel_many(
+        self, task_ids: Sequence[int], now: float, reason: str = "cancelled"
+    ) -> list[list[int]]:
+        """:meth:`cancel_tree` for each of ``task_ids``, in id order, in one transaction;
+        answer the tree of each one cancelled (those not queued or running, or
+        cancelled already as another's descendant, are left out)."""
+        with self._tx():
+            trees = (self.cancel_tree(task_id, now, reason) for task_id in sorted(set(task_ids)))
+            return [tree for tree in trees if tree]
+
     def _cancel_rows(self, rows: Sequence[Sequence[Any]], now: float, reason: str) -> None:
         """Cancel the queued or running tasks of ``rows`` (id, state, attempts, epoch,
         lease_owner, started_at), read and locked in this transaction."""
