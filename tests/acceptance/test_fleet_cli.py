@@ -574,6 +574,18 @@ def test_a_cluster_s_queue_is_emptied_of_tasks_scheduled_for_later(
         }
         assert [state(i) for i in [ran_id, *later]] == ["succeeded"] + ["cancelled"] * 3
 
+    # what happened, through 'fleetops events': the queue emptied, the workers started
+    shown = fleetops("events", "--kind", "tasks.cancelled", "--json")
+    assert shown.returncode == 0, shown.stderr
+    [emptying] = json.loads(shown.stdout)
+    assert (emptying["cluster"], emptying["data"]["tasks"]) == ("back", later)
+    started = json.loads(fleetops("events", "--kind", "worker.started", "--json").stdout)
+    assert sorted(e["cluster"] for e in started) == ["back", "back", "front"]
+    back = json.loads(fleetops("events", "--cluster", "back", "--limit", "1", "--json").stdout)
+    assert [e["id"] for e in back] == [emptying["id"]]  # the newest of back's
+    table = fleetops("events", "--cluster", "back")
+    assert table.returncode == 0 and "tasks.cancelled" in table.stdout
+
 
 def test_the_support_desk_example_deploys_with_a_full_readiness_score(tmp_path: Path) -> None:
     import shutil

@@ -1664,6 +1664,35 @@ def test_prune_events_drops_those_recorded_before_the_cutoff_a_chunk_at_a_time(
     assert store.prune_events(T0 + 1000) == 0  # none left at all
 
 
+def test_list_events_by_kind_and_cluster_oldest_or_newest_first_in_id_order(
+    store: Store,
+) -> None:
+    ids = [
+        store.record_event(kind, T0 + n, cluster, None, None, f'{{"n": {n}}}')
+        for n, (kind, cluster) in enumerate(
+            [("worker.failed", "a"), ("worker.failed", "b"), ("task.cancelled", "a")] * 3
+        )
+    ]
+
+    def listed(**query: Any) -> list[int]:
+        return [e.id for e in store.list_events(**query)]
+
+    assert listed() == ids
+    assert listed(kind="worker.failed") == sorted(ids[0::3] + ids[1::3])
+    assert listed(kind="worker.failed", cluster="a") == ids[0::3]
+    assert listed(cluster="a", limit=2) == [ids[0], ids[2]]
+    assert listed(cluster="a", limit=2, newest=True) == [ids[6], ids[8]]  # the last two
+    assert listed(kind="task.cancelled", after_id=ids[2], newest=True) == [ids[5], ids[8]]
+    assert listed(kind="nothing.happened") == []
+    [first] = store.list_events(limit=1)
+    assert (first.kind, first.cluster, first.at, first.data) == (
+        "worker.failed",
+        "a",
+        T0,
+        '{"n": 0}',
+    )
+
+
 def test_list_workers_by_id_reads_only_those(store: Store) -> None:
     for n in range(6):
         store.register_worker(f"w{n}", "c" if n % 2 else "d", n, "h", 4, T0 + n)

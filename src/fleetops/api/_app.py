@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Query, Response
@@ -324,6 +325,44 @@ def create_app(plane: ControlPlane) -> FastAPI:
                 }
             )
         return out
+
+    @app.get("/api/v1/events", tags=["fleet"])
+    async def events(
+        kind: str | None = Query(None, description="e.g. worker.failed or task.cancelled"),
+        cluster: str | None = None,
+        after: int | None = Query(
+            None, ge=0, le=LARGEST_TASK_ID, description="the events after this one, oldest first"
+        ),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> dict[str, Any]:
+        """What happened to the fleet, in order: workers started, failed, suspected and
+        replaced, each step of the ``agent_failure`` recovery, clusters degraded and
+        recovered, tasks cancelled and retried. Without ``after``, the newest
+        ``limit``; ``next_after`` is where to ask from for the ones that follow."""
+        c = client()
+        found = await c.run(
+            partial(
+                c.store.list_events,
+                kind,
+                after or 0,
+                limit,
+                cluster=cluster,
+                newest=after is None,
+            )
+        )
+        items = [
+            {
+                "id": e.id,
+                "at": e.at,
+                "kind": e.kind,
+                "cluster": e.cluster,
+                "worker": e.worker,
+                "task_id": e.task_id,
+                "data": json.loads(e.data or "{}"),
+            }
+            for e in found
+        ]
+        return {"items": items, "next_after": items[-1]["id"] if items else after}
 
     @app.get("/api/v1/workers", tags=["fleet"])
     async def workers(cluster: str | None = None, live: bool = False) -> list[dict[str, Any]]:

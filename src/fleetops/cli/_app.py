@@ -30,6 +30,7 @@ for command in (
     _spec.schema,
     _fleet.readiness,
     _fleet.changes,
+    _fleet.events,
     _fleet.load,
     _fleet.logs,
 ):

@@ -610,6 +610,38 @@ def changes(
     out.print(table)
 
 
+def events(
+    kind: str = typer.Option(None, help="Only this kind, e.g. worker.failed or task.cancelled."),
+    cluster: str = typer.Option(None, help="Only this cluster's."),
+    limit: int = typer.Option(50, min=1, max=1000, help="The newest this many."),
+    api: str = typer.Option(None, help=API_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """What happened to the fleet: workers started, failed and replaced, each recovery
+    step, clusters degraded and recovered, tasks cancelled and retried."""
+    params: dict[str, Any] = {"limit": limit}
+    params |= {k: v for k, v in {"kind": kind, "cluster": cluster}.items() if v is not None}
+    page = call("GET", api_url(api, None), "/api/v1/events", params=params)
+    if json_output:
+        print_json(page["items"])
+        return
+    table = Table(title_justify="left")
+    for column in ("id", "when", "kind", "cluster", "worker", "task", "data"):
+        table.add_column(column)
+    for e in page["items"]:
+        data = ", ".join(f"{k}={v}" for k, v in e["data"].items())
+        table.add_row(
+            str(e["id"]),
+            _time(e["at"]),
+            e["kind"],
+            escape(e["cluster"] or ""),
+            escape(e["worker"] or ""),
+            "" if e["task_id"] is None else str(e["task_id"]),
+            escape(data[:80]),
+        )
+    out.print(table)
+
+
 __all__ = ["PHASES"]
 
 

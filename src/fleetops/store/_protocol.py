@@ -276,5 +276,14 @@ class Store(Protocol):
     ) -> int: ...
 
     def list_events(
-        self, kind: str | None = None, after_id: int = 0, limit: int = 1000
-    ) -> list[EventRecord]: ...
+        self,
+        kind: str | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+        *,
+        cluster: str | None = None,
+        newest: bool = False,
+    ) -> list[EventRecord]:
+        """Events after ``after_id`` (of ``kind`` and ``cluster`` where given), in id
+        order: the first ``limit`` of them, or with ``newest`` the last ``limit``."""
+        ...

@@ -1221,16 +1221,28 @@ class SqlStore:
         return delete_in_chunks(chunk)
 
     def list_events(
-        self, kind: str | None = None, after_id: int = 0, limit: int = 1000
+        self,
+        kind: str | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+        *,
+        cluster: str | None = None,
+        newest: bool = False,
     ) -> list[EventRecord]:
-        if kind is None:
-            sql = "SELECT id, at, kind, cluster, worker, task_id, data FROM events "
-            sql += "WHERE id > ? ORDER BY id LIMIT ?"
-            rows = self._exec(sql, (after_id, limit)).fetchall()
-        else:
-            sql = "SELECT id, at, kind, cluster, worker, task_id, data FROM events "
-            sql += "WHERE kind = ? AND id > ? ORDER BY id LIMIT ?"
-            rows = self._exec(sql, (kind, after_id, limit)).fetchall()
+        clauses: list[str] = ["id > ?"]
+        params: list[object] = [after_id]
+        for column, value in (("kind", kind), ("cluster", cluster)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        order = "DESC" if newest else ""
+        rows = self._exec(
+            "SELECT id, at, kind, cluster, worker, task_id, data FROM events "
+            f"WHERE {' AND '.join(clauses)} ORDER BY id {order} LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+        if newest:
+            rows.reverse()
         return [EventRecord(*r) for r in rows]
 
 
