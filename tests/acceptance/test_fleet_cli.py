@@ -509,7 +509,7 @@ def test_every_dead_letter_of_an_agent_is_retried_at_once_once_its_cause_is_fixe
             http.post("/api/v1/tasks", json={"agent": "back/gate", "payload": str(opened)}).json()[
                 "id"
             ]
-            for _ in range(3)
+            for _ in range(4)
         ]
         other = http.post("/api/v1/tasks", json={"agent": "back/work", "payload": "x"})
         other_id = other.json()["id"]  # 'x' is no number of seconds: dead at once
@@ -517,17 +517,28 @@ def test_every_dead_letter_of_an_agent_is_retried_at_once_once_its_cause_is_fixe
         def states() -> list[str]:
             return [http.get(f"/api/v1/tasks/{i}").json()["state"] for i in [*gated, other_id]]
 
-        _wait(lambda: states() == ["dead"] * 4, 30, "four dead letters")
+        _wait(lambda: states() == ["dead"] * 5, 30, "five dead letters")
 
-        mixed = run("tasks", "--retry-dead", "--cancel", str(other_id), "--api", api, cwd=fleet_dir)
-        assert mixed.returncode == 2 and "--retry-dead" in mixed.stderr
-        assert states() == ["dead"] * 4  # refused: nothing changed
+        for refused in (
+            ["--retry-dead", "--cancel", str(other_id)],
+            ["--retry-dead", "--limit", "1"],  # would retry them all, not one
+            ["--retry-dead", "--cluster", "nope"],
+            ["--retry-dead", "--cluster", "back", "--agent", "nope"],
+        ):
+            said = run("tasks", *refused, "--api", api, cwd=fleet_dir)
+            assert said.returncode == 2, (refused, said.stderr)
+            assert ("nope" if "nope" in refused else refused[-2]) in said.stderr
+        assert states() == ["dead"] * 5  # refused: nothing changed
 
         opened.write_text("")  # the cause, fixed
+        # through the API a page at a time: two, then where the next page starts
+        page = http.post("/api/v1/tasks/retry-dead", params={"agent": "gate", "limit": 2}).json()
+        assert page == {"tasks": gated[:2], "next_after": gated[1]}
+        # the rest through the CLI, which follows the pages to the end
         done = run("tasks", "--retry-dead", "--agent", "gate", "--api", api, cwd=fleet_dir)
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout) == {"retried": 3, "tasks": gated}
-        _wait(lambda: states() == ["succeeded"] * 3 + ["dead"], 30, "the gated ones through")
+        assert json.loads(done.stdout) == {"retried": 2, "tasks": gated[2:]}
+        _wait(lambda: states() == ["succeeded"] * 4 + ["dead"], 30, "the gated ones through")
         again = run("tasks", "--retry-dead", "--agent", "gate", "--api", api, cwd=fleet_dir)
         assert json.loads(again.stdout) == {"retried": 0, "tasks": []}
 
@@ -545,6 +556,7 @@ def test_a_cluster_s_queue_is_emptied_of_tasks_scheduled_for_later(
     ran = fleetops("submit", "back/work", "0.01", "--wait")
     assert ran.returncode == 0, ran.stderr
     ran_id = json.loads(ran.stdout)["id"]
+    busy = json.loads(fleetops("submit", "back/work", "30").stdout)["id"]  # runs on
     later = []
     for n in range(3):
         sent = fleetops("submit", "back/work", str(n), "--delay", "1h")
@@ -560,11 +572,25 @@ def test_a_cluster_s_queue_is_emptied_of_tasks_scheduled_for_later(
 
         time.sleep(0.5)  # time enough to run them, were they due
         assert [state(i) for i in later] == ["queued"] * 3
+        assert state(busy) == "running"
         scheduled = http.get(f"/api/v1/tasks/{later[0]}").json()["run_after"]
         assert 3500 < scheduled - time.time() <= 3600
+        # a start after the deadline, or two starts, are refused and store nothing
+        for body, field in (
+            ({"run_after": time.time() + 60, "deadline": time.time() + 30}, "run_after"),
+            ({"run_after": time.time() + 60, "delay": 60}, "delay"),
+        ):
+            r = http.post("/api/v1/tasks", json={"agent": "back/work", **body})
+            assert r.status_code == 422 and field in r.text, r.text
 
-        unnamed = fleetops("tasks", "--cancel-queued")
-        assert unnamed.returncode == 2 and "--cluster" in unnamed.stderr
+        for refused, said in (
+            ([], "--cluster"),
+            (["--cluster", "nope"], "nope"),
+            (["--cluster", "back", "--limit", "1"], "--limit"),
+        ):
+            answer = fleetops("tasks", "--cancel-queued", *refused)
+            assert answer.returncode == 2 and said in answer.stderr, (refused, answer.stderr)
+        assert [state(i) for i in later] == ["queued"] * 3
         emptied = fleetops("tasks", "--cancel-queued", "--cluster", "back")
         assert emptied.returncode == 0, emptied.stderr
         assert json.loads(emptied.stdout) == {
@@ -572,7 +598,12 @@ def test_a_cluster_s_queue_is_emptied_of_tasks_scheduled_for_later(
             "tasks": later,
             "descendants_cancelled": [],
         }
-        assert [state(i) for i in [ran_id, *later]] == ["succeeded"] + ["cancelled"] * 3
+        assert [state(i) for i in [ran_id, busy, *later]] == [
+            "succeeded",
+            "running",  # running tasks finish
+            *["cancelled"] * 3,
+        ]
+        assert fleetops("tasks", "--cancel", str(busy)).returncode == 0
 
     # what happened, through 'fleetops events': the queue emptied, the workers started
     shown = fleetops("events", "--kind", "tasks.cancelled", "--json")
@@ -582,9 +613,18 @@ def test_a_cluster_s_queue_is_emptied_of_tasks_scheduled_for_later(
     started = json.loads(fleetops("events", "--kind", "worker.started", "--json").stdout)
     assert sorted(e["cluster"] for e in started) == ["back", "back", "front"]
     back = json.loads(fleetops("events", "--cluster", "back", "--limit", "1", "--json").stdout)
-    assert [e["id"] for e in back] == [emptying["id"]]  # the newest of back's
+    # the newest of back's: the running task cancelled last
+    assert [(e["kind"], e["task_id"]) for e in back] == [("task.cancelled", busy)]
     table = fleetops("events", "--cluster", "back")
     assert table.returncode == 0 and "tasks.cancelled" in table.stdout
+    # oldest first from an event on, a page at a time
+    with httpx.Client(base_url=api, timeout=10) as http:
+        first = http.get("/api/v1/events", params={"after": 0, "limit": 2}).json()
+        assert len(first["items"]) == 2 and first["next_after"] == first["items"][1]["id"]
+        rest = http.get("/api/v1/events", params={"after": first["next_after"]}).json()
+        assert rest["next_after"] is None  # fewer than a page: the end
+        ids = [e["id"] for e in first["items"] + rest["items"]]
+        assert ids == sorted(ids) and emptying["id"] in ids
 
 
 def test_the_support_desk_example_deploys_with_a_full_readiness_score(tmp_path: Path) -> None:

@@ -963,6 +963,13 @@ def test_cancel_many_cancels_each_tree_once_in_id_order(store: Store) -> None:
     assert snapshot(store, done)[:3] == before
     assert store.cancel_many([first, alone], T0 + 6) == []
 
+    # queued only: a task claimed since it was listed as queued is left to run
+    listed = [submit_one(store, T0 + 7, queue="z") for _ in range(3)]
+    claimed = claim_one(store, "w2", T0 + 8, queue="z")
+    assert claimed.id == listed[0]
+    assert store.cancel_many(listed, T0 + 9, queued_only=True) == [[i] for i in listed[1:]]
+    assert [r.state for r in store.get_tasks(listed)] == ["running", "cancelled", "cancelled"]
+
 
 # --- workers: revocation, expiry, heartbeats -----------------------------------------------
 

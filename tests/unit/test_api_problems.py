@@ -8,7 +8,7 @@ import asyncio
 import httpx
 from fastapi import FastAPI
 
-from fleetops import Closed, ConfigError, StoreUnavailable
+from fleetops import Closed, ConfigError, StoreError, StoreUnavailable
 from fleetops.api._problems import RETRY_AFTER_SECONDS, install
 from fleetops.control._plane import ApplyFailed
 
@@ -39,7 +39,7 @@ def test_store_trouble_is_503_with_retry_after_and_bad_input_is_422_without() ->
     assert refused.json()["field"] == "priority"
 
 
-def test_a_failed_apply_is_a_500_without_retry_after() -> None:
+def test_a_failed_apply_or_a_store_error_waiting_does_not_mend_is_a_500() -> None:
     """A change that failed part-way is recorded and the fleet keeps its last applied
     spec: a client is told to read the error, not to send the same apply again in a
     second (which a 503 with Retry-After asked for)."""
@@ -54,13 +54,23 @@ def test_a_failed_apply_is_a_500_without_retry_after() -> None:
     async def closing() -> None:
         raise Closed("the queue client is closed")
 
-    async def main() -> tuple[httpx.Response, httpx.Response]:
+    @app.post("/synced")
+    async def synced() -> None:  # committed, then its fsync failed: sent again, stored twice
+        raise StoreError("cannot sync the WAL: [Errno 5] Input/output error")
+
+    async def main() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as client:
-            return await client.post("/apply"), await client.get("/closing")
+            return [
+                await client.post("/apply"),
+                await client.get("/closing"),
+                await client.post("/synced"),
+            ]
 
-    failed, stopping = asyncio.run(main())
+    failed, stopping, unsynced = asyncio.run(main())
     assert failed.status_code == 500 and "Retry-After" not in failed.headers
     assert failed.json()["title"] == "Apply failed"
     assert "change 7 failed" in failed.json()["detail"]
     assert stopping.status_code == 503 and stopping.headers["Retry-After"] == "1"
+    assert unsynced.status_code == 500 and "Retry-After" not in unsynced.headers
+    assert unsynced.json()["title"] == "Internal error"

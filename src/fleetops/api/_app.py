@@ -124,6 +124,16 @@ def create_app(plane: ControlPlane) -> FastAPI:
             raise UsageError("the fleet is not deployed yet")
         return plane.client
 
+    def known_agents(cluster: str, agent: str | None) -> None:
+        """Refuse a cluster, or an agent of it, that the fleet's spec does not name: a
+        bulk action on a misspelt one would find nothing and say nothing."""
+        clusters = plane.spec.clusters
+        if cluster not in clusters:
+            raise ConfigError("cluster", cluster, f"use one of {', '.join(clusters)}")
+        agents = [a.name for a in clusters[cluster].agents]
+        if agent is not None and agent not in agents:
+            raise ConfigError("agent", agent, f"use one of {cluster}'s agents: {', '.join(agents)}")
+
     async def known_task(c: Any, task_id: int) -> TaskRecord:
         record: TaskRecord | None = await c.run(c.store.get_task, check_task_id(task_id))
         if record is None:
@@ -171,7 +181,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
             idempotency_key=body.idempotency_key,
             max_attempts=body.max_attempts,
             headers=json.dumps({TRACEPARENT: new_traceparent()}),
-            run_after=body.run_after,
+            run_after=body.run_after if body.delay is None else plane.clock.now() + body.delay,
         )
         done = await client().submit(task)
         return Submitted(id=done.id, created=done.created)
@@ -215,12 +225,14 @@ def create_app(plane: ControlPlane) -> FastAPI:
         """Cancel the oldest ``limit`` queued tasks of ``cluster`` (of ``agent`` where
         given) after task ``after``, each with the tasks it sent, as
         ``POST /tasks/{id}/cancel`` does, in one transaction: a flood of unwanted
-        work taken out of the queue. Running tasks are left to finish. ``next_after``,
+        work taken out of the queue. A task that is running, or that a worker claims
+        meanwhile, is left to finish. ``tasks`` lists those cancelled; ``next_after``,
         when not null, is where the next page starts."""
+        known_agents(cluster, agent)
         c = client()
         listed = await c.run(c.store.list_task_ids, "queued", cluster, agent, limit, after)
         now = c.clock.now()
-        trees = await c.run(c.store.cancel_many, listed, now, reason)
+        trees = await c.run(partial(c.store.cancel_many, listed, now, reason, queued_only=True))
         cancelled = [tree[0] for tree in trees]
         descendants = sorted(i for tree in trees for i in tree[1:])
         if cancelled:
@@ -229,7 +241,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
             )
             await c.run(c.store.record_event, "tasks.cancelled", now, cluster, None, None, data)
         return {
-            "cancelled": cancelled,
+            "tasks": cancelled,
             "descendants_cancelled": descendants,
             "next_after": listed[-1] if len(listed) == limit else None,
         }
@@ -243,9 +255,12 @@ def create_app(plane: ControlPlane) -> FastAPI:
     ) -> dict[str, Any]:
         """Queue again the oldest ``limit`` dead letters (of ``cluster`` and ``agent``
         where given) after task ``after``, each as ``POST /tasks/{id}/retry`` does, in
-        one transaction: once a cause that killed many is fixed. ``retried`` lists
+        one transaction: once a cause that killed many is fixed. ``tasks`` lists
         them; ``next_after``, when not null, is where the next page starts (a letter
-        retried here that dies again keeps its id, so paging never meets it twice)."""
+        retried here that dies again keeps its id, so the pages after it do not meet
+        it again; a dead child queued again with its parent has an id of its own)."""
+        if cluster is not None:
+            known_agents(cluster, agent)
         c = client()
         listed = await c.run(c.store.list_task_ids, "dead", cluster, agent, limit, after)
         now = c.clock.now()
@@ -253,10 +268,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         if retried:
             data = json.dumps({"tasks": retried, "agent": agent})
             await c.run(c.store.record_event, "tasks.retried", now, cluster, None, None, data)
-        return {
-            "retried": retried,
-            "next_after": listed[-1] if len(listed) == limit else None,
-        }
+        return {"tasks": retried, "next_after": listed[-1] if len(listed) == limit else None}
 
     @app.post("/api/v1/tasks/{task_id}/retry", tags=["tasks"])
     async def retry(task_id: int) -> dict[str, Any]:
@@ -337,8 +349,10 @@ def create_app(plane: ControlPlane) -> FastAPI:
     ) -> dict[str, Any]:
         """What happened to the fleet, in order: workers started, failed, suspected and
         replaced, each step of the ``agent_failure`` recovery, clusters degraded and
-        recovered, tasks cancelled and retried. Without ``after``, the newest
-        ``limit``; ``next_after`` is where to ask from for the ones that follow."""
+        recovered, tasks cancelled and retried. With ``after``, the first ``limit``
+        after that event, and ``next_after``, when not null, where the next page
+        starts (as the other listings page); without it, the newest ``limit``. To
+        follow new ones, ask again with ``after`` the last id seen."""
         c = client()
         found = await c.run(
             partial(
@@ -362,7 +376,8 @@ def create_app(plane: ControlPlane) -> FastAPI:
             }
             for e in found
         ]
-        return {"items": items, "next_after": items[-1]["id"] if items else after}
+        full = after is not None and len(items) == limit
+        return {"items": items, "next_after": items[-1]["id"] if full else None}
 
     @app.get("/api/v1/workers", tags=["fleet"])
     async def workers(cluster: str | None = None, live: bool = False) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TaskSubmit(BaseModel):
@@ -21,6 +21,20 @@ class TaskSubmit(BaseModel):
         description="seconds since the epoch: the task waits in the queue until then",
         allow_inf_nan=False,
     )
+    delay: float | None = Field(
+        None,
+        ge=0,
+        description="seconds the task waits in the queue first (the server's clock; "
+        "instead of run_after)",
+        allow_inf_nan=False,
+    )
+
+    @model_validator(mode="after")
+    def _one_start(self) -> TaskSubmit:
+        if self.run_after is not None and self.delay is not None:
+            raise ValueError("give run_after or delay, not both")
+        return self
+
     idempotency_key: str | None = Field(
         None,
         min_length=1,

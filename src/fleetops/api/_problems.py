@@ -10,17 +10,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .._exceptions import Closed, FleetOpsError, StoreError, UsageError
+from .._exceptions import Closed, FleetOpsError, StoreUnavailable, UsageError
 from ..control._plane import ApplyFailed
-from ..control._preflight import ImportCheckFailed
 
 PROBLEM = "application/problem+json"
 #: What a 503 answer (the store unavailable) asks a client to wait before trying again.
 RETRY_AFTER_SECONDS = 1
 #: The errors a client may send the same request again for, after Retry-After (503):
-#: the store unreachable or restarting, the control plane stopping, an agent import
-#: check that did not finish in time. Any other error is a 500, without Retry-After.
-TRANSIENT = (StoreError, Closed, ImportCheckFailed)
+#: the store unreachable, locked too long or restarting, the control plane stopping.
+#: Any other error is a 500, without Retry-After: another store error may come after
+#: a commit (an fsync that failed), where a submit sent again without an idempotency
+#: key would be stored twice; an import check that hung would hang again.
+TRANSIENT = (StoreUnavailable, Closed)
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:

@@ -366,7 +366,7 @@ def submit(
     api: str = typer.Option(None, help=API_HELP),
 ) -> None:
     """Submit a task to the running fleet."""
-    run_after = None
+    seconds = None
     if delay is not None:
         try:
             seconds = parse_duration(delay, "--delay")
@@ -374,7 +374,6 @@ def submit(
             fail(str(exc), EXIT_USAGE)
         if not math.isfinite(seconds):
             fail(f"--delay: {delay!r} is longer than any clock counts: use e.g. 2h", EXIT_USAGE)
-        run_after = time.time() + seconds
     try:
         value = json.loads(payload)
         json.dumps(value, allow_nan=False)  # Python reads NaN, Infinity and 1e999; JSON has none
@@ -395,7 +394,7 @@ def submit(
         "payload": value,
         "priority": priority,
         "idempotency_key": key,
-        "run_after": run_after,
+        "delay": seconds,  # counted on the fleet's clock, not this machine's
     }
     result = call("POST", url, "/api/v1/tasks", json=body)
     if not wait:
@@ -416,7 +415,7 @@ def tasks(
     state: str = typer.Option(None, help="queued, running, succeeded, dead or cancelled."),
     cluster: str = typer.Option(None),
     agent: str = typer.Option(None),
-    limit: int = typer.Option(20, min=1, max=1000),
+    limit: int = typer.Option(None, min=1, max=1000, help="Tasks listed (default 20)."),
     task_id: int = typer.Option(None, "--id", help="Show one task with its attempts."),
     retry: list[int] = typer.Option(
         [], "--retry", help="Queue this dead letter again (repeat for more)."
@@ -445,11 +444,18 @@ def tasks(
     """List tasks, or show one with every attempt; retry dead letters, cancel tasks."""
     url = api_url(api, None)
     if cancel_queued:
-        if retry_dead or retry or cancel or task_id is not None or state not in (None, "queued"):
+        if (
+            retry_dead
+            or retry
+            or cancel
+            or task_id is not None
+            or limit is not None
+            or state not in (None, "queued")
+        ):
             fail(
-                "--cancel-queued: cancels the queued tasks --cluster and --agent pick; use "
-                "it without --retry-dead, --retry, --cancel, --id or a --state other than "
-                "queued",
+                "--cancel-queued: cancels every queued task --cluster and --agent pick; use "
+                "it without --retry-dead, --retry, --cancel, --id, --limit or a --state "
+                "other than queued",
                 EXIT_USAGE,
             )
         if cluster is None:
@@ -459,10 +465,16 @@ def tasks(
         _cancel_all_queued(url, cluster, agent)
         return
     if retry_dead:
-        if retry or cancel or task_id is not None or state not in (None, "dead"):
+        if (
+            retry
+            or cancel
+            or task_id is not None
+            or limit is not None
+            or state not in (None, "dead")
+        ):
             fail(
-                "--retry-dead: retries the dead letters --cluster and --agent pick; use it "
-                "without --retry, --cancel, --id or a --state other than dead",
+                "--retry-dead: retries every dead letter --cluster and --agent pick; use it "
+                "without --retry, --cancel, --id, --limit or a --state other than dead",
                 EXIT_USAGE,
             )
         _retry_all_dead(url, cluster, agent)
@@ -475,7 +487,12 @@ def tasks(
         return
     params = {
         k: v
-        for k, v in {"state": state, "cluster": cluster, "agent": agent, "limit": limit}.items()
+        for k, v in {
+            "state": state,
+            "cluster": cluster,
+            "agent": agent,
+            "limit": limit or 20,
+        }.items()
         if v is not None
     }
     page = call("GET", url, "/api/v1/tasks", params=params)
@@ -515,7 +532,7 @@ def _cancel_all_queued(url: str, cluster: str, agent: str | None) -> None:
     cancelled: list[int] = []
     descendants: list[int] = []
     for page in _pages(url, "/api/v1/tasks/cancel-queued", cluster, agent):
-        cancelled += page["cancelled"]
+        cancelled += page["tasks"]
         descendants += page["descendants_cancelled"]
     print_json(
         {"cancelled": len(cancelled), "tasks": cancelled, "descendants_cancelled": descendants}
@@ -526,9 +543,7 @@ def _retry_all_dead(url: str, cluster: str | None, agent: str | None) -> None:
     """Every dead letter of ``cluster`` and ``agent``; print the ids queued again and
     how many."""
     retried = [
-        i
-        for page in _pages(url, "/api/v1/tasks/retry-dead", cluster, agent)
-        for i in page["retried"]
+        i for page in _pages(url, "/api/v1/tasks/retry-dead", cluster, agent) for i in page["tasks"]
     ]
     print_json({"retried": len(retried), "tasks": retried})
 

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from .._clock import Clock, SystemClock
-from .._exceptions import ConfigError, FleetOpsError, UsageError
+from .._exceptions import ConfigError, FleetOpsError, StoreError, UsageError
 from ..queue import QueueClient
 from ..runtime import ClusterPlan, Supervisor
 from ..spec import FleetSpec, load_spec_text
@@ -715,14 +715,16 @@ class ControlPlane:
             )
             # given up on: not left queued (to run whenever a worker comes) with the
             # smoke tasks they called
-            for r in failed:
-                if r.state not in TERMINAL_STATES:
-                    await client.run(
-                        client.store.cancel_tree,
-                        r.id,
-                        self.clock.now(),
-                        f"the smoke test gave up on it after {within:g} s",
-                    )
+            unfinished = [r.id for r in failed if r.state not in TERMINAL_STATES]
+            try:
+                await client.run(
+                    client.store.cancel_many,
+                    unfinished,
+                    self.clock.now(),
+                    f"the smoke test gave up on it after {within:g} s",
+                )
+            except StoreError as exc:  # the failure is reported all the same
+                log.warning("smoke.cancel_failed", tasks=unfinished, error=str(exc))
             self._smoke = (False, detail)
         else:
             detail = f"smoke tasks passed through {len(ids)} cluster(s) and {routes} route(s)"

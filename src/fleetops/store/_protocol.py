@@ -106,10 +106,15 @@ class Store(Protocol):
         ...
 
     def cancel_many(
-        self, task_ids: Sequence[int], now: float, reason: str = "cancelled"
+        self,
+        task_ids: Sequence[int],
+        now: float,
+        reason: str = "cancelled",
+        *,
+        queued_only: bool = False,
     ) -> list[list[int]]:
-        """:meth:`cancel_tree` for each task in one transaction; answer the trees
-        cancelled."""
+        """:meth:`cancel_tree` for each task in one transaction (with ``queued_only``,
+        for each one still queued); answer the trees cancelled."""
         ...
 
     def retry_dead(self, task_id: int, now: float) -> bool:

@@ -195,10 +195,11 @@ REVOKE_SET = (
     "lease_expires_at = NULL "
 )
 MARK_WORKER = "UPDATE workers SET state = ?, stopped_at = ? WHERE id = ?"
-CANCEL = (
+#: Cancel the queued or running tasks of the IN list (filled in by the caller).
+CANCEL_IN = (
     "UPDATE tasks SET state = 'cancelled', epoch = epoch + 1, finished_at = ?, dead_reason = ?, "
     "lease_owner = NULL, lease_expires_at = NULL "
-    "WHERE id = ? AND state IN ('queued', 'running')"
+    "WHERE id IN ({}) AND state IN ('queued', 'running')"
 )
 #: A dead letter queued again with a fresh budget of attempts and redeliveries; its
 #: attempts so far and its effect journal stay (see SqlStore.retry_dead).
@@ -667,9 +668,10 @@ class SqlStore:
             self._exec(MARK_WORKER, ("dead", now, worker))
             # wait for row locks: the worker is dead, so whatever it held is released as
             # soon as its connection goes; skipping them would leave leases to expire
-            return self._revoke(
-                "lease_owner = ? AND state = 'running'", (worker,), now, reason, wait=True
-            )
+            # in id order, as every statement that locks many tasks takes them (see
+            # cancel_many): two such transactions wait for each other, never deadlock
+            where = "lease_owner = ? AND state = 'running' ORDER BY id"
+            return self._revoke(where, (worker,), now, reason, wait=True)
 
     def requeue_expired(self, now: float, limit: int = 1000) -> list[int]:
         where = "state = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?"
@@ -681,63 +683,117 @@ class SqlStore:
 
     def cancel_tree(self, task_id: int, now: float, reason: str = "cancelled") -> list[int]:
         """Cancel a queued or running task and every queued or running task it sent
-        (``ctx.send``, ``ctx.call``), and theirs, down to the last generation, in one
-        transaction: work nobody waits for any more is not left to run. A running one
-        is fenced off (its epoch bumped) and its attempt recorded as cancelled. The
-        tree is walked through finished tasks too: a child that has ended may have
-        sent tasks that have not. Answers the ids cancelled, ``task_id`` first and
-        the rest in id order; [] (changing nothing) when ``task_id`` is not queued or
-        running. The others' ``dead_reason`` names ``task_id`` and ``reason``."""
-        with self._tx():
-            # the rows are locked as they are read (PostgreSQL): a completion committing
-            # meanwhile is waited for and then seen, and the task not said cancelled
-            lock = self._for_update_wait()
-            row = self._exec(
-                f"SELECT id, state, attempts, epoch, lease_owner, started_at FROM tasks "
-                f"WHERE id = ?{lock}",
-                (task_id,),
-            ).fetchone()
-            if row is None or row[1] not in ("queued", "running"):
-                return []
-            self._cancel_rows([row], now, reason)
-            inherited = f"cancelled with task {task_id}, which it descends from: {reason}"
-            descendants: list[int] = []
-            parents = [task_id]
-            while parents:
-                children = []
-                for at in range(0, len(parents), BATCH_ROWS):
-                    chunk = parents[at : at + BATCH_ROWS]
-                    children += self._exec(
-                        "SELECT id, state, attempts, epoch, lease_owner, started_at FROM tasks "
-                        f"WHERE parent_id IN ({', '.join('?' * len(chunk))}) ORDER BY id{lock}",
-                        chunk,
-                    ).fetchall()
-                open_ = [r for r in children if r[1] in ("queued", "running")]
-                self._cancel_rows(open_, now, inherited)
-                descendants += (int(r[0]) for r in open_)
-                parents = [int(r[0]) for r in children]
-            return [task_id, *sorted(descendants)]
+        (``ctx.send``, ``ctx.call``), and theirs, down to the last generation the store
+        keeps, in one transaction: work nobody waits for any more is not left to run.
+        A running one is fenced off (its epoch bumped) and its attempt recorded as
+        cancelled. The tree is walked through finished tasks too: a child that has
+        ended may have sent tasks that have not. Answers the ids cancelled,
+        ``task_id`` first and the rest in id order; [] (changing nothing) when
+        ``task_id`` is not queued or running. The others' ``dead_reason`` names
+        ``task_id`` and ``reason``."""
+        trees = self.cancel_many([task_id], now, reason)
+        return trees[0] if trees else []
 
     def cancel_many(
-        self, task_ids: Sequence[int], now: float, reason: str = "cancelled"
+        self,
+        task_ids: Sequence[int],
+        now: float,
+        reason: str = "cancelled",
+        *,
+        queued_only: bool = False,
     ) -> list[list[int]]:
         """:meth:`cancel_tree` for each of ``task_ids``, in id order, in one transaction;
-        answer the tree of each one cancelled (those not queued or running, or
-        cancelled already as another's descendant, are left out)."""
+        answer the tree of each one cancelled. Left out: those not queued or running
+        (with ``queued_only``, not queued: a task a worker claimed meanwhile finishes),
+        and those cancelled already as another's descendant.
+
+        On PostgreSQL the rows are locked as they are read, so that a completion
+        committing meanwhile is waited for and then seen (the task is not said
+        cancelled), and in id order, as the other statements that lock many tasks do:
+        the trees are found first without locks, then locked in one ascending pass.
+        A child sent before its parent was locked has a larger id than every task
+        locked so far: it is found, and locked, after them."""
+        roots = sorted(set(task_ids))
         with self._tx():
-            trees = (self.cancel_tree(task_id, now, reason) for task_id in sorted(set(task_ids)))
-            return [tree for tree in trees if tree]
+            known = set(roots)
+            parent_of: dict[int, int] = {}  # a root one of the others sent has one too
+            frontier = roots
+            while frontier:
+                found = self._children(frontier)
+                parent_of.update(found)
+                frontier = [i for i, _ in found if i not in known]
+                known.update(frontier)
+            lock = self._for_update_wait()
+            rows: dict[int, Sequence[Any]] = {}
+            pending = sorted(known)
+            while pending:
+                for chunk in iter_chunks(pending, BATCH_ROWS):
+                    for row in self._exec(
+                        "SELECT id, state, attempts, epoch, lease_owner, started_at FROM tasks "
+                        f"WHERE id IN ({', '.join('?' * len(chunk))}) ORDER BY id{lock}",
+                        chunk,
+                    ).fetchall():
+                        rows[int(row[0])] = row
+                if not lock:  # SQLite: the one writer, nothing changed since the walk
+                    break
+                late = [(i, p) for i, p in self._children(pending) if i not in known]
+                parent_of.update(late)
+                pending = sorted(i for i, _ in late)
+                known.update(pending)
+            sent: dict[int, list[int]] = {}
+            for child, parent in parent_of.items():
+                sent.setdefault(parent, []).append(child)
+            wanted = ("queued",) if queued_only else ("queued", "running")
+            trees: list[list[int]] = []
+            taken: set[int] = set()
+            for root in roots:
+                row = rows.get(root)
+                if row is None or row[1] not in wanted or root in taken:
+                    continue
+                descendants, frontier = [], sent.get(root, [])
+                while frontier:
+                    descendants += frontier
+                    frontier = [c for p in frontier for c in sent.get(p, [])]
+                open_ = sorted(
+                    i
+                    for i in descendants
+                    if i in rows and rows[i][1] in ("queued", "running") and i not in taken
+                )
+                self._cancel_rows([rows[root]], now, reason)
+                inherited = f"cancelled with task {root}, which it descends from: {reason}"
+                self._cancel_rows([rows[i] for i in open_], now, inherited)
+                taken.update([root, *open_])
+                trees.append([root, *open_])
+            return trees
+
+    def _children(self, parents: Sequence[int]) -> list[tuple[int, int]]:
+        """(id, parent id) of every task ``parents`` sent, read without a lock."""
+        found: list[tuple[int, int]] = []
+        for chunk in iter_chunks(list(parents), BATCH_ROWS):
+            found += (
+                (int(r[0]), int(r[1]))
+                for r in self._exec(
+                    f"SELECT id, parent_id FROM tasks WHERE parent_id IN "
+                    f"({', '.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+            )
+        return found
 
     def _cancel_rows(self, rows: Sequence[Sequence[Any]], now: float, reason: str) -> None:
         """Cancel the queued or running tasks of ``rows`` (id, state, attempts, epoch,
-        lease_owner, started_at), read and locked in this transaction."""
-        for task_id, state, attempts, epoch, owner, started_at in rows:
-            self._exec(CANCEL, (now, reason, task_id))
-            if state == "running":
-                self._exec(
-                    INSERT_ATTEMPT,
-                    (task_id, attempts, epoch, owner, started_at, now, "cancelled", reason),
-                )
+        lease_owner, started_at), read and locked in this transaction: one UPDATE per
+        :data:`BATCH_ROWS`, and the attempts of those that were running."""
+        for chunk in iter_chunks(list(rows), BATCH_ROWS):
+            ids = [r[0] for r in chunk]
+            self._exec(CANCEL_IN.format(", ".join("?" * len(ids))), (now, reason, *ids))
+            self._insert_attempts(
+                [
+                    (task_id, attempts, epoch, owner, started_at, now, "cancelled", reason)
+                    for task_id, state, attempts, epoch, owner, started_at in chunk
+                    if state == "running"
+                ]
+            )
 
     def retry_dead(self, task_id: int, now: float) -> bool:
         """Queue a dead letter again, to run at once with its full ``max_attempts`` and
