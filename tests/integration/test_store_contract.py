@@ -2115,6 +2115,44 @@ def test_list_tasks_by_state_in_id_order_with_filters_and_pages(store: Store) ->
 
 
 @pytest.mark.postgres
+def test_a_cancelled_tree_waits_for_a_child_s_completion_committing_and_leaves_it_done(
+    postgres_url: str,
+) -> None:
+    """A parent is cancelled while its running child's completion is committing (the
+    child's row locked): the cancel waits for it, sees the child succeeded, and
+    cancels the parent alone. Read without the lock, the child was taken for running,
+    said cancelled, and given a cancelled attempt beside its success."""
+    from fleetops.store._sql import COMPLETE
+
+    store = open_store(postgres_url)
+    other = open_store(postgres_url)
+    try:
+        parent = running_task(store, "w1").id
+        child = submit_one(store, parent_id=parent)
+        held = claim_one(store, "w2")
+        assert held.id == child
+        holder = psycopg.connect(postgres_url)  # the child's completion, held open
+        try:
+            params = ('"done"', T0 + 1, "w2", child, held.epoch)
+            assert holder.execute(COMPLETE.replace("?", "%s"), params).fetchone() is not None
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                cancelled = pool.submit(other.cancel_tree, parent, T0 + 2, "operator")
+                time.sleep(0.3)
+                assert not cancelled.done()  # waiting for the child's row lock
+                holder.commit()
+                assert cancelled.result(timeout=10) == [parent]
+        finally:
+            holder.close()
+        rows = {r.id: r for r in store.get_tasks([parent, child])}
+        assert (rows[parent].state, rows[child].state) == ("cancelled", "succeeded")
+        assert rows[child].epoch == held.epoch
+        assert "cancelled" not in [a.outcome for a in store.attempts(child)]
+    finally:
+        other.close()
+        store.close()
+
+
+@pytest.mark.postgres
 @pytest.mark.parametrize("outcome", ["succeeded", "dead"])
 def test_a_cancel_racing_a_postgres_completion_waits_for_it_and_answers_false(
     postgres_url: str, outcome: str
