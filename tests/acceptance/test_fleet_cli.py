@@ -575,6 +575,8 @@ def test_a_cluster_s_queue_is_emptied_of_tasks_scheduled_for_later(
         assert state(busy) == "running"
         scheduled = http.get(f"/api/v1/tasks/{later[0]}").json()["run_after"]
         assert 3500 < scheduled - time.time() <= 3600
+        listed = fleetops("tasks", "--state", "queued", "--cluster", "back")
+        assert listed.returncode == 0 and listed.stdout.count("queued, due ") == 3, listed.stdout
         # a start after the deadline, or two starts, are refused and store nothing
         for body, field in (
             ({"run_after": time.time() + 60, "deadline": time.time() + 30}, "run_after"),

@@ -61,6 +61,15 @@ def _time(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _state(task: dict[str, Any]) -> str:
+    """A task's state, with when it is due if it waits for a time to come (a task
+    submitted with --delay, or a retry's backoff)."""
+    due = task.get("run_after")
+    if task["state"] == "queued" and due is not None and due > time.time():
+        return f"queued, due {_time(due)}"
+    return str(task["state"])
+
+
 def _print_report(report: DeploymentReport) -> None:
     for phase in report.phases:
         mark = "[green]✓[/]" if phase.ok else "[red]✗[/]"
@@ -506,7 +515,7 @@ def tasks(
         table.add_row(
             str(t["id"]),
             f"{t['cluster']}/{t['agent']}",
-            t["state"],
+            _state(t),
             str(t["attempts"]),
             _time(t["created_at"]),
             escape((t["dead_reason"] or t["error"] or "")[:60]),
