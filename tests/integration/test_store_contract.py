@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -2114,6 +2115,23 @@ def test_list_tasks_by_state_in_id_order_with_filters_and_pages(store: Store) ->
         assert store.list_task_ids(**query) == [t.id for t in store.list_tasks(**query)], query
 
 
+def _behind_a_held_write(postgres_url: str, sql: str, params: tuple[Any, ...], call: Any) -> Any:
+    """Run ``call`` on a thread while another connection holds ``sql`` (a write of one
+    task's row, an outcome committing) uncommitted; check that ``call`` waits for its
+    row lock; commit; answer what ``call`` answered."""
+    holder = psycopg.connect(postgres_url)
+    try:
+        assert holder.execute(sql.replace("?", "%s"), params).fetchone() is not None
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(call)
+            time.sleep(0.3)
+            assert not pending.done()  # waiting for the held row's lock
+            holder.commit()
+            return pending.result(timeout=10)
+    finally:
+        holder.close()
+
+
 @pytest.mark.postgres
 def test_a_cancelled_tree_waits_for_a_child_s_completion_committing_and_leaves_it_done(
     postgres_url: str,
@@ -2131,18 +2149,9 @@ def test_a_cancelled_tree_waits_for_a_child_s_completion_committing_and_leaves_i
         child = submit_one(store, parent_id=parent)
         held = claim_one(store, "w2")
         assert held.id == child
-        holder = psycopg.connect(postgres_url)  # the child's completion, held open
-        try:
-            params = ('"done"', T0 + 1, "w2", child, held.epoch)
-            assert holder.execute(COMPLETE.replace("?", "%s"), params).fetchone() is not None
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                cancelled = pool.submit(other.cancel_tree, parent, T0 + 2, "operator")
-                time.sleep(0.3)
-                assert not cancelled.done()  # waiting for the child's row lock
-                holder.commit()
-                assert cancelled.result(timeout=10) == [parent]
-        finally:
-            holder.close()
+        completing = (COMPLETE, ('"done"', T0 + 1, "w2", child, held.epoch))
+        cancel = partial(other.cancel_tree, parent, T0 + 2, "operator")
+        assert _behind_a_held_write(postgres_url, *completing, cancel) == [parent]
         rows = {r.id: r for r in store.get_tasks([parent, child])}
         assert (rows[parent].state, rows[child].state) == ("cancelled", "succeeded")
         assert rows[child].epoch == held.epoch
@@ -2168,21 +2177,12 @@ def test_a_cancel_racing_a_postgres_completion_waits_for_it_and_answers_false(
     try:
         task_id = submit_one(store)
         held = claim_one(store, "w1")
-        holder = psycopg.connect(postgres_url)  # the outcome's transaction, held open
-        try:
-            if outcome == "succeeded":
-                sql, params = COMPLETE, ('"done"', T0 + 1, "w1", task_id, held.epoch)
-            else:
-                sql, params = FAIL_DEAD, ("boom", "boom", T0 + 1, task_id, held.epoch)
-            assert holder.execute(sql.replace("?", "%s"), params).fetchone() is not None
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                cancelled = pool.submit(other.cancel, task_id, T0 + 1, "operator")
-                time.sleep(0.3)
-                assert not cancelled.done()  # waiting for the holder's row lock
-                holder.commit()
-                assert cancelled.result(timeout=10) is False
-        finally:
-            holder.close()
+        if outcome == "succeeded":
+            sql, params = COMPLETE, ('"done"', T0 + 1, "w1", task_id, held.epoch)
+        else:
+            sql, params = FAIL_DEAD, ("boom", "boom", T0 + 1, task_id, held.epoch)
+        cancel = partial(other.cancel, task_id, T0 + 1, "operator")
+        assert _behind_a_held_write(postgres_url, sql, params, cancel) is False
         record = store.get_task(task_id)
         assert record is not None and record.state == outcome and record.epoch == held.epoch
         assert "cancelled" not in [a.outcome for a in store.attempts(task_id)]
