@@ -2204,3 +2204,164 @@ def test_a_postgres_store_names_its_sessions_unless_the_url_does(postgres_url: s
             assert store._exec(asked).fetchone()[0] == name  # type: ignore[attr-defined]
         finally:
             store.close()
+
+
+# --- PostgreSQL: every statement that locks many tasks takes them in id order -------------
+
+
+def _lock_waiter(watcher: psycopg.Connection[Any], pid: int) -> list[int]:
+    """The backends the session ``pid`` waits for a lock of (none: it does not wait)."""
+    row = watcher.execute("SELECT pg_blocking_pids(%s)", (pid,)).fetchone()
+    return list(row[0]) if row else []
+
+
+def _beside_an_id_order_locker(
+    postgres_url: str, low: int, high: int, store: Store, call: Callable[[], Any]
+) -> Any:
+    """Hold task ``low``'s row, as a cancel or a dead worker's revocation does on its way
+    through the tasks in id order; run ``call`` (on ``store``, touching ``high`` and
+    ``low``) on a thread until it waits for that row; then lock ``high``, as the holder
+    would next. A call that had taken ``high`` first deadlocks with the holder here:
+    PostgreSQL's detector fails one of the two after its ``deadlock_timeout``. Commit;
+    answer what ``call`` answered."""
+    pid = store._conn.info.backend_pid  # type: ignore[attr-defined]
+    holder = psycopg.connect(postgres_url)
+    watcher = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        holder.execute("SET lock_timeout = '20s'")
+        lock = "SELECT 1 FROM tasks WHERE id = %s FOR UPDATE"
+        assert holder.execute(lock, (low,)).fetchone()
+        holder_pid = holder.info.backend_pid
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(call)
+            waited_from = time.monotonic()
+            while holder_pid not in _lock_waiter(watcher, pid):
+                assert not pending.done(), f"did not wait for task {low}: {pending.result()}"
+                assert time.monotonic() - waited_from < 10, f"never waited for task {low}"
+                time.sleep(0.01)
+            # raises DeadlockDetected here (or the call does) if the call holds `high`
+            assert holder.execute(lock, (high,)).fetchone()
+            holder.commit()
+            return pending.result(timeout=20)
+    finally:
+        watcher.close()
+        holder.close()
+
+
+def _physically_after(postgres_url: str, task_id: int) -> None:
+    """Move ``task_id``'s row to the end of the table (a new row version, with new index
+    entries: an indexed column changes and back), so that a scan meets it after the
+    rows it used to come before: a statement without ORDER BY then locks it last."""
+    with psycopg.connect(postgres_url) as conn:
+        for step in (1, -1):
+            conn.execute(
+                "UPDATE tasks SET run_after = run_after + %s WHERE id = %s", (step, task_id)
+            )
+
+
+@pytest.mark.postgres
+def test_a_postgres_group_commit_locks_its_tasks_in_id_order(postgres_url: str) -> None:
+    """A group commit's ops come in any order (an effect of task B, then task A's
+    completion); it takes A's and B's rows in id order before any of them runs. Taken
+    in the ops' order, the commit held B and waited for A while a cancel held A and
+    waited for B: a deadlock, and one of them failed."""
+    store = open_store(postgres_url)
+    worker = open_store(postgres_url)
+    try:
+        a, b = running_task(store, "w1"), running_task(store, "w1")
+        assert a.id < b.id
+        ops: list[Operation] = [
+            EffectBegin(b.id, b.epoch, "pay"),
+            Complete(a.id, a.epoch, '"done"', "w1"),
+        ]
+        commit = partial(worker.apply, ops, T0 + 1)
+        answers = _beside_an_id_order_locker(postgres_url, a.id, b.id, worker, commit)
+        assert answers == [OpResult(True, None), OpResult(True, None)]
+        assert [t.state for t in store.get_tasks([a.id, b.id])] == ["succeeded", "running"]
+    finally:
+        worker.close()
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_heartbeat_extends_its_leases_in_id_order(postgres_url: str) -> None:
+    """A heartbeat extends every lease of its worker: it locks them in id order, not in
+    the order a scan meets them (here the later task first)."""
+    store = open_store(postgres_url)
+    worker = open_store(postgres_url)
+    try:
+        store.register_worker("w1", "c", None, None, 10, T0)
+        a, b = running_task(store, "w1"), running_task(store, "w1")
+        _physically_after(postgres_url, a.id)
+        beat = partial(worker.heartbeat, "w1", T0 + 1, LEASE, 2, 0)
+        leases = _beside_an_id_order_locker(postgres_url, a.id, b.id, worker, beat)
+        assert leases == {a.id: a.epoch, b.id: b.epoch}
+        for task in store.get_tasks([a.id, b.id]):
+            assert task.lease_expires_at == T0 + 1 + LEASE
+    finally:
+        worker.close()
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_bulk_retry_locks_its_dead_trees_in_id_order(postgres_url: str) -> None:
+    """Retrying dead letters A and B queues A's dead child C again too, and C's id lies
+    between A's and B's: all three are locked in id order first. Locked as they were
+    queued again (A, B, then the children), a cancel holding C and waiting for B
+    deadlocked with it."""
+    store = open_store(postgres_url)
+    worker = open_store(postgres_url)
+    try:
+        a = running_task(store, "w1")
+        c = submit_one(store, parent_id=a.id)
+        held_c = claim_one(store, "w1")
+        b = running_task(store, "w1")
+        assert a.id < c < b.id
+        for task_id, epoch in ((c, held_c.epoch), (a.id, a.epoch), (b.id, b.epoch)):
+            assert apply_one(store, Fail(task_id, epoch, "boom", "w1", None), T0 + 1).ok
+        retry = partial(worker.retry_dead_many, [a.id, b.id], T0 + 2)
+        assert _beside_an_id_order_locker(postgres_url, c, b.id, worker, retry) == [a.id, b.id]
+        assert [t.state for t in store.get_tasks([a.id, c, b.id])] == ["queued"] * 3
+    finally:
+        worker.close()
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_prune_deletes_in_id_order(postgres_url: str) -> None:
+    """Pruning takes the finished tasks in id order, whatever order it found them in
+    (the longest finished first) and a scan meets them in."""
+    store = open_store(postgres_url)
+    control = open_store(postgres_url)
+    try:
+        a = _finish(store, "succeeded", T0 + 10)
+        b = _finish(store, "succeeded", T0 + 5)
+        _physically_after(postgres_url, a)
+        prune = partial(control.prune_tasks, T0 + 20, None)
+        assert _beside_an_id_order_locker(postgres_url, a, b, control, prune) == 2
+        assert store.get_tasks([a, b]) == []
+    finally:
+        control.close()
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_prune_keeps_a_dead_letter_retried_while_it_ran(postgres_url: str) -> None:
+    """An operator queues a dead letter again while a prune that read it as dead is
+    deleting it: the prune waits for the retry, sees the task queued, and leaves it
+    (with its attempts). Deleted on the strength of the earlier read, the retried
+    task, acknowledged to the operator, was lost."""
+    from fleetops.store._sql import RETRY_DEAD
+
+    store = open_store(postgres_url)
+    control = open_store(postgres_url)
+    try:
+        dead = _finish(store, "dead", T0 + 5)
+        prune = partial(control.prune_tasks, None, T0 + 20)
+        assert _behind_a_held_write(postgres_url, RETRY_DEAD, (T0 + 30, dead), prune) == 0
+        record = store.get_task(dead)
+        assert record is not None and record.state == "queued"
+        assert [a.outcome for a in store.attempts(dead)] == ["failed"]
+    finally:
+        control.close()
+        store.close()

@@ -184,6 +184,11 @@ EXTEND_LEASES = (
     "UPDATE tasks SET lease_expires_at = ? WHERE lease_owner = ? AND state = 'running' "
     "RETURNING id, epoch"
 )
+#: The same on PostgreSQL: its rows locked in id order first (see SqlStore._lock_in_id_order).
+EXTEND_LEASES_IN_ID_ORDER = (
+    "UPDATE tasks SET lease_expires_at = ? WHERE id IN (SELECT id FROM tasks "
+    "WHERE lease_owner = ? AND state = 'running' ORDER BY id FOR UPDATE) RETURNING id, epoch"
+)
 # A lost lease is a redelivery: requeued at once unless the task has been lost too often
 # (a poison task that kills every worker it lands on), then dead-lettered. run_after is
 # left as it was (in the past), so redelivered work goes ahead of the backlog.
@@ -505,6 +510,9 @@ class SqlStore:
         with self._tx():
             if callable(now):
                 now = now()
+            self._lock_in_id_order(
+                op.task_id if isinstance(op, Complete) else task_of(op) for op in ops
+            )
             for i, op in enumerate(ops):
                 if isinstance(op, Complete):
                     held.setdefault((op.task_id, op.epoch), (i, op))
@@ -548,6 +556,38 @@ class SqlStore:
             size = padded_size(len(chunk))
             params = [v for row in chunk for v in row] + list(chunk[-1]) * (size - len(chunk))
             self._exec(insert_attempts_sql(size), params)
+
+    def _lock_in_id_order(self, task_ids: Iterable[int | None]) -> None:
+        """On PostgreSQL, lock the rows of ``task_ids`` now, in id order, for the rest of
+        the transaction: as every statement that locks many tasks takes them (see
+        :meth:`cancel_many`), so that two such transactions wait for each other and
+        never deadlock. Statements that lock them later in another order (a group
+        commit's ops, in the order they came) then find them held already. Nothing to
+        do on SQLite, whose one writer holds the database's lock, or for one row."""
+        if not self._for_update_wait():
+            return
+        ids = sorted({i for i in task_ids if i is not None})
+        if len(ids) > 1:
+            self._locked(ids)
+
+    def _locked(self, ids: Sequence[int], condition: str = "TRUE") -> list[int]:
+        """PostgreSQL: lock the rows of ``ids`` (ascending) in id order; answer those
+        of which ``condition`` holds once locked (a row changed meanwhile is read
+        again after its writer commits)."""
+        return self._ids_where_in("id", ids, condition, f" ORDER BY id{self._for_update_wait()}")
+
+    def _ids_where_in(
+        self, column: str, values: Sequence[int], condition: str, suffix: str = ""
+    ) -> list[int]:
+        """The ids of the tasks whose ``column`` is one of ``values`` and of which
+        ``condition`` holds, asked :data:`BATCH_ROWS` values at a time; ``suffix``
+        ends each query (an ORDER BY, a locking clause)."""
+        ids: list[int] = []
+        for chunk in iter_chunks(values, BATCH_ROWS):
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT id FROM tasks WHERE {column} IN ({marks}) AND {condition}{suffix}"
+            ids += (int(r[0]) for r in self._exec(sql, chunk).fetchall())
+        return ids
 
     def _fenced(self, task_id: int, epoch: int) -> bool:
         return self._exec(self._lock_task_sql(), (task_id, epoch)).fetchone() is not None
@@ -612,7 +652,8 @@ class SqlStore:
             alive = self._exec(HEARTBEAT_WORKER, (now, inflight, processed, worker)).rowcount
             if not alive:
                 return None
-            rows = self._exec(EXTEND_LEASES, (now + lease_seconds, worker)).fetchall()
+            extend = EXTEND_LEASES_IN_ID_ORDER if self._for_update_wait() else EXTEND_LEASES
+            rows = self._exec(extend, (now + lease_seconds, worker)).fetchall()
         return {int(r[0]): int(r[1]) for r in rows}
 
     def beat(self, worker: str, now: float, inflight: int, processed: int) -> bool:
@@ -809,9 +850,11 @@ class SqlStore:
         """:meth:`retry_dead` for each of ``task_ids``, in one transaction; answer those
         that were dead and are queued again, in id order (the dead children queued
         again with them are not listed). The others are left as they are."""
+        roots = sorted(set(task_ids))
         with self._tx():
+            self._lock_in_id_order(self._dead_trees(roots))
             queued: list[int] = []
-            for task_id in sorted(set(task_ids)):
+            for task_id in roots:
                 if self._exec(RETRY_DEAD, (now, task_id)).fetchone() is not None:
                     queued.append(task_id)
             parents = queued
@@ -828,6 +871,15 @@ class SqlStore:
                     )
                 parents = children
             return queued
+
+    def _dead_trees(self, roots: Sequence[int]) -> Iterator[int]:
+        """``roots`` and their dead descendants, through dead tasks only: what
+        :meth:`retry_dead_many` may queue again (read lazily, without locks)."""
+        yield from roots
+        parents: Sequence[int] = roots
+        while parents:
+            parents = self._ids_where_in("parent_id", parents, "state = 'dead'")
+            yield from parents
 
     def get_task(self, task_id: int) -> TaskRecord | None:
         row = self._exec(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -1026,7 +1078,8 @@ class SqlStore:
         parent, run again, finds its child by key and must find its result, else it
         would send the child again and repeat its effects. So a child goes no sooner
         than its parent's own cutoff allows. Once a task is gone, its idempotency key
-        is free.
+        is free. A dead letter an operator queues again while a prune runs stays: on
+        PostgreSQL the prune locks what it read and deletes only what is still finished.
         """
         cutoffs = {"succeeded": finished_before, "cancelled": finished_before, "dead": dead_before}
         # read before the write lock is taken: a group that is gone by then reads empty
@@ -1045,6 +1098,10 @@ class SqlStore:
                 ids.extend(int(r[0]) for r in rows)
                 if len(ids) >= limit:
                     break
+            if ids and self._for_update_wait():
+                # PostgreSQL: in id order (see _lock_in_id_order), and only those still
+                # finished: a dead letter an operator queued again since it was read stays
+                ids = self._locked(sorted(ids), FINISHED)
             if ids:
                 marks = ", ".join("?" * len(ids))
                 self._exec(f"DELETE FROM effects WHERE task_id IN ({marks})", ids)
