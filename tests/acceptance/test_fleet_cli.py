@@ -629,6 +629,49 @@ def test_a_cluster_s_queue_is_emptied_of_tasks_scheduled_for_later(
         assert ids == sorted(ids) and emptying["id"] in ids
 
 
+def test_a_task_submitted_with_a_deadline_or_a_number_of_tries_of_its_own(
+    running_fleet: tuple[Path, str],
+) -> None:
+    """--deadline: a task not finished within it is dead-lettered, its handler stopped;
+    --max-attempts: tried that often, whatever the agent's retry policy says (here 1)."""
+    fleet_dir, api = running_fleet
+
+    def fleetops(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(*args, "--api", api, cwd=fleet_dir)
+
+    began = time.monotonic()
+    late = fleetops("submit", "back/work", "30", "--deadline", "1s", "--wait")
+    assert late.returncode == 1, late.stderr
+    task = json.loads(late.stdout)
+    assert task["state"] == "dead" and "deadline" in task["dead_reason"], task
+    assert time.monotonic() - began < 20  # stopped at its deadline, not after its 30 s
+    assert 0 < task["deadline"] - task["created_at"] <= 1.0
+
+    closed = str(fleet_dir / "never-opened")
+    tried = fleetops("submit", "back/gate", json.dumps(closed), "--max-attempts", "3", "--wait")
+    assert tried.returncode == 1, tried.stderr
+    task = json.loads(tried.stdout)
+    assert task["state"] == "dead" and task["attempts"] == 3, task
+    history = json.loads(fleetops("tasks", "--id", str(task["id"]), "--json").stdout)
+    assert [a["outcome"] for a in history["attempt_history"]] == ["failed"] * 3
+
+    # bad input names the option and stores nothing
+    before = json.loads(fleetops("tasks", "--json", "--limit", "1000").stdout)
+    for args, said in (
+        (["--deadline", "soon"], "--deadline"),
+        (["--deadline", "0s"], "--deadline"),
+        (["--max-attempts", "0"], "--max-attempts"),
+        (["--delay", "1h", "--deadline", "10m"], "run_after"),  # starts after its deadline
+    ):
+        bad = fleetops("submit", "back/work", *args)
+        assert bad.returncode == 2 and said in bad.stderr, (args, bad.stderr)
+    with httpx.Client(base_url=api, timeout=10) as http:
+        both = {"agent": "back/work", "deadline": time.time() + 60, "deadline_in": 60}
+        r = http.post("/api/v1/tasks", json=both)
+        assert r.status_code == 422 and "deadline_in" in r.text, r.text
+    assert json.loads(fleetops("tasks", "--json", "--limit", "1000").stdout) == before
+
+
 def test_the_support_desk_example_deploys_with_a_full_readiness_score(tmp_path: Path) -> None:
     import shutil
 

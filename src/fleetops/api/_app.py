@@ -172,16 +172,17 @@ def create_app(plane: ControlPlane) -> FastAPI:
             body.agent,
             {name: [a.name for a in c.agents] for name, c in plane.spec.clusters.items()},
         )
+        now = plane.clock.now()  # delay and deadline_in count from here
         task = NewTask(
             queue=cluster,
             agent=agent,
             payload=json.dumps(body.payload),
             priority=body.priority,
-            deadline=body.deadline,
+            deadline=body.deadline if body.deadline_in is None else now + body.deadline_in,
             idempotency_key=body.idempotency_key,
             max_attempts=body.max_attempts,
             headers=json.dumps({TRACEPARENT: new_traceparent()}),
-            run_after=body.run_after if body.delay is None else plane.clock.now() + body.delay,
+            run_after=body.run_after if body.delay is None else now + body.delay,
         )
         done = await client().submit(task)
         return Submitted(id=done.id, created=done.created)

@@ -29,10 +29,20 @@ class TaskSubmit(BaseModel):
         allow_inf_nan=False,
     )
 
+    deadline_in: float | None = Field(
+        None,
+        gt=0,
+        description="seconds the task has to finish in, from now (the server's clock; "
+        "instead of deadline)",
+        allow_inf_nan=False,
+    )
+
     @model_validator(mode="after")
     def _one_start(self) -> TaskSubmit:
         if self.run_after is not None and self.delay is not None:
             raise ValueError("give run_after or delay, not both")
+        if self.deadline is not None and self.deadline_in is not None:
+            raise ValueError("give deadline or deadline_in, not both")
         return self
 
     idempotency_key: str | None = Field(

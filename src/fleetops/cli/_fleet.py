@@ -363,6 +363,20 @@ def status(
     out.print(table)
 
 
+def _duration_option(given: str | None, flag: str, example: str) -> float | None:
+    """Seconds of a duration option such as ``--delay 30s`` (None when not given); a
+    bad one ends the command with a usage error naming ``flag``."""
+    if given is None:
+        return None
+    try:
+        seconds = parse_duration(given, flag)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    if not math.isfinite(seconds):
+        fail(f"{flag}: {given!r} is longer than any clock counts: use e.g. {example}", EXIT_USAGE)
+    return seconds
+
+
 def submit(
     agent: str = typer.Argument(..., help="'cluster/agent'."),
     payload: str = typer.Argument("null", help="The payload as JSON."),
@@ -372,17 +386,26 @@ def submit(
     delay: str = typer.Option(
         None, "--delay", help="Keep it queued this long first, e.g. 30s or 2h (default: none)."
     ),
+    deadline: str = typer.Option(
+        None,
+        "--deadline",
+        help="Give up on it unless it finishes within this long, e.g. 10m (default: none).",
+    ),
+    max_attempts: int = typer.Option(
+        None,
+        "--max-attempts",
+        min=1,
+        max=100,
+        help="Tries before it is dead-lettered (default: the agent's retry policy).",
+    ),
     api: str = typer.Option(None, help=API_HELP),
 ) -> None:
     """Submit a task to the running fleet."""
-    seconds = None
-    if delay is not None:
-        try:
-            seconds = parse_duration(delay, "--delay")
-        except ConfigError as exc:
-            fail(str(exc), EXIT_USAGE)
-        if not math.isfinite(seconds):
-            fail(f"--delay: {delay!r} is longer than any clock counts: use e.g. 2h", EXIT_USAGE)
+    # both counted on the fleet's clock, not this machine's
+    delay_s = _duration_option(delay, "--delay", "2h")
+    deadline_s = _duration_option(deadline, "--deadline", "10m")
+    if deadline_s is not None and deadline_s <= 0:
+        fail(f"--deadline: {deadline!r} leaves the task no time: use e.g. 10m", EXIT_USAGE)
     try:
         value = json.loads(payload)
         json.dumps(value, allow_nan=False)  # Python reads NaN, Infinity and 1e999; JSON has none
@@ -403,7 +426,9 @@ def submit(
         "payload": value,
         "priority": priority,
         "idempotency_key": key,
-        "delay": seconds,  # counted on the fleet's clock, not this machine's
+        "delay": delay_s,
+        "deadline_in": deadline_s,
+        "max_attempts": max_attempts or 0,
     }
     result = call("POST", url, "/api/v1/tasks", json=body)
     if not wait:
@@ -641,8 +666,7 @@ def events(
     api: str = typer.Option(None, help=API_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """What happened to the fleet: workers started, failed and replaced, each recovery
-    step, clusters degraded and recovered, tasks cancelled and retried."""
+    """Fleet events: workers and recovery steps, clusters degraded, tasks cancelled and retried."""
     params: dict[str, Any] = {"limit": limit}
     params |= {k: v for k, v in {"kind": kind, "cluster": cluster}.items() if v is not None}
     page = call("GET", api_url(api, None), "/api/v1/events", params=params)
