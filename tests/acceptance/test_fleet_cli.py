@@ -661,14 +661,21 @@ def test_a_task_submitted_with_a_deadline_or_a_number_of_tries_of_its_own(
         (["--deadline", "soon"], "--deadline"),
         (["--deadline", "0s"], "--deadline"),
         (["--max-attempts", "0"], "--max-attempts"),
-        (["--delay", "1h", "--deadline", "10m"], "run_after"),  # starts after its deadline
+        (["--delay", "10m", "--deadline", "10m"], "--deadline '10m'"),  # due at its deadline
     ):
         bad = fleetops("submit", "back/work", *args)
         assert bad.returncode == 2 and said in bad.stderr, (args, bad.stderr)
+    at = time.time() + 60
     with httpx.Client(base_url=api, timeout=10) as http:
-        both = {"agent": "back/work", "deadline": time.time() + 60, "deadline_in": 60}
-        r = http.post("/api/v1/tasks", json=both)
-        assert r.status_code == 422 and "deadline_in" in r.text, r.text
+        for body, field in (
+            ({"deadline": at, "deadline_in": 60}, "deadline_in"),
+            ({"delay": 60, "deadline_in": 60}, "delay (60 s) is not shorter than deadline_in"),
+            ({"deadline_in": True}, "deadline_in"),  # a number, not true as 1 s
+            ({"delay": "60"}, "delay"),
+            ({"run_after": at, "deadline": at}, "run_after"),  # due at its deadline
+        ):
+            r = http.post("/api/v1/tasks", json={"agent": "back/work", **body})
+            assert r.status_code == 422 and field in r.text, (body, r.text)
     assert json.loads(fleetops("tasks", "--json", "--limit", "1000").stdout) == before
 
 

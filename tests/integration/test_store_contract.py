@@ -2346,22 +2346,137 @@ def test_a_postgres_prune_deletes_in_id_order(postgres_url: str) -> None:
 
 
 @pytest.mark.postgres
-def test_a_postgres_prune_keeps_a_dead_letter_retried_while_it_ran(postgres_url: str) -> None:
+@pytest.mark.parametrize("since", ["queued again", "finished again"])
+def test_a_postgres_prune_keeps_a_dead_letter_retried_while_it_ran(
+    postgres_url: str, since: str
+) -> None:
     """An operator queues a dead letter again while a prune that read it as dead is
-    deleting it: the prune waits for the retry, sees the task queued, and leaves it
-    (with its attempts). Deleted on the strength of the earlier read, the retried
-    task, acknowledged to the operator, was lost."""
+    deleting it (and it may even have run and died again since): the prune waits for
+    that write, sees the task is not as it read it, and leaves it, with its attempts.
+    Deleted on the strength of the earlier read, the retried task, acknowledged to
+    the operator, was lost; checking only that it was finished lost the second case."""
     from fleetops.store._sql import RETRY_DEAD
 
     store = open_store(postgres_url)
     control = open_store(postgres_url)
     try:
         dead = _finish(store, "dead", T0 + 5)
+        write: tuple[str, tuple[Any, ...]] = (RETRY_DEAD, (T0 + 30, dead))
+        if since == "finished again":
+            write = ("UPDATE tasks SET finished_at = ? WHERE id = ? RETURNING id", (T0 + 40, dead))
         prune = partial(control.prune_tasks, None, T0 + 20)
-        assert _behind_a_held_write(postgres_url, RETRY_DEAD, (T0 + 30, dead), prune) == 0
+        assert _behind_a_held_write(postgres_url, *write, prune) == 0
         record = store.get_task(dead)
-        assert record is not None and record.state == "queued"
+        assert record is not None
+        assert (record.state, record.finished_at) in [("queued", None), ("dead", T0 + 40)]
         assert [a.outcome for a in store.attempts(dead)] == ["failed"]
     finally:
         control.close()
         store.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_bulk_retry_leaves_a_child_that_dies_meanwhile_for_the_next(
+    postgres_url: str,
+) -> None:
+    """A child dies (another transaction commits its failure) after a bulk retry has
+    found and locked its trees: it was not locked with them, so the retry leaves it
+    dead, for the next retry. Queued again, it was locked last, after tasks with
+    larger ids, and a cancel could deadlock with the retry."""
+    from fleetops.store._sql import FAIL_DEAD, RETRY_DEAD
+
+    store = open_store(postgres_url)
+    control = open_store(postgres_url)
+    holder = psycopg.connect(postgres_url)
+    try:
+        parent = running_task(store, "w1")
+        child = submit_one(store, parent_id=parent.id)
+        held = claim_one(store, "w1")
+        assert apply_one(store, Fail(parent.id, parent.epoch, "boom", "w1", None), T0 + 1).ok
+        dying = (FAIL_DEAD.replace("?", "%s"), ("boom", "boom", T0 + 2, child, held.epoch))
+        assert holder.execute(*dying).fetchone() is not None  # not committed yet
+        real_exec = control._exec  # type: ignore[attr-defined]
+
+        def exec_(sql: str, params: Any = ()) -> Any:
+            if sql == RETRY_DEAD and not holder.closed:
+                holder.commit()  # the child dies now: after the trees were found
+                holder.close()
+            return real_exec(sql, params)
+
+        control._exec = exec_  # type: ignore[attr-defined]
+        assert control.retry_dead_many([parent.id], T0 + 3) == [parent.id]
+        assert holder.closed, "the retry never queued the parent"
+        assert [t.state for t in store.get_tasks([parent.id, child])] == ["queued", "dead"]
+        assert store.retry_dead(child, T0 + 4)  # the next retry takes it
+    finally:
+        holder.close()
+        control.close()
+        store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_submits_of_the_same_keys_in_opposite_orders_wait_not_deadlock(
+    postgres_url: str,
+) -> None:
+    """Two transactions insert keys K1 and K2, in opposite orders. Each took its first
+    key's place in the unique index and waited for the other's: a deadlock. The keys
+    are now taken in one order (advisory locks) before any insert; the second waits,
+    then finds both tasks by key."""
+    from fleetops.store._postgres import KEY_LOCKS, LOCK_KEYS, _key_hash
+    from fleetops.store._sql import INSERT_TASK_KEYED, task_params
+
+    store = open_store(postgres_url)
+    holder = psycopg.connect(postgres_url)
+    watcher = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        k1, k2 = new_task(idempotency_key="K1"), new_task(idempotency_key="K2")
+        # the other transaction, as the store makes it: keys locked, then K2 and K1
+        hashes = sorted({_key_hash("K1"), _key_hash("K2")})
+        holder.execute(LOCK_KEYS.replace("?", "%s"), (KEY_LOCKS, hashes))
+        insert = INSERT_TASK_KEYED.replace("?", "%s")
+        [(k2_id,)] = holder.execute(insert, task_params(k2, T0)).fetchall()
+        pid = store._conn.info.backend_pid  # type: ignore[attr-defined]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(store.submit, [k1, k2], T0)
+            waited_from = time.monotonic()
+            while holder.info.backend_pid not in _lock_waiter(watcher, pid):
+                assert not pending.done(), pending.result()
+                assert time.monotonic() - waited_from < 10, "the submit never waited"
+                time.sleep(0.01)
+            [(k1_id,)] = holder.execute(insert, task_params(k1, T0)).fetchall()
+            holder.commit()
+            assert pending.result(timeout=20) == [Submitted(k1_id, False), Submitted(k2_id, False)]
+    finally:
+        watcher.close()
+        holder.close()
+        store.close()
+
+
+def test_a_keyed_submit_whose_key_s_task_was_pruned_meanwhile_inserts_again(
+    store: Store,
+) -> None:
+    """A keyed submit finds its key taken, and the task holding it is pruned before it
+    reads that task (on PostgreSQL, another transaction between its INSERT and its
+    SELECT; here the row is deleted right then): the key is free, so the task is
+    inserted again. It used to fail (the SELECT found nothing) and fail every
+    submit committed with it."""
+    from fleetops.store._sql import SELECT_BY_KEY
+
+    submit_one(store, idempotency_key="k")
+    real_exec = store._exec  # type: ignore[attr-defined]
+    deleted: list[str] = []
+
+    def exec_(sql: str, params: Any = ()) -> Any:
+        if sql == SELECT_BY_KEY and not deleted:
+            deleted.append(real_exec("DELETE FROM tasks WHERE idempotency_key = ?", ("k",)))
+        return real_exec(sql, params)
+
+    store._exec = exec_  # type: ignore[attr-defined]
+    try:
+        [again, other] = store.submit([new_task(idempotency_key="k"), new_task()], T0 + 1)
+    finally:
+        del store._exec  # type: ignore[attr-defined]
+    assert deleted, "the SELECT by key never ran"
+    assert again.created and other.created
+    record = store.get_task(again.id)  # a new task (SQLite may give it the old one's id)
+    assert record is not None and (record.idempotency_key, record.created_at) == ("k", T0 + 1)

@@ -15,11 +15,15 @@ class TaskSubmit(BaseModel):
     agent: str = Field(description="'cluster/agent', e.g. 'intake/classify'", min_length=3)
     payload: Any = None
     priority: int = Field(0, ge=-1000, le=1000)
-    deadline: float | None = Field(None, description="seconds since the epoch", allow_inf_nan=False)
+    # strict: a number, not a string or true (read as 1 s)
+    deadline: float | None = Field(
+        None, description="seconds since the epoch", allow_inf_nan=False, strict=True
+    )
     run_after: float | None = Field(
         None,
         description="seconds since the epoch: the task waits in the queue until then",
         allow_inf_nan=False,
+        strict=True,
     )
     delay: float | None = Field(
         None,
@@ -27,14 +31,15 @@ class TaskSubmit(BaseModel):
         description="seconds the task waits in the queue first (the server's clock; "
         "instead of run_after)",
         allow_inf_nan=False,
+        strict=True,
     )
-
     deadline_in: float | None = Field(
         None,
         gt=0,
         description="seconds the task has to finish in, from now (the server's clock; "
         "instead of deadline)",
         allow_inf_nan=False,
+        strict=True,
     )
 
     @model_validator(mode="after")
@@ -43,6 +48,12 @@ class TaskSubmit(BaseModel):
             raise ValueError("give run_after or delay, not both")
         if self.deadline is not None and self.deadline_in is not None:
             raise ValueError("give deadline or deadline_in, not both")
+        if self.delay is not None and self.deadline_in is not None:
+            if self.delay >= self.deadline_in:
+                raise ValueError(
+                    f"delay ({self.delay:g} s) is not shorter than deadline_in "
+                    f"({self.deadline_in:g} s): the task would be due after its deadline"
+                )
         return self
 
     idempotency_key: str | None = Field(

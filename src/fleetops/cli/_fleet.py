@@ -406,6 +406,12 @@ def submit(
     deadline_s = _duration_option(deadline, "--deadline", "10m")
     if deadline_s is not None and deadline_s <= 0:
         fail(f"--deadline: {deadline!r} leaves the task no time: use e.g. 10m", EXIT_USAGE)
+    if deadline_s is not None and delay_s is not None and delay_s >= deadline_s:
+        fail(
+            f"--delay: {delay!r} is not shorter than --deadline {deadline!r}: the task would "
+            "be due after its deadline; shorten the delay or lengthen the deadline",
+            EXIT_USAGE,
+        )
     try:
         value = json.loads(payload)
         json.dumps(value, allow_nan=False)  # Python reads NaN, Infinity and 1e999; JSON has none

@@ -226,7 +226,7 @@ def check_task(task: NewTask) -> None:
     _check_int("max_redeliveries", task.max_redeliveries, 0)
     _check_time("deadline", task.deadline)
     _check_time("run_after", task.run_after)
-    if task.deadline is not None and task.run_after is not None and task.run_after > task.deadline:
+    if task.deadline is not None and task.run_after is not None and task.run_after >= task.deadline:
         raise ConfigError(
             "run_after",
             task.run_after,

@@ -12,7 +12,8 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -69,6 +70,17 @@ DEADLINE_MARGIN = 10.0
 WATCH_INTERVAL = 0.25
 #: An arbitrary constant: the advisory lock that serialises concurrent migrations.
 MIGRATION_LOCK = 0x466C6565744F7073 & 0x7FFFFFFFFFFFFFFF
+#: The advisory locks of idempotency keys (see SqlStore._lock_keys): (KEY_LOCKS, the
+#: key's hash), taken in the order of the array, which is sorted. Two different keys
+#: may share a hash; their inserts then wait for each other, which is all.
+KEY_LOCKS = 0x666B6579
+LOCK_KEYS = "SELECT pg_advisory_xact_lock(?, h) FROM unnest(?::int[]) AS h"
+
+
+def _key_hash(key: str) -> int:
+    """An idempotency key as a 32-bit signed integer, the same in every process."""
+    unsigned = zlib.crc32(key.encode())
+    return unsigned - (1 << 32) if unsigned >= 1 << 31 else unsigned
 
 
 @lru_cache(maxsize=512)
@@ -272,6 +284,11 @@ class PostgresStore(SqlStore):
 
     def _for_update(self) -> str:
         return " FOR UPDATE SKIP LOCKED"
+
+    def _lock_keys(self, keys: Iterable[str | None]) -> None:
+        hashes = sorted({_key_hash(k) for k in keys if k is not None})
+        if len(hashes) > 1:  # one key alone waits for one other transaction at most
+            self._exec(LOCK_KEYS, (KEY_LOCKS, hashes))
 
     def _lock_queue(self, queue: str) -> None:
         # Serialise claimers of one queue for the rest of the transaction, so that a

@@ -213,8 +213,8 @@ _RETRY_DEAD_SET = (
     "finished_at = NULL, dead_reason = NULL "
 )
 RETRY_DEAD = _RETRY_DEAD_SET + "WHERE id = ? AND state = 'dead' RETURNING id"
-#: ... and the dead children of the tasks in the IN list (filled in by the caller)
-RETRY_DEAD_CHILDREN = _RETRY_DEAD_SET + "WHERE parent_id IN ({}) AND state = 'dead' RETURNING id"
+#: ... and the dead tasks of the IN list (filled in by the caller)
+RETRY_DEAD_IN = _RETRY_DEAD_SET + "WHERE id IN ({}) AND state = 'dead' RETURNING id"
 INSERT_EVENT = (
     "INSERT INTO events (at, kind, cluster, worker, task_id, data) VALUES (?, ?, ?, ?, ?, ?) "
     "RETURNING id"
@@ -257,6 +257,8 @@ REJECTED = OpResult(False)
 
 #: The ops :meth:`SqlStore.apply` applies one at a time (Completes go set-wise).
 OneByOne = Fail | Release | EffectBegin | EffectEnd | SubmitChild | Submit
+#: The ops that insert a task.
+SUBMITS = (Submit, SubmitChild)
 
 
 def task_of(op: OneByOne) -> int | None:
@@ -386,6 +388,7 @@ class SqlStore:
         if not tasks:
             return []
         with self._tx():
+            self._lock_keys(t.idempotency_key for t in tasks)
             return self._submit_in_tx(tasks, now)
 
     def submit_groups(
@@ -394,7 +397,16 @@ class SqlStore:
         if not any(tasks for tasks, _ in groups):
             return [[] for _ in groups]
         with self._tx():
+            self._lock_keys(t.idempotency_key for tasks, _ in groups for t in tasks)
             return [self._submit_in_tx(tasks, now) if tasks else [] for tasks, now in groups]
+
+    def _lock_keys(self, keys: Iterable[str | None]) -> None:
+        """Where writers wait for each other's rows (PostgreSQL), take the idempotency
+        keys a transaction inserts in one order first, when it inserts two or more: two
+        transactions inserting the same keys in opposite orders each wait on the unique
+        index for the other's uncommitted row, and deadlock. The tasks are still
+        inserted in their own order (their ids keep it). Nothing to do on SQLite."""
+        return None
 
     def _submit_in_tx(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
         if all(t.idempotency_key is None for t in tasks):
@@ -404,13 +416,20 @@ class SqlStore:
             if task.idempotency_key is None:
                 out.append(Submitted(self._insert_many([task], now)[0], True))
                 continue
-            rows = self._exec(INSERT_TASK_KEYED, task_params(task, now)).fetchall()
-            if rows:
+            found = None
+            while True:
+                rows = self._exec(INSERT_TASK_KEYED, task_params(task, now)).fetchall()
+                if rows:
+                    break
+                found = self._exec(SELECT_BY_KEY, (task.idempotency_key,)).fetchone()
+                if found is not None:
+                    break
+                # PostgreSQL: the task that held the key was pruned between the INSERT
+                # and the SELECT; the key is free again: insert again
+            if found is None:
                 out.append(Submitted(int(rows[0][0]), True))
             else:
-                task_id, queue, agent = self._exec(
-                    SELECT_BY_KEY, (task.idempotency_key,)
-                ).fetchone()
+                task_id, queue, agent = found
                 if (queue, agent) != (task.queue, task.agent):
                     # the same key for other work is a mistake, not a retry: answering
                     # the first task would pass it off as this one
@@ -508,11 +527,12 @@ class SqlStore:
         held: dict[tuple[int, int], tuple[int, Complete]] = {}
         held_tasks: set[int] = set()
         with self._tx():
-            if callable(now):
-                now = now()
             self._lock_in_id_order(
                 op.task_id if isinstance(op, Complete) else task_of(op) for op in ops
             )
+            self._lock_keys(op.task.idempotency_key for op in ops if isinstance(op, SUBMITS))
+            if callable(now):  # once the locks are held (the write lock, on SQLite)
+                now = now()
             for i, op in enumerate(ops):
                 if isinstance(op, Complete):
                     held.setdefault((op.task_id, op.epoch), (i, op))
@@ -560,10 +580,11 @@ class SqlStore:
     def _lock_in_id_order(self, task_ids: Iterable[int | None]) -> None:
         """On PostgreSQL, lock the rows of ``task_ids`` now, in id order, for the rest of
         the transaction: as every statement that locks many tasks takes them (see
-        :meth:`cancel_many`), so that two such transactions wait for each other and
-        never deadlock. Statements that lock them later in another order (a group
-        commit's ops, in the order they came) then find them held already. Nothing to
-        do on SQLite, whose one writer holds the database's lock, or for one row."""
+        :meth:`cancel_many`), so that two such transactions wait for each other
+        rather than deadlock. Statements that lock them later in another order (a
+        group commit's ops, in the order they came) then find them held already.
+        Nothing to do on SQLite, whose one writer holds the database's lock, or for
+        one row."""
         if not self._for_update_wait():
             return
         ids = sorted({i for i in task_ids if i is not None})
@@ -574,20 +595,21 @@ class SqlStore:
         """PostgreSQL: lock the rows of ``ids`` (ascending) in id order; answer those
         of which ``condition`` holds once locked (a row changed meanwhile is read
         again after its writer commits)."""
-        return self._ids_where_in("id", ids, condition, f" ORDER BY id{self._for_update_wait()}")
+        lock = f" ORDER BY id{self._for_update_wait()}"
+        return [int(r[0]) for r in self._rows_where_in("id", "id", ids, condition, lock)]
 
-    def _ids_where_in(
-        self, column: str, values: Sequence[int], condition: str, suffix: str = ""
-    ) -> list[int]:
-        """The ids of the tasks whose ``column`` is one of ``values`` and of which
+    def _rows_where_in(
+        self, columns: str, column: str, values: Sequence[int], condition: str, suffix: str = ""
+    ) -> list[Sequence[Any]]:
+        """``columns`` of the tasks whose ``column`` is one of ``values`` and of which
         ``condition`` holds, asked :data:`BATCH_ROWS` values at a time; ``suffix``
         ends each query (an ORDER BY, a locking clause)."""
-        ids: list[int] = []
+        rows: list[Sequence[Any]] = []
         for chunk in iter_chunks(values, BATCH_ROWS):
             marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT id FROM tasks WHERE {column} IN ({marks}) AND {condition}{suffix}"
-            ids += (int(r[0]) for r in self._exec(sql, chunk).fetchall())
-        return ids
+            sql = f"SELECT {columns} FROM tasks WHERE {column} IN ({marks}) AND {condition}"
+            rows += self._exec(sql + suffix, chunk).fetchall()
+        return rows
 
     def _fenced(self, task_id: int, epoch: int) -> bool:
         return self._exec(self._lock_task_sql(), (task_id, epoch)).fetchone() is not None
@@ -752,8 +774,12 @@ class SqlStore:
         committing meanwhile is waited for and then seen (the task is not said
         cancelled), and in id order, as the other statements that lock many tasks do:
         the trees are found first without locks, then locked in one ascending pass.
-        A child sent before its parent was locked has a larger id than every task
-        locked so far: it is found, and locked, after them."""
+        A child sent while they were locked (committed by the time its parent's lock
+        was had) is found then and locked after them; its id was drawn when it was
+        sent, so it may be smaller than some already locked. Only a worker that has
+        claimed that child meanwhile and commits on it and on a later task of the
+        tree at once can then deadlock with the cancel (milliseconds, and PostgreSQL
+        fails one of the two: the worker tries again, the API answers 503)."""
         roots = sorted(set(task_ids))
         with self._tx():
             known = set(roots)
@@ -849,37 +875,41 @@ class SqlStore:
     def retry_dead_many(self, task_ids: Sequence[int], now: float) -> list[int]:
         """:meth:`retry_dead` for each of ``task_ids``, in one transaction; answer those
         that were dead and are queued again, in id order (the dead children queued
-        again with them are not listed). The others are left as they are."""
+        again with them are not listed). The others are left as they are.
+
+        The trees are found first, without locks, through dead tasks: the roots and
+        their dead descendants. On PostgreSQL they are then locked in id order (see
+        :meth:`_lock_in_id_order`), and only what was found is queued again: a child
+        that dies while the retry runs stays dead, for the next retry."""
         roots = sorted(set(task_ids))
         with self._tx():
-            self._lock_in_id_order(self._dead_trees(roots))
-            queued: list[int] = []
-            for task_id in roots:
-                if self._exec(RETRY_DEAD, (now, task_id)).fetchone() is not None:
-                    queued.append(task_id)
-            parents = queued
-            while parents:
-                children: list[int] = []
-                for at in range(0, len(parents), BATCH_ROWS):
-                    chunk = parents[at : at + BATCH_ROWS]
-                    children += (
-                        int(r[0])
-                        for r in self._exec(
-                            RETRY_DEAD_CHILDREN.format(", ".join("?" * len(chunk))),
-                            (now, *chunk),
-                        ).fetchall()
-                    )
-                parents = children
+            parent_of = self._dead_descendants(roots)
+            found = sorted({*roots, *parent_of})
+            held = set(self._locked(found)) if self._for_update_wait() else set(found)
+            queued = [
+                task_id
+                for task_id in roots
+                if task_id in held and self._exec(RETRY_DEAD, (now, task_id)).fetchone()
+            ]
+            generation = set(queued)
+            while generation:
+                children = sorted(c for c, p in parent_of.items() if p in generation and c in held)
+                generation = set()
+                for chunk in iter_chunks(children, BATCH_ROWS):
+                    sql = RETRY_DEAD_IN.format(", ".join("?" * len(chunk)))
+                    generation.update(int(r[0]) for r in self._exec(sql, (now, *chunk)).fetchall())
             return queued
 
-    def _dead_trees(self, roots: Sequence[int]) -> Iterator[int]:
-        """``roots`` and their dead descendants, through dead tasks only: what
-        :meth:`retry_dead_many` may queue again (read lazily, without locks)."""
-        yield from roots
+    def _dead_descendants(self, roots: Sequence[int]) -> dict[int, int]:
+        """{task: its parent} for the dead descendants of ``roots`` reached through
+        dead tasks only: what :meth:`retry_dead_many` may queue again with them."""
+        parent_of: dict[int, int] = {}
         parents: Sequence[int] = roots
         while parents:
-            parents = self._ids_where_in("parent_id", parents, "state = 'dead'")
-            yield from parents
+            found = self._rows_where_in("id, parent_id", "parent_id", parents, "state = 'dead'")
+            parent_of.update((int(c), int(p)) for c, p in found)
+            parents = [int(c) for c, _ in found]
+        return parent_of
 
     def get_task(self, task_id: int) -> TaskRecord | None:
         row = self._exec(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -1079,29 +1109,35 @@ class SqlStore:
         would send the child again and repeat its effects. So a child goes no sooner
         than its parent's own cutoff allows. Once a task is gone, its idempotency key
         is free. A dead letter an operator queues again while a prune runs stays: on
-        PostgreSQL the prune locks what it read and deletes only what is still finished.
+        PostgreSQL the prune locks what it read and deletes only what is as it was read.
         """
         cutoffs = {"succeeded": finished_before, "cancelled": finished_before, "dead": dead_before}
         # read before the write lock is taken: a group that is gone by then reads empty
         groups = [g for g in self._finished_groups() if cutoffs[g[0]] is not None]
         with self._tx():
-            ids: list[int] = []
+            read: dict[int, tuple[str, float]] = {}  # id: (state, finished_at)
             for state, queue, agent in groups:
                 before = cutoffs[state]
                 rows = self._exec(
-                    f"SELECT id FROM tasks t WHERE {FINISHED} AND state = ? AND queue = ? "
-                    "AND agent = ? AND finished_at < ? AND NOT EXISTS (SELECT 1 FROM tasks p "
-                    "WHERE p.id = t.parent_id AND p.state IN ('queued', 'running', 'dead')) "
-                    "ORDER BY finished_at LIMIT ?",
-                    (state, queue, agent, before, limit - len(ids)),
+                    f"SELECT id, finished_at FROM tasks t WHERE {FINISHED} AND state = ? "
+                    "AND queue = ? AND agent = ? AND finished_at < ? AND NOT EXISTS (SELECT 1 "
+                    "FROM tasks p WHERE p.id = t.parent_id AND p.state IN ('queued', 'running', "
+                    "'dead')) ORDER BY finished_at LIMIT ?",
+                    (state, queue, agent, before, limit - len(read)),
                 ).fetchall()
-                ids.extend(int(r[0]) for r in rows)
-                if len(ids) >= limit:
+                read.update((int(i), (state, finished)) for i, finished in rows)
+                if len(read) >= limit:
                     break
+            ids = list(read)
             if ids and self._for_update_wait():
-                # PostgreSQL: in id order (see _lock_in_id_order), and only those still
-                # finished: a dead letter an operator queued again since it was read stays
-                ids = self._locked(sorted(ids), FINISHED)
+                # PostgreSQL: lock them in id order (see _lock_in_id_order) and keep those
+                # that are as they were read: a dead letter an operator queued again
+                # since then stays, whether it is queued, running or finished again
+                lock = f" ORDER BY id{self._for_update_wait()}"
+                now_rows = self._rows_where_in(
+                    "id, state, finished_at", "id", sorted(ids), "TRUE", lock
+                )
+                ids = [int(i) for i, st, at in now_rows if read[int(i)] == (st, at)]
             if ids:
                 marks = ", ".join("?" * len(ids))
                 self._exec(f"DELETE FROM effects WHERE task_id IN ({marks})", ids)
