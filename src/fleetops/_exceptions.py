@@ -12,6 +12,7 @@ that mean "you asked for something wrong" are kept apart from errors that mean
     ├── TaskFailed                 an awaited child task ended in a terminal failure
     ├── StoreError                 the store could not be reached or answered wrongly
     │   └── StoreUnavailable       the store is down or refused the connection
+    │       └── StoreConflict      the store broke a deadlock by ending a transaction
     ├── SchemaError                the store's schema is newer than this fleetops
     └── Closed                     the object was closed by its owner and is not usable
 """
@@ -76,6 +77,11 @@ class StoreError(FleetOpsError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached."""
+
+
+class StoreConflict(StoreUnavailable):
+    """The store ended a transaction to break a deadlock with another: nothing of it
+    was kept, so it may simply be run again (the store's own methods do, a few times)."""
 
 
 class SchemaError(FleetOpsError):

@@ -2480,3 +2480,47 @@ def test_a_keyed_submit_whose_key_s_task_was_pruned_meanwhile_inserts_again(
     assert again.created and other.created
     record = store.get_task(again.id)  # a new task (SQLite may give it the old one's id)
     assert record is not None and (record.idempotency_key, record.created_at) == ("k", T0 + 1)
+
+
+@pytest.mark.postgres
+def test_a_postgres_transaction_ended_to_break_a_deadlock_runs_again(postgres_url: str) -> None:
+    """Another program's transaction holds task B and then asks for task A, while a
+    group commit holds A and waits for B: a deadlock, and PostgreSQL ends the group
+    commit's transaction (it waited first, so it finds the deadlock). Nothing of it
+    was kept, so the store runs it again once the other has committed, and answers as
+    if nothing had happened. It used to raise (StoreUnavailable) to its caller."""
+    store = open_store(postgres_url)
+    worker = open_store(postgres_url)
+    holder = psycopg.connect(postgres_url)
+    watcher = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        a, b = running_task(store, "w1"), running_task(store, "w1")
+        ops: list[Operation] = [
+            Complete(a.id, a.epoch, '"a"', "w1"),
+            Complete(b.id, b.epoch, '"b"', "w1"),
+        ]
+        holder.execute("SET deadlock_timeout = '20s'")  # the group commit finds it first
+        lock = "SELECT 1 FROM tasks WHERE id = %s FOR UPDATE"
+        assert holder.execute(lock, (b.id,)).fetchone()
+        pid = worker._conn.info.backend_pid  # type: ignore[attr-defined]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(worker.apply, ops, T0 + 1)
+            waited_from = time.monotonic()
+            while holder.info.backend_pid not in _lock_waiter(watcher, pid):
+                assert not pending.done(), pending.result()
+                assert time.monotonic() - waited_from < 10, "the group commit never waited"
+                time.sleep(0.01)
+            # waits for A until PostgreSQL ends the group commit's transaction (~1 s)
+            assert holder.execute(lock, (a.id,)).fetchone()
+            mark = "UPDATE tasks SET headers = %s WHERE id = %s"
+            holder.execute(mark, ('{"by": "other"}', a.id))
+            holder.commit()
+            assert pending.result(timeout=20) == [OpResult(True, None), OpResult(True, None)]
+        done = store.get_tasks([a.id, b.id])
+        assert [(t.state, t.result) for t in done] == [("succeeded", '"a"'), ("succeeded", '"b"')]
+        assert done[0].headers == '{"by": "other"}'  # the other's write stands too
+    finally:
+        watcher.close()
+        holder.close()
+        worker.close()
+        store.close()

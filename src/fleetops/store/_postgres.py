@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .._exceptions import StoreError, StoreUnavailable
+from .._exceptions import StoreConflict, StoreError, StoreUnavailable
 from ._models import NewTask
 from ._open import check_postgres_url, redact
 from ._sql import (
@@ -260,6 +260,8 @@ class PostgresStore(SqlStore):
                 "connection was dropped, and the next call opens a new one"
             )
         message = f"PostgreSQL store {redact(self.url)}: {exc}"
+        if isinstance(exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure):
+            return StoreConflict(message)
         if isinstance(exc, psycopg.OperationalError) or self._conn.closed:
             return StoreUnavailable(message)
         return StoreError(message)

@@ -11,11 +11,11 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from functools import lru_cache
+from functools import lru_cache, wraps
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
-from .._exceptions import ConfigError, SchemaError
+from .._exceptions import ConfigError, SchemaError, StoreConflict
 from ._models import (
     AttemptRecord,
     ChangeRecord,
@@ -291,12 +291,42 @@ def task_params(task: NewTask, now: float) -> tuple[Any, ...]:
 _CLAIM_SQL: dict[tuple[type, int, int, bool | None], str] = {}
 
 
+#: How often a store method runs its transaction again after the store ended it to
+#: break a deadlock (StoreConflict), before the error is the caller's.
+CONFLICT_RERUNS = 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rerun_on_conflict(method: F) -> F:
+    """Run ``method`` (one transaction of a store's) again when PostgreSQL ended its
+    transaction to break a deadlock: nothing of it was kept, so running it again is
+    what its caller would do, minus a round of errors. Writers here lock tasks in
+    one order (see ``SqlStore._lock_in_id_order``), so this is for the narrow cases
+    left and for transactions of other programs. Only the outermost transaction runs
+    again; SQLite never raises it."""
+
+    @wraps(method)
+    def rerun(self: SqlStore, *args: Any, **kwargs: Any) -> Any:
+        for tries_left in range(CONFLICT_RERUNS, -1, -1):
+            try:
+                return method(self, *args, **kwargs)
+            except StoreConflict:
+                if tries_left == 0 or self._depth:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return rerun  # type: ignore[return-value]
+
+
 class SqlStore:
     """Store logic common to both SQL databases; subclasses supply the connection."""
 
     url: str
     dialect: str
     latest_version: int
+    #: how deep the transactions now open are nested (0: none is open)
+    _depth: int
 
     # --- to be supplied by the dialect ---------------------------------------------------
 
@@ -384,6 +414,7 @@ class SqlStore:
 
     # --- tasks -------------------------------------------------------------------------------
 
+    @rerun_on_conflict
     def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
         if not tasks:
             return []
@@ -391,6 +422,7 @@ class SqlStore:
             self._lock_keys(t.idempotency_key for t in tasks)
             return self._submit_in_tx(tasks, now)
 
+    @rerun_on_conflict
     def submit_groups(
         self, groups: Sequence[tuple[Sequence[NewTask], float]]
     ) -> list[list[Submitted]]:
@@ -497,6 +529,7 @@ class SqlStore:
             sql = _CLAIM_SQL[shape] = self._claim_sql(n_queues, n_agents, suspect)
         return sql
 
+    @rerun_on_conflict
     def apply(self, ops: Sequence[Operation], now: float | Callable[[], float]) -> list[OpResult]:
         """Apply ``ops`` in one transaction; answer one result per op, in their order.
         ``now`` is their time, or a clock read once the transaction has begun.
@@ -667,6 +700,7 @@ class SqlStore:
         self._exec(INSERT_ATTEMPT, (task_id, row[0], epoch, worker, row[1], now, outcome, error))
         return OK
 
+    @rerun_on_conflict
     def heartbeat(
         self, worker: str, now: float, lease_seconds: float, inflight: int, processed: int
     ) -> dict[int, int] | None:
@@ -726,6 +760,7 @@ class SqlStore:
             revoked.extend(int(r[0]) for r in rows)
         return sorted(revoked)
 
+    @rerun_on_conflict
     def revoke_worker(self, worker: str, now: float, reason: str) -> list[int]:
         with self._tx():
             self._exec(MARK_WORKER, ("dead", now, worker))
@@ -757,6 +792,7 @@ class SqlStore:
         trees = self.cancel_many([task_id], now, reason)
         return trees[0] if trees else []
 
+    @rerun_on_conflict
     def cancel_many(
         self,
         task_ids: Sequence[int],
@@ -778,8 +814,8 @@ class SqlStore:
         was had) is found then and locked after them; its id was drawn when it was
         sent, so it may be smaller than some already locked. Only a worker that has
         claimed that child meanwhile and commits on it and on a later task of the
-        tree at once can then deadlock with the cancel (milliseconds, and PostgreSQL
-        fails one of the two: the worker tries again, the API answers 503)."""
+        tree at once can then deadlock with the cancel (milliseconds; PostgreSQL ends
+        one of the two transactions, which is run again: see rerun_on_conflict)."""
         roots = sorted(set(task_ids))
         with self._tx():
             known = set(roots)
@@ -872,6 +908,7 @@ class SqlStore:
         way at once. False, changing nothing, when the task is not dead."""
         return bool(self.retry_dead_many([task_id], now))
 
+    @rerun_on_conflict
     def retry_dead_many(self, task_ids: Sequence[int], now: float) -> list[int]:
         """:meth:`retry_dead` for each of ``task_ids``, in one transaction; answer those
         that were dead and are queued again, in id order (the dead children queued
@@ -1095,6 +1132,7 @@ class SqlStore:
             total += int(row[0])
         return total
 
+    @rerun_on_conflict
     def prune_tasks(
         self, finished_before: float | None, dead_before: float | None, limit: int = PRUNE_TASKS
     ) -> int:
