@@ -11,6 +11,7 @@ from ._exceptions import ConfigError as ConfigError
 from ._exceptions import FleetOpsError as FleetOpsError
 from ._exceptions import LeaseLost as LeaseLost
 from ._exceptions import SchemaError as SchemaError
+from ._exceptions import StoreConflict as StoreConflict
 from ._exceptions import StoreError as StoreError
 from ._exceptions import StoreUnavailable as StoreUnavailable
 from ._exceptions import TaskFailed as TaskFailed

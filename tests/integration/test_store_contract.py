@@ -2115,21 +2115,41 @@ def test_list_tasks_by_state_in_id_order_with_filters_and_pages(store: Store) ->
         assert store.list_task_ids(**query) == [t.id for t in store.list_tasks(**query)], query
 
 
-def _behind_a_held_write(postgres_url: str, sql: str, params: tuple[Any, ...], call: Any) -> Any:
-    """Run ``call`` on a thread while another connection holds ``sql`` (a write of one
-    task's row, an outcome committing) uncommitted; check that ``call`` waits for its
-    row lock; commit; answer what ``call`` answered."""
+def _behind_a_held_write(
+    postgres_url: str, sql: str, params: tuple[Any, ...], store: Store, call: Any
+) -> Any:
+    """Run ``call`` (on ``store``) on a thread while another connection holds ``sql`` (a
+    write of one task's row, an outcome committing) uncommitted; wait until ``call``
+    waits for that connection; commit; answer what ``call`` answered."""
     holder = psycopg.connect(postgres_url)
+    watcher = psycopg.connect(postgres_url, autocommit=True)
     try:
         assert holder.execute(sql.replace("?", "%s"), params).fetchone() is not None
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(call)
-            time.sleep(0.3)
-            assert not pending.done()  # waiting for the held row's lock
+            _wait_until_blocked(watcher, store, holder, pending, "the held write")
             holder.commit()
             return pending.result(timeout=10)
     finally:
+        watcher.close()
         holder.close()
+
+
+def _wait_until_blocked(
+    watcher: psycopg.Connection[Any],
+    store: Store,
+    holder: psycopg.Connection[Any],
+    pending: concurrent.futures.Future[Any],
+    what: str,
+) -> None:
+    """Wait until ``store``'s connection waits for a lock ``holder`` holds; fail if the
+    call ``pending`` ends first, or 10 s go by."""
+    pid = store._conn.info.backend_pid  # type: ignore[attr-defined]
+    waited_from = time.monotonic()
+    while holder.info.backend_pid not in _lock_waiter(watcher, pid):
+        assert not pending.done(), f"did not wait for {what}: {pending.result()}"
+        assert time.monotonic() - waited_from < 10, f"never waited for {what}"
+        time.sleep(0.01)
 
 
 @pytest.mark.postgres
@@ -2151,7 +2171,7 @@ def test_a_cancelled_tree_waits_for_a_child_s_completion_committing_and_leaves_i
         assert held.id == child
         completing = (COMPLETE, ('"done"', T0 + 1, "w2", child, held.epoch))
         cancel = partial(other.cancel_tree, parent, T0 + 2, "operator")
-        assert _behind_a_held_write(postgres_url, *completing, cancel) == [parent]
+        assert _behind_a_held_write(postgres_url, *completing, other, cancel) == [parent]
         rows = {r.id: r for r in store.get_tasks([parent, child])}
         assert (rows[parent].state, rows[child].state) == ("cancelled", "succeeded")
         assert rows[child].epoch == held.epoch
@@ -2182,7 +2202,7 @@ def test_a_cancel_racing_a_postgres_completion_waits_for_it_and_answers_false(
         else:
             sql, params = FAIL_DEAD, ("boom", "boom", T0 + 1, task_id, held.epoch)
         cancel = partial(other.cancel, task_id, T0 + 1, "operator")
-        assert _behind_a_held_write(postgres_url, sql, params, cancel) is False
+        assert _behind_a_held_write(postgres_url, sql, params, other, cancel) is False
         record = store.get_task(task_id)
         assert record is not None and record.state == outcome and record.epoch == held.epoch
         assert "cancelled" not in [a.outcome for a in store.attempts(task_id)]
@@ -2216,36 +2236,46 @@ def _lock_waiter(watcher: psycopg.Connection[Any], pid: int) -> list[int]:
 
 
 def _beside_an_id_order_locker(
-    postgres_url: str, low: int, high: int, store: Store, call: Callable[[], Any]
+    postgres_url: str,
+    low: int,
+    high: int,
+    store: Store,
+    call: Callable[[], Any],
+    then: tuple[str, tuple[Any, ...]] | None = None,
 ) -> Any:
     """Hold task ``low``'s row, as a cancel or a dead worker's revocation does on its way
     through the tasks in id order; run ``call`` (on ``store``, touching ``high`` and
-    ``low``) on a thread until it waits for that row; then lock ``high``, as the holder
-    would next. A call that had taken ``high`` first deadlocks with the holder here:
-    PostgreSQL's detector fails one of the two after its ``deadlock_timeout``. Commit;
-    answer what ``call`` answered."""
-    pid = store._conn.info.backend_pid  # type: ignore[attr-defined]
+    ``low``) on a thread until it waits for that row; then lock ``high`` (or run
+    ``then``), as the holder would next. A call that had taken ``high`` (or what
+    ``then`` takes) first deadlocks with the holder here: PostgreSQL's detector fails
+    one of the two after its ``deadlock_timeout`` (the tests that use this turn the
+    store's reruns off: see ``without_reruns``). Commit; answer what ``call`` answered."""
     holder = psycopg.connect(postgres_url)
     watcher = psycopg.connect(postgres_url, autocommit=True)
     try:
         holder.execute("SET lock_timeout = '20s'")
         lock = "SELECT 1 FROM tasks WHERE id = %s FOR UPDATE"
         assert holder.execute(lock, (low,)).fetchone()
-        holder_pid = holder.info.backend_pid
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(call)
-            waited_from = time.monotonic()
-            while holder_pid not in _lock_waiter(watcher, pid):
-                assert not pending.done(), f"did not wait for task {low}: {pending.result()}"
-                assert time.monotonic() - waited_from < 10, f"never waited for task {low}"
-                time.sleep(0.01)
+            _wait_until_blocked(watcher, store, holder, pending, f"task {low}")
             # raises DeadlockDetected here (or the call does) if the call holds `high`
-            assert holder.execute(lock, (high,)).fetchone()
+            sql, params = then or (lock, (high,))
+            assert holder.execute(sql, params).fetchone()
             holder.commit()
             return pending.result(timeout=20)
     finally:
         watcher.close()
         holder.close()
+
+
+@pytest.fixture
+def without_reruns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's transactions ended to break a deadlock are not run again: a lock
+    order test must see the deadlock, not have it papered over by a rerun."""
+    from fleetops.store import _sql
+
+    monkeypatch.setattr(_sql, "CONFLICT_RERUNS", 0)
 
 
 def _physically_after(postgres_url: str, task_id: int) -> None:
@@ -2260,7 +2290,9 @@ def _physically_after(postgres_url: str, task_id: int) -> None:
 
 
 @pytest.mark.postgres
-def test_a_postgres_group_commit_locks_its_tasks_in_id_order(postgres_url: str) -> None:
+def test_a_postgres_group_commit_locks_its_tasks_in_id_order(
+    postgres_url: str, without_reruns: None
+) -> None:
     """A group commit's ops come in any order (an effect of task B, then task A's
     completion); it takes A's and B's rows in id order before any of them runs. Taken
     in the ops' order, the commit held B and waited for A while a cancel held A and
@@ -2284,7 +2316,9 @@ def test_a_postgres_group_commit_locks_its_tasks_in_id_order(postgres_url: str) 
 
 
 @pytest.mark.postgres
-def test_a_postgres_heartbeat_extends_its_leases_in_id_order(postgres_url: str) -> None:
+def test_a_postgres_heartbeat_extends_its_leases_in_id_order(
+    postgres_url: str, without_reruns: None
+) -> None:
     """A heartbeat extends every lease of its worker: it locks them in id order, not in
     the order a scan meets them (here the later task first)."""
     store = open_store(postgres_url)
@@ -2304,7 +2338,9 @@ def test_a_postgres_heartbeat_extends_its_leases_in_id_order(postgres_url: str) 
 
 
 @pytest.mark.postgres
-def test_a_postgres_bulk_retry_locks_its_dead_trees_in_id_order(postgres_url: str) -> None:
+def test_a_postgres_bulk_retry_locks_its_dead_trees_in_id_order(
+    postgres_url: str, without_reruns: None
+) -> None:
     """Retrying dead letters A and B queues A's dead child C again too, and C's id lies
     between A's and B's: all three are locked in id order first. Locked as they were
     queued again (A, B, then the children), a cancel holding C and waiting for B
@@ -2328,7 +2364,7 @@ def test_a_postgres_bulk_retry_locks_its_dead_trees_in_id_order(postgres_url: st
 
 
 @pytest.mark.postgres
-def test_a_postgres_prune_deletes_in_id_order(postgres_url: str) -> None:
+def test_a_postgres_prune_deletes_in_id_order(postgres_url: str, without_reruns: None) -> None:
     """Pruning takes the finished tasks in id order, whatever order it found them in
     (the longest finished first) and a scan meets them in."""
     store = open_store(postgres_url)
@@ -2365,7 +2401,7 @@ def test_a_postgres_prune_keeps_a_dead_letter_retried_while_it_ran(
         if since == "finished again":
             write = ("UPDATE tasks SET finished_at = ? WHERE id = ? RETURNING id", (T0 + 40, dead))
         prune = partial(control.prune_tasks, None, T0 + 20)
-        assert _behind_a_held_write(postgres_url, *write, prune) == 0
+        assert _behind_a_held_write(postgres_url, *write, control, prune) == 0
         record = store.get_task(dead)
         assert record is not None
         assert (record.state, record.finished_at) in [("queued", None), ("dead", T0 + 40)]
@@ -2416,7 +2452,7 @@ def test_a_postgres_bulk_retry_leaves_a_child_that_dies_meanwhile_for_the_next(
 
 @pytest.mark.postgres
 def test_postgres_submits_of_the_same_keys_in_opposite_orders_wait_not_deadlock(
-    postgres_url: str,
+    postgres_url: str, without_reruns: None
 ) -> None:
     """Two transactions insert keys K1 and K2, in opposite orders. Each took its first
     key's place in the unique index and waited for the other's: a deadlock. The keys
@@ -2435,14 +2471,9 @@ def test_postgres_submits_of_the_same_keys_in_opposite_orders_wait_not_deadlock(
         holder.execute(LOCK_KEYS.replace("?", "%s"), (KEY_LOCKS, hashes))
         insert = INSERT_TASK_KEYED.replace("?", "%s")
         [(k2_id,)] = holder.execute(insert, task_params(k2, T0)).fetchall()
-        pid = store._conn.info.backend_pid  # type: ignore[attr-defined]
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(store.submit, [k1, k2], T0)
-            waited_from = time.monotonic()
-            while holder.info.backend_pid not in _lock_waiter(watcher, pid):
-                assert not pending.done(), pending.result()
-                assert time.monotonic() - waited_from < 10, "the submit never waited"
-                time.sleep(0.01)
+            _wait_until_blocked(watcher, store, holder, pending, "the keys")
             [(k1_id,)] = holder.execute(insert, task_params(k1, T0)).fetchall()
             holder.commit()
             assert pending.result(timeout=20) == [Submitted(k1_id, False), Submitted(k2_id, False)]
@@ -2483,6 +2514,35 @@ def test_a_keyed_submit_whose_key_s_task_was_pruned_meanwhile_inserts_again(
 
 
 @pytest.mark.postgres
+def test_a_postgres_group_commit_takes_its_one_task_s_row_before_its_children_s_keys(
+    postgres_url: str, without_reruns: None
+) -> None:
+    """A task sends two children with keys (a ``ctx.call`` child's key comes from its
+    parent: a lease's old holder and its new one may both send them). Every
+    transaction takes rows before keys, a single row too: taking the keys first, this
+    commit held them while waiting for the row, and a commit holding the row and
+    waiting for the keys (one of several tasks) deadlocked with it."""
+    from fleetops.store._postgres import KEY_LOCKS, LOCK_KEYS, _key_hash
+
+    store = open_store(postgres_url)
+    worker = open_store(postgres_url)
+    try:
+        x = running_task(store, "w1")
+        ops: list[Operation] = [
+            SubmitChild(x.id, x.epoch, new_task(idempotency_key=f"{x.id}-call-{n}")) for n in (1, 2)
+        ]
+        hashes = sorted({_key_hash(f"{x.id}-call-{n}") for n in (1, 2)})
+        keys = (LOCK_KEYS.replace("?", "%s"), (KEY_LOCKS, hashes))
+        commit = partial(worker.apply, ops, T0 + 1)
+        answers = _beside_an_id_order_locker(postgres_url, x.id, x.id, worker, commit, keys)
+        assert [a.ok for a in answers] == [True, True]
+        assert len(store.list_tasks(state="queued")) == 2
+    finally:
+        worker.close()
+        store.close()
+
+
+@pytest.mark.postgres
 def test_a_postgres_transaction_ended_to_break_a_deadlock_runs_again(postgres_url: str) -> None:
     """Another program's transaction holds task B and then asks for task A, while a
     group commit holds A and waits for B: a deadlock, and PostgreSQL ends the group
@@ -2502,14 +2562,9 @@ def test_a_postgres_transaction_ended_to_break_a_deadlock_runs_again(postgres_ur
         holder.execute("SET deadlock_timeout = '20s'")  # the group commit finds it first
         lock = "SELECT 1 FROM tasks WHERE id = %s FOR UPDATE"
         assert holder.execute(lock, (b.id,)).fetchone()
-        pid = worker._conn.info.backend_pid  # type: ignore[attr-defined]
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(worker.apply, ops, T0 + 1)
-            waited_from = time.monotonic()
-            while holder.info.backend_pid not in _lock_waiter(watcher, pid):
-                assert not pending.done(), pending.result()
-                assert time.monotonic() - waited_from < 10, "the group commit never waited"
-                time.sleep(0.01)
+            _wait_until_blocked(watcher, worker, holder, pending, f"task {b.id}")
             # waits for A until PostgreSQL ends the group commit's transaction (~1 s)
             assert holder.execute(lock, (a.id,)).fetchone()
             mark = "UPDATE tasks SET headers = %s WHERE id = %s"

@@ -18,6 +18,7 @@ EXPECTED = {
     "RetryPolicy",
     "SchemaError",
     "StoreError",
+    "StoreConflict",
     "StoreUnavailable",
     "SystemClock",
     "TaskFailed",
@@ -50,4 +51,6 @@ def test_every_error_derives_from_the_one_root() -> None:
 def test_user_errors_are_kept_apart_from_breakage() -> None:
     assert issubclass(fleetops.ConfigError, fleetops.UsageError)
     assert not issubclass(fleetops.StoreUnavailable, fleetops.UsageError)
+    # a transaction ended to break a deadlock is an outage of a moment: tried again
+    assert issubclass(fleetops.StoreConflict, fleetops.StoreUnavailable)
     assert not issubclass(fleetops.LeaseLost, fleetops.UsageError)

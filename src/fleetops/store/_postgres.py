@@ -72,7 +72,9 @@ WATCH_INTERVAL = 0.25
 MIGRATION_LOCK = 0x466C6565744F7073 & 0x7FFFFFFFFFFFFFFF
 #: The advisory locks of idempotency keys (see SqlStore._lock_keys): (KEY_LOCKS, the
 #: key's hash), taken in the order of the array, which is sorted. Two different keys
-#: may share a hash; their inserts then wait for each other, which is all.
+#: may share a hash; their inserts then wait for each other, which is all. The locks
+#: belong to the database, not its schema: fleets in two schemas of one database that
+#: insert the same keys at once wait for each other too (briefly, harmlessly).
 KEY_LOCKS = 0x666B6579
 LOCK_KEYS = "SELECT pg_advisory_xact_lock(?, h) FROM unnest(?::int[]) AS h"
 
@@ -288,9 +290,9 @@ class PostgresStore(SqlStore):
         return " FOR UPDATE SKIP LOCKED"
 
     def _lock_keys(self, keys: Iterable[str | None]) -> None:
-        hashes = sorted({_key_hash(k) for k in keys if k is not None})
-        if len(hashes) > 1:  # one key alone waits for one other transaction at most
-            self._exec(LOCK_KEYS, (KEY_LOCKS, hashes))
+        given = {k for k in keys if k is not None}
+        if len(given) > 1:  # one key alone waits for one other transaction at most
+            self._exec(LOCK_KEYS, (KEY_LOCKS, sorted({_key_hash(k) for k in given})))
 
     def _lock_queue(self, queue: str) -> None:
         # Serialise claimers of one queue for the rest of the transaction, so that a

@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from .._exceptions import ConfigError, SchemaError, StoreConflict
+from ..telemetry._logs import get_logger
 from ._models import (
     AttemptRecord,
     ChangeRecord,
@@ -291,6 +292,8 @@ def task_params(task: NewTask, now: float) -> tuple[Any, ...]:
 _CLAIM_SQL: dict[tuple[type, int, int, bool | None], str] = {}
 
 
+log = get_logger("fleetops.store")
+
 #: How often a store method runs its transaction again after the store ended it to
 #: break a deadlock (StoreConflict), before the error is the caller's.
 CONFLICT_RERUNS = 3
@@ -311,9 +314,12 @@ def rerun_on_conflict(method: F) -> F:
         for tries_left in range(CONFLICT_RERUNS, -1, -1):
             try:
                 return method(self, *args, **kwargs)
-            except StoreConflict:
+            except StoreConflict as exc:
                 if tries_left == 0 or self._depth:
                     raise
+                # worth knowing: outside the narrow cases, it means a writer that
+                # locks tasks in another order (another program's, or a regression)
+                log.warning("store.conflict_rerun", method=method.__name__, error=str(exc))
         raise AssertionError("unreachable")  # pragma: no cover
 
     return rerun  # type: ignore[return-value]
@@ -560,10 +566,7 @@ class SqlStore:
         held: dict[tuple[int, int], tuple[int, Complete]] = {}
         held_tasks: set[int] = set()
         with self._tx():
-            self._lock_in_id_order(
-                op.task_id if isinstance(op, Complete) else task_of(op) for op in ops
-            )
-            self._lock_keys(op.task.idempotency_key for op in ops if isinstance(op, SUBMITS))
+            self._lock_ops(ops)
             if callable(now):  # once the locks are held (the write lock, on SQLite)
                 now = now()
             for i, op in enumerate(ops):
@@ -610,18 +613,31 @@ class SqlStore:
             params = [v for row in chunk for v in row] + list(chunk[-1]) * (size - len(chunk))
             self._exec(insert_attempts_sql(size), params)
 
-    def _lock_in_id_order(self, task_ids: Iterable[int | None]) -> None:
+    def _lock_ops(self, ops: Sequence[Operation]) -> None:
+        """On PostgreSQL, before a group commit's ops run: the rows of the tasks they
+        touch, in id order (see :meth:`_lock_in_id_order`), then the idempotency keys
+        they insert (see :meth:`_lock_keys`). Every transaction takes rows before keys:
+        a single row too, when keys follow it."""
+        if not self._for_update_wait():
+            return
+        keys = [op.task.idempotency_key for op in ops if isinstance(op, SUBMITS)]
+        keyed = any(k is not None for k in keys)
+        tasks = (op.task_id if isinstance(op, Complete) else task_of(op) for op in ops)
+        self._lock_in_id_order(tasks, even_one=keyed)
+        self._lock_keys(keys)
+
+    def _lock_in_id_order(self, task_ids: Iterable[int | None], *, even_one: bool = False) -> None:
         """On PostgreSQL, lock the rows of ``task_ids`` now, in id order, for the rest of
         the transaction: as every statement that locks many tasks takes them (see
         :meth:`cancel_many`), so that two such transactions wait for each other
         rather than deadlock. Statements that lock them later in another order (a
         group commit's ops, in the order they came) then find them held already.
         Nothing to do on SQLite, whose one writer holds the database's lock, or for
-        one row."""
+        one row (unless ``even_one``: other locks follow)."""
         if not self._for_update_wait():
             return
         ids = sorted({i for i in task_ids if i is not None})
-        if len(ids) > 1:
+        if len(ids) > 1 or (ids and even_one):
             self._locked(ids)
 
     def _locked(self, ids: Sequence[int], condition: str = "TRUE") -> list[int]:
@@ -928,9 +944,14 @@ class SqlStore:
                 for task_id in roots
                 if task_id in held and self._exec(RETRY_DEAD, (now, task_id)).fetchone()
             ]
+            children_of: dict[int, list[int]] = {}
+            for child, parent in parent_of.items():
+                children_of.setdefault(parent, []).append(child)
             generation = set(queued)
             while generation:
-                children = sorted(c for c, p in parent_of.items() if p in generation and c in held)
+                children = sorted(
+                    c for p in generation for c in children_of.get(p, []) if c in held
+                )
                 generation = set()
                 for chunk in iter_chunks(children, BATCH_ROWS):
                     sql = RETRY_DEAD_IN.format(", ".join("?" * len(chunk)))
