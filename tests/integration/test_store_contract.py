@@ -1070,7 +1070,7 @@ def test_retry_dead_many_queues_the_dead_ones_of_a_list_and_their_dead_children(
 
 def test_a_claim_takes_no_more_suspects_than_it_is_allowed(store: Store) -> None:
     """A task on SUSPECT_REDELIVERIES dead workers is a suspect: a claim takes at most
-    ``suspects`` of them (after the others, whatever their order), any with None."""
+    ``suspects`` of them, any with None."""
     from fleetops.store._sql import SUSPECT_REDELIVERIES
 
     suspects = [submit_one(store, T0) for _ in range(3)]
@@ -1089,6 +1089,44 @@ def test_a_claim_takes_no_more_suspects_than_it_is_allowed(store: Store) -> None
     assert store.claim("wb", ["q"], 10, T0 + 2, LEASE, suspects=0) == []
     assert [t.id for t in store.claim("wb", ["q"], 1, T0 + 2, LEASE, suspects=5)] == [suspects[1]]
     assert [t.id for t in store.claim("wc", ["q"], 10, T0 + 2, LEASE)] == [suspects[2]]
+
+
+def _a_suspect(store: Store, **fields: Any) -> int:
+    """A queued task that has been on SUSPECT_REDELIVERIES workers that died (claimed
+    at T0, before which the other tasks of these tests are not due)."""
+    from fleetops.store._sql import SUSPECT_REDELIVERIES
+
+    task_id = submit_one(store, T0, queue="s", **fields)
+    for death in range(SUSPECT_REDELIVERIES):
+        worker = f"doomed-{task_id}-{death}"
+        store.register_worker(worker, "c", 100, "host", 8, T0)
+        assert [t.id for t in store.claim(worker, ["s"], 10, T0, LEASE)] == [task_id]
+        assert store.revoke_worker(worker, T0, "exited") == [task_id]
+    return task_id
+
+
+def test_a_suspect_is_claimed_ahead_of_a_backlog_it_came_before(store: Store) -> None:
+    """A backlog larger than any claim: a claim that may take a suspect takes it in
+    the slot kept for it, at the priority of the fresh tasks it comes with, instead
+    of after every fresh task (behind a backlog that never empties, never). Not ahead
+    of fresher work of a higher priority; a slot no suspect takes goes to a fresh
+    task."""
+    suspect = _a_suspect(store)
+    backlog = [submit_one(store, T0 + 1, queue="s") for _ in range(6)]
+    store.register_worker("w", "c", 100, "host", 8, T0)
+    first = store.claim("w", ["s"], 3, T0 + 2, LEASE, suspects=1)
+    assert sorted(t.id for t in first) == sorted([suspect, *backlog[:2]])
+    # no suspect left: its slot goes to the backlog
+    assert [t.id for t in store.claim("w", ["s"], 3, T0 + 2, LEASE, suspects=1)] == backlog[2:5]
+
+    # a suspect of a lower priority than the backlog waits for it, as any task would
+    low = _a_suspect(store, priority=-1)
+    claimed = store.claim("w", ["s"], 1 + 1, T0 + 2, LEASE, suspects=1)
+    assert [t.id for t in claimed] == [backlog[5]]  # one fresh task was left
+    urgent = [submit_one(store, T0 + 3, queue="s", priority=5) for _ in range(3)]
+    claimed = store.claim("w", ["s"], 3, T0 + 3, LEASE, suspects=1)
+    assert sorted(t.id for t in claimed) == sorted(urgent)
+    assert [t.id for t in store.claim("w", ["s"], 3, T0 + 3, LEASE, suspects=1)] == [low]
 
 
 def test_revoke_worker_requeues_every_lease_it_holds(store: Store) -> None:

@@ -507,12 +507,26 @@ class SqlStore:
                     return []
                 params[-1] = limit
             kind = None if suspects is None else False
-            rows = self._exec(self._claim_statement(len(queues), len(agents), kind), params)
-            rows = rows.fetchall()
-            if suspects and len(rows) < limit:
-                params[-1] = min(suspects, limit - len(rows))
-                more = self._exec(self._claim_statement(len(queues), len(agents), True), params)
-                rows += more.fetchall()
+            fresh_sql = self._claim_statement(len(queues), len(agents), kind)
+            wanted = min(suspects or 0, limit)
+            params[-1] = limit - wanted
+            rows = self._exec(fresh_sql, params).fetchall() if wanted < limit else []
+            if wanted:
+                # Suspects go in the queue's order too, capped, not after every fresh
+                # task: behind a backlog that never empties they would never run. One
+                # is taken at a priority as high as the fresh tasks it would have come
+                # with, in the slots kept for it; slots it leaves go to fresh tasks.
+                sql = self._claim_statement(len(queues), len(agents), True)
+                full = len(rows) == limit - wanted
+                if full and rows:
+                    floor = f"{SUSPECT_TERMS[True]}AND priority >= {min(int(r[4]) for r in rows)} "
+                    sql = sql.replace(SUSPECT_TERMS[True], floor)
+                params[-1] = wanted
+                more = self._exec(sql, params).fetchall()
+                rows += more
+                if full and len(more) < wanted:
+                    params[-1] = wanted - len(more)
+                    rows += self._exec(fresh_sql, params).fetchall()
             if not rows:
                 return []
             redelivered = [r[0] for r in rows if r[6] > 1]
