@@ -1126,7 +1126,10 @@ def test_a_suspect_is_claimed_ahead_of_a_backlog_it_came_before(store: Store) ->
     urgent = [submit_one(store, T0 + 3, queue="s", priority=5) for _ in range(3)]
     claimed = store.claim("w", ["s"], 3, T0 + 3, LEASE, suspects=1)
     assert sorted(t.id for t in claimed) == sorted(urgent)
-    assert [t.id for t in store.claim("w", ["s"], 3, T0 + 3, LEASE, suspects=1)] == [low]
+    # a claim of one slot too: not ahead of fresher work of a higher priority
+    urgent_one = submit_one(store, T0 + 4, queue="s", priority=5)
+    assert [t.id for t in store.claim("w", ["s"], 1, T0 + 4, LEASE, suspects=1)] == [urgent_one]
+    assert [t.id for t in store.claim("w", ["s"], 3, T0 + 4, LEASE, suspects=1)] == [low]
 
 
 def test_revoke_worker_requeues_every_lease_it_holds(store: Store) -> None:

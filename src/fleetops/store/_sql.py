@@ -517,10 +517,16 @@ class SqlStore:
                 # is taken at a priority as high as the fresh tasks it would have come
                 # with, in the slots kept for it; slots it leaves go to fresh tasks.
                 sql = self._claim_statement(len(queues), len(agents), True)
-                full = len(rows) == limit - wanted
-                if full and rows:
-                    floor = f"{SUSPECT_TERMS[True]}AND priority >= {min(int(r[4]) for r in rows)} "
-                    sql = sql.replace(SUSPECT_TERMS[True], floor)
+                full = len(rows) == limit - wanted  # fresh tasks may be left
+                if full:  # the suspect's priority must be as high as theirs
+                    lowest = (
+                        min(int(r[4]) for r in rows)
+                        if rows
+                        else self._best_fresh(queues, agents, now)  # all slots kept for it
+                    )
+                    if lowest is not None:
+                        floor = f"{SUSPECT_TERMS[True]}AND priority >= {lowest} "
+                        sql = sql.replace(SUSPECT_TERMS[True], floor)
                 params[-1] = wanted
                 more = self._exec(sql, params).fetchall()
                 rows += more
@@ -541,6 +547,19 @@ class SqlStore:
         claimed = [ClaimedTask(*r, journal=journal.get(r[0], {})) for r in rows]  # type: ignore[misc]
         claimed.sort(key=lambda t: (-t.priority, t.id))
         return claimed
+
+    def _best_fresh(self, queues: Sequence[str], agents: Sequence[str], now: float) -> int | None:
+        """The highest priority of the ready tasks of ``queues`` (and ``agents``) that
+        are not suspects; None if there is none."""
+        marks = ", ".join("?" * len(queues))
+        only = f" AND agent IN ({', '.join('?' * len(agents))})" if agents else ""
+        row = self._exec(
+            f"SELECT max(priority) FROM tasks{self._indexed_by('tasks_ready')} WHERE "
+            f"state = 'queued' AND queue IN ({marks}){only} AND run_after <= ? "
+            f"{SUSPECT_TERMS[False]}",
+            [*queues, *agents, now],
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def _claim_statement(self, n_queues: int, n_agents: int, suspect: bool | None) -> str:
         shape = (type(self), n_queues, n_agents, suspect)
