@@ -34,11 +34,15 @@ def test_chaos_kill_workers_json(tmp_path: Path) -> None:
         "400ms",
         "--work",
         "200ms",
+        "--store",
+        "sqlite",  # as in 'bench queue': a temporary file, not one named so here
         "--json",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
+    assert result["store"] == "sqlite (temporary file)"
+    assert list(tmp_path.iterdir()) == []
     for key in (
         "submitted",
         "succeeded",

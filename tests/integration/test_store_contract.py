@@ -1106,11 +1106,11 @@ def _a_suspect(store: Store, **fields: Any) -> int:
 
 
 def test_a_suspect_is_claimed_ahead_of_a_backlog_it_came_before(store: Store) -> None:
-    """A backlog larger than any claim: a claim that may take a suspect takes it in
-    the slot kept for it, at the priority of the fresh tasks it comes with, instead
-    of after every fresh task (behind a backlog that never empties, never). Not ahead
-    of fresher work of a higher priority; a slot no suspect takes goes to a fresh
-    task."""
+    """A backlog larger than any claim: a claim that may take a suspect keeps a slot
+    for it, instead of taking suspects after every fresh task (behind a backlog that
+    never empties, never). The slot goes to a suspect of a priority at least that of
+    the best fresh task still waiting, the one it would go to otherwise; else to that
+    fresh task. A suspect never goes ahead of fresher work of a higher priority."""
     suspect = _a_suspect(store)
     backlog = [submit_one(store, T0 + 1, queue="s") for _ in range(6)]
     store.register_worker("w", "c", 100, "host", 8, T0)
@@ -1119,17 +1119,26 @@ def test_a_suspect_is_claimed_ahead_of_a_backlog_it_came_before(store: Store) ->
     # no suspect left: its slot goes to the backlog
     assert [t.id for t in store.claim("w", ["s"], 3, T0 + 2, LEASE, suspects=1)] == backlog[2:5]
 
-    # a suspect of a lower priority than the backlog waits for it, as any task would
+    # a suspect of a lower priority than the fresh work waits for it, as any task would
     low = _a_suspect(store, priority=-1)
-    claimed = store.claim("w", ["s"], 1 + 1, T0 + 2, LEASE, suspects=1)
-    assert [t.id for t in claimed] == [backlog[5]]  # one fresh task was left
     urgent = [submit_one(store, T0 + 3, queue="s", priority=5) for _ in range(3)]
     claimed = store.claim("w", ["s"], 3, T0 + 3, LEASE, suspects=1)
     assert sorted(t.id for t in claimed) == sorted(urgent)
-    # a claim of one slot too: not ahead of fresher work of a higher priority
+    # a claim of one slot too
     urgent_one = submit_one(store, T0 + 4, queue="s", priority=5)
     assert [t.id for t in store.claim("w", ["s"], 1, T0 + 4, LEASE, suspects=1)] == [urgent_one]
-    assert [t.id for t in store.claim("w", ["s"], 3, T0 + 4, LEASE, suspects=1)] == [low]
+    # once no fresh task of a higher priority waits, the suspect's slot is its own
+    claimed = store.claim("w", ["s"], 2, T0 + 4, LEASE, suspects=1)
+    assert sorted(t.id for t in claimed) == sorted([backlog[5], low])
+
+    # the floor is the best fresh task still waiting, not the best one claimed: a
+    # priority-10 task claimed with a priority-5 suspect, ahead of priority-1 tasks
+    middle = _a_suspect(store, priority=5)
+    top = submit_one(store, T0 + 5, queue="s", priority=10)
+    ones = [submit_one(store, T0 + 5, queue="s", priority=1) for _ in range(3)]
+    claimed = store.claim("w", ["s"], 2, T0 + 5, LEASE, suspects=1)
+    assert sorted(t.id for t in claimed) == sorted([top, middle])
+    assert [t.id for t in store.claim("w", ["s"], 5, T0 + 5, LEASE, suspects=1)] == ones
 
 
 def test_revoke_worker_requeues_every_lease_it_holds(store: Store) -> None:

@@ -35,7 +35,9 @@ def kill_workers_command(
     work: str = typer.Option("500ms", help="Work per task before its side effect."),
     concurrency: int = typer.Option(25, min=1, help="Concurrent tasks per worker."),
     stop_one: bool = typer.Option(True, help="Also SIGSTOP one worker (a hang)."),
-    store: str = typer.Option("", help="Store URL (default: a temporary SQLite file)."),
+    store: str = typer.Option(
+        "", help="Store URL, or 'sqlite' (the default): a temporary SQLite file."
+    ),
     seed: int = typer.Option(None, help="Seed for the choice of victims."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show runtime logs."),
@@ -59,7 +61,8 @@ def kill_workers_command(
             stop_one=stop_one,
             work_s=parse_duration(work, "--work"),
             concurrency=concurrency,
-            store_url=store or None,
+            # 'sqlite' as in 'bench queue', not a file of that name here
+            store_url=None if store in ("", "sqlite") else store,
             seed=seed,
         )
         with progress_bar("tasks terminal") as update:

@@ -62,6 +62,8 @@ NOT_DEAD_WORKER = "AND NOT EXISTS (SELECT 1 FROM workers WHERE id = ? AND state 
 SUSPECT_REDELIVERIES = 3
 #: The claim's term for each kind of task (None: any task)
 SUSPECT_TERMS = {None: "", False: "AND redeliveries < 3 ", True: "AND redeliveries >= 3 "}
+#: The suspects' terms with a floor on their priority (see SqlStore.claim).
+SUSPECT_AT_LEAST = SUSPECT_TERMS[True] + "AND priority >= ? "
 WORKER_COLUMNS = (
     "id, cluster, pid, host, state, started_at, heartbeat_at, stopped_at, concurrency, "
     "inflight, processed"
@@ -513,24 +515,22 @@ class SqlStore:
             rows = self._exec(fresh_sql, params).fetchall() if wanted < limit else []
             if wanted:
                 # Suspects go in the queue's order too, capped, not after every fresh
-                # task: behind a backlog that never empties they would never run. One
-                # is taken at a priority as high as the fresh tasks it would have come
-                # with, in the slots kept for it; slots it leaves go to fresh tasks.
+                # task: behind a backlog that never empties they would never run. The
+                # slots kept for them go to a suspect of a priority at least that of
+                # the best fresh task still waiting (the one it would go to otherwise),
+                # else to fresh tasks.
                 sql = self._claim_statement(len(queues), len(agents), True)
+                suspect_params = list(params)
+                suspect_params[-1] = wanted
                 full = len(rows) == limit - wanted  # fresh tasks may be left
-                if full:  # the suspect's priority must be as high as theirs
-                    lowest = (
-                        min(int(r[4]) for r in rows)
-                        if rows
-                        else self._best_fresh(queues, agents, now)  # all slots kept for it
-                    )
-                    if lowest is not None:
-                        floor = f"{SUSPECT_TERMS[True]}AND priority >= {lowest} "
-                        sql = sql.replace(SUSPECT_TERMS[True], floor)
-                params[-1] = wanted
-                more = self._exec(sql, params).fetchall()
+                best = self._best_fresh(queues, agents, now) if full else None
+                if best is not None:
+                    # a bound value, placed between run_after's and NOT_DEAD_WORKER's
+                    sql = sql.replace(SUSPECT_TERMS[True], SUSPECT_AT_LEAST)
+                    suspect_params.insert(len(suspect_params) - 2, best)
+                more = self._exec(sql, suspect_params).fetchall()
                 rows += more
-                if full and len(more) < wanted:
+                if best is not None and len(more) < wanted:
                     params[-1] = wanted - len(more)
                     rows += self._exec(fresh_sql, params).fetchall()
             if not rows:
