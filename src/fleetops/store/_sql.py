@@ -673,12 +673,12 @@ class SqlStore:
         if len(ids) > 1 or (ids and even_one):
             self._locked(ids)
 
-    def _locked(self, ids: Sequence[int], condition: str = "TRUE") -> list[int]:
-        """PostgreSQL: lock the rows of ``ids`` (ascending) in id order; answer those
-        of which ``condition`` holds once locked (a row changed meanwhile is read
-        again after its writer commits)."""
+    def _locked(self, ids: Sequence[int], columns: str = "id") -> list[Sequence[Any]]:
+        """PostgreSQL: lock the rows of ``ids`` (ascending) in id order; answer their
+        ``columns`` as they are once locked (a row changed meanwhile is read again
+        after its writer commits; a row deleted meanwhile is left out)."""
         lock = f" ORDER BY id{self._for_update_wait()}"
-        return [int(r[0]) for r in self._rows_where_in("id", "id", ids, condition, lock)]
+        return self._rows_where_in(columns, "id", ids, "TRUE", lock)
 
     def _rows_where_in(
         self, columns: str, column: str, values: Sequence[int], condition: str, suffix: str = ""
@@ -920,17 +920,8 @@ class SqlStore:
 
     def _children(self, parents: Sequence[int]) -> list[tuple[int, int]]:
         """(id, parent id) of every task ``parents`` sent, read without a lock."""
-        found: list[tuple[int, int]] = []
-        for chunk in iter_chunks(list(parents), BATCH_ROWS):
-            found += (
-                (int(r[0]), int(r[1]))
-                for r in self._exec(
-                    f"SELECT id, parent_id FROM tasks WHERE parent_id IN "
-                    f"({', '.join('?' * len(chunk))})",
-                    chunk,
-                ).fetchall()
-            )
-        return found
+        rows = self._rows_where_in("id, parent_id", "parent_id", list(parents), "TRUE")
+        return [(int(child), int(parent)) for child, parent in rows]
 
     def _cancel_rows(self, rows: Sequence[Sequence[Any]], now: float, reason: str) -> None:
         """Cancel the queued or running tasks of ``rows`` (id, state, attempts, epoch,
@@ -971,7 +962,8 @@ class SqlStore:
         with self._tx():
             parent_of = self._dead_descendants(roots)
             found = sorted({*roots, *parent_of})
-            held = set(self._locked(found)) if self._for_update_wait() else set(found)
+            locking = self._for_update_wait()
+            held = {int(r[0]) for r in self._locked(found)} if locking else set(found)
             queued = [
                 task_id
                 for task_id in roots
@@ -1225,10 +1217,7 @@ class SqlStore:
                 # PostgreSQL: lock them in id order (see _lock_in_id_order) and keep those
                 # that are as they were read: a dead letter an operator queued again
                 # since then stays, whether it is queued, running or finished again
-                lock = f" ORDER BY id{self._for_update_wait()}"
-                now_rows = self._rows_where_in(
-                    "id, state, finished_at", "id", sorted(ids), "TRUE", lock
-                )
+                now_rows = self._locked(sorted(ids), "id, state, finished_at")
                 ids = [int(i) for i, st, at in now_rows if read[int(i)] == (st, at)]
             if ids:
                 marks = ", ".join("?" * len(ids))
