@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 
 async def wait_until(
@@ -23,3 +24,12 @@ async def wait_until(
             if outcome:
                 return
             await asyncio.sleep(every)
+
+
+def exited(pid: int) -> bool:
+    """The process is gone, or a zombie nobody reaped yet (it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status

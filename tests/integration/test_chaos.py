@@ -145,4 +145,6 @@ def test_a_cut_store_run_that_fails_its_hypothesis_keeps_the_fleets_logs(
     assert not result.holds and result.logs is not None
     kept = Path(result.logs)
     assert kept.parent == tmp_path
-    assert [p.suffix for p in kept.iterdir()] == [".log"]  # the one worker's
+    names = sorted(p.name for p in kept.iterdir())  # the one worker's, and the spares'
+    assert len(names) == 2 and "spares.log" in names, names
+    assert all(name.endswith(".log") for name in names), names

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from _polling import wait_until
+from _polling import exited, wait_until
 from fleetops.queue import QueueClient
 from fleetops.runtime import (
     ClusterPlan,
@@ -409,15 +409,6 @@ asyncio.run(Supervisor(sys.argv[1], [plan]).run(asyncio.Event()))
 """
 
 
-def _exited(pid: int) -> bool:
-    """The process is gone, or a zombie nobody reaped yet (it has exited)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return "\nState:\tZ" in status
-
-
 def test_a_worker_whose_supervisor_is_killed_exits_even_while_a_handler_blocks_its_loop(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -440,12 +431,12 @@ def test_a_worker_whose_supervisor_is_killed_exits_even_while_a_handler_blocks_i
             assert supervisor.poll() is None, "the supervisor stopped"
             time.sleep(0.05)
         [worker] = store.list_workers("c", live=True)
-        assert worker.pid is not None and not _exited(worker.pid)
+        assert worker.pid is not None and not exited(worker.pid)
         supervisor.kill()
         supervisor.wait(10)
         killed_at = time.monotonic()
         later = store.submit([NewTask("c", "echo", str(n)) for n in range(3)], time.time())
-        while not _exited(worker.pid):
+        while not exited(worker.pid):
             # grace 1 s + ORPHAN_EXIT_MARGIN_SECONDS 2 s, and room for a loaded machine
             assert time.monotonic() - killed_at < 15, "the orphaned worker lives on"
             time.sleep(0.05)

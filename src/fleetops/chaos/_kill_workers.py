@@ -30,6 +30,7 @@ from ..runtime import (
     WorkerHandle,
     WorkerSettings,
 )
+from ..runtime._supervisor import DEFAULT_SPARES
 from ..store._open import redact
 from ._run import AGENT_ENTRYPOINT, Tally, drive, new_ledger, tally
 from ._stats import percentile, seconds
@@ -41,6 +42,8 @@ class KillWorkersConfig:
     workers: int = 4
     kill_every: float = 1.0
     stop_one: bool = True
+    #: warm spare workers the supervisor keeps (see fleetops.runtime._supervisor)
+    spares: int = DEFAULT_SPARES
     work_s: float = 0.5
     concurrency: int = 25
     store_url: str | None = None
@@ -111,6 +114,7 @@ async def kill_workers(
             on_event=on_event,
             env=env,
             log_dir=workdir / "logs",
+            spares=config.spares,
         )
         kills: dict[str, float] = {}
         stops: dict[str, float] = {}

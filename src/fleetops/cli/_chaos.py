@@ -11,6 +11,7 @@ from .._exceptions import ConfigError
 from .._units import parse_duration
 from ..chaos import CutStoreConfig, KillWorkersConfig, cut_store, kill_workers
 from ..chaos._cut_store import check_cut_timing
+from ..runtime._supervisor import DEFAULT_SPARES
 from ._common import (
     EXIT_FAILURE,
     cancelled_by_sigterm,
@@ -35,6 +36,9 @@ def kill_workers_command(
     work: str = typer.Option("500ms", help="Work per task before its side effect."),
     concurrency: int = typer.Option(25, min=1, help="Concurrent tasks per worker."),
     stop_one: bool = typer.Option(True, help="Also SIGSTOP one worker (a hang)."),
+    spares: int = typer.Option(
+        DEFAULT_SPARES, min=0, help="Warm spare workers the supervisor keeps (0: cold starts)."
+    ),
     store: str = typer.Option(
         "", help="Store URL, or 'sqlite' (the default): a temporary SQLite file."
     ),
@@ -59,6 +63,7 @@ def kill_workers_command(
             workers=workers,
             kill_every=interval,
             stop_one=stop_one,
+            spares=spares,
             work_s=parse_duration(work, "--work"),
             concurrency=concurrency,
             # 'sqlite' as in 'bench queue', not a file of that name here

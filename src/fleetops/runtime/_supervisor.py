@@ -14,6 +14,15 @@ silent (hung, stopped, its event loop blocked) is suspected, its leases revoked,
 the process killed so that the same recovery runs. Restart intensity bounds the
 churn: more than ``intensity`` restarts of a cluster within ``period`` seconds marks
 the cluster degraded, raises an event, and slows restarts to ``backoff_max``.
+
+A new worker is a warm spare where one is ready: a process started ahead that has
+imported what a worker needs and waits for its config on stdin (see
+fleetops.runtime.__main__). A cold start spends a third of a second and more on
+imports (longer on a busy machine); a spare starts claiming within milliseconds, so
+a cluster whose only worker died runs its tasks again that much sooner. The
+supervisor keeps ``spares`` of them (one by default), starts a new one whenever one
+is taken, and starts them for every cluster: a spare loads no agent code until it is
+taken. An idle spare costs its memory (about 40 MB) and no CPU.
 """
 
 from __future__ import annotations
@@ -55,6 +64,14 @@ EVENT_LEVELS = {
 }
 
 STARTUP_TIMEOUT = 60.0
+
+#: Warm spares a supervisor keeps ready by default (see the module doc).
+DEFAULT_SPARES = 1
+#: A spare that exits before it is taken (a broken install, say) is replaced after
+#: this long, doubling while they keep exiting, up to the second value.
+SPARE_RETRY_SECONDS = (1.0, 60.0)
+#: Where spares write before they are taken (a worker's own log file takes over then).
+SPARES_LOG = "spares.log"
 
 
 def _open_log(path: Path | None) -> Any:
@@ -125,6 +142,14 @@ class WorkerHandle:
         return self.process.pid
 
 
+@dataclass(slots=True)
+class _Spare:
+    """A warm spare process (see the module doc)."""
+
+    process: asyncio.subprocess.Process
+    taken: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class SupervisorEvent:
     kind: str
@@ -150,7 +175,12 @@ class Supervisor:
         rng: random.Random | None = None,
         on_event: Callable[[SupervisorEvent], None] | None = None,
         env: dict[str, str] | None = None,
+        spares: int = DEFAULT_SPARES,
     ) -> None:
+        if isinstance(spares, bool) or not isinstance(spares, int) or spares < 0:
+            raise ConfigError(
+                "spares", spares, "use a whole number of warm spare workers, 0 or more"
+            )
         self.store_url = store_url
         self.plans = {p.name: p for p in clusters}
         self.clock: Clock = clock or SystemClock()
@@ -161,6 +191,11 @@ class Supervisor:
         self._rng = rng or random.Random()
         self._on_event = on_event
         self._env = env
+        #: warm spares to keep ready, and those there are (see the module doc)
+        self.spares = spares
+        self._spares: list[_Spare] = []
+        self._spare_wanted = asyncio.Event()
+        self._spare_pause = SPARE_RETRY_SECONDS[0]
         self.workers: dict[str, WorkerHandle] = {}
         self.degraded: set[str] = set()
         #: Workers lost (crashed or hung) since this supervisor started.
@@ -188,6 +223,10 @@ class Supervisor:
             if (cluster is None or h.cluster == cluster) and h.process.returncode is None
         ]
 
+    def spare_pids(self) -> list[int]:
+        """The process ids of the warm spares ready to be taken (see the module doc)."""
+        return [s.process.pid for s in self._spares if s.process.returncode is None]
+
     async def run(self, stop: asyncio.Event) -> None:
         """Supervise until ``stop`` is set, then stop every worker gracefully."""
         # The failure detector reads through a connection of its own, so that it never
@@ -205,16 +244,20 @@ class Supervisor:
                         self._reconcile_slots(name)
                     watcher = group.create_task(self._detect_loop(), name="failure-detector")
                     readiness = group.create_task(self._await_ready(), name="readiness")
+                    keeper = group.create_task(self._keep_spares(), name="spares")
                     await stop.wait()
                     self._stopping = True
                     readiness.cancel()
                     watcher.cancel()
+                    keeper.cancel()
+                    await self._end_spares()  # their watchers end with them
                     await self._stop_all()
             finally:
                 # cancelled or failed: no worker may outlive its supervisor (a stopped
                 # one could not even notice that its parent is gone)
                 self._stopping = True
                 self._kill_all()
+                await self._end_spares()
             self._client = None
 
     def scale(self, cluster: str, replicas: int) -> None:
@@ -354,22 +397,10 @@ class Supervisor:
             config["log_file"] = str(log_file)
             config["log_max_bytes"] = LOG_MAX_BYTES
             config["log_check_seconds"] = LOG_CHECK_SECONDS
-        stderr = _open_log(log_file)
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "fleetops.runtime",
-                json.dumps(config),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                start_new_session=True,
-                env=self._env,
-            )
-        finally:
-            if stderr is not None:
-                stderr.close()
+        process = await self._take_spare(config)
+        spare = process is not None
+        if process is None:
+            process = await self._start_process([json.dumps(config)], log_file, stdin=False)
         handle = WorkerHandle(
             id=worker_id,
             cluster=cluster,
@@ -383,8 +414,108 @@ class Supervisor:
         reader = self._group.create_task(self._read_beats(handle), name=f"beats-{worker_id}")
         self._beat_readers.add(reader)
         reader.add_done_callback(self._beat_readers.discard)
-        await self._event("worker.started", cluster, worker_id, pid=process.pid, slot=slot)
+        await self._event(
+            "worker.started", cluster, worker_id, pid=process.pid, slot=slot, spare=spare
+        )
         return handle
+
+    # --- warm spares ----------------------------------------------------------------------------
+
+    async def _keep_spares(self) -> None:
+        """Keep :attr:`spares` warm spares started (see the module doc)."""
+        while True:
+            self._spare_wanted.clear()
+            self._spares = [s for s in self._spares if s.process.returncode is None]
+            if len(self._spares) >= self.spares:
+                await self._spare_wanted.wait()
+                continue
+            try:
+                spare = await self._start_spare()
+            except OSError as exc:  # fork or the log file failed: as for a worker
+                log.warning("spare.start_failed", error=str(exc), retry_s=self._spare_pause)
+                await self._spare_failed()
+                continue
+            self._spares.append(spare)
+            assert self._group is not None
+            self._group.create_task(self._watch_spare(spare), name=f"spare-{spare.process.pid}")
+
+    async def _start_spare(self) -> _Spare:
+        kind = "postgresql" if self.store_url.startswith(("postgresql:", "postgres:")) else ""
+        log_file = None if self.log_dir is None else self.log_dir / SPARES_LOG
+        return _Spare(await self._start_process(["--spare", kind], log_file, stdin=True))
+
+    async def _start_process(
+        self, args: Sequence[str], log_file: Path | None, *, stdin: bool
+    ) -> asyncio.subprocess.Process:
+        """``python -m fleetops.runtime ARGS``: stdout a pipe (heartbeats), stderr
+        ``log_file`` (or this process's), stdin a pipe if ``stdin`` (a spare's) or
+        nothing, in a session of its own (a Ctrl-C meant for the supervisor does not
+        reach it)."""
+        stderr = _open_log(log_file)
+        try:
+            return await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "fleetops.runtime",
+                *args,
+                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+                env=self._env,
+            )
+        finally:
+            if stderr is not None:
+                stderr.close()
+
+    async def _watch_spare(self, spare: _Spare) -> None:
+        """Wait for a spare to exit; one that exits before it is taken is replaced,
+        after :data:`SPARE_RETRY_SECONDS`."""
+        code = await spare.process.wait()
+        if spare.taken or self._stopping:
+            return
+        log.warning(
+            "spare.exited", pid=spare.process.pid, exit_code=code, retry_s=self._spare_pause
+        )
+        await self._spare_failed()
+
+    async def _spare_failed(self) -> None:
+        await self.clock.sleep(self._spare_pause)
+        self._spare_pause = min(self._spare_pause * 2, SPARE_RETRY_SECONDS[1])
+        self._spare_wanted.set()
+
+    async def _take_spare(self, config: dict[str, Any]) -> asyncio.subprocess.Process | None:
+        """A warm spare made the worker of ``config``, or None if none is ready."""
+        line = json.dumps(config).encode() + b"\n"
+        while self._spares:
+            spare = self._spares.pop(0)
+            if spare.process.returncode is not None:
+                continue
+            spare.taken = True
+            self._spare_wanted.set()  # its successor starts now
+            stdin = spare.process.stdin
+            assert stdin is not None
+            try:
+                stdin.write(line)
+                await stdin.drain()
+                stdin.close()
+            except (BrokenPipeError, ConnectionResetError):  # it died just now
+                with contextlib.suppress(ProcessLookupError):
+                    spare.process.kill()
+                continue
+            self._spare_pause = SPARE_RETRY_SECONDS[0]
+            return spare.process
+        return None
+
+    async def _end_spares(self) -> None:
+        """Stop the spares (none is taken from now on) and wait for them to exit."""
+        spares, self._spares = self._spares, []
+        for spare in spares:
+            spare.taken = True
+            with contextlib.suppress(ProcessLookupError):
+                spare.process.kill()
+        for spare in spares:
+            await spare.process.wait()
 
     async def _read_beats(self, handle: WorkerHandle) -> None:
         """Feed the failure detector from the worker's pipe heartbeats until it exits."""

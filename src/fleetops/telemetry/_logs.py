@@ -121,9 +121,16 @@ class StderrRotator:
             os.replace(self.path, rotated(self.path))
         except FileNotFoundError:
             pass  # gone (deleted by hand): a new file is all that is needed
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            os.dup2(fd, 2)
-        finally:
-            os.close(fd)
+        stderr_to(self.path)
         return True
+
+
+def stderr_to(path: Path) -> None:
+    """Put the file ``path`` (appended to, made if missing) on file descriptor 2: log
+    records, tracebacks and anything else this process writes to stderr go there."""
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)

@@ -1,0 +1,201 @@
+"""Warm spares: a worker that dies is replaced by a process that has its imports done."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from _polling import exited, wait_until
+from fleetops import ConfigError
+from fleetops.queue import QueueClient
+from fleetops.runtime import ClusterPlan, Supervisor, SupervisorEvent, WorkerSettings
+from fleetops.store import TERMINAL_STATES, NewTask, open_store
+
+TESTS_DIR = str(Path(__file__).resolve().parents[1])
+T = TypeVar("T")
+
+
+def _plan() -> ClusterPlan:
+    return ClusterPlan(
+        name="c",
+        agents=("agents_for_tests:echo",),
+        replicas=1,
+        worker=WorkerSettings(concurrency=10, shutdown_grace=2.0),
+        python_path=(TESTS_DIR,),
+    )
+
+
+async def _supervised(
+    supervisor: Supervisor, url: str, body: Callable[[QueueClient], Awaitable[T]]
+) -> T:
+    """Run ``body`` while ``supervisor`` runs, once its workers are heartbeating."""
+    open_store(url).close()
+    stop = asyncio.Event()
+    async with QueueClient(url) as client, asyncio.TaskGroup() as tg:
+        tg.create_task(supervisor.run(stop))
+        await asyncio.wait_for(supervisor.ready.wait(), 30)
+        try:
+            return await body(client)
+        finally:
+            stop.set()
+
+
+async def _succeeds(client: QueueClient, payload: str) -> None:
+    sub = await client.submit(NewTask("c", "echo", json.dumps(payload)))
+
+    async def terminal() -> bool:
+        record = await client.run(client.store.get_task, sub.id)
+        return record is not None and record.state in TERMINAL_STATES
+
+    await wait_until(terminal)
+    record = await client.run(client.store.get_task, sub.id)
+    assert record is not None and record.state == "succeeded"
+
+
+def test_a_dead_worker_is_replaced_by_the_warm_spare_which_logs_to_the_workers_own_file(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The spare, not a new process, becomes the worker (its pid is the spare's); it
+    runs tasks, writes its log under its own worker id, and a new spare takes its
+    place. No spare outlives the supervisor's run."""
+    logs = tmp_path / "logs"
+    events: list[SupervisorEvent] = []
+    supervisor = Supervisor(sqlite_url, [_plan()], log_dir=logs, on_event=events.append)
+
+    async def body(client: QueueClient) -> tuple[int, int]:
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+        [spare] = supervisor.spare_pids()
+        [old] = supervisor.live_workers()
+        os.kill(old.pid, signal.SIGKILL)
+        await wait_until(
+            lambda: any(h.id != old.id and h.first_heartbeat_at for h in supervisor.live_workers())
+        )
+        [new] = supervisor.live_workers()
+        assert new.pid == spare
+        started = [e.data["spare"] for e in events if e.kind == "worker.started"]
+        assert started == [False, True]
+        await _succeeds(client, "after the crash")
+        await wait_until(lambda: supervisor.spare_pids() not in ([], [spare]))
+        [successor] = supervisor.spare_pids()
+        log = (logs / f"{new.id}.log").read_text().splitlines()
+        records = [json.loads(line) for line in log]
+        assert any(
+            r.get("event") == "worker.started" and r.get("worker") == new.id for r in records
+        )
+        return spare, successor
+
+    taken, successor = asyncio.run(_supervised(supervisor, sqlite_url, body))
+    assert exited(taken) and exited(successor)
+
+
+def test_a_spare_that_dies_before_it_is_taken_is_replaced(sqlite_url: str) -> None:
+    supervisor = Supervisor(sqlite_url, [_plan()])
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+        [first] = supervisor.spare_pids()
+        os.kill(first, signal.SIGKILL)
+        # replaced after SPARE_RETRY_SECONDS (1 s the first time)
+        await wait_until(lambda: supervisor.spare_pids() not in ([], [first]))
+        assert exited(first)
+        await _succeeds(client, "the workers never noticed")
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
+def test_without_spares_a_dead_worker_is_replaced_by_a_new_process(sqlite_url: str) -> None:
+    events: list[SupervisorEvent] = []
+    supervisor = Supervisor(sqlite_url, [_plan()], on_event=events.append, spares=0)
+
+    async def body(client: QueueClient) -> None:
+        [old] = supervisor.live_workers()
+        os.kill(old.pid, signal.SIGKILL)
+        await wait_until(lambda: any(h.id != old.id for h in supervisor.live_workers()))
+        await _succeeds(client, "cold start")
+        assert supervisor.spare_pids() == []
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+    started = [e.data["spare"] for e in events if e.kind == "worker.started"]
+    assert started == [False, False]
+
+
+@pytest.mark.parametrize("spares", [-1, 1.5, True, "1"])
+def test_a_bad_number_of_spares_is_refused_naming_the_field(
+    sqlite_url: str, spares: object
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Supervisor(sqlite_url, [_plan()], spares=spares)  # type: ignore[arg-type]
+    assert raised.value.field == "spares" and raised.value.value == spares
+    assert "0 or more" in raised.value.fix
+
+
+SUPERVISOR = """
+import asyncio, sys
+from fleetops.runtime import ClusterPlan, Supervisor, WorkerSettings
+
+plan = ClusterPlan(
+    name="c", agents=("agents_for_tests:echo",), replicas=1,
+    worker=WorkerSettings(concurrency=10), python_path=(sys.argv[2],),
+)
+asyncio.run(Supervisor(sys.argv[1], [plan]).run(asyncio.Event()))
+"""
+
+
+def _spares_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"--spare" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_spare_whose_supervisor_is_killed_exits(sqlite_url: str, tmp_path: Path) -> None:
+    """kill -9 of the supervisor closes the spare's stdin, and the spare exits: it
+    never becomes a worker that nobody supervises."""
+    script = tmp_path / "supervisor.py"
+    script.write_text(SUPERVISOR)
+    open_store(sqlite_url).close()
+    supervisor = subprocess.Popen([sys.executable, str(script), sqlite_url, TESTS_DIR])
+    try:
+        deadline = time.monotonic() + 30
+        while not (spares := _spares_of(supervisor.pid)):
+            assert time.monotonic() < deadline, "the supervisor started no spare"
+            assert supervisor.poll() is None, "the supervisor stopped"
+            time.sleep(0.05)
+        supervisor.kill()
+        supervisor.wait(10)
+        killed_at = time.monotonic()
+        while not all(exited(pid) for pid in spares):
+            assert time.monotonic() - killed_at < 10, "the spare outlived its supervisor"
+            time.sleep(0.05)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+
+
+def test_a_spare_whose_stdin_closes_before_it_is_taken_exits_cleanly() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fleetops.runtime", "--spare", ""],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
