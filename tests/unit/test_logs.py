@@ -35,6 +35,7 @@ def test_prune_deletes_old_worker_logs_but_not_live_workers_or_the_control_plane
 ) -> None:
     day = 86400.0
     _log(tmp_path, "control", 3 * day)  # the control plane's own: never
+    _log(tmp_path, "spares", 3 * day)  # the warm spares', open while they wait: never
     _log(tmp_path, "front-0-aaaa", 2 * day)  # gone long ago: deleted
     _log(tmp_path, "front-1-bbbb", 2 * day)  # idle for two days but alive: kept
     _log(tmp_path, "back-0-cccc", 60.0)  # gone a minute ago: kept for now
@@ -55,10 +56,12 @@ def test_prune_deletes_old_worker_logs_but_not_live_workers_or_the_control_plane
         "control.log",
         "front-1-bbbb.log",
         "notes.txt",
+        "spares.log",
     ]
     found = {(r["event"], r["source"]) for r in search_logs(tmp_path, LogFilter())}
     assert found == {
         ("control", "control"),
+        ("spares", "spares"),
         ("front-1-bbbb", "front-1-bbbb"),
         ("back-0-cccc", "back-0-cccc"),
         ("back-0-cccc.log", "back-0-cccc"),  # the older generation is searched too

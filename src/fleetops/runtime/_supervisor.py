@@ -22,7 +22,10 @@ imports (longer on a busy machine); a spare starts claiming within milliseconds,
 a cluster whose only worker died runs its tasks again that much sooner. The
 supervisor keeps ``spares`` of them (one by default), starts a new one whenever one
 is taken, and starts them for every cluster: a spare loads no agent code until it is
-taken. An idle spare costs its memory (about 40 MB) and no CPU.
+taken. An idle spare costs its memory (about 40 MB) and no CPU. A roll replaces the
+spares too, so that every worker after it is a process started after it. A spare
+imports fleetops and its dependencies before a cluster's ``python_path`` is put on
+``sys.path``: a path that shadows them takes effect in cold starts only.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from ..queue import QueueClient
 from ..store import event_data
 from ..telemetry import MetricSet, catalog, get_logger
 from ..telemetry._logs import LOG_CHECK_SECONDS, LOG_MAX_BYTES
+from ..telemetry._logsearch import SPARES_LOG
 from ._detector import DetectorSettings, PhiAccrualFailureDetector
 from ._worker import RECYCLE_EXIT_CODE, WorkerSettings
 
@@ -70,8 +74,9 @@ DEFAULT_SPARES = 1
 #: A spare that exits before it is taken (a broken install, say) is replaced after
 #: this long, doubling while they keep exiting, up to the second value.
 SPARE_RETRY_SECONDS = (1.0, 60.0)
-#: Where spares write before they are taken (a worker's own log file takes over then).
-SPARES_LOG = "spares.log"
+#: How long a spare may take to accept its worker's config before it is killed and
+#: the worker starts cold instead.
+SPARE_TAKE_SECONDS = 5.0
 
 
 def _open_log(path: Path | None) -> Any:
@@ -148,6 +153,8 @@ class _Spare:
 
     process: asyncio.subprocess.Process
     taken: bool = False
+    #: the task that notices it exit untaken (cancelled when it is taken)
+    watcher: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +203,7 @@ class Supervisor:
         self._spares: list[_Spare] = []
         self._spare_wanted = asyncio.Event()
         self._spare_pause = SPARE_RETRY_SECONDS[0]
+        self._spare_not_before = float("-inf")
         self.workers: dict[str, WorkerHandle] = {}
         self.degraded: set[str] = set()
         #: Workers lost (crashed or hung) since this supervisor started.
@@ -295,6 +303,7 @@ class Supervisor:
         self.plans[plan.name] = plan
         if self._desired[plan.name] != plan.replicas:
             self.scale(plan.name, plan.replicas)
+        await self._end_spares()  # a roll starts new processes, not ones started before
         for old in sorted(self.live_workers(plan.name), key=lambda h: h.slot):
             if old.stopping:
                 continue
@@ -397,6 +406,10 @@ class Supervisor:
             config["log_file"] = str(log_file)
             config["log_max_bytes"] = LOG_MAX_BYTES
             config["log_check_seconds"] = LOG_CHECK_SECONDS
+        if log_file is not None and self._spares:
+            # made here, as a cold start makes it: one that cannot be (a full disk) is
+            # a failed spawn, not a crash of the worker
+            _open_log(log_file).close()
         process = await self._take_spare(config)
         spare = process is not None
         if process is None:
@@ -422,22 +435,30 @@ class Supervisor:
     # --- warm spares ----------------------------------------------------------------------------
 
     async def _keep_spares(self) -> None:
-        """Keep :attr:`spares` warm spares started (see the module doc)."""
+        """Keep :attr:`spares` warm spares started (see the module doc). After a spare
+        died untaken, or could not be started, the next one waits out a back-off
+        (:data:`SPARE_RETRY_SECONDS`): a broken install must not fork a process a
+        millisecond. This task alone starts spares, and a stop cancels it."""
         while True:
             self._spare_wanted.clear()
             self._spares = [s for s in self._spares if s.process.returncode is None]
             if len(self._spares) >= self.spares:
                 await self._spare_wanted.wait()
                 continue
+            wait = self._spare_not_before - self.clock.monotonic()
+            if wait > 0:
+                await self.clock.sleep(wait)
+                continue
             try:
                 spare = await self._start_spare()
-            except OSError as exc:  # fork or the log file failed: as for a worker
-                log.warning("spare.start_failed", error=str(exc), retry_s=self._spare_pause)
-                await self._spare_failed()
+            except Exception as exc:  # fork or its log failed: a spare is only a head start
+                self._spare_failed("spare.start_failed", error=str(exc))
                 continue
             self._spares.append(spare)
             assert self._group is not None
-            self._group.create_task(self._watch_spare(spare), name=f"spare-{spare.process.pid}")
+            spare.watcher = self._group.create_task(
+                self._watch_spare(spare), name=f"spare-{spare.process.pid}"
+            )
 
     async def _start_spare(self) -> _Spare:
         kind = "postgresql" if self.store_url.startswith(("postgresql:", "postgres:")) else ""
@@ -469,18 +490,18 @@ class Supervisor:
                 stderr.close()
 
     async def _watch_spare(self, spare: _Spare) -> None:
-        """Wait for a spare to exit; one that exits before it is taken is replaced,
-        after :data:`SPARE_RETRY_SECONDS`."""
+        """Wait for a spare to exit (cancelled once it is taken): one that exits
+        untaken is replaced after the back-off."""
         code = await spare.process.wait()
-        if spare.taken or self._stopping:
-            return
-        log.warning(
-            "spare.exited", pid=spare.process.pid, exit_code=code, retry_s=self._spare_pause
-        )
-        await self._spare_failed()
+        if not spare.taken and not self._stopping:
+            where = {} if self.log_dir is None else {"log": str(self.log_dir / SPARES_LOG)}
+            self._spare_failed("spare.exited", pid=spare.process.pid, exit_code=code, **where)
 
-    async def _spare_failed(self) -> None:
-        await self.clock.sleep(self._spare_pause)
+    def _spare_failed(self, kind: str, **data: Any) -> None:
+        """Log a spare's failure; the next one starts after the back-off, which doubles
+        while they keep failing."""
+        log.warning(kind, retry_s=self._spare_pause, **data)
+        self._spare_not_before = self.clock.monotonic() + self._spare_pause
         self._spare_pause = min(self._spare_pause * 2, SPARE_RETRY_SECONDS[1])
         self._spare_wanted.set()
 
@@ -491,31 +512,43 @@ class Supervisor:
             spare = self._spares.pop(0)
             if spare.process.returncode is not None:
                 continue
-            spare.taken = True
-            self._spare_wanted.set()  # its successor starts now
             stdin = spare.process.stdin
             assert stdin is not None
             try:
                 stdin.write(line)
-                await stdin.drain()
+                async with asyncio.timeout(SPARE_TAKE_SECONDS):
+                    await stdin.drain()
                 stdin.close()
-            except (BrokenPipeError, ConnectionResetError):  # it died just now
+            except BaseException as exc:
+                # It died just now, or it hangs (a config longer than the pipe holds,
+                # unread), or this slot was cancelled: it is killed whatever the cause,
+                # so that no spare is left half taken, nobody's; untaken, its watcher
+                # backs the next one off.
                 with contextlib.suppress(ProcessLookupError):
                     spare.process.kill()
+                if not isinstance(exc, Exception):
+                    raise
+                log.warning("spare.not_taken", pid=spare.process.pid, error=repr(exc))
                 continue
+            spare.taken = True
+            if spare.watcher is not None:
+                spare.watcher.cancel()  # a worker now, watched as one
             self._spare_pause = SPARE_RETRY_SECONDS[0]
+            self._spare_wanted.set()  # its successor starts now
             return spare.process
         return None
 
     async def _end_spares(self) -> None:
-        """Stop the spares (none is taken from now on) and wait for them to exit."""
+        """Kill the spares and wait for them to exit. The keeper, unless it was
+        cancelled (a stop), starts new ones (a roll: they import the code on disk now)."""
         spares, self._spares = self._spares, []
         for spare in spares:
-            spare.taken = True
+            spare.taken = True  # no back-off for these
             with contextlib.suppress(ProcessLookupError):
                 spare.process.kill()
         for spare in spares:
             await spare.process.wait()
+        self._spare_wanted.set()
 
     async def _read_beats(self, handle: WorkerHandle) -> None:
         """Feed the failure detector from the worker's pipe heartbeats until it exits."""

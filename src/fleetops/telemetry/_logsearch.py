@@ -25,6 +25,9 @@ from ._logs import rotated
 LEVELS = ("debug", "info", "warning", "error", "critical")
 #: The control plane's own log file (never pruned: it is open for as long as it runs).
 CONTROL_LOG = "control.log"
+#: What the supervisor's warm spares write before one is taken (a worker's own log
+#: takes over then); kept however long it goes unwritten, as the spares hold it open.
+SPARES_LOG = "spares.log"
 #: How much of each file's end a search reads (old lines beyond it are not searched).
 TAIL_BYTES = 8 * 1024 * 1024
 
@@ -141,7 +144,7 @@ def prune_logs(log_dir: Path, before: float, keep: Collection[str] = ()) -> list
     if not log_dir.is_dir():
         return gone
     for path in log_dir.glob("*.log"):
-        if path.name == CONTROL_LOG or path.stem in keep:
+        if path.name in (CONTROL_LOG, SPARES_LOG) or path.stem in keep:
             continue
         try:
             if path.stat().st_mtime >= before:
