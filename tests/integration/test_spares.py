@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -175,6 +175,65 @@ def test_a_roll_replaces_the_spares_with_processes_started_after_it(sqlite_url: 
         await _succeeds(client, "rolled")
 
     asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
+def test_a_spare_that_was_starting_when_a_roll_began_is_not_taken_after_it(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper was starting a spare (forked, its pipes not yet connected) when the
+    roll ended the spares: that one, which imported the code from before the roll,
+    is killed once started, not kept for the next worker."""
+    supervisor = Supervisor(sqlite_url, [_plan()])
+    gate = asyncio.Event()
+    started: list[int] = []
+    real = Supervisor._start_spare
+
+    async def held(self: Supervisor) -> Any:
+        spare = await real(self)
+        started.append(spare.process.pid)
+        if len(started) == 2:  # the successor of the spare taken below: held over the roll
+            await gate.wait()
+        return spare
+
+    monkeypatch.setattr(Supervisor, "_start_spare", held)
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+        [old] = supervisor.live_workers()
+        os.kill(old.pid, signal.SIGKILL)
+        await wait_until(lambda: len(started) == 2)
+        await wait_until(
+            lambda: any(h.id != old.id and h.first_heartbeat_at for h in supervisor.live_workers())
+        )
+        await asyncio.wait_for(supervisor.roll(_plan()), 60)
+        gate.set()
+        before_roll = started[1]
+        await wait_until(lambda: exited(before_roll))
+        assert before_roll not in [h.pid for h in supervisor.live_workers()]
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+        assert supervisor.spare_pids() != [before_roll]
+        await _succeeds(client, "after the roll")
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
+def test_a_spares_log_past_its_size_is_rotated_when_a_spare_starts(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spares that keep failing write to it for as long as that lasts; it is never
+    pruned (they hold it open), so it is kept under its size as a worker's log is."""
+    monkeypatch.setattr("fleetops.runtime._supervisor.LOG_MAX_BYTES", 1000)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "spares.log").write_text("x" * 2000)
+    supervisor = Supervisor(sqlite_url, [_plan()], log_dir=logs)
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+    assert (logs / "spares.log.1").read_text() == "x" * 2000
+    assert (logs / "spares.log").stat().st_size < 1000
 
 
 @pytest.mark.parametrize("spares", [-1, 1.5, True, "1"])

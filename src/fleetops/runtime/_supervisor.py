@@ -50,7 +50,7 @@ from .._exceptions import ConfigError, StoreError
 from ..queue import QueueClient
 from ..store import event_data
 from ..telemetry import MetricSet, catalog, get_logger
-from ..telemetry._logs import LOG_CHECK_SECONDS, LOG_MAX_BYTES
+from ..telemetry._logs import LOG_CHECK_SECONDS, LOG_MAX_BYTES, rotated
 from ..telemetry._logsearch import SPARES_LOG
 from ._detector import DetectorSettings, PhiAccrualFailureDetector
 from ._worker import RECYCLE_EXIT_CODE, WorkerSettings
@@ -74,8 +74,10 @@ DEFAULT_SPARES = 1
 #: A spare that exits before it is taken (a broken install, say) is replaced after
 #: this long, doubling while they keep exiting, up to the second value.
 SPARE_RETRY_SECONDS = (1.0, 60.0)
-#: How long a spare may take to accept its worker's config before it is killed and
-#: the worker starts cold instead.
+#: How long writing a worker's config to a spare may take (a long config, a spare
+#: that does not read it) before the spare is killed and the worker starts cold. A
+#: spare that hangs once it has its config is found as a cold start that hangs is: no
+#: heartbeat within :data:`STARTUP_TIMEOUT`.
 SPARE_TAKE_SECONDS = 5.0
 
 
@@ -85,6 +87,19 @@ def _open_log(path: Path | None) -> Any:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     return open(path, "ab")  # noqa: SIM115 - handed to the child
+
+
+def _kill(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+
+
+def _rotate_if_over(path: Path) -> None:
+    """Past LOG_MAX_BYTES, ``path`` becomes its older generation (whoever holds it open
+    goes on writing there), and the next opener starts a new file."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size >= LOG_MAX_BYTES:
+            os.replace(path, rotated(path))
 
 
 def log_path(log_dir: Path, worker_id: str) -> Path:
@@ -141,6 +156,8 @@ class WorkerHandle:
     suspected: bool = False
     pipe_beats: bool = False
     lost_handled: bool = False
+    #: it was a warm spare (see the module doc)
+    spare: bool = False
 
     @property
     def pid(self) -> int:
@@ -204,6 +221,8 @@ class Supervisor:
         self._spare_wanted = asyncio.Event()
         self._spare_pause = SPARE_RETRY_SECONDS[0]
         self._spare_not_before = float("-inf")
+        #: one more each time the spares are ended: a spare started before is not taken
+        self._spare_epoch = 0
         self.workers: dict[str, WorkerHandle] = {}
         self.degraded: set[str] = set()
         #: Workers lost (crashed or hung) since this supervisor started.
@@ -421,6 +440,7 @@ class Supervisor:
             process=process,
             started_at=self.clock.now(),
             detector=PhiAccrualFailureDetector(plan.detector or self.detector_settings),
+            spare=spare,
         )
         self.workers[worker_id] = handle
         assert self._group is not None
@@ -449,10 +469,15 @@ class Supervisor:
             if wait > 0:
                 await self.clock.sleep(wait)
                 continue
+            epoch = self._spare_epoch
             try:
                 spare = await self._start_spare()
             except Exception as exc:  # fork or its log failed: a spare is only a head start
                 self._spare_failed("spare.start_failed", error=str(exc))
+                continue
+            if epoch != self._spare_epoch:  # the spares were ended (a roll) while it started
+                _kill(spare.process)
+                await spare.process.wait()
                 continue
             self._spares.append(spare)
             assert self._group is not None
@@ -463,6 +488,8 @@ class Supervisor:
     async def _start_spare(self) -> _Spare:
         kind = "postgresql" if self.store_url.startswith(("postgresql:", "postgres:")) else ""
         log_file = None if self.log_dir is None else self.log_dir / SPARES_LOG
+        if log_file is not None:
+            _rotate_if_over(log_file)  # spares that fail write to it for as long as it takes
         return _Spare(await self._start_process(["--spare", kind], log_file, stdin=True))
 
     async def _start_process(
@@ -512,6 +539,7 @@ class Supervisor:
             spare = self._spares.pop(0)
             if spare.process.returncode is not None:
                 continue
+            epoch = self._spare_epoch
             stdin = spare.process.stdin
             assert stdin is not None
             try:
@@ -520,20 +548,22 @@ class Supervisor:
                     await stdin.drain()
                 stdin.close()
             except BaseException as exc:
-                # It died just now, or it hangs (a config longer than the pipe holds,
-                # unread), or this slot was cancelled: it is killed whatever the cause,
-                # so that no spare is left half taken, nobody's; untaken, its watcher
-                # backs the next one off.
-                with contextlib.suppress(ProcessLookupError):
-                    spare.process.kill()
+                # It died just now, or it does not read (the config is longer than a
+                # pipe holds), or this slot was cancelled: it is killed whatever the
+                # cause, so that no spare is left half taken, nobody's; untaken, its
+                # watcher backs the next one off.
+                _kill(spare.process)
                 if not isinstance(exc, Exception):
                     raise
                 log.warning("spare.not_taken", pid=spare.process.pid, error=repr(exc))
                 continue
+            if epoch != self._spare_epoch:  # the spares were ended (a roll) meanwhile
+                spare.taken = True  # no back-off for it
+                _kill(spare.process)
+                continue
             spare.taken = True
             if spare.watcher is not None:
                 spare.watcher.cancel()  # a worker now, watched as one
-            self._spare_pause = SPARE_RETRY_SECONDS[0]
             self._spare_wanted.set()  # its successor starts now
             return spare.process
         return None
@@ -542,10 +572,10 @@ class Supervisor:
         """Kill the spares and wait for them to exit. The keeper, unless it was
         cancelled (a stop), starts new ones (a roll: they import the code on disk now)."""
         spares, self._spares = self._spares, []
+        self._spare_epoch += 1
         for spare in spares:
             spare.taken = True  # no back-off for these
-            with contextlib.suppress(ProcessLookupError):
-                spare.process.kill()
+            _kill(spare.process)
         for spare in spares:
             await spare.process.wait()
         self._spare_wanted.set()
@@ -660,6 +690,8 @@ class Supervisor:
                         handle.detector.heartbeat(now)  # no pipe: the store is the signal
                     if handle.first_heartbeat_at is None:
                         handle.first_heartbeat_at = now
+                        if handle.spare:  # spares work again: no back-off for the next
+                            self._spare_pause = SPARE_RETRY_SECONDS[0]
                 if handle.first_heartbeat_at is None:
                     if now - handle.started_at > STARTUP_TIMEOUT:
                         await self._suspect(handle, "no heartbeat within the startup timeout")
