@@ -105,3 +105,34 @@ def test_a_smoke_test_that_gives_up_cancels_its_tasks(tmp_path: Path) -> None:
     passed, detail, tasks = asyncio.run(main())
     assert not passed and "triage: queued not finished in time" in detail
     assert tasks == [("cancelled", "the smoke test gave up on it after 0.2 s")]
+
+
+def test_the_fleets_warm_spares_reach_its_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """recovery.agent_failure.warm_spares is what the supervisor keeps (default 1)."""
+    seen: list[int] = []
+
+    class Recorder:
+        def __init__(self, store_url: str, plans: list[ClusterPlan], **options: object) -> None:
+            seen.append(options["spares"])  # type: ignore[arg-type]
+            self.ready = asyncio.Event()
+            self.ready.set()
+
+        async def run(self, stop: asyncio.Event) -> None:
+            await stop.wait()
+
+    monkeypatch.setattr("fleetops.control._plane.Supervisor", Recorder)
+    for extra, spares in (("", 1), ("recovery: {agent_failure: {warm_spares: 0}}\n", 0)):
+        (tmp_path / "fleet.yaml").write_text(fleet(4) + extra, encoding="utf-8")
+        plane = ControlPlane(load_spec(tmp_path / "fleet.yaml"), serve_api=False)
+
+        async def start(plane: ControlPlane = plane) -> None:
+            async with asyncio.TaskGroup() as tg:
+                plane._tg = tg
+                await plane._agent_clusters()
+                plane._supervisor_stop.set()
+
+        asyncio.run(start())
+        assert seen[-1] == spares
+    assert seen == [1, 0]

@@ -511,7 +511,7 @@ providers:
   llm: {kind: opnai}
   local: {kind: openai, base_url: localhost:8000}
 recovery:
-  agent_failure: {detect_within: soon, actions: [restart_failed_agent, reboot]}
+  agent_failure: {detect_within: soon, actions: [restart_failed_agent, reboot], warm_spares: -1}
 """
     )
     issues = by_path(issues_of(text))
@@ -527,6 +527,7 @@ recovery:
     assert issues["providers.local.base_url"].message == "not an http(s) URL"
     assert "'30s'" in issues["recovery.agent_failure.detect_within"].fix
     assert "restart_cluster" in issues["recovery.agent_failure.actions[1]"].fix
+    assert issues["recovery.agent_failure.warm_spares"].message == "must be at least 0"
 
 
 def test_credentials_are_never_echoed() -> None:

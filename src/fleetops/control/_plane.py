@@ -444,6 +444,7 @@ class ControlPlane:
             plans,
             clock=self.clock,
             log_dir=self.log_dir,
+            spares=self.spec.recovery.agent_failure.warm_spares,
         )
         assert self._tg is not None
         self._supervisor_stop = asyncio.Event()

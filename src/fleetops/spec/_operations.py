@@ -15,9 +15,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from ..runtime._supervisor import DEFAULT_SPARES
 from ._clusters import WORKER_DEFAULTS
 from ._types import (
     SPEC_CONFIG,
+    Count,
     Fraction,
     Number,
     PositiveCount,
@@ -366,6 +368,9 @@ class AgentFailureRecovery(RecoveryStrategy):
         "spawn_replacement_agent",
         "notify_operations_team",
     )
+    warm_spares: Count = DEFAULT_SPARES
+    """Worker processes kept started ahead, their imports done, each to replace a dead
+    worker of any cluster at once (about 40 MB each; 0: every replacement starts cold)."""
 
 
 class ClusterFailureRecovery(RecoveryStrategy):
