@@ -34,6 +34,10 @@ class RecordingSupervisor:
         self.plans = {p.name: p for p in plans}
         self._desired = {p.name: p.replicas for p in plans}
         self.failing = False
+        self.spares = 1
+
+    def set_spares(self, spares: int) -> None:
+        self.spares = spares
 
     async def roll(self, plan: ClusterPlan) -> None:
         self.plans[plan.name] = plan
@@ -136,3 +140,21 @@ def test_the_fleets_warm_spares_reach_its_supervisor(
         asyncio.run(start())
         assert seen[-1] == spares
     assert seen == [1, 0]
+
+
+def test_applying_a_new_number_of_warm_spares_changes_the_supervisors(tmp_path: Path) -> None:
+    (tmp_path / "fleet.yaml").write_text(fleet(4), encoding="utf-8")
+    plane = ControlPlane(load_spec(tmp_path / "fleet.yaml"), serve_api=False)
+    plane.state_dir.mkdir()
+    supervisor = RecordingSupervisor(plane.cluster_plans())
+    plane.supervisor = supervisor  # type: ignore[assignment]
+
+    async def main() -> list[str]:
+        async with QueueClient(plane.store_url) as client:
+            plane.client = client
+            spec = fleet(4) + "recovery: {agent_failure: {warm_spares: 0}}\n"
+            result = await plane.apply(spec, reason="no spares")
+            return result.actions
+
+    assert asyncio.run(main()) == ["warm spares from 1 to 0"]
+    assert supervisor.spares == 0

@@ -236,6 +236,29 @@ def test_a_spares_log_past_its_size_is_rotated_when_a_spare_starts(
     assert (logs / "spares.log").stat().st_size < 1000
 
 
+def test_the_number_of_spares_can_change_while_the_supervisor_runs(sqlite_url: str) -> None:
+    supervisor = Supervisor(sqlite_url, [_plan()])
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+        [first] = supervisor.spare_pids()
+        supervisor.set_spares(2)
+        await wait_until(lambda: len(supervisor.spare_pids()) == 2)
+        assert first in supervisor.spare_pids()
+        supervisor.set_spares(0)
+        assert supervisor.spare_pids() == []
+        await wait_until(lambda: exited(first))
+        [worker] = supervisor.live_workers()
+        os.kill(worker.pid, signal.SIGKILL)  # with none kept, a cold start replaces it
+        await wait_until(lambda: any(h.id != worker.id for h in supervisor.live_workers()))
+        await _succeeds(client, "no spares")
+        assert supervisor.spare_pids() == []
+        with pytest.raises(ConfigError):
+            supervisor.set_spares(-1)
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
 @pytest.mark.parametrize("spares", [-1, 1.5, True, "1"])
 def test_a_bad_number_of_spares_is_refused_naming_the_field(
     sqlite_url: str, spares: object

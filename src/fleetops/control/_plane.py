@@ -946,6 +946,10 @@ class ControlPlane:
         supervisor = self.supervisor
         if supervisor is None:
             raise UsageError("the fleet is not deployed: run 'fleetops up' first")
+        spares = new.recovery.agent_failure.warm_spares
+        if supervisor.spares != spares:
+            actions.append(f"warm spares from {supervisor.spares} to {spares}")
+            supervisor.set_spares(spares)
         new_plans = {p.name: p for p in self.cluster_plans(new)}
         for name in list(supervisor.plans):
             if name not in new_plans:

@@ -89,6 +89,11 @@ def _open_log(path: Path | None) -> Any:
     return open(path, "ab")  # noqa: SIM115 - handed to the child
 
 
+def _check_spares(spares: object) -> None:
+    if isinstance(spares, bool) or not isinstance(spares, int) or spares < 0:
+        raise ConfigError("spares", spares, "use a whole number of warm spare workers, 0 or more")
+
+
 def _kill(process: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError):
         process.kill()
@@ -201,10 +206,7 @@ class Supervisor:
         env: dict[str, str] | None = None,
         spares: int = DEFAULT_SPARES,
     ) -> None:
-        if isinstance(spares, bool) or not isinstance(spares, int) or spares < 0:
-            raise ConfigError(
-                "spares", spares, "use a whole number of warm spare workers, 0 or more"
-            )
+        _check_spares(spares)
         self.store_url = store_url
         self.plans = {p.name: p for p in clusters}
         self.clock: Clock = clock or SystemClock()
@@ -249,6 +251,17 @@ class Supervisor:
             for h in self.workers.values()
             if (cluster is None or h.cluster == cluster) and h.process.returncode is None
         ]
+
+    def set_spares(self, spares: int) -> None:
+        """Keep ``spares`` warm spares from now on: more are started, or the extra
+        ones killed (see the module doc)."""
+        _check_spares(spares)
+        self.spares = spares
+        while len(self._spares) > spares:
+            extra = self._spares.pop()
+            extra.taken = True  # no back-off for it
+            _kill(extra.process)
+        self._spare_wanted.set()
 
     def spare_pids(self) -> list[int]:
         """The process ids of the warm spares ready to be taken (see the module doc)."""
