@@ -259,6 +259,32 @@ def test_the_number_of_spares_can_change_while_the_supervisor_runs(sqlite_url: s
     asyncio.run(_supervised(supervisor, sqlite_url, body))
 
 
+def test_a_spare_that_was_starting_when_fewer_were_wanted_is_not_kept(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    supervisor = Supervisor(sqlite_url, [_plan()])
+    gate = asyncio.Event()
+    started: list[int] = []
+    real = Supervisor._start_spare
+
+    async def held(self: Supervisor) -> Any:
+        spare = await real(self)
+        started.append(spare.process.pid)
+        await gate.wait()  # started, not yet kept
+        return spare
+
+    monkeypatch.setattr(Supervisor, "_start_spare", held)
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(started) == 1)
+        supervisor.set_spares(0)
+        gate.set()
+        await wait_until(lambda: exited(started[0]))
+        assert supervisor.spare_pids() == [] and len(started) == 1
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
 @pytest.mark.parametrize("spares", [-1, 1.5, True, "1"])
 def test_a_bad_number_of_spares_is_refused_naming_the_field(
     sqlite_url: str, spares: object

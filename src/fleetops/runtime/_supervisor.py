@@ -488,7 +488,8 @@ class Supervisor:
             except Exception as exc:  # fork or its log failed: a spare is only a head start
                 self._spare_failed("spare.start_failed", error=str(exc))
                 continue
-            if epoch != self._spare_epoch:  # the spares were ended (a roll) while it started
+            if epoch != self._spare_epoch or len(self._spares) >= self.spares:
+                # the spares were ended (a roll), or fewer are wanted, while it started
                 _kill(spare.process)
                 await spare.process.wait()
                 continue
