@@ -63,6 +63,26 @@ async def _succeeds(client: QueueClient, payload: str) -> None:
     assert record is not None and record.state == "succeeded"
 
 
+def _hold_spare_starts(
+    monkeypatch: pytest.MonkeyPatch, hold: Callable[[int], bool]
+) -> tuple[asyncio.Event, list[int]]:
+    """Make the keeper wait, once the nth spare has started and before it is kept,
+    while ``hold(n)`` and until the event is set; the pids started go in the list."""
+    gate = asyncio.Event()
+    started: list[int] = []
+    real = Supervisor._start_spare
+
+    async def held(self: Supervisor) -> Any:
+        spare = await real(self)
+        started.append(spare.process.pid)
+        if hold(len(started)):
+            await gate.wait()
+        return spare
+
+    monkeypatch.setattr(Supervisor, "_start_spare", held)
+    return gate, started
+
+
 def test_a_dead_worker_is_replaced_by_the_warm_spare_which_logs_to_the_workers_own_file(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -184,18 +204,8 @@ def test_a_spare_that_was_starting_when_a_roll_began_is_not_taken_after_it(
     roll ended the spares: that one, which imported the code from before the roll,
     is killed once started, not kept for the next worker."""
     supervisor = Supervisor(sqlite_url, [_plan()])
-    gate = asyncio.Event()
-    started: list[int] = []
-    real = Supervisor._start_spare
-
-    async def held(self: Supervisor) -> Any:
-        spare = await real(self)
-        started.append(spare.process.pid)
-        if len(started) == 2:  # the successor of the spare taken below: held over the roll
-            await gate.wait()
-        return spare
-
-    monkeypatch.setattr(Supervisor, "_start_spare", held)
+    # the successor of the spare taken below: held over the roll
+    gate, started = _hold_spare_starts(monkeypatch, lambda nth: nth == 2)
 
     async def body(client: QueueClient) -> None:
         await wait_until(lambda: len(supervisor.spare_pids()) == 1)
@@ -263,17 +273,7 @@ def test_a_spare_that_was_starting_when_fewer_were_wanted_is_not_kept(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     supervisor = Supervisor(sqlite_url, [_plan()])
-    gate = asyncio.Event()
-    started: list[int] = []
-    real = Supervisor._start_spare
-
-    async def held(self: Supervisor) -> Any:
-        spare = await real(self)
-        started.append(spare.process.pid)
-        await gate.wait()  # started, not yet kept
-        return spare
-
-    monkeypatch.setattr(Supervisor, "_start_spare", held)
+    gate, started = _hold_spare_starts(monkeypatch, lambda nth: True)
 
     async def body(client: QueueClient) -> None:
         await wait_until(lambda: len(started) == 1)
