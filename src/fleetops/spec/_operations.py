@@ -370,7 +370,7 @@ class AgentFailureRecovery(RecoveryStrategy):
     )
     warm_spares: Count = DEFAULT_SPARES
     """Worker processes kept started ahead, their imports done, each to replace a dead
-    worker of any cluster at once (about 40 MB each; 0: every replacement starts cold)."""
+    worker of any cluster at once (about 50 MB each; 0: every replacement starts cold)."""
 
 
 class ClusterFailureRecovery(RecoveryStrategy):
