@@ -143,18 +143,32 @@ def test_the_fleets_warm_spares_reach_its_supervisor(
 
 
 def test_applying_a_new_number_of_warm_spares_changes_the_supervisors(tmp_path: Path) -> None:
+    """Compared with what the supervisor keeps, not with the spec applied before; set
+    last, so that a change failing part-way leaves them as they were."""
     (tmp_path / "fleet.yaml").write_text(fleet(4), encoding="utf-8")
     plane = ControlPlane(load_spec(tmp_path / "fleet.yaml"), serve_api=False)
     plane.state_dir.mkdir()
     supervisor = RecordingSupervisor(plane.cluster_plans())
+    supervisor.spares = 3  # not what the spec says
     plane.supervisor = supervisor  # type: ignore[assignment]
+    no_spares = "recovery: {agent_failure: {warm_spares: 0}}\n"
 
-    async def main() -> list[str]:
+    async def main() -> list[list[str]]:
         async with QueueClient(plane.store_url) as client:
             plane.client = client
-            spec = fleet(4) + "recovery: {agent_failure: {warm_spares: 0}}\n"
-            result = await plane.apply(spec, reason="no spares")
-            return result.actions
+            done = [(await plane.apply(fleet(4) + no_spares, reason="none")).actions]
+            done.append((await plane.apply(fleet(4) + no_spares, reason="again")).actions)
+            supervisor.failing = True
+            with pytest.raises(FleetOpsError, match="apply it .* again"):
+                await plane.apply(fleet(8), reason="a roll that fails")
+            assert supervisor.spares == 0  # as the spec still applied has them
+            supervisor.failing = False
+            done.append((await plane.apply(fleet(8), reason="fixed")).actions)
+            return done
 
-    assert asyncio.run(main()) == ["warm spares from 1 to 0"]
-    assert supervisor.spares == 0
+    assert asyncio.run(main()) == [
+        ["warm spares from 3 to 0"],
+        [],
+        ["rolled out cluster triage (1 worker(s))", "warm spares from 0 to 1"],
+    ]
+    assert supervisor.spares == 1

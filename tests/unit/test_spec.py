@@ -790,3 +790,11 @@ def test_a_workers_memory_limit_reaches_its_settings_and_must_be_positive() -> N
     assert load_spec_text(MINIMAL).clusters["triage"].worker_settings().max_memory_mb is None
     [issue] = issues_of(MINIMAL.replace("  triage:\n", "  triage:\n    max_worker_memory_mb: 0\n"))
     assert issue.path == "clusters.triage.max_worker_memory_mb" and issue.line == 4
+
+
+def test_more_warm_spares_than_the_limit_is_refused() -> None:
+    issue = only_issue(check_spec_text(MINIMAL + "recovery: {agent_failure: {warm_spares: 17}}\n"))
+    assert (issue.path, issue.message) == (
+        "recovery.agent_failure.warm_spares",
+        "must be at most 16",
+    )

@@ -946,10 +946,6 @@ class ControlPlane:
         supervisor = self.supervisor
         if supervisor is None:
             raise UsageError("the fleet is not deployed: run 'fleetops up' first")
-        spares = new.recovery.agent_failure.warm_spares
-        if supervisor.spares != spares:
-            actions.append(f"warm spares from {supervisor.spares} to {spares}")
-            supervisor.set_spares(spares)
         new_plans = {p.name: p for p in self.cluster_plans(new)}
         for name in list(supervisor.plans):
             if name not in new_plans:
@@ -973,6 +969,11 @@ class ControlPlane:
                 was = supervisor.desired(name)
                 supervisor.scale(name, plan.replicas)
                 actions.append(f"scaled {name} from {was} to {plan.replicas} worker(s)")
+        # last: a change that fails part-way leaves the spares as the applied spec has them
+        spares = new.recovery.agent_failure.warm_spares
+        if supervisor.spares != spares:
+            actions.append(f"warm spares from {supervisor.spares} to {spares}")
+            supervisor.set_spares(spares)
 
 
 def _restart_needed(old: FleetSpec, new: FleetSpec, cluster: str) -> bool:

@@ -258,6 +258,7 @@ class Supervisor:
         ones killed (see the module doc)."""
         _check_spares(spares)
         self.spares = spares
+        self._spares = [s for s in self._spares if s.process.returncode is None]
         while len(self._spares) > spares:
             extra = self._spares.pop()
             extra.taken = True  # no back-off for it
@@ -489,7 +490,8 @@ class Supervisor:
             except Exception as exc:  # fork or its log failed: a spare is only a head start
                 self._spare_failed("spare.start_failed", error=str(exc))
                 continue
-            if epoch != self._spare_epoch or len(self._spares) >= self.spares:
+            live = sum(1 for s in self._spares if s.process.returncode is None)
+            if epoch != self._spare_epoch or live >= self.spares:
                 # the spares were ended (a roll), or fewer are wanted, while it started
                 _kill(spare.process)
                 await spare.process.wait()

@@ -358,6 +358,10 @@ class RecoveryStrategy(BaseModel):
         return self
 
 
+#: More warm spares than this is a typo, not a plan (each is a process of ~50 MB).
+MAX_SPARES = 16
+
+
 class AgentFailureRecovery(RecoveryStrategy):
     """A worker died or stopped heartbeating (the supervisor's recovery, in its order)."""
 
@@ -368,9 +372,10 @@ class AgentFailureRecovery(RecoveryStrategy):
         "spawn_replacement_agent",
         "notify_operations_team",
     )
-    warm_spares: Count = DEFAULT_SPARES
+    warm_spares: Annotated[Count, Field(le=MAX_SPARES)] = DEFAULT_SPARES
     """Worker processes kept started ahead, their imports done, each to replace a dead
-    worker of any cluster at once (about 50 MB each; 0: every replacement starts cold)."""
+    worker of any cluster at once (about 50 MB each; 0: every replacement starts cold;
+    16 at most)."""
 
 
 class ClusterFailureRecovery(RecoveryStrategy):
