@@ -51,7 +51,7 @@ from .._exceptions import ConfigError, StoreError
 from ..queue import QueueClient
 from ..store import event_data
 from ..telemetry import MetricSet, catalog, get_logger
-from ..telemetry._logs import LOG_CHECK_SECONDS, LOG_MAX_BYTES, rotated
+from ..telemetry._logs import LOG_CHECK_SECONDS, LOG_MAX_BYTES, rotate
 from ..telemetry._logsearch import SPARES_LOG
 from ._detector import DetectorSettings, PhiAccrualFailureDetector
 from ._worker import RECYCLE_EXIT_CODE, WorkerSettings
@@ -101,11 +101,10 @@ def _kill(process: asyncio.subprocess.Process) -> None:
 
 
 def _rotate_if_over(path: Path) -> None:
-    """Past LOG_MAX_BYTES, ``path`` becomes its older generation (whoever holds it open
-    goes on writing there), and the next opener starts a new file."""
+    """Rotate the log file ``path`` if it is LOG_MAX_BYTES or longer."""
     with contextlib.suppress(FileNotFoundError):
         if path.stat().st_size >= LOG_MAX_BYTES:
-            os.replace(path, rotated(path))
+            rotate(path)
 
 
 def log_path(log_dir: Path, worker_id: str) -> Path:
@@ -258,16 +257,21 @@ class Supervisor:
         ones killed (see the module doc)."""
         _check_spares(spares)
         self.spares = spares
-        self._spares = [s for s in self._spares if s.process.returncode is None]
-        while len(self._spares) > spares:
-            extra = self._spares.pop()
+        live = self._live_spares()
+        while len(live) > spares:
+            extra = live.pop()
             extra.taken = True  # no back-off for it
             _kill(extra.process)
         self._spare_wanted.set()
 
     def spare_pids(self) -> list[int]:
         """The process ids of the warm spares ready to be taken (see the module doc)."""
-        return [s.process.pid for s in self._spares if s.process.returncode is None]
+        return [s.process.pid for s in self._live_spares()]
+
+    def _live_spares(self) -> list[_Spare]:
+        """The spares still running (those that exited are dropped)."""
+        self._spares = [s for s in self._spares if s.process.returncode is None]
+        return self._spares
 
     async def run(self, stop: asyncio.Event) -> None:
         """Supervise until ``stop`` is set, then stop every worker gracefully."""
@@ -476,8 +480,7 @@ class Supervisor:
         millisecond. This task alone starts spares, and a stop cancels it."""
         while True:
             self._spare_wanted.clear()
-            self._spares = [s for s in self._spares if s.process.returncode is None]
-            if len(self._spares) >= self.spares:
+            if len(self._live_spares()) >= self.spares:
                 await self._spare_wanted.wait()
                 continue
             wait = self._spare_not_before - self.clock.monotonic()
@@ -490,8 +493,7 @@ class Supervisor:
             except Exception as exc:  # fork or its log failed: a spare is only a head start
                 self._spare_failed("spare.start_failed", error=str(exc))
                 continue
-            live = sum(1 for s in self._spares if s.process.returncode is None)
-            if epoch != self._spare_epoch or live >= self.spares:
+            if epoch != self._spare_epoch or len(self._live_spares()) >= self.spares:
                 # the spares were ended (a roll), or fewer are wanted, while it started
                 _kill(spare.process)
                 await spare.process.wait()
@@ -730,8 +732,7 @@ class Supervisor:
         # or row locks (PostgreSQL) that the revocation would wait on. SIGKILL works on
         # a stopped process too, and its death releases its locks. The bookkeeping runs
         # in a task of its own so that the detector keeps watching the other workers.
-        with contextlib.suppress(ProcessLookupError):
-            handle.process.kill()
+        _kill(handle.process)
         assert self._group is not None
         self._group.create_task(self._record_hang(handle, why), name=f"hung-{handle.id}")
 
@@ -757,8 +758,7 @@ class Supervisor:
     def _kill_all(self) -> None:
         for handle in self.workers.values():
             if handle.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    handle.process.kill()
+                _kill(handle.process)
 
     def hurry(self) -> None:
         """Stop now: the workers still draining are killed (their tasks queued again),
@@ -788,8 +788,7 @@ class Supervisor:
         # alive now, including those, is killed; then nothing is left reading their pipes
         stragglers = [h for h in self.workers.values() if h.process.returncode is None]
         for handle in stragglers:
-            with contextlib.suppress(ProcessLookupError):
-                handle.process.kill()
+            _kill(handle.process)
         for handle in stragglers:
             await handle.process.wait()
         if stragglers and self._client is not None:

@@ -7,6 +7,7 @@ JSON object per line: ``{"ts": ..., "level": "info", "logger": ..., "event":
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -116,13 +117,17 @@ class StderrRotator:
         """Rotate if the file is past its size; answers whether it was."""
         if os.fstat(2).st_size < self.max_bytes:
             return False
-        sys.stderr.flush()
-        try:
-            os.replace(self.path, rotated(self.path))
-        except FileNotFoundError:
-            pass  # gone (deleted by hand): a new file is all that is needed
+        rotate(self.path)  # whatever stderr still buffers goes to the older one
         stderr_to(self.path)
         return True
+
+
+def rotate(path: Path) -> None:
+    """Make the log file ``path`` its older generation (a process that holds it open
+    goes on writing there; the next to open ``path`` starts a new file). A file gone
+    (deleted by hand) needs nothing."""
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, rotated(path))
 
 
 def stderr_to(path: Path) -> None:
