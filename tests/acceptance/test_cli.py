@@ -215,6 +215,12 @@ def test_bad_arguments_name_the_field_the_value_and_the_fix(tmp_path: Path) -> N
         assert "--kill-every" in proc.stderr and f"'{interval}'" in proc.stderr
         assert "Traceback" not in proc.stderr
 
+    for took in ("-1s", "slow"):
+        proc = run("chaos", "kill-workers", "--import-time", took, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert "--import-time" in proc.stderr and f"'{took}'" in proc.stderr
+        assert "500ms" in proc.stderr and "Traceback" not in proc.stderr
+
     # what the user typed is shown as typed: square brackets are not terminal markup
     for args, shown in (
         (("bench", "queue", "--work", "sleep:[/x]", "--json"), "'sleep:[/x]'"),

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from fleetops import ConfigError
 from fleetops.chaos import CutStoreConfig, KillWorkersConfig, cut_store, kill_workers
+from fleetops.chaos._run import new_ledger
 
 pytestmark = pytest.mark.chaos
 
@@ -62,6 +65,25 @@ def test_kill_and_stop_workers_loses_nothing_and_duplicates_no_effect(
     assert result.hang_detection_s is not None
     assert result.detection_p99_s is not None
     assert result.recovery_p99_s is not None
+
+
+def test_import_time_is_cpu_the_agents_module_spends_in_each_process_that_imports_it(
+    tmp_path: Path,
+) -> None:
+    """kill-workers --import-time: the workers' environment makes the chaos agents'
+    module take that much CPU to import, as a large SDK would."""
+    _, env = new_ledger(tmp_path, 0.3)
+    measure = (  # what the chaos package imports, first: its own import is then ~0.02 s
+        "import time, fleetops.runtime, fleetops.queue, fleetops.store._open\n"
+        "began = time.process_time()\n"
+        "import fleetops.chaos\n"
+        "print(time.process_time() - began)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", measure], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) >= 0.3
 
 
 def test_a_run_cut_off_by_its_time_limit_says_so() -> None:

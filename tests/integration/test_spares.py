@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from _polling import exited, wait_until
 from fleetops import ConfigError
 from fleetops.queue import QueueClient
 from fleetops.runtime import ClusterPlan, Supervisor, SupervisorEvent, WorkerSettings
-from fleetops.runtime._supervisor import SPARE_RETRY_SECONDS
+from fleetops.runtime._supervisor import SPARE_RETRY_SECONDS, _Spare
 from fleetops.store import TERMINAL_STATES, NewTask, open_store
 
 TESTS_DIR = str(Path(__file__).resolve().parents[1])
@@ -283,6 +284,182 @@ def test_a_spare_that_was_starting_when_fewer_were_wanted_is_not_kept(
         assert supervisor.spare_pids() == [] and len(started) == 1
 
     asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
+def _marked(name: str = "c", replicas: int = 1, path: str = TESTS_DIR) -> ClusterPlan:
+    return ClusterPlan(
+        name=name,
+        agents=("marked_agents:marked",),
+        replicas=replicas,
+        worker=WorkerSettings(concurrency=10, shutdown_grace=2.0),
+        python_path=(path,),
+    )
+
+
+def _import_log(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A file for marked_agents to note its importers in, and the environment to
+    start the supervisor's processes with."""
+    imports = tmp_path / "imports"
+    return imports, {**os.environ, "FLEETOPS_TEST_IMPORT_LOG": str(imports)}
+
+
+async def _kill_the_worker(supervisor: Supervisor) -> None:
+    """SIGKILL the supervisor's one worker; return once its successor heartbeats."""
+    [old] = supervisor.live_workers()
+    os.kill(old.pid, signal.SIGKILL)
+    await wait_until(
+        lambda: any(h.id != old.id and h.first_heartbeat_at for h in supervisor.live_workers())
+    )
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+
+
+def _importers(log: Path) -> list[int]:
+    """The pids that imported marked_agents, one entry an import."""
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+async def _run_marked(client: QueueClient, cluster: str) -> int:
+    """Run the marked agent on ``cluster``; answer the pid of the worker that ran it."""
+    sub = await client.submit(NewTask(cluster, "marked", "null"))
+
+    async def succeeded() -> bool:
+        record = await client.run(client.store.get_task, sub.id)
+        assert record is None or record.state not in {"dead", "cancelled"}, record
+        return record is not None and record.state == "succeeded"
+
+    await wait_until(succeeded)
+    record = await client.run(client.store.get_task, sub.id)
+    assert record is not None and record.result is not None
+    return int(json.loads(record.result))
+
+
+def test_a_spare_loads_the_agents_ahead_and_the_worker_it_becomes_runs_them(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The spare imports the cluster's agent module while it waits, before any worker
+    died; taken, it runs the agent without importing it again."""
+    imports, env = _import_log(tmp_path)
+    supervisor = Supervisor(sqlite_url, [_marked()], env=env)
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+        [spare] = supervisor.spare_pids()
+        await wait_until(lambda: spare in _importers(imports))  # no worker has died yet
+        await _kill_the_worker(supervisor)
+        [new] = supervisor.live_workers()
+        assert new.pid == spare
+        assert await _run_marked(client, "c") == spare
+        assert _importers(imports).count(spare) == 1
+        # its successor loads them ahead too
+        await wait_until(lambda: supervisor.spare_pids() not in ([], [spare]))
+        [successor] = supervisor.spare_pids()
+        await wait_until(lambda: successor in _importers(imports))
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
+def test_a_cluster_added_gets_a_spare_that_loaded_its_agents_too(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The spare loaded for the clusters there were is replaced by one that loads the
+    new cluster's agents as well, which the new cluster's first worker then is."""
+    imports, env = _import_log(tmp_path)
+    supervisor = Supervisor(sqlite_url, [_plan()], env=env)
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+        [before] = supervisor.spare_pids()
+        supervisor.add_cluster(_marked("d", replicas=0))
+        await wait_until(lambda: exited(before))
+        assert before not in _importers(imports)
+        await wait_until(lambda: supervisor.spare_pids() not in ([], [before]))
+        [after] = supervisor.spare_pids()
+        await wait_until(lambda: after in _importers(imports))
+        supervisor.scale("d", 1)
+        assert await _run_marked(client, "d") == after
+        await _succeeds(client, "the first cluster still runs")
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
+def test_an_agent_that_does_not_load_in_the_spare_leaves_it_waiting_and_says_why(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """One cluster's agent that fails to import (here a cluster with no workers yet)
+    costs the spare nothing for the others: it loads the rest, says what failed in
+    spares.log, and is taken as usual."""
+    logs = tmp_path / "logs"
+    broken = ClusterPlan(
+        name="broken", agents=("no_such_module_here:agent",), replicas=0, python_path=(TESTS_DIR,)
+    )
+    supervisor = Supervisor(sqlite_url, [_plan(), broken], log_dir=logs)
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+        [spare] = supervisor.spare_pids()
+        await wait_until(lambda: "no_such_module_here" in (logs / "spares.log").read_text())
+        await _kill_the_worker(supervisor)
+        assert [h.pid for h in supervisor.live_workers()] == [spare]
+        await _succeeds(client, "taken all the same")
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+    said = (logs / "spares.log").read_text()
+    assert "no_such_module_here:agent not loaded ahead" in said and "Traceback" not in said
+
+
+def test_clusters_on_different_python_paths_get_spares_that_load_no_agents(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """One cluster's path on sys.path could shadow another's modules, so a spare then
+    loads none, and serves any cluster; one that loaded agents on a path serves only
+    clusters on that same path."""
+    imports, env = _import_log(tmp_path)
+    other = str(tmp_path)
+    supervisor = Supervisor(sqlite_url, [_marked(), _marked("d", 0, other)], env=env)
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+        [spare] = supervisor.spare_pids()
+        assert not any("marked_agents" in arg for arg in _cmdline(spare))
+        await _kill_the_worker(supervisor)
+        assert await _run_marked(client, "c") == spare  # it imported them once taken
+        assert _importers(imports).count(spare) == 1
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
+def test_a_cluster_added_on_another_path_does_not_take_a_spare_loaded_on_the_first(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Its worker starts cold; the spare, which put the first path on sys.path, is
+    replaced by one that loads no agents."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(Path(TESTS_DIR) / "marked_agents.py", elsewhere)
+    supervisor = Supervisor(sqlite_url, [_marked()])
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+        [loaded] = supervisor.spare_pids()
+        supervisor.add_cluster(_marked("d", 1, str(elsewhere)))
+        await wait_until(lambda: len(supervisor.live_workers("d")) == 1)
+        [d] = supervisor.live_workers("d")
+        assert d.pid != loaded and not d.spare
+        await wait_until(lambda: exited(loaded) and len(supervisor.spare_pids()) == 1)
+        [spare] = supervisor.spare_pids()
+        assert not any("marked_agents" in arg for arg in _cmdline(spare))
+        assert await _run_marked(client, "d") == d.pid
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
+def test_a_spare_serves_only_workers_on_the_path_it_loaded_agents_with() -> None:
+    loaded = _Spare(process=None, preload=json.dumps({"python_path": ["/a"], "agents": []}))  # type: ignore[arg-type]
+    assert loaded.serves(["/a"]) and not loaded.serves(["/b"]) and not loaded.serves([])
+    assert _Spare(process=None).serves(["/b"])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("spares", [-1, 1.5, True, "1"])

@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from ..runtime import Context, EffectCall, TaskInfo, agent
 from ._ledger import Ledger
 
 LEDGER_ENV = "FLEETOPS_CHAOS_LEDGER"
+#: CPU seconds this module spends when it is imported (``kill-workers --import-time``)
+IMPORT_SECONDS_ENV = "FLEETOPS_CHAOS_IMPORT_SECONDS"
 _ledger: Ledger | None = None
+
+
+def _import_work(seconds: float) -> None:
+    """Keep a CPU busy for ``seconds``, as a real agent's module does while it imports
+    a large SDK or model library: what each new worker pays before it can run a task,
+    unless a warm spare paid it ahead."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+_import_work(float(os.environ.get(IMPORT_SECONDS_ENV) or 0))
 
 
 def _get_ledger() -> Ledger:

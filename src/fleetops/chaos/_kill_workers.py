@@ -45,6 +45,9 @@ class KillWorkersConfig:
     #: warm spare workers the supervisor keeps (see fleetops.runtime._supervisor)
     spares: int = DEFAULT_SPARES
     work_s: float = 0.5
+    #: CPU seconds the agents' module takes to import in each new worker, as a real
+    #: agent's SDK imports do (0: the module is light)
+    import_s: float = 0.0
     concurrency: int = 25
     store_url: str | None = None
     seed: int | None = None
@@ -86,7 +89,7 @@ async def kill_workers(
     with tempfile.TemporaryDirectory(prefix="fleetops-chaos-") as tmp:
         workdir = Path(tmp)
         store_url = config.store_url or f"sqlite:///{workdir / 'fleet.db'}"
-        ledger_path, env = new_ledger(workdir)
+        ledger_path, env = new_ledger(workdir, config.import_s)
         cluster = f"chaos-{uuid.uuid4().hex[:8]}"
         detected: dict[str, float] = {}
         suspected: dict[str, float] = {}

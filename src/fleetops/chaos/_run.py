@@ -16,19 +16,21 @@ from .._clock import SystemClock
 from ..queue import QueueClient
 from ..runtime import Supervisor
 from ..store import TERMINAL_STATES, NewTask, TaskRecord
-from ._agents import LEDGER_ENV
+from ._agents import IMPORT_SECONDS_ENV, LEDGER_ENV
 from ._ledger import Ledger
 
 #: the agent every experiment runs: some work, then one journaled side effect
 AGENT_ENTRYPOINT = "fleetops.chaos._agents:effectful"
 
 
-def new_ledger(workdir: Path) -> tuple[Path, dict[str, str]]:
-    """A new ledger file in ``workdir``, and the environment that points workers at it."""
+def new_ledger(workdir: Path, import_s: float = 0.0) -> tuple[Path, dict[str, str]]:
+    """A new ledger file in ``workdir``, and the environment that points workers at
+    it (and has the agents' module take ``import_s`` of CPU to import)."""
     path = workdir / "ledger.db"
     Ledger(path).close()
     env = dict(os.environ)
     env[LEDGER_ENV] = str(path)
+    env[IMPORT_SECONDS_ENV] = repr(import_s)
     return path, env
 
 

@@ -34,6 +34,11 @@ def kill_workers_command(
     workers: int = typer.Option(4, min=1, help="Worker processes."),
     kill_every: str = typer.Option("1s", help="Interval between SIGKILLs, e.g. 500ms or 1s."),
     work: str = typer.Option("500ms", help="Work per task before its side effect."),
+    import_time: str = typer.Option(
+        "0s",
+        help="CPU time the agents' module takes to import in each new worker, as an "
+        "agent importing a large SDK would, e.g. 2s.",
+    ),
     concurrency: int = typer.Option(25, min=1, help="Concurrent tasks per worker."),
     stop_one: bool = typer.Option(True, help="Also SIGSTOP one worker (a hang)."),
     spares: int = typer.Option(
@@ -65,6 +70,7 @@ def kill_workers_command(
             stop_one=stop_one,
             spares=spares,
             work_s=parse_duration(work, "--work"),
+            import_s=parse_duration(import_time, "--import-time"),
             concurrency=concurrency,
             # 'sqlite' as in 'bench queue', not a file of that name here
             store_url=None if store in ("", "sqlite") else store,

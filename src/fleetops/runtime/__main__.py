@@ -3,12 +3,15 @@
 The supervisor starts workers this way; the JSON names the store, the worker's id
 and cluster, its agents' entrypoints and its settings. SIGTERM or SIGINT drains.
 
-``python -m fleetops.runtime --spare [STORE_KIND]`` starts a warm spare: it imports
-what a worker needs (a third of a second and more of a worker's start, longer on a
-busy machine) and then waits for one line on stdin, the same JSON, to become that
-worker at once. The supervisor keeps one ready to replace a worker that died (see
-fleetops.runtime._supervisor). A spare whose stdin closes before that line (its
-supervisor stopped or died) exits with 0 without starting anything.
+``python -m fleetops.runtime --spare [STORE_KIND [PRELOAD_JSON]]`` starts a warm
+spare: it imports what a worker needs (a third of a second and more of a worker's
+start, longer on a busy machine), loads the agents PRELOAD_JSON names
+(``{"python_path": [...], "agents": ["module:function", ...]}``: the fleet's own
+code, whose imports can take seconds), and then waits for one line on stdin, the
+same JSON, to become that worker at once. The supervisor keeps one ready to replace
+a worker that died (see fleetops.runtime._supervisor). A spare whose stdin closes
+before that line (its supervisor stopped or died) exits with 0 without starting
+anything.
 """
 
 from __future__ import annotations
@@ -42,9 +45,7 @@ async def _main(config: dict[str, object]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    for path in config.get("python_path", []):  # type: ignore[attr-defined]
-        if path not in sys.path:
-            sys.path.insert(0, str(path))
+    _add_python_path(config.get("python_path", []))  # type: ignore[arg-type]
     specs = [load_agent(str(e)) for e in config["agents"]]  # type: ignore[attr-defined]
     settings = WorkerSettings(**config.get("settings", {}))  # type: ignore[arg-type]
     cluster = str(config["cluster"])
@@ -85,6 +86,13 @@ async def _main(config: dict[str, object]) -> int:
             if gateway is not None:
                 await gateway.aclose()
     return 3 if worker.dead else RECYCLE_EXIT_CODE if worker.recycled else 0
+
+
+def _add_python_path(paths: list[str]) -> None:
+    """Put a cluster's ``python_path`` in front of ``sys.path``, as a worker runs with."""
+    for path in paths:
+        if path not in sys.path:
+            sys.path.insert(0, str(path))
 
 
 async def _rotate_logs(rotator: StderrRotator, every: float) -> None:
@@ -148,14 +156,17 @@ _WORKER_IMPORTS = ("uvloop", "concurrent.futures.thread", "fleetops.spec")
 _POSTGRES_IMPORTS = ("psycopg", "fleetops.store._postgres")
 
 
-def _wait_as_spare(store_kind: str) -> dict[str, Any] | None:
-    """Import ahead what a worker needs, then wait for the worker's config (one line
-    of JSON on stdin); None if stdin closes first. The worker's log file, if it has
-    one, takes over stderr, which until then went to the spare's own."""
+def _wait_as_spare(store_kind: str = "", preload: str = "") -> dict[str, Any] | None:
+    """Import ahead what a worker needs and load the agents ``preload`` names, then
+    wait for the worker's config (one line of JSON on stdin); None if stdin closes
+    first. The worker's log file, if it has one, takes over stderr, which until then
+    went to the spare's own."""
     names = _WORKER_IMPORTS + (_POSTGRES_IMPORTS if store_kind == "postgresql" else ())
     for name in names:
         with contextlib.suppress(ImportError):  # uvloop is optional; psycopg, an extra
             importlib.import_module(name)
+    if preload:
+        _preload(json.loads(preload))
     line = sys.stdin.buffer.readline()
     if not line.strip():
         return None
@@ -163,6 +174,20 @@ def _wait_as_spare(store_kind: str) -> dict[str, Any] | None:
     if config.get("log_file"):
         stderr_to(Path(str(config["log_file"])))
     return config
+
+
+def _preload(wanted: dict[str, Any]) -> None:
+    """Put ``wanted["python_path"]`` on ``sys.path`` and load the agents of
+    ``wanted["agents"]``, as a worker does when it starts: once taken, the worker
+    finds their modules imported. An agent that does not load is said on stderr and
+    left to the worker, which then fails to start as a cold one would, with the same
+    error in its own log."""
+    _add_python_path(list(wanted.get("python_path", [])))
+    for entrypoint in wanted.get("agents", []):
+        try:
+            load_agent(str(entrypoint))
+        except Exception as exc:  # the module's own code raised: the worker says so
+            print(f"spare: {entrypoint} not loaded ahead: {exc}", file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -173,7 +198,7 @@ def main() -> None:
     # workers, 1.04 over 4 (none lower) for the bench's own process alone.
     config: dict[str, Any] | None
     if sys.argv[1:2] == [SPARE]:
-        config = _wait_as_spare(sys.argv[2] if len(sys.argv) > 2 else "")
+        config = _wait_as_spare(*sys.argv[2:4])
         if config is None:
             return
     else:

@@ -21,12 +21,18 @@ fleetops.runtime.__main__). A cold start spends a third of a second and more on
 imports (longer on a busy machine); a spare starts claiming within milliseconds, so
 a cluster whose only worker died runs its tasks again that much sooner. The
 supervisor keeps ``spares`` of them (one by default), starts a new one whenever one
-is taken, and starts them for every cluster: a spare loads no agent code until it is
-taken. An idle spare costs its memory (about 50 MB resident, 60 MB with PostgreSQL's
-driver) and no CPU. A roll replaces the spares too, so that every worker after it is
-a process started after it. A spare imports fleetops and its dependencies before a
-cluster's ``python_path`` is put on ``sys.path``: a path that shadows them takes
-effect in cold starts only.
+is taken, and starts them for every cluster. Where every cluster shares one
+``python_path`` (a fleet from one spec does), a spare also loads the agents of every
+cluster ahead, so that a worker whose agents take seconds to import (a large SDK, a
+model library) starts as quickly; where the paths differ, it loads none, since one
+cluster's path must not shadow another's modules. A spare that loaded agents for
+clusters since changed (one added, removed or rolled) is replaced. An idle spare
+costs its memory (about 50 MB resident, 60 MB with PostgreSQL's driver, plus what
+the agents import) and no CPU. A roll replaces the spares too, so that every worker
+after it is a process started after it. A spare imports fleetops and its
+dependencies before a cluster's ``python_path`` is put on ``sys.path``: a path that
+shadows them takes effect in cold starts only. Agent modules are imported in a spare
+before it knows which cluster it will serve: one should not start work at import.
 """
 
 from __future__ import annotations
@@ -174,9 +180,16 @@ class _Spare:
     """A warm spare process (see the module doc)."""
 
     process: asyncio.subprocess.Process
+    #: what it loaded ahead: the JSON of Supervisor._preload when it started ('' for none)
+    preload: str = ""
     taken: bool = False
     #: the task that notices it exit untaken (cancelled when it is taken)
     watcher: asyncio.Task[None] | None = None
+
+    def serves(self, python_path: Sequence[str]) -> bool:
+        """Whether a worker on ``python_path`` may take it: one that loaded no agents,
+        or loaded them with that same path on ``sys.path``."""
+        return not self.preload or json.loads(self.preload)["python_path"] == list(python_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +336,7 @@ class Supervisor:
         self._restarts[plan.name] = deque()
         self._desired[plan.name] = plan.replicas
         self._reconcile_slots(plan.name)
+        self._spare_wanted.set()  # the spares load its agents too
 
     async def remove_cluster(self, cluster: str) -> None:
         """Drain and stop every worker of ``cluster``, then forget it."""
@@ -333,6 +347,7 @@ class Supervisor:
             await asyncio.gather(self._slots.pop(key), return_exceptions=True)
         del self.plans[cluster], self._desired[cluster], self._restarts[cluster]
         self.degraded.discard(cluster)
+        self._spare_wanted.set()  # the spares no longer load its agents
 
     async def roll(self, plan: ClusterPlan, ready_timeout: float = 60.0) -> None:
         """Rolling restart onto ``plan``: one worker at a time drains (its unfinished
@@ -480,6 +495,7 @@ class Supervisor:
         millisecond. This task alone starts spares, and a stop cancels it."""
         while True:
             self._spare_wanted.clear()
+            self._retire_stale_spares()
             if len(self._live_spares()) >= self.spares:
                 await self._spare_wanted.wait()
                 continue
@@ -493,8 +509,13 @@ class Supervisor:
             except Exception as exc:  # fork or its log failed: a spare is only a head start
                 self._spare_failed("spare.start_failed", error=str(exc))
                 continue
-            if epoch != self._spare_epoch or len(self._live_spares()) >= self.spares:
-                # the spares were ended (a roll), or fewer are wanted, while it started
+            if (
+                epoch != self._spare_epoch
+                or len(self._live_spares()) >= self.spares
+                or spare.preload != self._preload()
+            ):
+                # the spares were ended (a roll), fewer are wanted, or the clusters
+                # changed, while it started
                 _kill(spare.process)
                 await spare.process.wait()
                 continue
@@ -509,7 +530,28 @@ class Supervisor:
         log_file = None if self.log_dir is None else self.log_dir / SPARES_LOG
         if log_file is not None:
             _rotate_if_over(log_file)  # spares that fail write to it for as long as it takes
-        return _Spare(await self._start_process(["--spare", kind], log_file, stdin=True))
+        preload = self._preload()
+        args = ["--spare", kind, preload] if preload else ["--spare", kind]
+        return _Spare(await self._start_process(args, log_file, stdin=True), preload)
+
+    def _preload(self) -> str:
+        """What a spare loads ahead, as JSON for its command line: the agents of every
+        cluster, when all of them share one ``python_path``; '' when they do not (or
+        there are none)."""
+        paths = {plan.python_path for plan in self.plans.values()}
+        if len(paths) != 1:
+            return ""
+        agents = sorted({agent for plan in self.plans.values() for agent in plan.agents})
+        return json.dumps({"python_path": list(paths.pop()), "agents": agents})
+
+    def _retire_stale_spares(self) -> None:
+        """Kill the spares that loaded agents for clusters since changed: the keeper
+        starts ones that load the clusters there are now."""
+        preload = self._preload()
+        for spare in [s for s in self._spares if s.preload != preload]:
+            self._spares.remove(spare)
+            spare.taken = True  # no back-off for it
+            _kill(spare.process)
 
     async def _start_process(
         self, args: Sequence[str], log_file: Path | None, *, stdin: bool
@@ -554,8 +596,12 @@ class Supervisor:
     async def _take_spare(self, config: dict[str, Any]) -> asyncio.subprocess.Process | None:
         """A warm spare made the worker of ``config``, or None if none is ready."""
         line = json.dumps(config).encode() + b"\n"
-        while self._spares:
-            spare = self._spares.pop(0)
+        ready = [s for s in self._spares if s.serves(config["python_path"])]
+        while ready:
+            spare = ready.pop(0)
+            if spare not in self._spares:  # ended or retired while another was tried
+                continue
+            self._spares.remove(spare)
             if spare.process.returncode is not None:
                 continue
             epoch = self._spare_epoch
