@@ -97,11 +97,32 @@ def _children_of(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-def _fleetops_workers_running(marker: Path) -> list[str]:
-    """The command lines of the worker processes whose store is under ``marker``. ``-ww``:
-    without a terminal, ps cuts each line at 80 columns, before the store's path."""
-    out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "fleetops.runtime" in line and str(marker) in line]
+def _fleetops_processes(marker: Path) -> dict[int, bool]:
+    """The worker and warm spare processes of the fleet under ``marker``, by pid: True
+    for a worker (its store open), False for a spare not yet taken. A cold worker's
+    command line names the store; a spare's names nothing of the fleet, but its
+    stderr is the fleet's spares.log, and once taken it opens the store too."""
+    found: dict[int, bool] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or b"fleetops.runtime" not in (
+                cmdline := (entry / "cmdline").read_bytes()
+            ):
+                continue
+            files = {int(fd.name): os.readlink(fd) for fd in (entry / "fd").iterdir()}
+        except OSError:  # it ended meanwhile
+            continue
+        if str(marker).encode() in cmdline or any(str(marker) in f for f in files.values()):
+            found[int(entry.name)] = any(
+                fd > 2 and f.startswith(str(marker)) for fd, f in files.items()
+            )
+    return found
+
+
+def _fleetops_workers_running(marker: Path) -> list[int]:
+    """The pids of the worker processes whose store is under ``marker``, cold ones
+    and warm spares taken alike."""
+    return [pid for pid, worker in _fleetops_processes(marker).items() if worker]
 
 
 def test_smoke_deploy_reports_phases_and_readiness(fleet_dir: Path) -> None:
@@ -126,7 +147,7 @@ def test_smoke_deploy_reports_phases_and_readiness(fleet_dir: Path) -> None:
     assert "front" in checks["redundancy"]["why"]
     # torn down: no lock, no worker left
     assert not (fleet_dir / ".fleetops" / "control.lock").exists()
-    assert _fleetops_workers_running(fleet_dir) == []
+    assert _fleetops_processes(fleet_dir) == {}
 
 
 def test_unreachable_store_fails_fast_in_the_first_phase(fleet_dir: Path) -> None:
@@ -141,7 +162,7 @@ def test_unreachable_store_fails_fast_in_the_first_phase(fleet_dir: Path) -> Non
     assert report["completed_phases"] == []
     assert "127.0.0.1:9" in report["error"]
     assert not (fleet_dir / ".fleetops").exists()  # its log file and lock went with it
-    assert _fleetops_workers_running(fleet_dir) == []
+    assert _fleetops_processes(fleet_dir) == {}
 
 
 def test_entrypoint_that_does_not_import_fails_its_phase_and_leaves_nothing(
@@ -157,7 +178,7 @@ def test_entrypoint_that_does_not_import_fails_its_phase_and_leaves_nothing(
     assert "no_such_module" in report["error"]
     assert report["completed_phases"] == []
     assert not (fleet_dir / ".fleetops").exists()
-    assert _fleetops_workers_running(fleet_dir) == []
+    assert _fleetops_processes(fleet_dir) == {}
     # the port it bound is free again
     port = int(report["api_url"].rsplit(":", 1)[1])
     with socket.socket() as again:
@@ -218,7 +239,7 @@ def running_fleet(fleet_dir: Path) -> Iterator[tuple[Path, str]]:
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert not (fleet_dir / ".fleetops" / "control.lock").exists()
-    assert _fleetops_workers_running(fleet_dir) == []
+    assert _fleetops_processes(fleet_dir) == {}
 
 
 def test_a_terminal_that_stopped_reading_does_not_keep_the_fleet_from_stopping(
@@ -253,7 +274,7 @@ def test_a_terminal_that_stopped_reading_does_not_keep_the_fleet_from_stopping(
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        assert _fleetops_workers_running(fleet_dir) == []
+        assert _fleetops_processes(fleet_dir) == {}
     finally:
         if proc.poll() is None:
             os.read(read_end, 1 << 20)  # let it go on, so that it can be stopped
@@ -796,7 +817,7 @@ def test_kill_9_of_the_control_plane_loses_nothing_and_the_next_one_resumes(
         _wait(lambda: count("succeeded") >= 100, 60, "the fleet under load")
         first.kill()
         first.wait(10)
-        _wait(lambda: _fleetops_workers_running(tmp_path) == [], 10, "the workers gone with it")
+        _wait(lambda: _fleetops_processes(tmp_path) == {}, 10, "the workers gone with it")
         assert count("succeeded") < len(ids), "killed before the work was done"
     finally:
         if first.poll() is None:
@@ -1009,7 +1030,7 @@ def test_a_second_ctrl_c_stops_at_once_and_queues_what_the_workers_held(fleet_di
         assert took < 10, f"stopped {took:.1f} s after the second Ctrl-C"  # the grace alone is 10 s
         control_log = (fleet_dir / ".fleetops" / "logs" / "control.log").read_text()
         assert '"event":"worker.killed_at_shutdown","cluster":"back"' in control_log
-        assert _fleetops_workers_running(fleet_dir) == []
+        assert _fleetops_processes(fleet_dir) == {}
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -167,8 +167,8 @@ def test_applying_a_new_number_of_warm_spares_changes_the_supervisors(tmp_path: 
             return done
 
     assert asyncio.run(main()) == [
-        ["warm spares from 3 to 0"],
+        ["warm spares per cluster from 3 to 0"],
         [],
-        ["rolled out cluster triage (1 worker(s))", "warm spares from 0 to 1"],
+        ["rolled out cluster triage (1 worker(s))", "warm spares per cluster from 0 to 1"],
     ]
     assert supervisor.spares == 1

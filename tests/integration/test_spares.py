@@ -19,8 +19,8 @@ import pytest
 from _polling import exited, wait_until
 from fleetops import ConfigError
 from fleetops.queue import QueueClient
-from fleetops.runtime import ClusterPlan, Supervisor, SupervisorEvent, WorkerSettings
-from fleetops.runtime._supervisor import SPARE_RETRY_SECONDS, _Spare
+from fleetops.runtime import ClusterPlan, Supervisor, SupervisorEvent, WorkerHandle, WorkerSettings
+from fleetops.runtime._supervisor import SPARE_RETRY_SECONDS
 from fleetops.store import TERMINAL_STATES, NewTask, open_store
 
 TESTS_DIR = str(Path(__file__).resolve().parents[1])
@@ -73,8 +73,8 @@ def _hold_spare_starts(
     started: list[int] = []
     real = Supervisor._start_spare
 
-    async def held(self: Supervisor) -> Any:
-        spare = await real(self)
+    async def held(self: Supervisor, cluster: str) -> Any:
+        spare = await real(self, cluster)
         started.append(spare.process.pid)
         if hold(len(started)):
             await gate.wait()
@@ -296,24 +296,24 @@ def _marked(name: str = "c", replicas: int = 1, path: str = TESTS_DIR) -> Cluste
     )
 
 
-def _import_log(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+def _import_log(tmp_path: Path, **env: str) -> tuple[Path, dict[str, str]]:
     """A file for marked_agents to note its importers in, and the environment to
-    start the supervisor's processes with."""
+    start the supervisor's processes with (``env`` added)."""
     imports = tmp_path / "imports"
-    return imports, {**os.environ, "FLEETOPS_TEST_IMPORT_LOG": str(imports)}
+    return imports, {**os.environ, "FLEETOPS_TEST_IMPORT_LOG": str(imports), **env}
 
 
-async def _kill_the_worker(supervisor: Supervisor) -> None:
-    """SIGKILL the supervisor's one worker; return once its successor heartbeats."""
-    [old] = supervisor.live_workers()
+async def _kill_the_worker(supervisor: Supervisor, cluster: str = "c") -> WorkerHandle:
+    """SIGKILL the one worker of ``cluster``; answer its successor, once it heartbeats."""
+    [old] = supervisor.live_workers(cluster)
     os.kill(old.pid, signal.SIGKILL)
-    await wait_until(
-        lambda: any(h.id != old.id and h.first_heartbeat_at for h in supervisor.live_workers())
-    )
 
+    def successor() -> list[WorkerHandle]:
+        return [h for h in supervisor.live_workers(cluster) if h.id != old.id]
 
-def _cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    await wait_until(lambda: any(h.first_heartbeat_at for h in successor()))
+    [new] = successor()
+    return new
 
 
 def _importers(log: Path) -> list[int]:
@@ -323,6 +323,12 @@ def _importers(log: Path) -> list[int]:
 
 async def _run_marked(client: QueueClient, cluster: str) -> int:
     """Run the marked agent on ``cluster``; answer the pid of the worker that ran it."""
+    return (await _run_marked_from(client, cluster))[0]
+
+
+async def _run_marked_from(client: QueueClient, cluster: str) -> tuple[int, str]:
+    """Run the marked agent on ``cluster``; answer the pid of the worker that ran it
+    and the directory of the module it ran."""
     sub = await client.submit(NewTask(cluster, "marked", "null"))
 
     async def succeeded() -> bool:
@@ -333,10 +339,11 @@ async def _run_marked(client: QueueClient, cluster: str) -> int:
     await wait_until(succeeded)
     record = await client.run(client.store.get_task, sub.id)
     assert record is not None and record.result is not None
-    return int(json.loads(record.result))
+    pid, file = json.loads(record.result)
+    return int(pid), str(Path(file).parent)
 
 
-def test_a_spare_loads_the_agents_ahead_and_the_worker_it_becomes_runs_them(
+def test_a_spare_loads_its_clusters_agents_ahead_and_the_worker_it_becomes_runs_them(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     """The spare imports the cluster's agent module while it waits, before any worker
@@ -347,119 +354,124 @@ def test_a_spare_loads_the_agents_ahead_and_the_worker_it_becomes_runs_them(
     async def body(client: QueueClient) -> None:
         await wait_until(lambda: len(supervisor.spare_pids()) == 1)
         [spare] = supervisor.spare_pids()
-        await wait_until(lambda: spare in _importers(imports))  # no worker has died yet
-        await _kill_the_worker(supervisor)
-        [new] = supervisor.live_workers()
-        assert new.pid == spare
+        assert spare in _importers(imports)  # it is ready: its imports are done
+        new = await _kill_the_worker(supervisor)
+        assert new.pid == spare and new.spare
         assert await _run_marked(client, "c") == spare
         assert _importers(imports).count(spare) == 1
         # its successor loads them ahead too
         await wait_until(lambda: supervisor.spare_pids() not in ([], [spare]))
         [successor] = supervisor.spare_pids()
-        await wait_until(lambda: successor in _importers(imports))
+        assert successor in _importers(imports)
 
     asyncio.run(_supervised(supervisor, sqlite_url, body))
 
 
-def test_a_cluster_added_gets_a_spare_that_loaded_its_agents_too(
+def test_each_cluster_has_spares_of_its_own_on_its_own_path(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    """The spare loaded for the clusters there were is replaced by one that loads the
-    new cluster's agents as well, which the new cluster's first worker then is."""
-    imports, env = _import_log(tmp_path)
-    supervisor = Supervisor(sqlite_url, [_plan()], env=env)
-
-    async def body(client: QueueClient) -> None:
-        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
-        [before] = supervisor.spare_pids()
-        supervisor.add_cluster(_marked("d", replicas=0))
-        await wait_until(lambda: exited(before))
-        assert before not in _importers(imports)
-        await wait_until(lambda: supervisor.spare_pids() not in ([], [before]))
-        [after] = supervisor.spare_pids()
-        await wait_until(lambda: after in _importers(imports))
-        supervisor.scale("d", 1)
-        assert await _run_marked(client, "d") == after
-        await _succeeds(client, "the first cluster still runs")
-
-    asyncio.run(_supervised(supervisor, sqlite_url, body))
-
-
-def test_an_agent_that_does_not_load_in_the_spare_leaves_it_waiting_and_says_why(
-    sqlite_url: str, tmp_path: Path
-) -> None:
-    """One cluster's agent that fails to import (here a cluster with no workers yet)
-    costs the spare nothing for the others: it loads the rest, says what failed in
-    spares.log, and is taken as usual."""
-    logs = tmp_path / "logs"
-    broken = ClusterPlan(
-        name="broken", agents=("no_such_module_here:agent",), replicas=0, python_path=(TESTS_DIR,)
-    )
-    supervisor = Supervisor(sqlite_url, [_plan(), broken], log_dir=logs)
-
-    async def body(client: QueueClient) -> None:
-        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
-        [spare] = supervisor.spare_pids()
-        await wait_until(lambda: "no_such_module_here" in (logs / "spares.log").read_text())
-        await _kill_the_worker(supervisor)
-        assert [h.pid for h in supervisor.live_workers()] == [spare]
-        await _succeeds(client, "taken all the same")
-
-    asyncio.run(_supervised(supervisor, sqlite_url, body))
-    said = (logs / "spares.log").read_text()
-    assert "no_such_module_here:agent not loaded ahead" in said and "Traceback" not in said
-
-
-def test_clusters_on_different_python_paths_get_spares_that_load_no_agents(
-    sqlite_url: str, tmp_path: Path
-) -> None:
-    """One cluster's path on sys.path could shadow another's modules, so a spare then
-    loads none, and serves any cluster; one that loaded agents on a path serves only
-    clusters on that same path."""
-    imports, env = _import_log(tmp_path)
-    other = str(tmp_path)
-    supervisor = Supervisor(sqlite_url, [_marked(), _marked("d", 0, other)], env=env)
-
-    async def body(client: QueueClient) -> None:
-        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
-        [spare] = supervisor.spare_pids()
-        assert not any("marked_agents" in arg for arg in _cmdline(spare))
-        await _kill_the_worker(supervisor)
-        assert await _run_marked(client, "c") == spare  # it imported them once taken
-        assert _importers(imports).count(spare) == 1
-
-    asyncio.run(_supervised(supervisor, sqlite_url, body))
-
-
-def test_a_cluster_added_on_another_path_does_not_take_a_spare_loaded_on_the_first(
-    sqlite_url: str, tmp_path: Path
-) -> None:
-    """Its worker starts cold; the spare, which put the first path on sys.path, is
-    replaced by one that loads no agents."""
+    """A spare has one cluster's path on sys.path and its agents imported, as that
+    cluster's cold worker would, and nothing of another's: it serves that cluster
+    only."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(Path(TESTS_DIR) / "marked_agents.py", elsewhere)
-    supervisor = Supervisor(sqlite_url, [_marked()])
+    supervisor = Supervisor(sqlite_url, [_marked(), _marked("d", 1, str(elsewhere))])
 
     async def body(client: QueueClient) -> None:
-        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
-        [loaded] = supervisor.spare_pids()
-        supervisor.add_cluster(_marked("d", 1, str(elsewhere)))
-        await wait_until(lambda: len(supervisor.live_workers("d")) == 1)
-        [d] = supervisor.live_workers("d")
-        assert d.pid != loaded and not d.spare
-        await wait_until(lambda: exited(loaded) and len(supervisor.spare_pids()) == 1)
-        [spare] = supervisor.spare_pids()
-        assert not any("marked_agents" in arg for arg in _cmdline(spare))
-        assert await _run_marked(client, "d") == d.pid
+        await wait_until(lambda: len(supervisor.spare_pids("c")) == 1)
+        await wait_until(lambda: len(supervisor.spare_pids("d")) == 1)
+        [c_spare], [d_spare] = supervisor.spare_pids("c"), supervisor.spare_pids("d")
+        # d's first: c's spare, started first, is the first in line
+        new = await _kill_the_worker(supervisor, "d")
+        assert new.pid == d_spare
+        assert supervisor.spare_pids("c") == [c_spare]  # not taken for another cluster
+        assert await _run_marked_from(client, "d") == (d_spare, str(elsewhere))
+        new = await _kill_the_worker(supervisor, "c")
+        assert new.pid == c_spare
+        assert await _run_marked_from(client, "c") == (c_spare, TESTS_DIR)
 
     asyncio.run(_supervised(supervisor, sqlite_url, body))
 
 
-def test_a_spare_serves_only_workers_on_the_path_it_loaded_agents_with() -> None:
-    loaded = _Spare(process=None, preload=json.dumps({"python_path": ["/a"], "agents": []}))  # type: ignore[arg-type]
-    assert loaded.serves(["/a"]) and not loaded.serves(["/b"]) and not loaded.serves([])
-    assert _Spare(process=None).serves(["/b"])  # type: ignore[arg-type]
+def test_a_cluster_added_gets_spares_and_one_removed_or_left_without_workers_loses_them(
+    sqlite_url: str,
+) -> None:
+    supervisor = Supervisor(sqlite_url, [_plan()])
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(supervisor.spare_pids("c")) == 1)
+        [c_spare] = supervisor.spare_pids("c")
+        supervisor.add_cluster(_marked("d"))
+        await wait_until(lambda: len(supervisor.spare_pids("d")) == 1)
+        [d_spare] = supervisor.spare_pids("d")
+        supervisor.scale("d", 0)
+        await wait_until(lambda: exited(d_spare))
+        assert supervisor.spare_pids("d") == []
+        supervisor.scale("d", 1)
+        await wait_until(lambda: len(supervisor.spare_pids("d")) == 1)
+        [d_spare] = supervisor.spare_pids("d")
+        await supervisor.remove_cluster("d")
+        await wait_until(lambda: exited(d_spare))
+        assert supervisor.spare_pids("d") == [] and supervisor.spare_pids() == [c_spare]
+        await _succeeds(client, "the first cluster kept its spare")
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
+def test_a_spare_still_loading_its_agents_is_taken_and_runs_once_they_are_loaded(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """It is ahead of a cold start, which would load them from the beginning; the
+    worker it becomes starts once they are loaded."""
+    hold = tmp_path / "hold"
+    hold.touch()
+    imports, env = _import_log(tmp_path, FLEETOPS_TEST_HOLD_SPARES=str(hold))
+    supervisor = Supervisor(sqlite_url, [_marked()], env=env)
+
+    async def body(client: QueueClient) -> None:
+        [first] = supervisor.live_workers()
+        await wait_until(lambda: len(_importers(imports)) == 2)  # the worker and the spare
+        [loading] = [pid for pid in _importers(imports) if pid != first.pid]
+        assert supervisor.spare_pids() == []  # none ready
+        os.kill(first.pid, signal.SIGKILL)
+        await wait_until(lambda: [h.pid for h in supervisor.live_workers()] == [loading])
+        [new] = supervisor.live_workers()
+        assert new.spare
+        await asyncio.sleep(0.5)
+        assert new.first_heartbeat_at is None  # still loading
+        hold.unlink()
+        await wait_until(lambda: new.first_heartbeat_at is not None)
+        assert await _run_marked(client, "c") == loading
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
+def test_an_agent_module_that_exits_at_import_leaves_the_spare_waiting_and_says_why(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The module's failure is said in spares.log and left to the worker, which loads
+    the module again when it starts: here it imports by then."""
+    logs = tmp_path / "logs"
+    fail = tmp_path / "fail"
+    imports, env = _import_log(tmp_path, FLEETOPS_TEST_EXIT_AT_IMPORT=str(fail))
+    supervisor = Supervisor(sqlite_url, [_marked()], env=env, log_dir=logs, spares=0)
+
+    async def body(client: QueueClient) -> None:
+        fail.touch()
+        supervisor.set_spares(1)
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+        [spare] = supervisor.spare_pids()
+        said = (logs / "spares.log").read_text()
+        assert "marked_agents:marked not loaded ahead" in said and "exit at import" in said
+        fail.unlink()
+        new = await _kill_the_worker(supervisor)
+        assert new.pid == spare
+        assert await _run_marked(client, "c") == spare
+        assert _importers(imports).count(spare) == 2  # once ahead (it failed), once taken
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+    assert "Traceback" not in (logs / "spares.log").read_text()
 
 
 @pytest.mark.parametrize("spares", [-1, 1.5, True, "1"])
@@ -477,7 +489,7 @@ import asyncio, sys
 from fleetops.runtime import ClusterPlan, Supervisor, WorkerSettings
 
 plan = ClusterPlan(
-    name="c", agents=("agents_for_tests:echo",), replicas=1,
+    name="c", agents=(sys.argv[3],), replicas=1,
     worker=WorkerSettings(concurrency=10), python_path=(sys.argv[2],),
 )
 asyncio.run(Supervisor(sys.argv[1], [plan]).run(asyncio.Event()))
@@ -500,16 +512,30 @@ def _spares_of(parent: int) -> list[int]:
     return found
 
 
-def test_a_spare_whose_supervisor_is_killed_exits(sqlite_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("held", [False, True], ids=["waiting", "still-importing"])
+def test_a_spare_whose_supervisor_is_killed_exits(
+    sqlite_url: str, tmp_path: Path, held: bool
+) -> None:
     """kill -9 of the supervisor closes the spare's stdin, and the spare exits: it
-    never becomes a worker that nobody supervises."""
+    never becomes a worker that nobody supervises. One still importing its agents
+    (held here), which reads no stdin yet, is ended by the kernel."""
     script = tmp_path / "supervisor.py"
     script.write_text(SUPERVISOR)
+    hold = tmp_path / "hold"
+    imports, env = _import_log(tmp_path, FLEETOPS_TEST_HOLD_SPARES=str(hold))
+    agent = "agents_for_tests:echo"
+    if held:
+        hold.touch()
+        agent = "marked_agents:marked"
     open_store(sqlite_url).close()
-    supervisor = subprocess.Popen([sys.executable, str(script), sqlite_url, TESTS_DIR])
+    supervisor = subprocess.Popen(
+        [sys.executable, str(script), sqlite_url, TESTS_DIR, agent], env=env
+    )
     try:
         deadline = time.monotonic() + 30
-        while not (spares := _spares_of(supervisor.pid)):
+        while not (spares := _spares_of(supervisor.pid)) or (
+            held and not set(spares) <= set(_importers(imports))
+        ):
             assert time.monotonic() < deadline, "the supervisor started no spare"
             assert supervisor.poll() is None, "the supervisor stopped"
             time.sleep(0.05)
@@ -522,6 +548,7 @@ def test_a_spare_whose_supervisor_is_killed_exits(sqlite_url: str, tmp_path: Pat
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
+        hold.unlink(missing_ok=True)
 
 
 def test_a_spare_whose_stdin_closes_before_it_is_taken_exits_cleanly() -> None:

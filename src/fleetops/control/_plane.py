@@ -972,7 +972,7 @@ class ControlPlane:
         # last: a change that fails part-way leaves the spares as the applied spec has them
         spares = new.recovery.agent_failure.warm_spares
         if supervisor.spares != spares:
-            actions.append(f"warm spares from {supervisor.spares} to {spares}")
+            actions.append(f"warm spares per cluster from {supervisor.spares} to {spares}")
             supervisor.set_spares(spares)
 
 

@@ -3,15 +3,16 @@
 The supervisor starts workers this way; the JSON names the store, the worker's id
 and cluster, its agents' entrypoints and its settings. SIGTERM or SIGINT drains.
 
-``python -m fleetops.runtime --spare [STORE_KIND [PRELOAD_JSON]]`` starts a warm
-spare: it imports what a worker needs (a third of a second and more of a worker's
-start, longer on a busy machine), loads the agents PRELOAD_JSON names
-(``{"python_path": [...], "agents": ["module:function", ...]}``: the fleet's own
-code, whose imports can take seconds), and then waits for one line on stdin, the
-same JSON, to become that worker at once. The supervisor keeps one ready to replace
-a worker that died (see fleetops.runtime._supervisor). A spare whose stdin closes
-before that line (its supervisor stopped or died) exits with 0 without starting
-anything.
+``python -m fleetops.runtime --spare [STORE_KIND]`` starts a warm spare: it imports
+what a worker needs (a third of a second and more of a worker's start, longer on a
+busy machine), reads a line of JSON on stdin and loads the agents it names
+(``{"python_path": [...], "agents": ["module:function", ...]}``: one cluster's own
+code, whose imports can take seconds), writes ``SPARE_READY`` on stdout, and then
+waits for another line on stdin, a worker's config, to become that worker at once. The
+supervisor keeps one ready to replace a worker of the cluster that died (see
+fleetops.runtime._supervisor). A spare whose stdin closes before that line (its
+supervisor stopped or died) exits with 0 without starting anything; on Linux, one
+whose supervisor dies while it is still importing is killed by the kernel.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -35,7 +37,7 @@ from ..telemetry._tracing import otlp_endpoint_from_env
 from ._agent import AgentSpec, load_agent
 from ._gc import tune_for_serving
 from ._loop import new_event_loop
-from ._worker import RECYCLE_EXIT_CODE, Worker, WorkerSettings
+from ._worker import RECYCLE_EXIT_CODE, SPARE_READY, Worker, WorkerSettings
 
 log = get_logger("fleetops.worker")
 
@@ -156,20 +158,29 @@ _WORKER_IMPORTS = ("uvloop", "concurrent.futures.thread", "fleetops.spec")
 _POSTGRES_IMPORTS = ("psycopg", "fleetops.store._postgres")
 
 
-def _wait_as_spare(store_kind: str = "", preload: str = "") -> dict[str, Any] | None:
-    """Import ahead what a worker needs and load the agents ``preload`` names, then
-    wait for the worker's config (one line of JSON on stdin); None if stdin closes
-    first. The worker's log file, if it has one, takes over stderr, which until then
-    went to the spare's own."""
+def _wait_as_spare(store_kind: str = "") -> dict[str, Any] | None:
+    """Import ahead what a worker needs and load the agents the first line on stdin
+    names, say so on stdout, then wait for the worker's config (the next line); None
+    if stdin closes first. The worker's log file, if it has one, takes over stderr,
+    which until then went to the spare's own."""
+    # an import that hangs would never see stdin close: the kernel ends this process
+    # when its supervisor dies, until it becomes a worker (which notices by itself)
+    _die_with_parent(signal.SIGKILL)
     names = _WORKER_IMPORTS + (_POSTGRES_IMPORTS if store_kind == "postgresql" else ())
     for name in names:
         with contextlib.suppress(ImportError):  # uvloop is optional; psycopg, an extra
             importlib.import_module(name)
-    if preload:
-        _preload(json.loads(preload))
+    # as a worker has it when it loads its agents (the level is the config's, later)
+    configure_json_logging(logging.INFO)
+    preload = sys.stdin.buffer.readline()
+    if not preload.strip():
+        return None
+    _preload(json.loads(preload))
+    os.write(1, SPARE_READY)
     line = sys.stdin.buffer.readline()
     if not line.strip():
         return None
+    _die_with_parent(0)
     config: dict[str, Any] = json.loads(line)
     if config.get("log_file"):
         stderr_to(Path(str(config["log_file"])))
@@ -186,8 +197,19 @@ def _preload(wanted: dict[str, Any]) -> None:
     for entrypoint in wanted.get("agents", []):
         try:
             load_agent(str(entrypoint))
-        except Exception as exc:  # the module's own code raised: the worker says so
-            print(f"spare: {entrypoint} not loaded ahead: {exc}", file=sys.stderr, flush=True)
+        except (Exception, SystemExit) as exc:  # the module's own code: the worker says so
+            print(f"spare: {entrypoint} not loaded ahead: {exc!r}", file=sys.stderr, flush=True)
+
+
+def _die_with_parent(sig: int) -> None:
+    """Linux: have the kernel send ``sig`` to this process when its parent dies (0:
+    no more). Elsewhere nothing: a spare there notices its stdin close."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
 
 
 def main() -> None:
@@ -198,12 +220,16 @@ def main() -> None:
     # workers, 1.04 over 4 (none lower) for the bench's own process alone.
     config: dict[str, Any] | None
     if sys.argv[1:2] == [SPARE]:
-        config = _wait_as_spare(*sys.argv[2:4])
+        config = _wait_as_spare(*sys.argv[2:3])
         if config is None:
             return
+        level = getattr(logging, str(config.get("log_level", "INFO")).upper())
+        # configured before its agents loaded, as a cold worker is: only the level now
+        logging.getLogger("fleetops").setLevel(level)
     else:
         config = json.loads(sys.argv[1])
-    configure_json_logging(getattr(logging, str(config.get("log_level", "INFO")).upper()))
+        level = getattr(logging, str(config.get("log_level", "INFO")).upper())
+        configure_json_logging(level)
     kind = str(config.get("settings", {}).get("event_loop", "auto"))
     with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
         sys.exit(runner.run(_main(config)))

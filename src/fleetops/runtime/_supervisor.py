@@ -16,23 +16,26 @@ churn: more than ``intensity`` restarts of a cluster within ``period`` seconds m
 the cluster degraded, raises an event, and slows restarts to ``backoff_max``.
 
 A new worker is a warm spare where one is ready: a process started ahead that has
-imported what a worker needs and waits for its config on stdin (see
-fleetops.runtime.__main__). A cold start spends a third of a second and more on
-imports (longer on a busy machine); a spare starts claiming within milliseconds, so
-a cluster whose only worker died runs its tasks again that much sooner. The
-supervisor keeps ``spares`` of them (one by default), starts a new one whenever one
-is taken, and starts them for every cluster. Where every cluster shares one
-``python_path`` (a fleet from one spec does), a spare also loads the agents of every
-cluster ahead, so that a worker whose agents take seconds to import (a large SDK, a
-model library) starts as quickly; where the paths differ, it loads none, since one
-cluster's path must not shadow another's modules. A spare that loaded agents for
-clusters since changed (one added, removed or rolled) is replaced. An idle spare
+imported what a worker needs, its cluster's agents included, and waits for its
+config on stdin (see fleetops.runtime.__main__). A cold start spends a third of a
+second and more on fleetops' imports (longer on a busy machine), and then as long as
+the agents' own imports take (seconds, for a large SDK or a model library); a spare
+starts claiming within milliseconds, so a cluster whose only worker died runs its
+tasks again that much sooner. The supervisor keeps ``spares`` of them for each
+cluster that has workers (one by default), and starts a new one whenever one is
+taken. A spare serves its own cluster only: it has that cluster's ``python_path`` on
+``sys.path`` and its modules imported, as a cold start of the cluster's worker
+would, and nothing of another cluster's. A spare that says it is ready (its imports
+done) is taken first; one still loading is taken where none is, since it began its
+imports before a cold start would. An idle spare
 costs its memory (about 50 MB resident, 60 MB with PostgreSQL's driver, plus what
-the agents import) and no CPU. A roll replaces the spares too, so that every worker
-after it is a process started after it. A spare imports fleetops and its
-dependencies before a cluster's ``python_path`` is put on ``sys.path``: a path that
-shadows them takes effect in cold starts only. Agent modules are imported in a spare
-before it knows which cluster it will serve: one should not start work at import.
+its agents import) and no CPU; it spends its imports' CPU when it starts, right
+after the spare before it was taken. A roll replaces the spares, so that every
+worker after it is a process started after it, on the code on disk then: a spare
+runs the agent code that was on disk when it started, so new agent code is deployed
+with a roll, not by a crash. A spare imports fleetops and its dependencies before a
+cluster's ``python_path`` is put on ``sys.path``: a path that shadows them takes
+effect in cold starts only.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from ..telemetry import MetricSet, catalog, get_logger
 from ..telemetry._logs import LOG_CHECK_SECONDS, LOG_MAX_BYTES, rotate
 from ..telemetry._logsearch import SPARES_LOG
 from ._detector import DetectorSettings, PhiAccrualFailureDetector
-from ._worker import RECYCLE_EXIT_CODE, WorkerSettings
+from ._worker import RECYCLE_EXIT_CODE, SPARE_READY, WorkerSettings
 
 log = get_logger("fleetops.supervisor")
 
@@ -180,16 +183,14 @@ class _Spare:
     """A warm spare process (see the module doc)."""
 
     process: asyncio.subprocess.Process
-    #: what it loaded ahead: the JSON of Supervisor._preload when it started ('' for none)
-    preload: str = ""
+    #: the cluster it serves, and what it loaded of it: Supervisor._preload's JSON then
+    cluster: str
+    preload: str
+    #: its imports are done: it said so on its stdout (see fleetops.runtime.__main__)
+    ready: bool = False
     taken: bool = False
-    #: the task that notices it exit untaken (cancelled when it is taken)
+    #: the task that notices it ready, or exit untaken (cancelled when it is taken)
     watcher: asyncio.Task[None] | None = None
-
-    def serves(self, python_path: Sequence[str]) -> bool:
-        """Whether a worker on ``python_path`` may take it: one that loaded no agents,
-        or loaded them with that same path on ``sys.path``."""
-        return not self.preload or json.loads(self.preload)["python_path"] == list(python_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,25 +267,32 @@ class Supervisor:
         ]
 
     def set_spares(self, spares: int) -> None:
-        """Keep ``spares`` warm spares from now on: more are started, or the extra
-        ones killed (see the module doc)."""
+        """Keep ``spares`` warm spares for each cluster from now on: more are started,
+        or the extra ones killed (see the module doc)."""
         _check_spares(spares)
         self.spares = spares
-        live = self._live_spares()
-        while len(live) > spares:
-            extra = live.pop()
-            extra.taken = True  # no back-off for it
-            _kill(extra.process)
+        for cluster in {s.cluster for s in self._live_spares()}:
+            for extra in self._live_spares(cluster)[spares:]:
+                self._retire(extra)
         self._spare_wanted.set()
 
-    def spare_pids(self) -> list[int]:
-        """The process ids of the warm spares ready to be taken (see the module doc)."""
-        return [s.process.pid for s in self._live_spares()]
+    def spare_pids(self, cluster: str | None = None) -> list[int]:
+        """The process ids of the warm spares ready to be taken, of ``cluster`` or of
+        all (see the module doc)."""
+        return [s.process.pid for s in self._live_spares(cluster) if s.ready]
 
-    def _live_spares(self) -> list[_Spare]:
-        """The spares still running (those that exited are dropped)."""
+    def _live_spares(self, cluster: str | None = None) -> list[_Spare]:
+        """The spares still running, of ``cluster`` or of all (those that exited are
+        dropped)."""
         self._spares = [s for s in self._spares if s.process.returncode is None]
-        return self._spares
+        return [s for s in self._spares if cluster is None or s.cluster == cluster]
+
+    def _retire(self, spare: _Spare) -> None:
+        """Kill ``spare``, not wanted any more; its watcher reaps it, with no back-off."""
+        if spare in self._spares:
+            self._spares.remove(spare)
+        spare.taken = True
+        _kill(spare.process)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Supervise until ``stop`` is set, then stop every worker gracefully."""
@@ -327,6 +335,7 @@ class Supervisor:
             raise ConfigError(f"clusters.{cluster}.replicas", replicas, "use 0 or more")
         self._desired[cluster] = replicas
         self._reconcile_slots(cluster)
+        self._spare_wanted.set()  # a cluster with no workers keeps no spares
 
     def add_cluster(self, plan: ClusterPlan) -> None:
         """Start supervising a new cluster."""
@@ -336,7 +345,7 @@ class Supervisor:
         self._restarts[plan.name] = deque()
         self._desired[plan.name] = plan.replicas
         self._reconcile_slots(plan.name)
-        self._spare_wanted.set()  # the spares load its agents too
+        self._spare_wanted.set()  # its spares
 
     async def remove_cluster(self, cluster: str) -> None:
         """Drain and stop every worker of ``cluster``, then forget it."""
@@ -347,7 +356,7 @@ class Supervisor:
             await asyncio.gather(self._slots.pop(key), return_exceptions=True)
         del self.plans[cluster], self._desired[cluster], self._restarts[cluster]
         self.degraded.discard(cluster)
-        self._spare_wanted.set()  # the spares no longer load its agents
+        self._spare_wanted.set()  # its spares are retired
 
     async def roll(self, plan: ClusterPlan, ready_timeout: float = 60.0) -> None:
         """Rolling restart onto ``plan``: one worker at a time drains (its unfinished
@@ -489,32 +498,34 @@ class Supervisor:
     # --- warm spares ----------------------------------------------------------------------------
 
     async def _keep_spares(self) -> None:
-        """Keep :attr:`spares` warm spares started (see the module doc). After a spare
-        died untaken, or could not be started, the next one waits out a back-off
-        (:data:`SPARE_RETRY_SECONDS`): a broken install must not fork a process a
-        millisecond. This task alone starts spares, and a stop cancels it."""
+        """Keep :attr:`spares` warm spares started for each cluster that has workers
+        (see the module doc). After a spare died untaken, or could not be started, the
+        next one waits out a back-off (:data:`SPARE_RETRY_SECONDS`): a broken install
+        must not fork a process a millisecond. This task alone starts spares, and a
+        stop cancels it."""
         while True:
             self._spare_wanted.clear()
             self._retire_stale_spares()
-            if len(self._live_spares()) >= self.spares:
+            cluster = self._short_of_spares()
+            if cluster is None:
                 await self._spare_wanted.wait()
                 continue
             wait = self._spare_not_before - self.clock.monotonic()
-            if wait > 0:
-                await self.clock.sleep(wait)
+            if wait > 0:  # a change of clusters meanwhile still retires their spares
+                await self._until_wanted(wait)
                 continue
             epoch = self._spare_epoch
             try:
-                spare = await self._start_spare()
+                spare = await self._start_spare(cluster)
             except Exception as exc:  # fork or its log failed: a spare is only a head start
                 self._spare_failed("spare.start_failed", error=str(exc))
                 continue
             if (
                 epoch != self._spare_epoch
-                or len(self._live_spares()) >= self.spares
-                or spare.preload != self._preload()
+                or self._short_of_spares() != cluster
+                or spare.preload != self._preload(cluster)
             ):
-                # the spares were ended (a roll), fewer are wanted, or the clusters
+                # the spares were ended (a roll), fewer are wanted, or the cluster
                 # changed, while it started
                 _kill(spare.process)
                 await spare.process.wait()
@@ -525,33 +536,57 @@ class Supervisor:
                 self._watch_spare(spare), name=f"spare-{spare.process.pid}"
             )
 
-    async def _start_spare(self) -> _Spare:
+    def _short_of_spares(self) -> str | None:
+        """The first cluster (by name) with workers and fewer than :attr:`spares` spares."""
+        for cluster in sorted(self.plans):
+            if self._desired[cluster] > 0 and len(self._live_spares(cluster)) < self.spares:
+                return cluster
+        return None
+
+    async def _until_wanted(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the spares wanted change meanwhile."""
+        sleep = asyncio.ensure_future(self.clock.sleep(seconds))
+        wanted = asyncio.ensure_future(self._spare_wanted.wait())
+        try:
+            await asyncio.wait({sleep, wanted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            wanted.cancel()
+
+    async def _start_spare(self, cluster: str) -> _Spare:
         kind = "postgresql" if self.store_url.startswith(("postgresql:", "postgres:")) else ""
         log_file = None if self.log_dir is None else self.log_dir / SPARES_LOG
         if log_file is not None:
             _rotate_if_over(log_file)  # spares that fail write to it for as long as it takes
-        preload = self._preload()
-        args = ["--spare", kind, preload] if preload else ["--spare", kind]
-        return _Spare(await self._start_process(args, log_file, stdin=True), preload)
+        preload = self._preload(cluster)
+        process = await self._start_process(["--spare", kind], log_file, stdin=True)
+        assert process.stdin is not None
+        try:  # its first line: what to load (not its command line: no length limit)
+            process.stdin.write(preload.encode() + b"\n")
+            async with asyncio.timeout(SPARE_TAKE_SECONDS):
+                await process.stdin.drain()
+        except BaseException:
+            _kill(process)
+            raise
+        return _Spare(process, cluster, preload)
 
-    def _preload(self) -> str:
-        """What a spare loads ahead, as JSON for its command line: the agents of every
-        cluster, when all of them share one ``python_path``; '' when they do not (or
-        there are none)."""
-        paths = {plan.python_path for plan in self.plans.values()}
-        if len(paths) != 1:
-            return ""
-        agents = sorted({agent for plan in self.plans.values() for agent in plan.agents})
-        return json.dumps({"python_path": list(paths.pop()), "agents": agents})
+    def _preload(self, cluster: str) -> str:
+        """What a spare of ``cluster`` loads ahead, as one line of JSON: the cluster's
+        ``python_path`` and agents, in its plan's order."""
+        plan = self.plans[cluster]
+        return json.dumps({"python_path": list(plan.python_path), "agents": list(plan.agents)})
 
     def _retire_stale_spares(self) -> None:
-        """Kill the spares that loaded agents for clusters since changed: the keeper
-        starts ones that load the clusters there are now."""
-        preload = self._preload()
-        for spare in [s for s in self._spares if s.preload != preload]:
-            self._spares.remove(spare)
-            spare.taken = True  # no back-off for it
-            _kill(spare.process)
+        """Kill the spares of clusters gone, left without workers, or changed (their
+        agents or path): the keeper starts ones that load the clusters as they are."""
+        for spare in list(self._spares):
+            plan = self.plans.get(spare.cluster)
+            if (
+                plan is None
+                or self._desired[spare.cluster] == 0
+                or spare.preload != self._preload(spare.cluster)
+            ):
+                self._retire(spare)
 
     async def _start_process(
         self, args: Sequence[str], log_file: Path | None, *, stdin: bool
@@ -578,8 +613,11 @@ class Supervisor:
                 stderr.close()
 
     async def _watch_spare(self, spare: _Spare) -> None:
-        """Wait for a spare to exit (cancelled once it is taken): one that exits
-        untaken is replaced after the back-off."""
+        """Wait for a spare to say it is ready, then to exit (cancelled once it is
+        taken): one that exits untaken is replaced after the back-off."""
+        assert spare.process.stdout is not None
+        if await spare.process.stdout.read(1) == SPARE_READY:
+            spare.ready = True
         code = await spare.process.wait()
         if not spare.taken and not self._stopping:
             where = {} if self.log_dir is None else {"log": str(self.log_dir / SPARES_LOG)}
@@ -594,11 +632,16 @@ class Supervisor:
         self._spare_wanted.set()
 
     async def _take_spare(self, config: dict[str, Any]) -> asyncio.subprocess.Process | None:
-        """A warm spare made the worker of ``config``, or None if none is ready."""
+        """A warm spare of the cluster made the worker of ``config`` (a ready one
+        first), or None if there is none."""
         line = json.dumps(config).encode() + b"\n"
-        ready = [s for s in self._spares if s.serves(config["python_path"])]
-        while ready:
-            spare = ready.pop(0)
+        cluster = str(config["cluster"])
+        preload = self._preload(cluster)
+        # one still loading is ahead of a cold start all the same: it began before
+        candidates = [s for s in self._live_spares(cluster) if s.preload == preload]
+        candidates.sort(key=lambda s: not s.ready)
+        while candidates:
+            spare = candidates.pop(0)
             if spare not in self._spares:  # ended or retired while another was tried
                 continue
             self._spares.remove(spare)
@@ -654,6 +697,8 @@ class Supervisor:
             chunk = await stream.read(256)
             if not chunk:
                 return
+            if handle.spare and not chunk.replace(SPARE_READY, b""):
+                continue  # a spare taken still loading said it was ready: not a beat
             handle.detector.heartbeat(self.clock.now())
             handle.pipe_beats = True
 

@@ -107,6 +107,9 @@ STORE_RETRY_SECONDS = (0.05, 1.0)
 SUSPECT_LOOK_SECONDS = 1.0
 #: The exit code of a worker that stopped to be recycled (see WorkerSettings.max_memory_mb).
 RECYCLE_EXIT_CODE = 4
+#: What a warm spare writes on its stdout once its imports are done, before it waits
+#: for a worker's config (a worker's own beats on stdout are b".").
+SPARE_READY = b"R"
 _PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 4096 / 2**20
 
 

@@ -373,9 +373,10 @@ class AgentFailureRecovery(RecoveryStrategy):
         "notify_operations_team",
     )
     warm_spares: Annotated[Count, Field(le=MAX_SPARES)] = DEFAULT_SPARES
-    """Worker processes kept started ahead, their imports done (the fleet's agents
-    too), each to replace a dead worker of any cluster at once (about 50 MB each plus
-    what the agents import; 0: every replacement starts cold; 16 at most)."""
+    """Worker processes kept started ahead for each cluster with workers, their
+    imports done (the cluster's agents too), each to replace a dead worker of its
+    cluster at once (about 50 MB each plus what the agents import; 0: every
+    replacement starts cold; 16 at most)."""
 
 
 class ClusterFailureRecovery(RecoveryStrategy):
