@@ -10,6 +10,7 @@ and can be told to hold a spare's import, or to exit at import, by files that ex
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -26,6 +27,10 @@ if os.environ.get(IMPORT_LOG_ENV):
         _log.write(f"{os.getpid()}\n")
 if os.environ.get(EXIT_ENV) and Path(os.environ[EXIT_ENV]).exists():
     sys.exit("marked_agents: told to exit at import")
+try:  # a worker loads its agents in its running event loop, a spare too
+    _LOOP_AT_IMPORT: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+except RuntimeError:
+    _LOOP_AT_IMPORT = None
 while "--spare" in sys.argv and os.environ.get(HOLD_SPARES_ENV):
     if not Path(os.environ[HOLD_SPARES_ENV]).exists():
         break
@@ -34,5 +39,6 @@ while "--spare" in sys.argv and os.environ.get(HOLD_SPARES_ENV):
 
 @agent(name="marked")
 async def marked(task: TaskInfo, ctx: Context) -> list[object]:
-    """Answer the pid of the worker that ran it, and the file it was imported from."""
-    return [os.getpid(), __file__]
+    """Answer the pid of the worker that ran it, the file it was imported from, and
+    whether it was imported in the event loop that runs it."""
+    return [os.getpid(), __file__, _LOOP_AT_IMPORT is asyncio.get_running_loop()]

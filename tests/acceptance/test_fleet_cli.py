@@ -109,9 +109,13 @@ def _fleetops_processes(marker: Path) -> dict[int, bool]:
                 cmdline := (entry / "cmdline").read_bytes()
             ):
                 continue
-            files = {int(fd.name): os.readlink(fd) for fd in (entry / "fd").iterdir()}
+            fds = list((entry / "fd").iterdir())
         except OSError:  # it ended meanwhile
             continue
+        files = {}
+        for fd in fds:
+            with contextlib.suppress(OSError):  # closed meanwhile: the others still count
+                files[int(fd.name)] = os.readlink(fd)
         if str(marker).encode() in cmdline or any(str(marker) in f for f in files.values()):
             found[int(entry.name)] = any(
                 fd > 2 and f.startswith(str(marker)) for fd, f in files.items()

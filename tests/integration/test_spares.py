@@ -323,12 +323,15 @@ def _importers(log: Path) -> list[int]:
 
 async def _run_marked(client: QueueClient, cluster: str) -> int:
     """Run the marked agent on ``cluster``; answer the pid of the worker that ran it."""
-    return (await _run_marked_from(client, cluster))[0]
+    pid, _, in_its_loop = await _run_marked_from(client, cluster)
+    assert in_its_loop, "the agent's module was not imported in the worker's event loop"
+    return pid
 
 
-async def _run_marked_from(client: QueueClient, cluster: str) -> tuple[int, str]:
-    """Run the marked agent on ``cluster``; answer the pid of the worker that ran it
-    and the directory of the module it ran."""
+async def _run_marked_from(client: QueueClient, cluster: str) -> tuple[int, str, bool]:
+    """Run the marked agent on ``cluster``; answer the pid of the worker that ran it,
+    the directory of the module it ran, and whether that module was imported in the
+    event loop that ran it."""
     sub = await client.submit(NewTask(cluster, "marked", "null"))
 
     async def succeeded() -> bool:
@@ -339,8 +342,8 @@ async def _run_marked_from(client: QueueClient, cluster: str) -> tuple[int, str]
     await wait_until(succeeded)
     record = await client.run(client.store.get_task, sub.id)
     assert record is not None and record.result is not None
-    pid, file = json.loads(record.result)
-    return int(pid), str(Path(file).parent)
+    pid, file, in_its_loop = json.loads(record.result)
+    return int(pid), str(Path(file).parent), bool(in_its_loop)
 
 
 def test_a_spare_loads_its_clusters_agents_ahead_and_the_worker_it_becomes_runs_them(
@@ -386,10 +389,15 @@ def test_each_cluster_has_spares_of_its_own_on_its_own_path(
         new = await _kill_the_worker(supervisor, "d")
         assert new.pid == d_spare
         assert supervisor.spare_pids("c") == [c_spare]  # not taken for another cluster
-        assert await _run_marked_from(client, "d") == (d_spare, str(elsewhere))
+        assert await _run_marked_from(client, "d") == (d_spare, str(elsewhere), True)
         new = await _kill_the_worker(supervisor, "c")
         assert new.pid == c_spare
-        assert await _run_marked_from(client, "c") == (c_spare, TESTS_DIR)
+        assert await _run_marked_from(client, "c") == (c_spare, TESTS_DIR, True)
+        # a roll of one cluster ends its own spares only
+        await wait_until(lambda: len(supervisor.spare_pids("c")) == 1)
+        [c_next], [d_next] = supervisor.spare_pids("c"), supervisor.spare_pids("d")
+        await asyncio.wait_for(supervisor.roll(_marked()), 60)
+        assert exited(c_next) and supervisor.spare_pids("d") == [d_next]
 
     asyncio.run(_supervised(supervisor, sqlite_url, body))
 
@@ -474,6 +482,47 @@ def test_an_agent_module_that_exits_at_import_leaves_the_spare_waiting_and_says_
     assert "Traceback" not in (logs / "spares.log").read_text()
 
 
+CRASHING_SPARES = """
+import os, sys
+from fleetops import agent
+
+if "--spare" in sys.argv:  # a cold worker imports this; a spare dies of it
+    os._exit(3)
+
+
+@agent(name="fine")
+async def fine(task, ctx):
+    return "fine"
+"""
+
+
+def test_a_cluster_whose_spares_keep_dying_does_not_hold_back_anothers(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The back-off after a spare died untaken is its cluster's own."""
+    monkeypatch.setattr("fleetops.runtime._supervisor.SPARE_RETRY_SECONDS", (60.0, 60.0))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "crashing_spares.py").write_text(CRASHING_SPARES)
+    crashing = ClusterPlan(
+        name="x", agents=("crashing_spares:fine",), replicas=1, python_path=(str(elsewhere),)
+    )
+    supervisor = Supervisor(sqlite_url, [_plan(), crashing])
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(supervisor.spare_pids("c")) == 1)
+        [taken] = supervisor.spare_pids("c")
+        await wait_until(lambda: "x" in supervisor._spare_not_before)  # x's spare died
+        assert supervisor.spare_pids("x") == []
+        new = await _kill_the_worker(supervisor)
+        assert new.pid == taken
+        # c's next spare starts now, not when x's back-off of a minute ends
+        await wait_until(lambda: supervisor.spare_pids("c") not in ([], [taken]))
+        await _succeeds(client, "c has its spare")
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
 @pytest.mark.parametrize("spares", [-1, 1.5, True, "1"])
 def test_a_bad_number_of_spares_is_refused_naming_the_field(
     sqlite_url: str, spares: object
@@ -516,9 +565,9 @@ def _spares_of(parent: int) -> list[int]:
 def test_a_spare_whose_supervisor_is_killed_exits(
     sqlite_url: str, tmp_path: Path, held: bool
 ) -> None:
-    """kill -9 of the supervisor closes the spare's stdin, and the spare exits: it
-    never becomes a worker that nobody supervises. One still importing its agents
-    (held here), which reads no stdin yet, is ended by the kernel."""
+    """kill -9 of the supervisor ends its spares: none ever becomes a worker that
+    nobody supervises, whether it waits for its config or is still importing its
+    agents (held here), and reads no stdin yet. On Linux the kernel ends both."""
     script = tmp_path / "supervisor.py"
     script.write_text(SUPERVISOR)
     hold = tmp_path / "hold"

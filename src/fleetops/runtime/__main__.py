@@ -3,16 +3,17 @@
 The supervisor starts workers this way; the JSON names the store, the worker's id
 and cluster, its agents' entrypoints and its settings. SIGTERM or SIGINT drains.
 
-``python -m fleetops.runtime --spare [STORE_KIND]`` starts a warm spare: it imports
-what a worker needs (a third of a second and more of a worker's start, longer on a
-busy machine), reads a line of JSON on stdin and loads the agents it names
-(``{"python_path": [...], "agents": ["module:function", ...]}``: one cluster's own
-code, whose imports can take seconds), writes ``SPARE_READY`` on stdout, and then
+``python -m fleetops.runtime --spare [STORE_KIND [SUPERVISOR_PID]]`` starts a warm
+spare: it imports what a worker needs (a third of a second and more of a worker's
+start, longer on a busy machine), reads a line of JSON on stdin and loads the agents
+it names (``{"python_path": [...], "agents": ["module:function", ...],
+"event_loop": "auto"}``: one cluster's own code, whose imports can take seconds, in
+the event loop its worker will run), writes ``SPARE_READY`` on stdout, and then
 waits for another line on stdin, a worker's config, to become that worker at once. The
 supervisor keeps one ready to replace a worker of the cluster that died (see
 fleetops.runtime._supervisor). A spare whose stdin closes before that line (its
-supervisor stopped or died) exits with 0 without starting anything; on Linux, one
-whose supervisor dies while it is still importing is killed by the kernel.
+supervisor stopped) exits with 0 without starting anything; on Linux, the kernel
+ends one whose supervisor dies before it is taken, even in the middle of an import.
 """
 
 from __future__ import annotations
@@ -158,14 +159,18 @@ _WORKER_IMPORTS = ("uvloop", "concurrent.futures.thread", "fleetops.spec")
 _POSTGRES_IMPORTS = ("psycopg", "fleetops.store._postgres")
 
 
-def _wait_as_spare(store_kind: str = "") -> dict[str, Any] | None:
+def _serve_as_spare(store_kind: str = "", parent: str = "") -> None:
     """Import ahead what a worker needs and load the agents the first line on stdin
-    names, say so on stdout, then wait for the worker's config (the next line); None
-    if stdin closes first. The worker's log file, if it has one, takes over stderr,
-    which until then went to the spare's own."""
+    names (in the event loop it names, as a worker loads them in its own), say so on
+    stdout, then wait for a worker's config (the next line) and run as that worker.
+    Return if stdin closes first, or if ``parent`` (the supervisor's pid) is gone.
+    The worker's log file, if it has one, takes over stderr, which until then went
+    to the spare's own."""
     # an import that hangs would never see stdin close: the kernel ends this process
     # when its supervisor dies, until it becomes a worker (which notices by itself)
     _die_with_parent(signal.SIGKILL)
+    if parent and os.getppid() != int(parent):  # it died before the kernel was told
+        return
     names = _WORKER_IMPORTS + (_POSTGRES_IMPORTS if store_kind == "postgresql" else ())
     for name in names:
         with contextlib.suppress(ImportError):  # uvloop is optional; psycopg, an extra
@@ -174,22 +179,28 @@ def _wait_as_spare(store_kind: str = "") -> dict[str, Any] | None:
     configure_json_logging(logging.INFO)
     preload = sys.stdin.buffer.readline()
     if not preload.strip():
-        return None
-    _preload(json.loads(preload))
-    os.write(1, SPARE_READY)
-    line = sys.stdin.buffer.readline()
-    if not line.strip():
-        return None
-    _die_with_parent(0)
-    config: dict[str, Any] = json.loads(line)
-    if config.get("log_file"):
-        stderr_to(Path(str(config["log_file"])))
-    return config
+        return
+    wanted: dict[str, Any] = json.loads(preload)
+    kind = str(wanted.get("event_loop", "auto"))
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
+        runner.run(_preload(wanted))
+        os.write(1, SPARE_READY)
+        line = sys.stdin.buffer.readline()
+        if not line.strip():
+            return
+        _die_with_parent(0)
+        config: dict[str, Any] = json.loads(line)
+        if config.get("log_file"):
+            stderr_to(Path(str(config["log_file"])))
+        # configured before its agents loaded, as a cold worker is: only the level now
+        logging.getLogger("fleetops").setLevel(_log_level(config))
+        sys.exit(runner.run(_main(config)))
 
 
-def _preload(wanted: dict[str, Any]) -> None:
+async def _preload(wanted: dict[str, Any]) -> None:
     """Put ``wanted["python_path"]`` on ``sys.path`` and load the agents of
-    ``wanted["agents"]``, as a worker does when it starts: once taken, the worker
+    ``wanted["agents"]``, as a worker does when it starts (in its running event
+    loop, where an agent module may look for one): once taken, the worker
     finds their modules imported. An agent that does not load is said on stderr and
     left to the worker, which then fails to start as a cold one would, with the same
     error in its own log."""
@@ -199,6 +210,11 @@ def _preload(wanted: dict[str, Any]) -> None:
             load_agent(str(entrypoint))
         except (Exception, SystemExit) as exc:  # the module's own code: the worker says so
             print(f"spare: {entrypoint} not loaded ahead: {exc!r}", file=sys.stderr, flush=True)
+
+
+def _log_level(config: dict[str, Any]) -> int:
+    level: int = getattr(logging, str(config.get("log_level", "INFO")).upper())
+    return level
 
 
 def _die_with_parent(sig: int) -> None:
@@ -218,18 +234,11 @@ def main() -> None:
     # with a short slice run sooner) did not lower the bench's median overhead on a
     # 2-core VM at a fixed 15,000 tasks/s: ratio 1.03 over 6 pairs (1 lower) for the
     # workers, 1.04 over 4 (none lower) for the bench's own process alone.
-    config: dict[str, Any] | None
     if sys.argv[1:2] == [SPARE]:
-        config = _wait_as_spare(*sys.argv[2:3])
-        if config is None:
-            return
-        level = getattr(logging, str(config.get("log_level", "INFO")).upper())
-        # configured before its agents loaded, as a cold worker is: only the level now
-        logging.getLogger("fleetops").setLevel(level)
-    else:
-        config = json.loads(sys.argv[1])
-        level = getattr(logging, str(config.get("log_level", "INFO")).upper())
-        configure_json_logging(level)
+        _serve_as_spare(*sys.argv[2:4])
+        return
+    config: dict[str, Any] = json.loads(sys.argv[1])
+    configure_json_logging(_log_level(config))
     kind = str(config.get("settings", {}).get("event_loop", "auto"))
     with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
         sys.exit(runner.run(_main(config)))

@@ -235,10 +235,13 @@ class Supervisor:
         self.spares = spares
         self._spares: list[_Spare] = []
         self._spare_wanted = asyncio.Event()
-        self._spare_pause = SPARE_RETRY_SECONDS[0]
-        self._spare_not_before = float("-inf")
-        #: one more each time the spares are ended: a spare started before is not taken
+        #: by cluster: the back-off after its spares failed, and when it ends
+        self._spare_pause: dict[str, float] = {}
+        self._spare_not_before: dict[str, float] = {}
+        #: one more each time the spares are ended, of all clusters and by cluster: a
+        #: spare started before is not taken (see _epoch)
         self._spare_epoch = 0
+        self._spare_epochs: dict[str, int] = {}
         self.workers: dict[str, WorkerHandle] = {}
         self.degraded: set[str] = set()
         #: Workers lost (crashed or hung) since this supervisor started.
@@ -365,7 +368,8 @@ class Supervisor:
         self.plans[plan.name] = plan
         if self._desired[plan.name] != plan.replicas:
             self.scale(plan.name, plan.replicas)
-        await self._end_spares()  # a roll starts new processes, not ones started before
+        # a roll starts new processes, not ones started before
+        await self._end_spares(plan.name)
         for old in sorted(self.live_workers(plan.name), key=lambda h: h.slot):
             if old.stopping:
                 continue
@@ -506,23 +510,25 @@ class Supervisor:
         while True:
             self._spare_wanted.clear()
             self._retire_stale_spares()
-            cluster = self._short_of_spares()
-            if cluster is None:
+            short = self._short_of_spares()
+            if not short:
                 await self._spare_wanted.wait()
                 continue
-            wait = self._spare_not_before - self.clock.monotonic()
-            if wait > 0:  # a change of clusters meanwhile still retires their spares
-                await self._until_wanted(wait)
+            now = self.clock.monotonic()
+            due = [c for c in short if self._spare_not_before.get(c, now) <= now]
+            if not due:  # a change of clusters meanwhile still retires their spares
+                await self._until_wanted(min(self._spare_not_before[c] for c in short) - now)
                 continue
-            epoch = self._spare_epoch
+            cluster = due[0]
+            epoch = self._epoch(cluster)
             try:
                 spare = await self._start_spare(cluster)
             except Exception as exc:  # fork or its log failed: a spare is only a head start
-                self._spare_failed("spare.start_failed", error=str(exc))
+                self._spare_failed(cluster, "spare.start_failed", error=str(exc))
                 continue
             if (
-                epoch != self._spare_epoch
-                or self._short_of_spares() != cluster
+                epoch != self._epoch(cluster)
+                or cluster not in self._short_of_spares()
                 or spare.preload != self._preload(cluster)
             ):
                 # the spares were ended (a roll), fewer are wanted, or the cluster
@@ -536,12 +542,17 @@ class Supervisor:
                 self._watch_spare(spare), name=f"spare-{spare.process.pid}"
             )
 
-    def _short_of_spares(self) -> str | None:
-        """The first cluster (by name) with workers and fewer than :attr:`spares` spares."""
-        for cluster in sorted(self.plans):
-            if self._desired[cluster] > 0 and len(self._live_spares(cluster)) < self.spares:
-                return cluster
-        return None
+    def _short_of_spares(self) -> list[str]:
+        """The clusters (by name) with workers and fewer than :attr:`spares` spares."""
+        return [
+            cluster
+            for cluster in sorted(self.plans)
+            if self._desired[cluster] > 0 and len(self._live_spares(cluster)) < self.spares
+        ]
+
+    def _epoch(self, cluster: str) -> tuple[int, int]:
+        """Changes when the spares of ``cluster`` are ended (see _end_spares)."""
+        return self._spare_epoch, self._spare_epochs.get(cluster, 0)
 
     async def _until_wanted(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if the spares wanted change meanwhile."""
@@ -559,7 +570,8 @@ class Supervisor:
         if log_file is not None:
             _rotate_if_over(log_file)  # spares that fail write to it for as long as it takes
         preload = self._preload(cluster)
-        process = await self._start_process(["--spare", kind], log_file, stdin=True)
+        args = ["--spare", kind, str(os.getpid())]
+        process = await self._start_process(args, log_file, stdin=True)
         assert process.stdin is not None
         try:  # its first line: what to load (not its command line: no length limit)
             process.stdin.write(preload.encode() + b"\n")
@@ -572,9 +584,16 @@ class Supervisor:
 
     def _preload(self, cluster: str) -> str:
         """What a spare of ``cluster`` loads ahead, as one line of JSON: the cluster's
-        ``python_path`` and agents, in its plan's order."""
+        ``python_path``, agents (in its plan's order) and event loop, which the spare
+        loads them in as a worker does."""
         plan = self.plans[cluster]
-        return json.dumps({"python_path": list(plan.python_path), "agents": list(plan.agents)})
+        return json.dumps(
+            {
+                "python_path": list(plan.python_path),
+                "agents": list(plan.agents),
+                "event_loop": plan.worker.event_loop,
+            }
+        )
 
     def _retire_stale_spares(self) -> None:
         """Kill the spares of clusters gone, left without workers, or changed (their
@@ -615,20 +634,27 @@ class Supervisor:
     async def _watch_spare(self, spare: _Spare) -> None:
         """Wait for a spare to say it is ready, then to exit (cancelled once it is
         taken): one that exits untaken is replaced after the back-off."""
-        assert spare.process.stdout is not None
-        if await spare.process.stdout.read(1) == SPARE_READY:
-            spare.ready = True
+        stdout = spare.process.stdout
+        assert stdout is not None
+        # what an agent printed at import comes first, if anything did
+        while chunk := await stdout.read(256):
+            if SPARE_READY in chunk:
+                spare.ready = True
+                break
         code = await spare.process.wait()
         if not spare.taken and not self._stopping:
             where = {} if self.log_dir is None else {"log": str(self.log_dir / SPARES_LOG)}
-            self._spare_failed("spare.exited", pid=spare.process.pid, exit_code=code, **where)
+            self._spare_failed(
+                spare.cluster, "spare.exited", pid=spare.process.pid, exit_code=code, **where
+            )
 
-    def _spare_failed(self, kind: str, **data: Any) -> None:
-        """Log a spare's failure; the next one starts after the back-off, which doubles
-        while they keep failing."""
-        log.warning(kind, retry_s=self._spare_pause, **data)
-        self._spare_not_before = self.clock.monotonic() + self._spare_pause
-        self._spare_pause = min(self._spare_pause * 2, SPARE_RETRY_SECONDS[1])
+    def _spare_failed(self, cluster: str, kind: str, **data: Any) -> None:
+        """Log the failure of a spare of ``cluster``; its next one starts after the
+        back-off, which doubles while they keep failing."""
+        pause = self._spare_pause.get(cluster, SPARE_RETRY_SECONDS[0])
+        log.warning(kind, cluster=cluster, retry_s=pause, **data)
+        self._spare_not_before[cluster] = self.clock.monotonic() + pause
+        self._spare_pause[cluster] = min(pause * 2, SPARE_RETRY_SECONDS[1])
         self._spare_wanted.set()
 
     async def _take_spare(self, config: dict[str, Any]) -> asyncio.subprocess.Process | None:
@@ -647,7 +673,7 @@ class Supervisor:
             self._spares.remove(spare)
             if spare.process.returncode is not None:
                 continue
-            epoch = self._spare_epoch
+            epoch = self._epoch(cluster)
             stdin = spare.process.stdin
             assert stdin is not None
             try:
@@ -665,7 +691,7 @@ class Supervisor:
                     raise
                 log.warning("spare.not_taken", pid=spare.process.pid, error=repr(exc))
                 continue
-            if epoch != self._spare_epoch:  # the spares were ended (a roll) meanwhile
+            if epoch != self._epoch(cluster):  # the spares were ended (a roll) meanwhile
                 spare.taken = True  # no back-off for it
                 _kill(spare.process)
                 continue
@@ -676,11 +702,16 @@ class Supervisor:
             return spare.process
         return None
 
-    async def _end_spares(self) -> None:
-        """Kill the spares and wait for them to exit. The keeper, unless it was
-        cancelled (a stop), starts new ones (a roll: they import the code on disk now)."""
-        spares, self._spares = self._spares, []
-        self._spare_epoch += 1
+    async def _end_spares(self, cluster: str | None = None) -> None:
+        """Kill the spares of ``cluster`` (of all, if None) and wait for them to exit.
+        The keeper, unless it was cancelled (a stop), starts new ones (a roll: they
+        import the code on disk now)."""
+        spares = self._live_spares(cluster)
+        self._spares = [s for s in self._spares if s not in spares]
+        if cluster is None:
+            self._spare_epoch += 1
+        else:
+            self._spare_epochs[cluster] = self._spare_epochs.get(cluster, 0) + 1
         for spare in spares:
             spare.taken = True  # no back-off for these
             _kill(spare.process)
@@ -801,7 +832,7 @@ class Supervisor:
                     if handle.first_heartbeat_at is None:
                         handle.first_heartbeat_at = now
                         if handle.spare:  # spares work again: no back-off for the next
-                            self._spare_pause = SPARE_RETRY_SECONDS[0]
+                            self._spare_pause.pop(handle.cluster, None)
                 if handle.first_heartbeat_at is None:
                     if now - handle.started_at > STARTUP_TIMEOUT:
                         await self._suspect(handle, "no heartbeat within the startup timeout")

@@ -376,7 +376,7 @@ class AgentFailureRecovery(RecoveryStrategy):
     """Worker processes kept started ahead for each cluster with workers, their
     imports done (the cluster's agents too), each to replace a dead worker of its
     cluster at once (about 50 MB each plus what the agents import; 0: every
-    replacement starts cold; 16 at most)."""
+    replacement starts cold; 16 at most, per cluster)."""
 
 
 class ClusterFailureRecovery(RecoveryStrategy):
