@@ -6,6 +6,7 @@ and can be told to hold a spare's import, or to exit at import, by files that ex
   this module waits (a cold worker's does not).
 - FLEETOPS_TEST_EXIT_AT_IMPORT names a file: while it exists, importing this module
   exits the process (``sys.exit``), as a module that checks its settings might.
+- FLEETOPS_TEST_PRINT_AT_IMPORT: a line to print (and flush) on stdout at import.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ EXIT_ENV = "FLEETOPS_TEST_EXIT_AT_IMPORT"
 if os.environ.get(IMPORT_LOG_ENV):
     with open(os.environ[IMPORT_LOG_ENV], "a", encoding="ascii") as _log:
         _log.write(f"{os.getpid()}\n")
+if os.environ.get("FLEETOPS_TEST_PRINT_AT_IMPORT"):
+    print(os.environ["FLEETOPS_TEST_PRINT_AT_IMPORT"], flush=True)
 if os.environ.get(EXIT_ENV) and Path(os.environ[EXIT_ENV]).exists():
     sys.exit("marked_agents: told to exit at import")
 try:  # a worker loads its agents in its running event loop, a spare too

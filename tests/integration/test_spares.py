@@ -395,6 +395,7 @@ def test_each_cluster_has_spares_of_its_own_on_its_own_path(
         assert await _run_marked_from(client, "c") == (c_spare, TESTS_DIR, True)
         # a roll of one cluster ends its own spares only
         await wait_until(lambda: len(supervisor.spare_pids("c")) == 1)
+        await wait_until(lambda: len(supervisor.spare_pids("d")) == 1)
         [c_next], [d_next] = supervisor.spare_pids("c"), supervisor.spare_pids("d")
         await asyncio.wait_for(supervisor.roll(_marked()), 60)
         assert exited(c_next) and supervisor.spare_pids("d") == [d_next]
@@ -455,6 +456,27 @@ def test_a_spare_still_loading_its_agents_is_taken_and_runs_once_they_are_loaded
     asyncio.run(_supervised(supervisor, sqlite_url, body))
 
 
+def test_what_an_agent_prints_at_import_goes_to_the_spares_log_not_its_ready_word(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The supervisor reads the spare's stdout for the word that it is ready; a
+    module's print there could be taken for it, or hide it."""
+    logs = tmp_path / "logs"
+    said = "Ready? Not yet: R R R"
+    imports, env = _import_log(tmp_path, FLEETOPS_TEST_PRINT_AT_IMPORT=said)
+    supervisor = Supervisor(sqlite_url, [_marked()], env=env, log_dir=logs)
+
+    async def body(client: QueueClient) -> None:
+        await wait_until(lambda: len(supervisor.spare_pids()) == 1)
+        [spare] = supervisor.spare_pids()
+        assert said in (logs / "spares.log").read_text()
+        new = await _kill_the_worker(supervisor)
+        assert new.pid == spare
+        assert await _run_marked(client, "c") == spare
+
+    asyncio.run(_supervised(supervisor, sqlite_url, body))
+
+
 def test_an_agent_module_that_exits_at_import_leaves_the_spare_waiting_and_says_why(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -497,7 +519,10 @@ async def fine(task, ctx):
 
 
 def test_a_cluster_whose_spares_keep_dying_does_not_hold_back_anothers(
-    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The back-off after a spare died untaken is its cluster's own."""
     monkeypatch.setattr("fleetops.runtime._supervisor.SPARE_RETRY_SECONDS", (60.0, 60.0))
@@ -512,7 +537,12 @@ def test_a_cluster_whose_spares_keep_dying_does_not_hold_back_anothers(
     async def body(client: QueueClient) -> None:
         await wait_until(lambda: len(supervisor.spare_pids("c")) == 1)
         [taken] = supervisor.spare_pids("c")
-        await wait_until(lambda: "x" in supervisor._spare_not_before)  # x's spare died
+        await wait_until(  # x's spare died, and x backs off for a minute
+            lambda: any(
+                r.getMessage() == "spare.exited" and r.fleetops["cluster"] == "x"  # type: ignore[attr-defined]
+                for r in caplog.records
+            )
+        )
         assert supervisor.spare_pids("x") == []
         new = await _kill_the_worker(supervisor)
         assert new.pid == taken

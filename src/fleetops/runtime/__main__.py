@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,8 @@ def _serve_as_spare(store_kind: str = "", parent: str = "") -> None:
     wanted: dict[str, Any] = json.loads(preload)
     kind = str(wanted.get("event_loop", "auto"))
     with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
-        runner.run(_preload(wanted))
+        with _stdout_to_stderr():  # what agents print at import: not in the ready word
+            runner.run(_preload(wanted))
         os.write(1, SPARE_READY)
         line = sys.stdin.buffer.readline()
         if not line.strip():
@@ -210,6 +212,20 @@ async def _preload(wanted: dict[str, Any]) -> None:
             load_agent(str(entrypoint))
         except (Exception, SystemExit) as exc:  # the module's own code: the worker says so
             print(f"spare: {entrypoint} not loaded ahead: {exc!r}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 (the pipe the supervisor reads) at stderr meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _log_level(config: dict[str, Any]) -> int:

@@ -359,6 +359,8 @@ class Supervisor:
             await asyncio.gather(self._slots.pop(key), return_exceptions=True)
         del self.plans[cluster], self._desired[cluster], self._restarts[cluster]
         self.degraded.discard(cluster)
+        self._spare_pause.pop(cluster, None)  # one added again starts afresh
+        self._spare_not_before.pop(cluster, None)
         self._spare_wanted.set()  # its spares are retired
 
     async def roll(self, plan: ClusterPlan, ready_timeout: float = 60.0) -> None:
@@ -712,6 +714,9 @@ class Supervisor:
             self._spare_epoch += 1
         else:
             self._spare_epochs[cluster] = self._spare_epochs.get(cluster, 0) + 1
+            # a roll brings new code, which may start where the old kept failing
+            self._spare_pause.pop(cluster, None)
+            self._spare_not_before.pop(cluster, None)
         for spare in spares:
             spare.taken = True  # no back-off for these
             _kill(spare.process)
