@@ -27,13 +27,13 @@ taken. A spare serves its own cluster only: it has that cluster's ``python_path`
 ``sys.path`` and its modules imported, as a cold start of the cluster's worker
 would, and nothing of another cluster's. A spare that says it is ready (its imports
 done) is taken first; one still loading is taken where none is, since it began its
-imports before a cold start would. An idle spare
-costs its memory (about 50 MB resident, 60 MB with PostgreSQL's driver, plus what
-its agents import) and no CPU; it spends its imports' CPU when it starts, right
-after the spare before it was taken. A roll replaces the spares, so that every
-worker after it is a process started after it, on the code on disk then: a spare
-runs the agent code that was on disk when it started, so new agent code is deployed
-with a roll, not by a crash. A spare imports fleetops and its dependencies before a
+imports before a cold start would. An idle spare costs its memory (about 50 MB
+resident, 60 MB with PostgreSQL's driver, plus what its agents import) and no CPU; it
+spends its imports' CPU when it starts, right after the spare before it was taken. A
+roll of a cluster replaces its spares, so that every worker after it is a process
+started after it, on the code on disk then: a spare runs the agent code that was on
+disk when it started, so new agent code is deployed with a roll, not by a crash. The
+back-off after spares that died untaken is each cluster's own. A spare imports fleetops and its dependencies before a
 cluster's ``python_path`` is put on ``sys.path``: a path that shadows them takes
 effect in cold starts only.
 """
