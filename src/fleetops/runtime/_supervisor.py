@@ -33,9 +33,9 @@ spends its imports' CPU when it starts, right after the spare before it was take
 roll of a cluster replaces its spares, so that every worker after it is a process
 started after it, on the code on disk then: a spare runs the agent code that was on
 disk when it started, so new agent code is deployed with a roll, not by a crash. The
-back-off after spares that died untaken is each cluster's own. A spare imports fleetops and its dependencies before a
-cluster's ``python_path`` is put on ``sys.path``: a path that shadows them takes
-effect in cold starts only.
+back-off after spares that died untaken is each cluster's own. A spare imports
+fleetops and its dependencies before a cluster's ``python_path`` is put on
+``sys.path``: a path that shadows them takes effect in cold starts only.
 """
 
 from __future__ import annotations
