@@ -109,6 +109,18 @@ def _kill(process: asyncio.subprocess.Process) -> None:
         process.kill()
 
 
+async def _tell(process: asyncio.subprocess.Process, line: bytes, *, close: bool = False) -> None:
+    """Write ``line`` to a spare's stdin, within :data:`SPARE_TAKE_SECONDS` (a spare
+    that does not read would block the writer once the pipe is full)."""
+    stdin = process.stdin
+    assert stdin is not None
+    stdin.write(line)
+    async with asyncio.timeout(SPARE_TAKE_SECONDS):
+        await stdin.drain()
+    if close:
+        stdin.close()
+
+
 def _rotate_if_over(path: Path) -> None:
     """Rotate the log file ``path`` if it is LOG_MAX_BYTES or longer."""
     with contextlib.suppress(FileNotFoundError):
@@ -574,11 +586,8 @@ class Supervisor:
         preload = self._preload(cluster)
         args = ["--spare", kind, str(os.getpid())]
         process = await self._start_process(args, log_file, stdin=True)
-        assert process.stdin is not None
         try:  # its first line: what to load (not its command line: no length limit)
-            process.stdin.write(preload.encode() + b"\n")
-            async with asyncio.timeout(SPARE_TAKE_SECONDS):
-                await process.stdin.drain()
+            await _tell(process, preload.encode() + b"\n")
         except BaseException:
             _kill(process)
             raise
@@ -676,13 +685,8 @@ class Supervisor:
             if spare.process.returncode is not None:
                 continue
             epoch = self._epoch(cluster)
-            stdin = spare.process.stdin
-            assert stdin is not None
             try:
-                stdin.write(line)
-                async with asyncio.timeout(SPARE_TAKE_SECONDS):
-                    await stdin.drain()
-                stdin.close()
+                await _tell(spare.process, line, close=True)
             except BaseException as exc:
                 # It died just now, or it does not read (the config is longer than a
                 # pipe holds), or this slot was cancelled: it is killed whatever the
@@ -694,8 +698,7 @@ class Supervisor:
                 log.warning("spare.not_taken", pid=spare.process.pid, error=repr(exc))
                 continue
             if epoch != self._epoch(cluster):  # the spares were ended (a roll) meanwhile
-                spare.taken = True  # no back-off for it
-                _kill(spare.process)
+                self._retire(spare)
                 continue
             spare.taken = True
             if spare.watcher is not None:
@@ -709,7 +712,6 @@ class Supervisor:
         The keeper, unless it was cancelled (a stop), starts new ones (a roll: they
         import the code on disk now)."""
         spares = self._live_spares(cluster)
-        self._spares = [s for s in self._spares if s not in spares]
         if cluster is None:
             self._spare_epoch += 1
         else:
@@ -718,8 +720,7 @@ class Supervisor:
             self._spare_pause.pop(cluster, None)
             self._spare_not_before.pop(cluster, None)
         for spare in spares:
-            spare.taken = True  # no back-off for these
-            _kill(spare.process)
+            self._retire(spare)
         for spare in spares:
             await spare.process.wait()
         self._spare_wanted.set()
