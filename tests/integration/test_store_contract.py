@@ -41,7 +41,7 @@ from fleetops.store import (
 )
 from fleetops.store._open import redact
 from fleetops.store._sql import BATCH_ROWS
-from fleetops.store._sqlite import LARGEST_TASK_ID
+from fleetops.store._sqlite import LARGEST_TASK_ID, SqliteStore
 
 T0 = 1_000_000.0
 LEASE = 30.0
@@ -1665,6 +1665,7 @@ def test_prune_tasks_keeps_the_children_of_a_dead_letter_that_may_be_retried(
     submit_one(store, queue="p")
     parent = claim_one(store, "w9", queue="p")
     child = _finish(store, "succeeded", T0 + 10, "c", parent_id=parent.id)
+    submit_one(store, T0, queue="later")  # the newest task, which no prune deletes
     assert apply_one(store, Fail(parent.id, parent.epoch, "down", "w9", None, "down"), T0 + 40).ok
 
     assert store.prune_tasks(T0 + 20, None) == 0  # succeeded long ago, but its parent is dead
@@ -1710,7 +1711,7 @@ def test_prune_events_drops_those_recorded_before_the_cutoff_a_chunk_at_a_time(
     monkeypatch.setattr("fleetops.store._sql.PRUNE_CHUNK", 4)  # several transactions
     for n in range(10):
         store.record_event("worker.failed", T0 + n, "c", f"w{n}")
-    store.record_event("task.retried", T0 + 100, "c", None, 7)
+    last_seen = store.record_event("task.retried", T0 + 100, "c", None, 7)
 
     assert store.prune_events(T0 + 9) == 9  # 4 + 4 + 1
     assert [(e.kind, e.at) for e in store.list_events()] == [
@@ -1718,8 +1719,47 @@ def test_prune_events_drops_those_recorded_before_the_cutoff_a_chunk_at_a_time(
         ("task.retried", T0 + 100),
     ]
     assert store.prune_events(T0 + 9) == 0
-    assert store.prune_events(T0 + 1000) == 2 and store.list_events() == []
-    assert store.prune_events(T0 + 1000) == 0  # none left at all
+    # every event is older than this cutoff; SQLite keeps the newest (see the next check)
+    newest_stays = isinstance(store, SqliteStore)
+    assert store.prune_events(T0 + 1000) == (1 if newest_stays else 2)
+    assert [e.id for e in store.list_events()] == ([last_seen] if newest_stays else [])
+    assert store.prune_events(T0 + 1000) == 0
+    # a reader that follows with ?after= the last id it saw sees the next event: the
+    # ids of pruned events are never given again
+    following = store.record_event("worker.failed", T0 + 1001, "c", "w-next")
+    assert following > last_seen
+    assert [e.id for e in store.list_events(None, last_seen)] == [following]
+
+
+def test_task_ids_never_repeat_however_many_tasks_are_pruned(store: Store) -> None:
+    """After a prune of every finished task the next task gets a new id. Given a
+    pruned task's id, it would take over the (id, epoch) pairs a stale holder of the
+    pruned task still writes with. SQLite gives a new row the id after the largest
+    left, so there the newest task stays."""
+    held = []
+    for _ in range(3):
+        submit_one(store, T0)
+        held.append(claim_one(store, "w1", T0))
+    for task in held:
+        assert apply_one(store, Complete(task.id, task.epoch, "1", "w1"), T0 + 1).ok
+    newest = max(t.id for t in held)
+
+    newest_stays = isinstance(store, SqliteStore)
+    assert store.prune_tasks(T0 + 100, T0 + 100) == (2 if newest_stays else 3)
+    assert store.prune_tasks(T0 + 100, T0 + 100) == 0
+    left = [t.id for t in store.get_tasks([t.id for t in held])]
+    assert left == ([newest] if newest_stays else [])
+
+    [fresh] = store.submit([new_task()], T0 + 2)
+    assert fresh.id > newest
+    again = claim_one(store, "w2", T0 + 2)
+    assert again.id == fresh.id
+    # the holders of the pruned tasks write with the ids and epochs they held: each
+    # is refused, and the new task still runs under its own lease
+    for stale in held:
+        assert not apply_one(store, Complete(stale.id, stale.epoch, "x", "w1"), T0 + 3).ok
+    task = store.get_task(fresh.id)
+    assert task is not None and task.state == "running" and task.lease_owner == "w2"
 
 
 def test_list_events_by_kind_and_cluster_oldest_or_newest_first_in_id_order(

@@ -378,6 +378,17 @@ class SqlStore:
         """A hint to read the tasks through ``index`` ('' where the planner needs none)."""
         return ""
 
+    def _prune_below(self, table: str) -> int | None:
+        """The id a prune of ``table`` (``tasks`` or ``events``) must stay below, or
+        None where it may delete any row.
+
+        Task and event ids outlive their rows: in spans, logs and events, in an API
+        reader's ``after`` cursor, in the task and epoch of a stale holder's fenced
+        write. They must never name two things. PostgreSQL's identity columns never
+        go back, so any row may go there.
+        """
+        return None
+
     # --- schema ------------------------------------------------------------------------------
 
     #: The folder of this dialect's migration scripts, and the SQL type of a timestamp.
@@ -1194,19 +1205,26 @@ class SqlStore:
         than its parent's own cutoff allows. Once a task is gone, its idempotency key
         is free. A dead letter an operator queues again while a prune runs stays: on
         PostgreSQL the prune locks what it read and deletes only what is as it was read.
+
+        On SQLite the task with the largest id stays, however old: SQLite gives a new
+        row the id after the largest left in the table, so deleting the newest task
+        would give its id, and its epochs, to the next task submitted (see
+        :meth:`_prune_below`).
         """
         cutoffs = {"succeeded": finished_before, "cancelled": finished_before, "dead": dead_before}
         # read before the write lock is taken: a group that is gone by then reads empty
         groups = [g for g in self._finished_groups() if cutoffs[g[0]] is not None]
         with self._tx():
+            below = self._prune_below("tasks")
+            kept = "" if below is None else f"AND id < {int(below)} "
             read: dict[int, tuple[str, float]] = {}  # id: (state, finished_at)
             for state, queue, agent in groups:
                 before = cutoffs[state]
                 rows = self._exec(
                     f"SELECT id, finished_at FROM tasks t WHERE {FINISHED} AND state = ? "
-                    "AND queue = ? AND agent = ? AND finished_at < ? AND NOT EXISTS (SELECT 1 "
-                    "FROM tasks p WHERE p.id = t.parent_id AND p.state IN ('queued', 'running', "
-                    "'dead')) ORDER BY finished_at LIMIT ?",
+                    f"AND queue = ? AND agent = ? AND finished_at < ? {kept}AND NOT EXISTS "
+                    "(SELECT 1 FROM tasks p WHERE p.id = t.parent_id AND p.state IN ('queued', "
+                    "'running', 'dead')) ORDER BY finished_at LIMIT ?",
                     (state, queue, agent, before, limit - len(read)),
                 ).fetchall()
                 read.update((int(i), (state, finished)) for i, finished in rows)
@@ -1429,15 +1447,21 @@ class SqlStore:
         """Delete the events recorded before ``before``, oldest first, :data:`PRUNE_CHUNK`
         to a transaction; answer how many went. Events are read in id order, which is
         the order they were recorded in, up to the first one to keep: a pass that finds
-        nothing to delete reads one row, however many events are kept."""
+        nothing to delete reads one row, however many events are kept.
+
+        On SQLite the newest event stays, however old (see :meth:`_prune_below`): a
+        reader that follows the events by id (``/api/v1/events?after=``) would
+        otherwise miss the next ones, which SQLite would number from the start again."""
 
         def chunk() -> int:
             oldest = self._exec("SELECT at FROM events ORDER BY id LIMIT 1").fetchone()
             if oldest is None or oldest[0] >= before:
                 return 0
             with self._tx():
+                below = self._prune_below("events")
+                kept = "" if below is None else f"WHERE id < {int(below)} "
                 rows = self._exec(
-                    "SELECT id, at FROM events ORDER BY id LIMIT ?", (PRUNE_CHUNK,)
+                    f"SELECT id, at FROM events {kept}ORDER BY id LIMIT ?", (PRUNE_CHUNK,)
                 ).fetchall()
                 last = None
                 for event_id, at in rows:

@@ -477,6 +477,12 @@ class SqliteStore(SqlStore):
     def _lock_queue(self, queue: str) -> None:
         pass  # likewise
 
+    def _prune_below(self, table: str) -> int | None:
+        # A table without AUTOINCREMENT gives a new row the id after the largest one
+        # left: the newest row stays, or the next would get its id again (the caller
+        # holds the write lock, so no larger id comes meanwhile).
+        return int(self._exec(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
+
     def _insert_many(self, tasks: Sequence[NewTask], now: float) -> list[int]:
         # One INSERT of many rows costs about half as much a row as one INSERT a row.
         # Under the write lock, SQLite gives each new row an id one more than the
