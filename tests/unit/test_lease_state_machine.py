@@ -9,7 +9,9 @@ the store must agree with a plain Python model of the queue, and:
 * at most one (task, epoch) that any worker believes in is accepted by the store;
 * a task's epoch never goes down, and goes up on every claim and revocation;
 * a write with a stale epoch is rejected and changes nothing;
-* a task in a terminal state never changes again.
+* a task in a terminal state never changes again;
+* finished tasks are pruned (a parent that may run again keeps its children), and a
+  pruned task's id is never given again: its stale holders' writes stay rejected.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.alive = dict.fromkeys(WORKERS, True)
         self.highest_epoch: dict[int, int] = {}
         self.final: dict[int, tuple[object, ...]] = {}
+        self.given: set[int] = set()  # every task id the store has answered, pruned or not
         for worker in WORKERS:
             self.store.register_worker(worker, "c", None, None, 4, self.now)
 
@@ -118,7 +121,8 @@ class LeaseMachine(RuleBasedStateMachine):
         )
 
     def add_task(self, task_id: int, priority: int, max_redeliveries: int, ready_at: float) -> None:
-        assert task_id not in self.tasks, f"the store reused task id {task_id}"
+        assert task_id not in self.given, f"the store gave task id {task_id} again"
+        self.given.add(task_id)
         self.tasks[task_id] = ModelTask(task_id, priority, max_redeliveries, ready_at)
 
     def lose_lease(self, task: ModelTask) -> None:
@@ -219,8 +223,8 @@ class LeaseMachine(RuleBasedStateMachine):
         (the dangerous case); stale ones on a task nobody runs."""
         kinds: dict[str, list[tuple[str, int, int]]] = {"live": [], "superseded": [], "idle": []}
         for worker, task_id, epoch in self.believed():
-            task = self.tasks[task_id]
-            if task.state != "running":
+            task = self.tasks.get(task_id)  # None: pruned, its holder none the wiser
+            if task is None or task.state != "running":
                 kinds["idle"].append((worker, task_id, epoch))
             else:
                 kinds["live" if task.epoch == epoch else "superseded"].append(
@@ -238,7 +242,7 @@ class LeaseMachine(RuleBasedStateMachine):
                 stale = [k for k in ("superseded", "idle") if kinds[k]] or ["live"]
                 kind_of_belief = data.draw(st.sampled_from(stale), "kind")
         worker, task_id, epoch = data.draw(st.sampled_from(kinds[kind_of_belief]), "belief")
-        task = self.tasks[task_id]
+        task = self.tasks.get(task_id)
         key = data.draw(st.sampled_from(EFFECT_KEYS), "key")
         child_key = data.draw(st.sampled_from(CHILD_KEYS), "child key")
         retry_in = data.draw(st.sampled_from([0.0, 2.0]), "retry in")
@@ -264,8 +268,9 @@ class LeaseMachine(RuleBasedStateMachine):
                 idempotency_key=f"{task_id}/{child_key}",
             )
             op = SubmitChild(task_id, epoch, child)
-        live = task.state == "running" and task.epoch == epoch
-        event(f"{kind} with a {kind_of_belief} lease")
+        live = task is not None and task.state == "running" and task.epoch == epoch
+        pruned = " on a pruned task" if task is None else ""
+        event(f"{kind} with a {kind_of_belief} lease{pruned}")
         before = None if live else self.snapshot(task_id)
 
         [answer] = self.store.apply([op], self.now)
@@ -275,7 +280,7 @@ class LeaseMachine(RuleBasedStateMachine):
             assert self.snapshot(task_id) == before, "a rejected write changed the store"
             return
         assert answer.ok, f"{kind} by the holder {worker} at epoch {epoch} was rejected"
-        assert task.owner == worker
+        assert task is not None and task.owner == worker
         if kind in ("complete", "fail_retry", "fail_dead", "release"):
             task.owner = task.expires = None
         if kind == "complete":
@@ -382,7 +387,9 @@ class LeaseMachine(RuleBasedStateMachine):
         # the tasks it sent go with it, every generation, reached through finished ones
         descendants, parents = [], [task]
         while parents:
-            children = [self.tasks[i] for p in parents for i in p.children.values()]
+            children = [
+                self.tasks[i] for p in parents for i in p.children.values() if i in self.tasks
+            ]
             descendants += [c.id for c in children if c.state in ("queued", "running")]
             parents = children
         expected = [task.id, *sorted(descendants)] if cancellable else []
@@ -399,6 +406,36 @@ class LeaseMachine(RuleBasedStateMachine):
             row = self.store.get_task(task_id)
             assert row is not None and row.epoch > gone.epoch, "cancel must fence off the holder"
             gone.state, gone.epoch, gone.owner, gone.expires = "cancelled", row.epoch, None, None
+
+    @rule(dead_too=st.booleans())
+    def prune(self, dead_too: bool) -> None:
+        """Retention: every finished task goes (dead letters when ``dead_too``), except
+        a child whose parent may run again (queued, running, or a dead letter an
+        operator may retry), and on SQLite the newest task, whose id the next task
+        would take."""
+        parent_of = {c: p.id for p in self.tasks.values() for c in p.children.values()}
+        ending = {"succeeded", "cancelled", "dead"} if dead_too else {"succeeded", "cancelled"}
+        newest = max(self.tasks, default=0) if isinstance(self.store, SqliteStore) else None
+        expected = sorted(
+            t.id
+            for t in self.tasks.values()
+            if t.state in ending
+            and t.id != newest
+            and (
+                parent_of.get(t.id) not in self.tasks
+                or self.tasks[parent_of[t.id]].state not in ("queued", "running", "dead")
+            )
+        )
+        cutoff = self.now + 1  # every finished task finished before it
+
+        pruned = self.store.prune_tasks(cutoff, cutoff if dead_too else None)
+
+        assert pruned == len(expected)
+        event("pruned some" if expected else "pruned none")
+        for task_id in expected:
+            del self.tasks[task_id]
+            self.final.pop(task_id, None)
+            assert self.snapshot(task_id)[:3] == (None, [], [])
 
     # --- invariants --------------------------------------------------------------------------
 
