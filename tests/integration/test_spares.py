@@ -121,9 +121,9 @@ def test_a_dead_worker_is_replaced_by_the_warm_spare_which_logs_to_the_workers_o
 
 
 def test_a_spare_that_dies_before_it_is_taken_is_replaced_after_the_back_off(
-    sqlite_url: str,
+    sqlite_url: str, tmp_path: Path
 ) -> None:
-    supervisor = Supervisor(sqlite_url, [_plan()])
+    supervisor = Supervisor(sqlite_url, [_plan()], log_dir=tmp_path / "logs")
 
     async def body(client: QueueClient) -> None:
         await wait_until(lambda: len(supervisor.spare_pids()) == 1)
@@ -134,6 +134,15 @@ def test_a_spare_that_dies_before_it_is_taken_is_replaced_after_the_back_off(
         # not at once: a spare that keeps dying (a broken install) must not fork in a loop
         assert time.monotonic() - killed_at >= SPARE_RETRY_SECONDS[0]
         assert exited(first)
+        # an event says so: the cluster's next replacement would have started cold
+        [died] = await client.run(client.store.list_events, "spare.exited")
+        assert (died.cluster, died.worker) == ("c", None)
+        assert json.loads(died.data) == {
+            "pid": first,
+            "exit_code": -signal.SIGKILL,
+            "retry_s": SPARE_RETRY_SECONDS[0],
+            "log": str(tmp_path / "logs" / "spares.log"),
+        }
         await _succeeds(client, "the workers never noticed")
 
     asyncio.run(_supervised(supervisor, sqlite_url, body))

@@ -33,7 +33,9 @@ spends its imports' CPU when it starts, right after the spare before it was take
 roll of a cluster replaces its spares, so that every worker after it is a process
 started after it, on the code on disk then: a spare runs the agent code that was on
 disk when it started, so new agent code is deployed with a roll, not by a crash. The
-back-off after spares that died untaken is each cluster's own. A spare imports
+back-off after spares that died untaken is each cluster's own, and each such death
+is an event (``spare.exited``, or ``spare.start_failed`` when one could not be
+started): the cluster's next replacement will be a cold start. A spare imports
 fleetops and its dependencies before a cluster's ``python_path`` is put on
 ``sys.path``: a path that shadows them takes effect in cold starts only.
 """
@@ -71,6 +73,8 @@ log = get_logger("fleetops.supervisor")
 #: operator must look at stands out from the workers started and stopped.
 EVENT_LEVELS = {
     "worker.spawn_failed": logging.ERROR,
+    "spare.exited": logging.WARNING,
+    "spare.start_failed": logging.WARNING,
     "worker.failed": logging.WARNING,
     "worker.suspected": logging.WARNING,
     "cluster.degraded": logging.ERROR,
@@ -538,7 +542,7 @@ class Supervisor:
             try:
                 spare = await self._start_spare(cluster)
             except Exception as exc:  # fork or its log failed: a spare is only a head start
-                self._spare_failed(cluster, "spare.start_failed", error=str(exc))
+                await self._spare_failed(cluster, "spare.start_failed", error=str(exc))
                 continue
             if (
                 epoch != self._epoch(cluster)
@@ -655,18 +659,18 @@ class Supervisor:
         code = await spare.process.wait()
         if not spare.taken and not self._stopping:
             where = {} if self.log_dir is None else {"log": str(self.log_dir / SPARES_LOG)}
-            self._spare_failed(
+            await self._spare_failed(
                 spare.cluster, "spare.exited", pid=spare.process.pid, exit_code=code, **where
             )
 
-    def _spare_failed(self, cluster: str, kind: str, **data: Any) -> None:
-        """Log the failure of a spare of ``cluster``; its next one starts after the
-        back-off, which doubles while they keep failing."""
+    async def _spare_failed(self, cluster: str, kind: str, **data: Any) -> None:
+        """Record the failure of a spare of ``cluster`` as an event; its next one
+        starts after the back-off, which doubles while they keep failing."""
         pause = self._spare_pause.get(cluster, SPARE_RETRY_SECONDS[0])
-        log.warning(kind, cluster=cluster, retry_s=pause, **data)
         self._spare_not_before[cluster] = self.clock.monotonic() + pause
         self._spare_pause[cluster] = min(pause * 2, SPARE_RETRY_SECONDS[1])
         self._spare_wanted.set()
+        await self._event(kind, cluster, None, retry_s=pause, **data)
 
     async def _take_spare(self, config: dict[str, Any]) -> asyncio.subprocess.Process | None:
         """A warm spare of the cluster made the worker of ``config`` (a ready one
