@@ -502,7 +502,10 @@ def test_an_agent_module_that_exits_at_import_leaves_the_spare_waiting_and_says_
         await wait_until(lambda: len(supervisor.spare_pids()) == 1)
         [spare] = supervisor.spare_pids()
         said = (logs / "spares.log").read_text()
-        assert "marked_agents:marked not loaded ahead" in said and "exit at import" in said
+        [record] = [json.loads(line) for line in said.splitlines() if "not_loaded" in line]
+        assert record["event"] == "spare.agent_not_loaded"
+        assert record["entrypoint"] == "marked_agents:marked"
+        assert "exit at import" in record["error"] and record["level"] == "warning"
         fail.unlink()
         new = await _kill_the_worker(supervisor)
         assert new.pid == spare

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +36,7 @@ from fleetops.store import (
     open_store,
 )
 from fleetops.telemetry import catalog
+from fleetops.telemetry._logsearch import LogFilter, search_logs
 
 CALLS: dict[str, int] = {}
 SIDE_EFFECTS: list[str] = []
@@ -1475,3 +1480,42 @@ def test_a_handler_that_swallows_its_cancellation_at_the_deadline_does_not_succe
         assert (record.dead_reason or "").startswith("deadline passed: timed out after")
 
     asyncio.run(_with_worker(sqlite_url, body, [spec(stubborn)]))
+
+
+def test_a_worker_that_cannot_start_says_why_in_one_json_record_its_log_search_finds(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """An exception that ends a worker process (here: its agent module raises at
+    import) is a ``worker.crashed`` record with the traceback, not plain lines that
+    ``fleetops logs`` and its filters would pass over."""
+    (tmp_path / "broken_agents.py").write_text("raise RuntimeError('no model file')\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    config = {
+        "store": sqlite_url,
+        "worker_id": "c-0-abcd",
+        "cluster": "c",
+        "agents": ["broken_agents:agent"],
+        "settings": {},
+        "python_path": [str(tmp_path)],
+        "parent_pid": os.getpid(),
+    }
+    with open(logs / "c-0-abcd.log", "wb") as log_file:
+        ended = subprocess.run(
+            [sys.executable, "-m", "fleetops.runtime", json.dumps(config)],
+            stderr=log_file,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+
+    assert ended.returncode == 1
+    [line] = (logs / "c-0-abcd.log").read_text().splitlines()
+    record = json.loads(line)
+    assert (record["event"], record["level"]) == ("worker.crashed", "critical")
+    assert (record["worker"], record["cluster"]) == ("c-0-abcd", "c")
+    assert "RuntimeError: no model file" in record["error"]
+    assert record["traceback"].startswith("Traceback (most recent call last):")
+    assert "raise RuntimeError('no model file')" in record["traceback"]
+    assert search_logs(logs, LogFilter(level="critical", cluster="c")) == [
+        {**record, "source": "c-0-abcd"}
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -126,3 +127,96 @@ def test_log_lines_print_their_fields_verbatim_and_a_traceback_under_the_line(
     line, *below = printed.getvalue().splitlines()
     assert line.endswith(f"task.failed task_id=7 error={error}")
     assert below == ["    " + text for text in stack.splitlines()]
+
+
+TRACEBACK = """Traceback (most recent call last):
+  File "agents.py", line 3, in <module>
+    1 / 0
+ZeroDivisionError: division by zero"""
+
+
+def _record(ts: float, event: str, **fields: Any) -> str:
+    return json.dumps({"ts": ts, "level": "info", "event": event, **fields})
+
+
+def test_lines_that_are_not_records_are_found_as_one_output_record_a_run(
+    tmp_path: Path,
+) -> None:
+    """A traceback Python printed by itself, or what agent code printed, is searched
+    like a record: one for each run of such lines, dated by the record before it, in
+    its file's cluster, at level error when Python says it is one."""
+    t = time.time() - 60
+    worker = tmp_path / "front-0-aaaa.log"
+    worker.write_text(
+        "\n".join(
+            [
+                _record(t, "worker.started", cluster="front"),
+                TRACEBACK,
+                _record(t + 2, "task.succeeded", cluster="front", task_id=4),
+                "hello from an agent",
+                "",
+                "and its second line",
+            ]
+        )
+        + "\n"
+    )
+    printed = tmp_path / "spares.log"  # nothing but a print: dated by the file's last write
+    printed.write_text("loading the model\n")
+    os.utime(printed, (t + 5, t + 5))
+
+    found = search_logs(tmp_path, LogFilter())
+    assert [(r["event"], r["source"], r["ts"]) for r in found] == [
+        ("output", "spares", t + 5),
+        ("output", "front-0-aaaa", t + 2),  # at the time of the record before it, and
+        ("task.succeeded", "front-0-aaaa", t + 2),  # newest first: the later line first
+        ("output", "front-0-aaaa", t),
+        ("worker.started", "front-0-aaaa", t),
+    ]
+    crash = found[3]
+    assert crash == {
+        "ts": t,
+        "level": "error",
+        "event": "output",
+        "output": TRACEBACK,
+        "source": "front-0-aaaa",
+        "cluster": "front",
+    }
+    assert found[1]["output"] == "hello from an agent\nand its second line"
+    assert found[1]["level"] == "info" and "cluster" not in found[0]
+
+    # the filters see them as records: text, level and cluster
+    assert search_logs(tmp_path, LogFilter(text="zerodivision")) == [crash]
+    assert search_logs(tmp_path, LogFilter(level="error")) == [crash]
+    assert search_logs(tmp_path, LogFilter(cluster="front")) == found[1:]
+    assert search_logs(tmp_path, LogFilter(task_id=4)) == [found[2]]
+
+    def meanwhile() -> None:
+        time.sleep(0.2)
+        with worker.open("a") as handle:
+            handle.write("Fatal Python error: Segmentation fault\n\nCurrent thread:\n")
+
+    writer = threading.Thread(target=meanwhile)
+    writer.start()
+    try:
+        followed = list(follow_logs(tmp_path, LogFilter(level="error"), poll=0.02, stop_after=0.8))
+    finally:
+        writer.join()
+    assert [(r["event"], r["output"], r["cluster"]) for r in followed] == [
+        ("output", "Fatal Python error: Segmentation fault\nCurrent thread:", "front")
+    ]
+
+
+def test_a_run_of_plain_lines_prints_under_its_line(monkeypatch: Any) -> None:
+    import io
+
+    from rich.console import Console
+
+    from fleetops.cli import _fleet
+
+    printed = io.StringIO()
+    monkeypatch.setattr(_fleet, "out", Console(file=printed, width=300, color_system=None))
+    record = {"ts": time.time(), "level": "error", "event": "output", "source": "front-0"}
+    _fleet._print_log({**record, "output": TRACEBACK}, json_output=False)
+    line, *below = printed.getvalue().splitlines()
+    assert line.endswith("error   front-0 output ")
+    assert below == ["    " + text for text in TRACEBACK.splitlines()]

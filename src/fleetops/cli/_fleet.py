@@ -844,8 +844,9 @@ def logs(
 
 
 #: Fields of a log record printed under its line: tracebacks (see runtime._worker, and
-#: telemetry._logs for a record logged with exc_info).
-MULTILINE_FIELDS = ("traceback", "exception")
+#: telemetry._logs for a record logged with exc_info), and lines that were not records
+#: (telemetry._logsearch).
+MULTILINE_FIELDS = ("traceback", "exception", "output")
 
 
 def _print_log(record: dict[str, Any], json_output: bool) -> None:

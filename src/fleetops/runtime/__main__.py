@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -39,7 +40,14 @@ from ..telemetry._tracing import otlp_endpoint_from_env
 from ._agent import AgentSpec, load_agent
 from ._gc import tune_for_serving
 from ._loop import new_event_loop
-from ._worker import RECYCLE_EXIT_CODE, SPARE_READY, Worker, WorkerSettings
+from ._worker import (
+    MAX_TRACEBACK_CHARS,
+    RECYCLE_EXIT_CODE,
+    SPARE_READY,
+    Worker,
+    WorkerSettings,
+    cut_text,
+)
 
 log = get_logger("fleetops.worker")
 
@@ -196,7 +204,7 @@ def _serve_as_spare(store_kind: str = "", parent: str = "") -> None:
             stderr_to(Path(str(config["log_file"])))
         # configured before its agents loaded, as a cold worker is: only the level now
         logging.getLogger("fleetops").setLevel(_log_level(config))
-        sys.exit(runner.run(_main(config)))
+        _run_worker(runner, config)
 
 
 async def _preload(wanted: dict[str, Any]) -> None:
@@ -211,7 +219,12 @@ async def _preload(wanted: dict[str, Any]) -> None:
         try:
             load_agent(str(entrypoint))
         except (Exception, SystemExit) as exc:  # the module's own code: the worker says so
-            print(f"spare: {entrypoint} not loaded ahead: {exc!r}", file=sys.stderr, flush=True)
+            log.warning(
+                "spare.agent_not_loaded",
+                entrypoint=str(entrypoint),
+                error=f"{type(exc).__name__}: {exc}",
+                detail="left to the worker this spare becomes, which loads it again",
+            )
 
 
 @contextlib.contextmanager
@@ -226,6 +239,29 @@ def _stdout_to_stderr() -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def _run_worker(runner: asyncio.Runner, config: dict[str, Any]) -> None:
+    """Run as the worker of ``config`` and exit with its exit code. An exception that
+    escapes it (an agent module that does not import, a store that refuses the
+    worker) is one JSON record in the worker's log, ``worker.crashed`` with its
+    traceback, like every other record there, and the process exits 1: a traceback
+    printed as plain lines is left out of ``fleetops logs`` and its filters."""
+    try:
+        code = runner.run(_main(config))
+    except Exception as exc:
+        log.log(
+            logging.CRITICAL,
+            "worker.crashed",
+            worker=config.get("worker_id"),
+            cluster=config.get("cluster"),
+            error=cut_text(f"{type(exc).__name__}: {exc}", MAX_TRACEBACK_CHARS),
+            traceback=cut_text(
+                "".join(traceback.format_exception(exc)), MAX_TRACEBACK_CHARS, tail=True
+            ),
+        )
+        sys.exit(1)
+    sys.exit(code)
 
 
 def _log_level(config: dict[str, Any]) -> int:
@@ -257,7 +293,7 @@ def main() -> None:
     configure_json_logging(_log_level(config))
     kind = str(config.get("settings", {}).get("event_loop", "auto"))
     with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
-        sys.exit(runner.run(_main(config)))
+        _run_worker(runner, config)
 
 
 if __name__ == "__main__":

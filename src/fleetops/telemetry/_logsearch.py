@@ -6,6 +6,14 @@ Every process of a fleet writes one JSON object per line to its own file under
 and a new one begins. :func:`search_logs` reads them newest first with filters;
 :func:`follow_logs` yields new matching lines as they are written; :func:`prune_logs`
 deletes the files of workers long gone (each worker start writes a file of its own).
+
+Not every line is a record. Python prints a traceback it cannot hand to a logger (an
+interpreter's fatal error, faulthandler's dump of a hung process), and agent code may
+print. Each run of such lines is one record of event ``output`` with the lines in
+``output``: at level ``error`` when it holds a traceback or a fatal error, else
+``info``; stamped with the time of the record before it in its file (else of the one
+after it, else of the file's last write); in the cluster every record of its file
+names, if they all name one. Searches and filters find it like any other record.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +38,10 @@ CONTROL_LOG = "control.log"
 SPARES_LOG = "spares.log"
 #: How much of each file's end a search reads (old lines beyond it are not searched).
 TAIL_BYTES = 8 * 1024 * 1024
+#: The event of a record made of lines that are not JSON records (see the module doc).
+OUTPUT_EVENT = "output"
+#: How a run of plain lines says it is an error: Python's own words for one.
+_ERROR_MARKS = ("Traceback (most recent call last):", "Fatal Python error:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +83,18 @@ def _lines(path: Path) -> list[str]:
     return lines[1:] if size > TAIL_BYTES else lines
 
 
+def _before(path: Path, offset: int, most: int = 64 * 1024) -> list[str]:
+    """The whole lines of up to ``most`` bytes of ``path`` before ``offset``."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, offset - most))
+            data = handle.read(min(offset, most))
+    except FileNotFoundError:
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[1:] if offset > most else lines
+
+
 def _parse(line: str, source: str) -> dict[str, Any] | None:
     try:
         record = json.loads(line)
@@ -82,6 +106,60 @@ def _parse(line: str, source: str) -> dict[str, Any] | None:
     return record
 
 
+def _output(block: list[str], source: str, ts: float, cluster: str | None) -> dict[str, Any]:
+    """The record of a run of lines that are not records (see the module doc)."""
+    error = any(line.lstrip().startswith(_ERROR_MARKS) for line in block)
+    record: dict[str, Any] = {
+        "ts": ts,
+        "level": "error" if error else "info",
+        "event": OUTPUT_EVENT,
+        "output": "\n".join(block),
+        "source": source,
+    }
+    if cluster is not None:
+        record["cluster"] = cluster
+    return record
+
+
+def _cluster_of(records: Iterable[dict[str, Any] | None]) -> str | None:
+    """The cluster every record that names one names, if they all name the same."""
+    clusters = {r["cluster"] for r in records if r is not None and r.get("cluster")}
+    return str(next(iter(clusters))) if len(clusters) == 1 else None
+
+
+def _records(
+    lines: Sequence[str], source: str, last_write: float, cluster: str | None = None
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """The records of one file's ``lines``, each with the text filters match it on;
+    runs of lines that are not records folded into ``output`` records, in
+    ``cluster`` (else the one the records of ``lines`` name)."""
+    parsed = [_parse(line, source) for line in lines]
+    cluster = cluster or _cluster_of(parsed)
+    times = [_ts(r) if r is not None else None for r in parsed]
+    before: float | None = None
+    block: list[str] = []
+    for k, (line, record) in enumerate(zip(lines, parsed, strict=True)):
+        if record is None:
+            if line.strip():
+                block.append(line)
+            if block and (k + 1 == len(lines) or parsed[k + 1] is not None):
+                after = next((t for t in times[k + 1 :] if t is not None), None)
+                stamp = before if before is not None else after
+                folded = _output(block, source, last_write if stamp is None else stamp, cluster)
+                yield folded, folded["output"]
+                block = []
+            continue
+        before = times[k] if times[k] is not None else before
+        yield record, line
+
+
+def _ts(record: dict[str, Any]) -> float | None:
+    try:
+        return float(record["ts"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def search_logs(log_dir: Path, where: LogFilter, limit: int = 200) -> list[dict[str, Any]]:
     """Matching records from every log file, newest first, at most ``limit``."""
     found: list[dict[str, Any]] = []
@@ -90,13 +168,16 @@ def search_logs(log_dir: Path, where: LogFilter, limit: int = 200) -> list[dict[
     for path in [*log_dir.glob("*.log"), *log_dir.glob("*.log.1")]:
         try:
             lines = _lines(path)
+            last_write = path.stat().st_mtime
         except FileNotFoundError:  # pruned meanwhile (prune_logs)
             continue
         source = path.name.removesuffix(".1").removesuffix(".log")
-        for line in lines:
-            record = _parse(line, source)
-            if record is not None and where.matches(record, line):
+        for record, text in _records(lines, source, last_write):
+            if where.matches(record, text):
                 found.append(record)
+    # newest first; of a file's records at the same time, the later line first (the
+    # sort keeps the order of equal ones, so they go in backwards)
+    found.reverse()
     found.sort(key=lambda r: float(r.get("ts", 0)), reverse=True)
     return found[:limit]
 
@@ -106,6 +187,7 @@ def follow_logs(
 ) -> Iterator[dict[str, Any]]:
     """Yield matching records appended to any log file from now on."""
     offsets: dict[Path, int] = {}
+    clusters: dict[Path, str | None] = {}  # by what each file wrote before
     for path in log_dir.glob("*.log"):
         with contextlib.suppress(FileNotFoundError):  # pruned meanwhile (prune_logs)
             offsets[path] = path.stat().st_size
@@ -127,9 +209,12 @@ def follow_logs(
                 continue
             complete = chunk.rfind(b"\n") + 1
             offsets[path] = start + complete
-            for line in chunk[:complete].decode("utf-8", errors="replace").splitlines():
-                record = _parse(line, path.stem)
-                if record is not None and where.matches(record, line):
+            lines = chunk[:complete].decode("utf-8", errors="replace").splitlines()
+            if path not in clusters:
+                clusters[path] = _cluster_of(_parse(line, "") for line in _before(path, start))
+            cluster = clusters[path] or _cluster_of(_parse(line, "") for line in lines)
+            for record, text in _records(lines, path.stem, time.time(), cluster):
+                if where.matches(record, text):
                     yield record
         time.sleep(poll)
 
