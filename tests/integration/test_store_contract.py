@@ -40,6 +40,7 @@ from fleetops.store import (
     open_store,
 )
 from fleetops.store._open import redact
+from fleetops.store._postgres import EVENTS_LOCK
 from fleetops.store._sql import BATCH_ROWS
 from fleetops.store._sqlite import LARGEST_TASK_ID, SqliteStore
 
@@ -1729,6 +1730,37 @@ def test_prune_events_drops_those_recorded_before_the_cutoff_a_chunk_at_a_time(
     following = store.record_event("worker.failed", T0 + 1001, "c", "w-next")
     assert following > last_seen
     assert [e.id for e in store.list_events(None, last_seen)] == [following]
+
+
+@pytest.mark.postgres
+def test_postgres_events_commit_in_the_order_of_their_ids(postgres_url: str) -> None:
+    """A reader follows events with ?after= the last id it saw. An event whose id was
+    drawn before another's but that committed after that one was read would never be
+    read: an event waits for the one being recorded before it, and takes a later id."""
+    store = open_store(postgres_url)
+    reader = open_store(postgres_url)
+    holder = psycopg.connect(postgres_url)  # a process in the middle of recording one
+    watcher = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        seen = store.record_event("worker.started", T0)
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+        [first] = holder.execute(
+            "INSERT INTO events (at, kind) VALUES (%s, 'worker.failed') RETURNING id", (T0 + 1,)
+        ).fetchone()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(store.record_event, "worker.started", T0 + 2)
+            _wait_until_blocked(watcher, store, holder, pending, "the event being recorded")
+            # what a follower reads meanwhile: nothing past the last one it saw
+            assert reader.list_events(None, seen) == []
+            holder.commit()
+            second = pending.result(timeout=10)
+        assert seen < first < second
+        assert [e.id for e in reader.list_events(None, seen)] == [first, second]
+    finally:
+        watcher.close()
+        holder.close()
+        reader.close()
+        store.close()
 
 
 def test_task_ids_never_repeat_however_many_tasks_are_pruned(store: Store) -> None:

@@ -76,6 +76,9 @@ MIGRATION_LOCK = 0x466C6565744F7073 & 0x7FFFFFFFFFFFFFFF
 #: belong to the database, not its schema: fleets in two schemas of one database that
 #: insert the same keys at once wait for each other too (briefly, harmlessly).
 KEY_LOCKS = 0x666B6579
+#: The advisory lock an event's insert holds until it commits (see
+#: SqlStore._lock_events): events are few, so waiting for each other costs nothing.
+EVENTS_LOCK = 0x466C656574457673 & 0x7FFFFFFFFFFFFFFF
 LOCK_KEYS = "SELECT pg_advisory_xact_lock(?, h) FROM unnest(?::int[]) AS h"
 
 
@@ -293,6 +296,10 @@ class PostgresStore(SqlStore):
         given = {k for k in keys if k is not None}
         if len(given) > 1:  # one key alone waits for one other transaction at most
             self._exec(LOCK_KEYS, (KEY_LOCKS, sorted({_key_hash(k) for k in given})))
+
+    def _lock_events(self) -> None:
+        # taken before the insert draws its id from the identity's sequence
+        self._exec("SELECT pg_advisory_xact_lock(?)", (EVENTS_LOCK,))
 
     def _lock_queue(self, queue: str) -> None:
         # Serialise claimers of one queue for the rest of the transaction, so that a

@@ -378,6 +378,12 @@ class SqlStore:
         """A hint to read the tasks through ``index`` ('' where the planner needs none)."""
         return ""
 
+    def _lock_events(self) -> None:
+        """Hold, until the transaction ends, the lock that makes events commit in the
+        order of their ids: a reader that follows them with ``after`` (the last id it
+        saw) would otherwise pass over one whose id was taken before another's but
+        committed after it was read. SQLite's write lock does that already."""
+
     def _prune_below(self, table: str) -> int | None:
         """The id a prune of ``table`` (``tasks`` or ``events``) must stay below, or
         None where it may delete any row.
@@ -1440,6 +1446,7 @@ class SqlStore:
         data: str = "{}",
     ) -> int:
         with self._tx():
+            self._lock_events()
             row = self._exec(INSERT_EVENT, (now, kind, cluster, worker, task_id, data)).fetchone()
         return int(row[0])
 
