@@ -651,3 +651,26 @@ def test_a_spare_whose_stdin_closes_before_it_is_taken_exits_cleanly() -> None:
     )
     assert (done.returncode, done.stdout) == (0, b""), done.stderr
     assert b"Traceback" not in done.stderr
+
+
+def test_a_spare_started_for_a_supervisor_that_is_not_its_parent_exits_at_once() -> None:
+    """Its supervisor died before the spare asked the kernel to end it with its parent
+    (it was reparented meanwhile): it exits without waiting on a stdin that its
+    supervisor's children may still hold open."""
+    not_the_parent = os.getpid() + 1  # its parent is this process
+    spare = subprocess.Popen(
+        [sys.executable, "-m", "fleetops.runtime", "--spare", "", str(not_the_parent)],
+        stdin=subprocess.PIPE,  # kept open, and never written: only the check ends it
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert spare.stdin is not None and spare.stdout is not None and spare.stderr is not None
+    try:
+        code = spare.wait(timeout=60)
+        out, err = spare.stdout.read(), spare.stderr.read()
+    finally:
+        spare.kill()
+        spare.wait()
+        for pipe in (spare.stdin, spare.stdout, spare.stderr):
+            pipe.close()
+    assert (code, out) == (0, b""), err
