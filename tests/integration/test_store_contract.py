@@ -1732,6 +1732,26 @@ def test_prune_events_drops_those_recorded_before_the_cutoff_a_chunk_at_a_time(
     assert [e.id for e in store.list_events(None, last_seen)] == [following]
 
 
+def test_sqlite_a_prune_that_finds_only_the_kept_event_old_takes_no_write_lock(
+    sqlite_url: str,
+) -> None:
+    """The event with the largest id stays however old; a prune that finds only it
+    past the cutoff (an idle fleet, once a minute) neither waits for nor takes the
+    write lock, which a busy fleet's writers hold."""
+    store = open_store(sqlite_url)
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///").split("?", 1)[0])
+    other.isolation_level = None
+    try:
+        kept = store.record_event("worker.failed", T0)
+        other.execute("BEGIN IMMEDIATE")
+        assert store.prune_events(T0 + 1000) == 0
+        other.execute("ROLLBACK")
+        assert [e.id for e in store.list_events()] == [kept]
+    finally:
+        other.close()
+        store.close()
+
+
 @pytest.mark.postgres
 def test_postgres_events_commit_in_the_order_of_their_ids(postgres_url: str) -> None:
     """A reader follows events with ?after= the last id it saw. An event whose id was

@@ -385,6 +385,7 @@ class LeaseMachine(RuleBasedStateMachine):
         before = None if cancellable else self.snapshot(task.id)
 
         # the tasks it sent go with it, every generation, reached through finished ones
+        # the store still keeps (a pruned one hides what it sent: the store's way too)
         descendants, parents = [], [task]
         while parents:
             children = [

@@ -210,7 +210,8 @@ class Store(Protocol):
         """Delete up to ``limit`` finished tasks, the longest finished first, with their
         attempts and effects: succeeded and cancelled ones finished before
         ``finished_before``, dead letters before ``dead_before`` (None keeps them),
-        never a task whose parent is still queued or running. Answers how many went."""
+        never a task whose parent is still queued, running or dead, nor one whose id
+        the next task would be given (SQLite's largest). Answers how many went."""
         ...
 
     # telemetry
@@ -267,7 +268,8 @@ class Store(Protocol):
         ...
 
     def prune_events(self, before: float) -> int:
-        """Delete the events recorded before ``before``; answers how many went."""
+        """Delete the events recorded before ``before``, but one whose id the next event
+        would be given (SQLite's largest); answers how many went."""
         ...
 
     def record_event(

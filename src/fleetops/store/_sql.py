@@ -1222,7 +1222,7 @@ class SqlStore:
         groups = [g for g in self._finished_groups() if cutoffs[g[0]] is not None]
         with self._tx():
             below = self._prune_below("tasks")
-            kept = "" if below is None else f"AND id < {int(below)} "
+            kept = "" if below is None else "AND id < ? "
             read: dict[int, tuple[str, float]] = {}  # id: (state, finished_at)
             for state, queue, agent in groups:
                 before = cutoffs[state]
@@ -1231,7 +1231,7 @@ class SqlStore:
                     f"AND queue = ? AND agent = ? AND finished_at < ? {kept}AND NOT EXISTS "
                     "(SELECT 1 FROM tasks p WHERE p.id = t.parent_id AND p.state IN ('queued', "
                     "'running', 'dead')) ORDER BY finished_at LIMIT ?",
-                    (state, queue, agent, before, limit - len(read)),
+                    (state, queue, agent, before, *_with(below, limit - len(read))),
                 ).fetchall()
                 read.update((int(i), (state, finished)) for i, finished in rows)
                 if len(read) >= limit:
@@ -1454,22 +1454,27 @@ class SqlStore:
         """Delete the events recorded before ``before``, oldest first, :data:`PRUNE_CHUNK`
         to a transaction; answer how many went. Events are read in id order, which is
         the order they were recorded in, up to the first one to keep: a pass that finds
-        nothing to delete reads one row, however many events are kept.
+        nothing to delete reads a row or two, however many events are kept, and takes
+        no write lock.
 
-        On SQLite the newest event stays, however old (see :meth:`_prune_below`): a
-        reader that follows the events by id (``/api/v1/events?after=``) would
-        otherwise miss the next ones, which SQLite would number from the start again."""
+        On SQLite the event with the largest id stays, however old (see
+        :meth:`_prune_below`): a reader that follows the events by id
+        (``/api/v1/events?after=``) would otherwise miss the next ones, which SQLite
+        would number from the start again."""
+
+        def first(below: int | None) -> str:
+            kept = "" if below is None else "WHERE id < ? "
+            return f"SELECT id, at FROM events {kept}ORDER BY id LIMIT ?"
 
         def chunk() -> int:
-            oldest = self._exec("SELECT at FROM events ORDER BY id LIMIT 1").fetchone()
-            if oldest is None or oldest[0] >= before:
+            # a look before the write lock (read again under it): nothing to delete
+            below = self._prune_below("events")
+            oldest = self._exec(first(below), _with(below, 1)).fetchone()
+            if oldest is None or oldest[1] >= before:
                 return 0
             with self._tx():
                 below = self._prune_below("events")
-                kept = "" if below is None else f"WHERE id < {int(below)} "
-                rows = self._exec(
-                    f"SELECT id, at FROM events {kept}ORDER BY id LIMIT ?", (PRUNE_CHUNK,)
-                ).fetchall()
+                rows = self._exec(first(below), _with(below, PRUNE_CHUNK)).fetchall()
                 last = None
                 for event_id, at in rows:
                     if at >= before:
@@ -1552,6 +1557,11 @@ DEPLOYMENT_COLUMNS = (
 def event_data(**fields: Any) -> str:
     """Encode an event's details as compact JSON."""
     return json.dumps(fields, separators=(",", ":"), default=str)
+
+
+def _with(below: int | None, *params: Any) -> tuple[Any, ...]:
+    """The parameters of a prune's read: the id bound first, where there is one."""
+    return params if below is None else (below, *params)
 
 
 def delete_in_chunks(delete_chunk: Callable[[], int]) -> int:

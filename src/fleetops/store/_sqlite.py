@@ -479,8 +479,8 @@ class SqliteStore(SqlStore):
 
     def _prune_below(self, table: str) -> int | None:
         # A table without AUTOINCREMENT gives a new row the id after the largest one
-        # left: the newest row stays, or the next would get its id again (the caller
-        # holds the write lock, so no larger id comes meanwhile).
+        # left: that row stays, or the next would get its id again. Read under the
+        # write lock, it holds for the transaction (outside one, it is a hint).
         return int(self._exec(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
 
     def _insert_many(self, tasks: Sequence[NewTask], now: float) -> list[int]:
