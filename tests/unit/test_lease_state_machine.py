@@ -9,7 +9,8 @@ the store must agree with a plain Python model of the queue, and:
 * at most one (task, epoch) that any worker believes in is accepted by the store;
 * a task's epoch never goes down, and goes up on every claim and revocation;
 * a write with a stale epoch is rejected and changes nothing;
-* a task in a terminal state never changes again;
+* a task in a terminal state never changes again, but for a dead letter an operator
+  queues again;
 * finished tasks are pruned (a parent that may run again keeps its children), and a
   pruned task's id is never given again: its stale holders' writes stay rejected.
 """
@@ -407,6 +408,41 @@ class LeaseMachine(RuleBasedStateMachine):
             row = self.store.get_task(task_id)
             assert row is not None and row.epoch > gone.epoch, "cancel must fence off the holder"
             gone.state, gone.epoch, gone.owner, gone.expires = "cancelled", row.epoch, None, None
+
+    @precondition(lambda self: any(t.state == "dead" for t in self.tasks.values()))
+    @rule(data=st.data())
+    def retry_dead(self, data: st.DataObject) -> None:
+        """An operator queues a dead letter again: at once, with a fresh budget of
+        failures and redeliveries, its attempts and journal kept, its epoch as it was
+        (the next claim bumps it), and its dead descendants, reached through dead
+        ones, with it. Any other task is refused and nothing changes. The holders of
+        its old leases stay refused (the write rules try them)."""
+        dead = sorted(i for i, t in self.tasks.items() if t.state == "dead")
+        pool = dead if data.draw(st.booleans(), "a dead one") else sorted(self.tasks)
+        task = self.tasks[data.draw(st.sampled_from(pool), "task")]
+        before = None if task.state == "dead" else self.snapshot(task.id)
+
+        answer = self.store.retry_dead(task.id, self.now)
+
+        if before is not None:
+            assert answer is False, f"retried task {task.id}, which was {task.state}"
+            assert self.snapshot(task.id) == before
+            return
+        assert answer is True
+        generation = [task]
+        while generation:
+            for revived in generation:
+                revived.state, revived.ready_at = "queued", self.now
+                revived.failures = revived.redeliveries = 0
+                self.final.pop(revived.id, None)  # a dead letter ends again later
+            generation = [
+                self.tasks[c]
+                for parent in generation
+                for c in parent.children.values()
+                if c in self.tasks and self.tasks[c].state == "dead"
+            ]
+            if generation:
+                event("retried with dead children")
 
     @rule(dead_too=st.booleans())
     def prune(self, dead_too: bool) -> None:
