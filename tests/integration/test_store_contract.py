@@ -1764,12 +1764,14 @@ def test_postgres_events_commit_in_the_order_of_their_ids(postgres_url: str) -> 
     try:
         seen = store.record_event("worker.started", T0)
         holder.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
-        [first] = holder.execute(
-            "INSERT INTO events (at, kind) VALUES (%s, 'worker.failed') RETURNING id", (T0 + 1,)
-        ).fetchone()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(store.record_event, "worker.started", T0 + 2)
             _wait_until_blocked(watcher, store, holder, pending, "the event being recorded")
+            # the waiting one drew no id yet: the one being recorded draws the next
+            [first] = holder.execute(
+                "INSERT INTO events (at, kind) VALUES (%s, 'worker.failed') RETURNING id",
+                (T0 + 1,),
+            ).fetchone()
             # what a follower reads meanwhile: nothing past the last one it saw
             assert reader.list_events(None, seen) == []
             holder.commit()

@@ -1482,13 +1482,22 @@ def test_a_handler_that_swallows_its_cancellation_at_the_deadline_does_not_succe
     asyncio.run(_with_worker(sqlite_url, body, [spec(stubborn)]))
 
 
+@pytest.mark.parametrize(
+    ("at_import", "exit_code", "error"),
+    [
+        ("raise RuntimeError('no model file')", 1, "RuntimeError: no model file"),
+        ("import sys; sys.exit('no model file')", 1, "SystemExit: no model file"),
+        ("import sys; sys.exit(3)", 3, "SystemExit: 3"),
+    ],
+)
 def test_a_worker_that_cannot_start_says_why_in_one_json_record_its_log_search_finds(
-    sqlite_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path, at_import: str, exit_code: int, error: str
 ) -> None:
-    """An exception that ends a worker process (here: its agent module raises at
-    import) is a ``worker.crashed`` record with the traceback, not plain lines that
-    ``fleetops logs`` and its filters would pass over."""
-    (tmp_path / "broken_agents.py").write_text("raise RuntimeError('no model file')\n")
+    """An exception that ends a worker process (here: its agent module raises or
+    exits at import) is a ``worker.crashed`` record with the traceback, not plain
+    lines that ``fleetops logs`` and its filters would pass over; an exit keeps its
+    code."""
+    (tmp_path / "broken_agents.py").write_text(at_import + "\n")
     logs = tmp_path / "logs"
     logs.mkdir()
     config = {
@@ -1508,14 +1517,14 @@ def test_a_worker_that_cannot_start_says_why_in_one_json_record_its_log_search_f
             timeout=60,
         )
 
-    assert ended.returncode == 1
+    assert ended.returncode == exit_code
     [line] = (logs / "c-0-abcd.log").read_text().splitlines()
     record = json.loads(line)
     assert (record["event"], record["level"]) == ("worker.crashed", "critical")
     assert (record["worker"], record["cluster"]) == ("c-0-abcd", "c")
-    assert "RuntimeError: no model file" in record["error"]
+    assert error in record["error"]
     assert record["traceback"].startswith("Traceback (most recent call last):")
-    assert "raise RuntimeError('no model file')" in record["traceback"]
+    assert at_import in record["traceback"]
     assert search_logs(logs, LogFilter(level="critical", cluster="c")) == [
         {**record, "source": "c-0-abcd"}
     ]

@@ -10,7 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fleetops.telemetry._logsearch import LogFilter, follow_logs, prune_logs, search_logs
+from fleetops.telemetry._logsearch import (
+    OUTPUT_CHARS,
+    LogFilter,
+    _Tail,
+    follow_logs,
+    prune_logs,
+    search_logs,
+)
 
 
 def _log(log_dir: Path, name: str, age: float) -> Path:
@@ -143,36 +150,46 @@ def test_lines_that_are_not_records_are_found_as_one_output_record_a_run(
     tmp_path: Path,
 ) -> None:
     """A traceback Python printed by itself, or what agent code printed, is searched
-    like a record: one for each run of such lines, dated by the record before it, in
-    its file's cluster, at level error when Python says it is one."""
+    like a record: one for each run of such lines, dated by the record before it (the
+    first run by the record after it, the last by the file's last write), in its
+    file's cluster, at level error when Python says it is one."""
     t = time.time() - 60
     worker = tmp_path / "front-0-aaaa.log"
+    group = "  + Exception Group Traceback (most recent call last):\n  | ExceptionGroup: x"
     worker.write_text(
         "\n".join(
             [
+                "loading the model",  # before any record: dated by the one after it
                 _record(t, "worker.started", cluster="front"),
                 TRACEBACK,
                 _record(t + 2, "task.succeeded", cluster="front", task_id=4),
+                group,
+                _record(t + 3, "task.failed", cluster="front", task_id=5),
                 "hello from an agent",
                 "",
                 "and its second line",
+                "",
             ]
         )
-        + "\n"
+        + '\n{"ts": 1, "event": "being wri'  # written to as it is read: left for later
     )
-    printed = tmp_path / "spares.log"  # nothing but a print: dated by the file's last write
-    printed.write_text("loading the model\n")
+    os.utime(worker, (t + 4, t + 4))
+    printed = tmp_path / "spares.log"  # nothing but prints, and a lot of them
+    printed.write_text("".join(f"line {n:05}\n" for n in range(3000)))
     os.utime(printed, (t + 5, t + 5))
 
     found = search_logs(tmp_path, LogFilter())
     assert [(r["event"], r["source"], r["ts"]) for r in found] == [
         ("output", "spares", t + 5),
-        ("output", "front-0-aaaa", t + 2),  # at the time of the record before it, and
-        ("task.succeeded", "front-0-aaaa", t + 2),  # newest first: the later line first
+        ("output", "front-0-aaaa", t + 4),  # the last thing written
+        ("task.failed", "front-0-aaaa", t + 3),
+        ("output", "front-0-aaaa", t + 2),  # at the record before it; newest first,
+        ("task.succeeded", "front-0-aaaa", t + 2),  # the later line first
         ("output", "front-0-aaaa", t),
         ("worker.started", "front-0-aaaa", t),
+        ("output", "front-0-aaaa", t),  # dated by the record after it, and before it
     ]
-    crash = found[3]
+    crash = found[5]
     assert crash == {
         "ts": t,
         "level": "error",
@@ -181,28 +198,77 @@ def test_lines_that_are_not_records_are_found_as_one_output_record_a_run(
         "source": "front-0-aaaa",
         "cluster": "front",
     }
-    assert found[1]["output"] == "hello from an agent\nand its second line"
+    assert found[7]["output"] == "loading the model" and found[7]["level"] == "info"
+    assert (found[3]["output"], found[3]["level"]) == (group, "error")
+    assert found[1]["output"] == "hello from an agent\n\nand its second line"
     assert found[1]["level"] == "info" and "cluster" not in found[0]
+    # a long run keeps its end, where a traceback names its error
+    cut = 3000 * len("line 00000\n") - 1 - OUTPUT_CHARS
+    assert found[0]["output"].startswith(f"[{cut:,} characters cut]\n")
+    assert found[0]["output"].endswith("\nline 02999")
+    assert len(found[0]["output"]) < OUTPUT_CHARS + 40
 
     # the filters see them as records: text, level and cluster
     assert search_logs(tmp_path, LogFilter(text="zerodivision")) == [crash]
-    assert search_logs(tmp_path, LogFilter(level="error")) == [crash]
+    assert search_logs(tmp_path, LogFilter(level="error")) == [found[3], crash]
     assert search_logs(tmp_path, LogFilter(cluster="front")) == found[1:]
-    assert search_logs(tmp_path, LogFilter(task_id=4)) == [found[2]]
+    assert search_logs(tmp_path, LogFilter(task_id=4)) == [found[4]]
 
+    # a printed dict that names no usable cluster is a record like any other
+    (tmp_path / "back-0-bbbb.log").write_text(
+        _record(t, "worker.started", cluster=["not", "a", "name"]) + "\nplain\n"
+    )
+    assert "cluster" not in search_logs(tmp_path, LogFilter(text="plain"))[0]
+
+
+def test_following_a_run_of_plain_lines_waits_for_its_end_and_names_its_cluster(
+    tmp_path: Path,
+) -> None:
+    """Followed, a traceback written in parts is one record, at level error though its
+    first part was read alone: a run of plain lines at the end waits for the next
+    record, or for a read that finds the file as it was. A file that begins while it
+    is followed gives its output the cluster its records name."""
+    worker = tmp_path / "front-0-aaaa.log"
+    worker.write_text(_record(time.time(), "worker.started", cluster="front") + "\n")
+    tail = _Tail(worker, 0)  # as follow_logs reads a file that began meanwhile
+    first, rest = TRACEBACK.split("\n", 1)
+
+    assert [r["event"] for r, _ in tail.read()] == ["worker.started"]
+    with worker.open("a") as handle:
+        handle.write(first + "\n")
+    assert tail.read() == []  # it may go on
+    with worker.open("a") as handle:
+        handle.write(rest + "\n")
+    assert tail.read() == []  # it went on: it may go on still
+    [(crash, text)] = tail.read()  # as it was: that was all
+    assert (crash["event"], crash["level"], crash["cluster"]) == ("output", "error", "front")
+    assert crash["output"] == text == TRACEBACK
+    assert tail.read() == []
+
+    with worker.open("a") as handle:  # a record after a run ends the run at once
+        handle.write("printed\n" + _record(time.time(), "task.succeeded") + "\n")
+    assert [(r["event"], r.get("output")) for r, _ in tail.read()] == [
+        ("output", "printed"),
+        ("task.succeeded", None),
+    ]
+
+    # follow_logs itself: a worker's file that begins meanwhile, its crash included
     def meanwhile() -> None:
-        time.sleep(0.2)
-        with worker.open("a") as handle:
-            handle.write("Fatal Python error: Segmentation fault\n\nCurrent thread:\n")
+        time.sleep(0.5)
+        later = tmp_path / "front-1-bbbb.log"
+        later.write_text(_record(time.time(), "worker.started", cluster="front") + "\n")
+        time.sleep(0.1)
+        with later.open("a") as handle:
+            handle.write(TRACEBACK + "\n")
 
     writer = threading.Thread(target=meanwhile)
     writer.start()
     try:
-        followed = list(follow_logs(tmp_path, LogFilter(level="error"), poll=0.02, stop_after=0.8))
+        found = list(follow_logs(tmp_path, LogFilter(level="error"), poll=0.05, stop_after=2.0))
     finally:
         writer.join()
-    assert [(r["event"], r["output"], r["cluster"]) for r in followed] == [
-        ("output", "Fatal Python error: Segmentation fault\nCurrent thread:", "front")
+    assert [(r["source"], r["output"], r["cluster"]) for r in found] == [
+        ("front-1-bbbb", TRACEBACK, "front")
     ]
 
 

@@ -246,22 +246,32 @@ def _run_worker(runner: asyncio.Runner, config: dict[str, Any]) -> None:
     escapes it (an agent module that does not import, a store that refuses the
     worker) is one JSON record in the worker's log, ``worker.crashed`` with its
     traceback, like every other record there, and the process exits 1: a traceback
-    printed as plain lines is left out of ``fleetops logs`` and its filters."""
+    printed as plain lines is left out of ``fleetops logs`` and its filters. So is a
+    ``sys.exit`` that escapes it (an agent module's, at import: the worker's handlers
+    catch their own), which keeps its exit code."""
     try:
         code = runner.run(_main(config))
+    except SystemExit as stop:
+        _crashed(config, stop, f"SystemExit: {stop.code}")
+        # its code as Python would have exited with it, its message in the record
+        sys.exit(stop.code if isinstance(stop.code, int) else int(stop.code is not None))
     except Exception as exc:
-        log.log(
-            logging.CRITICAL,
-            "worker.crashed",
-            worker=config.get("worker_id"),
-            cluster=config.get("cluster"),
-            error=cut_text(f"{type(exc).__name__}: {exc}", MAX_TRACEBACK_CHARS),
-            traceback=cut_text(
-                "".join(traceback.format_exception(exc)), MAX_TRACEBACK_CHARS, tail=True
-            ),
-        )
+        _crashed(config, exc, f"{type(exc).__name__}: {exc}")
         sys.exit(1)
     sys.exit(code)
+
+
+def _crashed(config: dict[str, Any], exc: BaseException, error: str) -> None:
+    log.log(
+        logging.CRITICAL,
+        "worker.crashed",
+        worker=config.get("worker_id"),
+        cluster=config.get("cluster"),
+        error=cut_text(error, MAX_TRACEBACK_CHARS),
+        traceback=cut_text(
+            "".join(traceback.format_exception(exc)), MAX_TRACEBACK_CHARS, tail=True
+        ),
+    )
 
 
 def _log_level(config: dict[str, Any]) -> int:

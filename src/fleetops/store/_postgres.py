@@ -77,7 +77,11 @@ MIGRATION_LOCK = 0x466C6565744F7073 & 0x7FFFFFFFFFFFFFFF
 #: insert the same keys at once wait for each other too (briefly, harmlessly).
 KEY_LOCKS = 0x666B6579
 #: The advisory lock an event's insert holds until it commits (see
-#: SqlStore._lock_events): events are few, so waiting for each other costs nothing.
+#: SqlStore._lock_events): events are few, so waiting for each other costs nothing. It
+#: belongs to the database, as KEY_LOCKS do: fleets in two schemas of one database
+#: record their events one at a time too. A session stuck holding it (its backend
+#: stopped) stalls the next events as a row lock it held would stall other writers:
+#: until statement_timeout.
 EVENTS_LOCK = 0x466C656574457673 & 0x7FFFFFFFFFFFFFFF
 LOCK_KEYS = "SELECT pg_advisory_xact_lock(?, h) FROM unnest(?::int[]) AS h"
 

@@ -8,12 +8,16 @@ and a new one begins. :func:`search_logs` reads them newest first with filters;
 deletes the files of workers long gone (each worker start writes a file of its own).
 
 Not every line is a record. Python prints a traceback it cannot hand to a logger (an
-interpreter's fatal error, faulthandler's dump of a hung process), and agent code may
+interpreter's fatal error, faulthandler's dump of the threads), and agent code may
 print. Each run of such lines is one record of event ``output`` with the lines in
-``output``: at level ``error`` when it holds a traceback or a fatal error, else
-``info``; stamped with the time of the record before it in its file (else of the one
-after it, else of the file's last write); in the cluster every record of its file
-names, if they all name one. Searches and filters find it like any other record.
+``output`` (the last :data:`OUTPUT_CHARS` of them): at level ``error`` when it holds a
+traceback, a fatal error or a dump of the threads, else ``info``; stamped with the
+time of the record before it in its file, or for a run before any record with that of
+the record after it, and for a run nothing follows (the last thing written) with the
+time of the file's last write (following, the time it was read); in the cluster every
+record of its file names, if they all name one. Searches and filters find it like
+any other record. Following, a run at the end of what was read waits a poll for the
+rest of it (a traceback is written a few lines at a time).
 """
 
 from __future__ import annotations
@@ -40,8 +44,15 @@ SPARES_LOG = "spares.log"
 TAIL_BYTES = 8 * 1024 * 1024
 #: The event of a record made of lines that are not JSON records (see the module doc).
 OUTPUT_EVENT = "output"
-#: How a run of plain lines says it is an error: Python's own words for one.
-_ERROR_MARKS = ("Traceback (most recent call last):", "Fatal Python error:")
+#: How much of such a run a record keeps: its end (a traceback ends with the error).
+OUTPUT_CHARS = 16_384
+#: How a run of plain lines says it is an error: Python's own words for a traceback
+#: (an exception group's too), a fatal error, and faulthandler's dump of the threads.
+_ERROR_MARKS = (
+    "Traceback (most recent call last):",
+    "Fatal Python error:",
+    "most recent call first",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +91,8 @@ def _lines(path: Path) -> list[str]:
         handle.seek(max(0, size - TAIL_BYTES))
         data = handle.read()
     lines = data.decode("utf-8", errors="replace").splitlines()
+    if data and not data.endswith(b"\n"):
+        lines = lines[:-1]  # being written: the next search reads it whole
     return lines[1:] if size > TAIL_BYTES else lines
 
 
@@ -108,12 +121,15 @@ def _parse(line: str, source: str) -> dict[str, Any] | None:
 
 def _output(block: list[str], source: str, ts: float, cluster: str | None) -> dict[str, Any]:
     """The record of a run of lines that are not records (see the module doc)."""
-    error = any(line.lstrip().startswith(_ERROR_MARKS) for line in block)
+    text = "\n".join(block)
+    if len(text) > OUTPUT_CHARS:
+        text = f"[{len(text) - OUTPUT_CHARS:,} characters cut]\n{text[-OUTPUT_CHARS:]}"
+    error = any(mark in line for line in block for mark in _ERROR_MARKS)
     record: dict[str, Any] = {
         "ts": ts,
         "level": "error" if error else "info",
         "event": OUTPUT_EVENT,
-        "output": "\n".join(block),
+        "output": text,
         "source": source,
     }
     if cluster is not None:
@@ -123,34 +139,43 @@ def _output(block: list[str], source: str, ts: float, cluster: str | None) -> di
 
 def _cluster_of(records: Iterable[dict[str, Any] | None]) -> str | None:
     """The cluster every record that names one names, if they all name the same."""
-    clusters = {r["cluster"] for r in records if r is not None and r.get("cluster")}
-    return str(next(iter(clusters))) if len(clusters) == 1 else None
+    named = (r.get("cluster") for r in records if r is not None)
+    clusters = {c for c in named if isinstance(c, str) and c}
+    return next(iter(clusters)) if len(clusters) == 1 else None
 
 
 def _records(
     lines: Sequence[str], source: str, last_write: float, cluster: str | None = None
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """The records of one file's ``lines``, each with the text filters match it on;
-    runs of lines that are not records folded into ``output`` records, in
-    ``cluster`` (else the one the records of ``lines`` name)."""
+    runs of lines that are not records folded into ``output`` records (see the
+    module doc), in ``cluster`` (else the one the records of ``lines`` name)."""
     parsed = [_parse(line, source) for line in lines]
     cluster = cluster or _cluster_of(parsed)
-    times = [_ts(r) if r is not None else None for r in parsed]
     before: float | None = None
     block: list[str] = []
-    for k, (line, record) in enumerate(zip(lines, parsed, strict=True)):
+    for line, record in zip(lines, parsed, strict=True):
         if record is None:
-            if line.strip():
+            if block or line.strip():  # blank lines inside a run are part of it
                 block.append(line)
-            if block and (k + 1 == len(lines) or parsed[k + 1] is not None):
-                after = next((t for t in times[k + 1 :] if t is not None), None)
-                stamp = before if before is not None else after
-                folded = _output(block, source, last_write if stamp is None else stamp, cluster)
-                yield folded, folded["output"]
-                block = []
             continue
-        before = times[k] if times[k] is not None else before
+        ts = _ts(record)
+        if block:
+            stamp = before if before is not None else ts
+            folded = _output(_trimmed(block), source, stamp or last_write, cluster)
+            yield folded, folded["output"]
+            block = []
+        before = ts if ts is not None else before
         yield record, line
+    if block:  # the last thing written: when the file was
+        folded = _output(_trimmed(block), source, last_write, cluster)
+        yield folded, folded["output"]
+
+
+def _trimmed(block: list[str]) -> list[str]:
+    while block and not block[-1].strip():
+        block = block[:-1]
+    return block
 
 
 def _ts(record: dict[str, Any]) -> float | None:
@@ -162,9 +187,11 @@ def _ts(record: dict[str, Any]) -> float | None:
 
 def search_logs(log_dir: Path, where: LogFilter, limit: int = 200) -> list[dict[str, Any]]:
     """Matching records from every log file, newest first, at most ``limit``."""
-    found: list[dict[str, Any]] = []
+    # (ts, 1 for a current file and 0 for its older generation, line, record): newest
+    # first, and of one worker's records at the same time, the later line first
+    found: list[tuple[float, int, int, dict[str, Any]]] = []
     if not log_dir.is_dir():
-        return found
+        return []
     for path in [*log_dir.glob("*.log"), *log_dir.glob("*.log.1")]:
         try:
             lines = _lines(path)
@@ -172,51 +199,73 @@ def search_logs(log_dir: Path, where: LogFilter, limit: int = 200) -> list[dict[
         except FileNotFoundError:  # pruned meanwhile (prune_logs)
             continue
         source = path.name.removesuffix(".1").removesuffix(".log")
-        for record, text in _records(lines, source, last_write):
+        current = int(path.suffix == ".log")
+        for k, (record, text) in enumerate(_records(lines, source, last_write)):
             if where.matches(record, text):
-                found.append(record)
-    # newest first; of a file's records at the same time, the later line first (the
-    # sort keeps the order of equal ones, so they go in backwards)
-    found.reverse()
-    found.sort(key=lambda r: float(r.get("ts", 0)), reverse=True)
-    return found[:limit]
+                found.append((_ts(record) or 0.0, current, k, record))
+    found.sort(key=lambda f: f[:3], reverse=True)
+    return [record for *_, record in found[:limit]]
 
 
 def follow_logs(
     log_dir: Path, where: LogFilter, *, poll: float = 0.25, stop_after: float | None = None
 ) -> Iterator[dict[str, Any]]:
     """Yield matching records appended to any log file from now on."""
-    offsets: dict[Path, int] = {}
-    clusters: dict[Path, str | None] = {}  # by what each file wrote before
-    for path in log_dir.glob("*.log"):
-        with contextlib.suppress(FileNotFoundError):  # pruned meanwhile (prune_logs)
-            offsets[path] = path.stat().st_size
+    tails = {path: _Tail(path) for path in log_dir.glob("*.log")}
     began = time.monotonic()
     while stop_after is None or time.monotonic() - began < stop_after:
         for path in sorted(log_dir.glob("*.log")):
-            start = offsets.get(path, 0)
-            try:
-                size = path.stat().st_size
-                if size < start:
-                    start = 0  # rotated: a new file, to be read from its beginning
-                elif size == start:
-                    continue
-                with open(path, "rb") as handle:
-                    handle.seek(start)
-                    chunk = handle.read(size - start)
-            except FileNotFoundError:  # pruned meanwhile (prune_logs)
-                offsets.pop(path, None)
-                continue
-            complete = chunk.rfind(b"\n") + 1
-            offsets[path] = start + complete
-            lines = chunk[:complete].decode("utf-8", errors="replace").splitlines()
-            if path not in clusters:
-                clusters[path] = _cluster_of(_parse(line, "") for line in _before(path, start))
-            cluster = clusters[path] or _cluster_of(_parse(line, "") for line in lines)
-            for record, text in _records(lines, path.stem, time.time(), cluster):
+            if path not in tails:  # a file that began meanwhile: from its start
+                tails[path] = _Tail(path, 0)
+            for record, text in tails[path].read():
                 if where.matches(record, text):
                     yield record
         time.sleep(poll)
+
+
+class _Tail:
+    """What one log file gains, read a poll at a time (see :func:`follow_logs`)."""
+
+    def __init__(self, path: Path, offset: int | None = None) -> None:
+        self.path = path
+        if offset is None:
+            with contextlib.suppress(FileNotFoundError):  # pruned meanwhile (prune_logs)
+                offset = path.stat().st_size
+        self.offset = offset or 0
+        #: the cluster the file's records name, from what it wrote before and since
+        self.cluster = _cluster_of(_parse(line, "") for line in _before(path, self.offset))
+        #: the file's size when a run of plain lines at its end was left for the next
+        #: read (a traceback is written a few lines at a time)
+        self.held: int | None = None
+
+    def read(self) -> list[tuple[dict[str, Any], str]]:
+        """The records written since the last read, each with the text filters match
+        it on. A run of plain lines at the end waits for the next record, or for a
+        read that finds the file as it was."""
+        try:
+            size = self.path.stat().st_size
+            if size < self.offset:  # rotated: a new file, to be read from its beginning
+                self.offset, self.held = 0, None
+            elif size == self.offset:
+                return []
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read(size - self.offset)
+        except FileNotFoundError:  # pruned meanwhile (prune_logs)
+            return []
+        raw = chunk[: chunk.rfind(b"\n") + 1].split(b"\n")[:-1]
+        lines = [line.decode("utf-8", errors="replace") for line in raw]
+        parsed = [_parse(line, "") for line in lines]
+        self.cluster = self.cluster or _cluster_of(parsed)
+        tail = len(lines)
+        while tail and parsed[tail - 1] is None:
+            tail -= 1
+        if tail < len(lines) and self.held != size:
+            self.held, lines, raw = size, lines[:tail], raw[:tail]
+        else:
+            self.held = None
+        self.offset += sum(len(line) + 1 for line in raw)
+        return list(_records(lines, self.path.stem, time.time(), self.cluster))
 
 
 def prune_logs(log_dir: Path, before: float, keep: Collection[str] = ()) -> list[str]:
