@@ -24,6 +24,7 @@ from fleetops.queue import QueueClient
 from fleetops.queue._client import MAX_VALUE_BYTES, ChangeWatcher
 from fleetops.runtime import AgentSpec, Worker, WorkerSettings, agent
 from fleetops.runtime import _worker as worker_module
+from fleetops.runtime._worker import RECYCLE_EXIT_CODE
 from fleetops.store import (
     TERMINAL_STATES,
     AttemptRecord,
@@ -1488,6 +1489,8 @@ def test_a_handler_that_swallows_its_cancellation_at_the_deadline_does_not_succe
         ("raise RuntimeError('no model file')", 1, "RuntimeError: no model file"),
         ("import sys; sys.exit('no model file')", 1, "SystemExit: no model file"),
         ("import sys; sys.exit(3)", 3, "SystemExit: 3"),
+        # the code of a worker that leaves to be replaced would restart it in a loop
+        (f"import sys; sys.exit({RECYCLE_EXIT_CODE})", 1, f"SystemExit: {RECYCLE_EXIT_CODE}"),
     ],
 )
 def test_a_worker_that_cannot_start_says_why_in_one_json_record_its_log_search_finds(

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fleetops.telemetry._logsearch import (
     OUTPUT_CHARS,
     LogFilter,
@@ -214,6 +216,36 @@ def test_lines_that_are_not_records_are_found_as_one_output_record_a_run(
     assert search_logs(tmp_path, LogFilter(cluster="front")) == found[1:]
     assert search_logs(tmp_path, LogFilter(task_id=4)) == [found[4]]
 
+    # a line still being written: a record waits for the next search, a print shows
+    (tmp_path / "mid-0-cccc.log").write_text(
+        _record(t, "worker.started") + '\n{"ts": 1, "event": "half'
+    )
+    (tmp_path / "end-0-dddd.log").write_text(
+        _record(t, "worker.started") + "\nout of memory, giving up"
+    )
+    assert [r["event"] for r in search_logs(tmp_path, LogFilter(text="half"))] == []
+    assert [r["output"] for r in search_logs(tmp_path, LogFilter(text="giving up"))] == [
+        "out of memory, giving up"
+    ]
+    # faulthandler's dump of the threads is an error
+    dump = 'Thread 0x00007f (most recent call first):\n  File "agents.py", line 9 in wait'
+    (tmp_path / "hung-0-eeee.log").write_text(_record(t, "worker.started") + "\n" + dump + "\n")
+    [hung] = search_logs(tmp_path, LogFilter(text="most recent call first"))
+    assert (hung["output"], hung["level"]) == (dump, "error")
+    for written in ("mid-0-cccc", "end-0-dddd", "hung-0-eeee"):  # runs dated by the file
+        os.utime(tmp_path / f"{written}.log", (t, t))
+    # a worker's current file and its older generation at the same time: the current first
+    (tmp_path / "gen-0-ffff.log").write_text(_record(t + 9, "newer") + "\n")
+    (tmp_path / "gen-0-ffff.log.1").write_text(
+        _record(t + 9, "older") + "\n" + _record(t + 9, "older, later line") + "\n"
+    )
+    found = search_logs(tmp_path, LogFilter(), limit=3)
+    assert [(r["event"], r["source"]) for r in found] == [
+        ("newer", "gen-0-ffff"),
+        ("older, later line", "gen-0-ffff"),
+        ("older", "gen-0-ffff"),
+    ]
+
     # a printed dict that names no usable cluster is a record like any other
     (tmp_path / "back-0-bbbb.log").write_text(
         _record(t, "worker.started", cluster=["not", "a", "name"]) + "\nplain\n"
@@ -222,7 +254,7 @@ def test_lines_that_are_not_records_are_found_as_one_output_record_a_run(
 
 
 def test_following_a_run_of_plain_lines_waits_for_its_end_and_names_its_cluster(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Followed, a traceback written in parts is one record, at level error though its
     first part was read alone: a run of plain lines at the end waits for the next
@@ -251,6 +283,42 @@ def test_following_a_run_of_plain_lines_waits_for_its_end_and_names_its_cluster(
         ("output", "printed"),
         ("task.succeeded", None),
     ]
+
+    # a run that keeps growing (a progress bar) waits HOLD_SECONDS at most
+    monkeypatch.setattr("fleetops.telemetry._logsearch.HOLD_SECONDS", 0.2)
+    with worker.open("a") as handle:
+        handle.write("step 1\n")
+    assert tail.read() == []
+    time.sleep(0.25)
+    with worker.open("a") as handle:
+        handle.write("step 2\n")
+    [(bar, _)] = tail.read()  # grown, but held long enough
+    assert bar["output"] == "step 1\nstep 2"
+
+    # a run still held when the file is rotated is read from the older generation
+    with worker.open("a") as handle:
+        handle.write(_record(time.time(), "task.succeeded") + "\n" + first + "\n")
+    assert [r["event"] for r, _ in tail.read()] == ["task.succeeded"]  # the run waits
+    worker.rename(worker.with_name(worker.name + ".1"))
+    worker.write_text(_record(time.time(), "worker.rotated_log") + "\n")
+    assert [(r["event"], r.get("output")) for r, _ in tail.read()] == [
+        ("output", first),
+        ("worker.rotated_log", None),
+    ]
+
+    # a run at the start of a read is dated by the last record read before it, as a
+    # search dates it; a file whose records name several clusters names none
+    control = tmp_path / "control.log"
+    control.write_text(_record(100.0, "apply", cluster="a") + "\n" + '{"ts": 150.0, "ev')
+    followed = _Tail(control)  # from the end of the last whole line
+    with control.open("a") as handle:
+        handle.write('ent": "scale", "cluster": "b"}\n')
+        handle.write(_record(200.0, "apply", cluster="b") + "\nprinted\n")
+    assert [r["event"] for r, _ in followed.read()] == ["scale", "apply"]
+    with control.open("a") as handle:
+        handle.write(_record(300.0, "apply", cluster="a") + "\n")
+    [(late, _), _] = followed.read()
+    assert (late["output"], late["ts"], "cluster" in late) == ("printed", 200.0, False)
 
     # follow_logs itself: a worker's file that begins meanwhile, its crash included
     def meanwhile() -> None:

@@ -248,13 +248,16 @@ def _run_worker(runner: asyncio.Runner, config: dict[str, Any]) -> None:
     traceback, like every other record there, and the process exits 1: a traceback
     printed as plain lines is left out of ``fleetops logs`` and its filters. So is a
     ``sys.exit`` that escapes it (an agent module's, at import: the worker's handlers
-    catch their own), which keeps its exit code."""
+    catch their own), which keeps its exit code unless that is
+    :data:`RECYCLE_EXIT_CODE` (then 1: a failure, restarted with back-off)."""
     try:
         code = runner.run(_main(config))
     except SystemExit as stop:
         _crashed(config, stop, f"SystemExit: {stop.code}")
-        # its code as Python would have exited with it, its message in the record
-        sys.exit(stop.code if isinstance(stop.code, int) else int(stop.code is not None))
+        # its code as Python would have exited with it, its message in the record; but
+        # never the code a worker leaves with to be replaced at once (no failure)
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        sys.exit(1 if code == RECYCLE_EXIT_CODE else code)
     except Exception as exc:
         _crashed(config, exc, f"{type(exc).__name__}: {exc}")
         sys.exit(1)

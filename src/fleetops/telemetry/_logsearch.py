@@ -16,8 +16,11 @@ time of the record before it in its file, or for a run before any record with th
 the record after it, and for a run nothing follows (the last thing written) with the
 time of the file's last write (following, the time it was read); in the cluster every
 record of its file names, if they all name one. Searches and filters find it like
-any other record. Following, a run at the end of what was read waits a poll for the
-rest of it (a traceback is written a few lines at a time).
+any other record. Following, a run at the end of what was read waits for what
+follows it, up to :data:`HOLD_SECONDS` (a traceback is written a few lines at a
+time); one still waiting when its file is rotated is read from the older generation.
+A line still being written is left for later: a record by a search, any line by a
+follower, which begins after the last whole line.
 """
 
 from __future__ import annotations
@@ -91,8 +94,8 @@ def _lines(path: Path) -> list[str]:
         handle.seek(max(0, size - TAIL_BYTES))
         data = handle.read()
     lines = data.decode("utf-8", errors="replace").splitlines()
-    if data and not data.endswith(b"\n"):
-        lines = lines[:-1]  # being written: the next search reads it whole
+    if lines and not data.endswith(b"\n") and lines[-1].lstrip().startswith("{"):
+        lines = lines[:-1]  # a record being written: the next search reads it whole
     return lines[1:] if size > TAIL_BYTES else lines
 
 
@@ -139,20 +142,31 @@ def _output(block: list[str], source: str, ts: float, cluster: str | None) -> di
 
 def _cluster_of(records: Iterable[dict[str, Any] | None]) -> str | None:
     """The cluster every record that names one names, if they all name the same."""
-    named = (r.get("cluster") for r in records if r is not None)
-    clusters = {c for c in named if isinstance(c, str) and c}
+    clusters = _named_clusters(records)
     return next(iter(clusters)) if len(clusters) == 1 else None
 
 
+def _named_clusters(records: Iterable[dict[str, Any] | None]) -> set[str]:
+    named = (r.get("cluster") for r in records if r is not None)
+    return {c for c in named if isinstance(c, str) and c}
+
+
 def _records(
-    lines: Sequence[str], source: str, last_write: float, cluster: str | None = None
+    lines: Sequence[str],
+    source: str,
+    last_write: float,
+    parsed: Sequence[dict[str, Any] | None] | None = None,
+    cluster: str | None = None,
+    before: float | None = None,
 ) -> Iterator[tuple[dict[str, Any], str]]:
-    """The records of one file's ``lines``, each with the text filters match it on;
-    runs of lines that are not records folded into ``output`` records (see the
-    module doc), in ``cluster`` (else the one the records of ``lines`` name)."""
-    parsed = [_parse(line, source) for line in lines]
-    cluster = cluster or _cluster_of(parsed)
-    before: float | None = None
+    """The records of one file's ``lines`` (``parsed`` already, where given), each with
+    the text filters match it on; runs of lines that are not records folded into
+    ``output`` records (see the module doc), in ``cluster`` (where not given: the
+    one the records of ``lines`` name), ``before`` the time of the record before
+    them where the lines are not the file's first."""
+    if parsed is None:
+        parsed = [_parse(line, source) for line in lines]
+        cluster = _cluster_of(parsed)
     block: list[str] = []
     for line, record in zip(lines, parsed, strict=True):
         if record is None:
@@ -173,9 +187,10 @@ def _records(
 
 
 def _trimmed(block: list[str]) -> list[str]:
-    while block and not block[-1].strip():
-        block = block[:-1]
-    return block
+    end = len(block)
+    while end and not block[end - 1].strip():
+        end -= 1
+    return block[:end]
 
 
 def _ts(record: dict[str, Any]) -> float | None:
@@ -223,49 +238,93 @@ def follow_logs(
         time.sleep(poll)
 
 
+#: How long following holds a run of plain lines at the end of what it read, for the
+#: rest of it, while the file grows (see :meth:`_Tail.read`).
+HOLD_SECONDS = 1.0
+
+
 class _Tail:
     """What one log file gains, read a poll at a time (see :func:`follow_logs`)."""
 
     def __init__(self, path: Path, offset: int | None = None) -> None:
         self.path = path
-        if offset is None:
-            with contextlib.suppress(FileNotFoundError):  # pruned meanwhile (prune_logs)
+        if offset is None:  # from the end of its last whole line
+            try:
                 offset = path.stat().st_size
-        self.offset = offset or 0
-        #: the cluster the file's records name, from what it wrote before and since
-        self.cluster = _cluster_of(_parse(line, "") for line in _before(path, self.offset))
-        #: the file's size when a run of plain lines at its end was left for the next
-        #: read (a traceback is written a few lines at a time)
-        self.held: int | None = None
+            except FileNotFoundError:  # pruned meanwhile (prune_logs)
+                offset = 0
+            offset -= len(_partial_line(path, offset))
+        self.offset = offset
+        earlier = [_parse(line, "") for line in _before(path, offset)]
+        #: the clusters its records name, and the time of its last record read
+        self.clusters = _named_clusters(earlier)
+        self.last_ts = next((_ts(r) for r in reversed(earlier) if r and _ts(r)), None)
+        #: since when, and at what size of the file, a run of plain lines at the end of
+        #: what was read waits for the rest of it
+        self.held: tuple[float, int] | None = None
 
     def read(self) -> list[tuple[dict[str, Any], str]]:
         """The records written since the last read, each with the text filters match
-        it on. A run of plain lines at the end waits for the next record, or for a
-        read that finds the file as it was."""
+        it on. A run of plain lines at the end waits for what follows it: a record,
+        or a read that finds the file as it was, or :data:`HOLD_SECONDS` (a traceback
+        is written a few lines at a time; a progress bar, line after line)."""
+        found: list[tuple[dict[str, Any], str]] = []
         try:
             size = self.path.stat().st_size
-            if size < self.offset:  # rotated: a new file, to be read from its beginning
-                self.offset, self.held = 0, None
-            elif size == self.offset:
-                return []
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                chunk = handle.read(size - self.offset)
         except FileNotFoundError:  # pruned meanwhile (prune_logs)
-            return []
+            return found
+        if size < self.offset:  # rotated: the rest of the old file, then the new one
+            with contextlib.suppress(FileNotFoundError):
+                found = self._take(_read_from(rotated(self.path), self.offset), final=True)
+            self.offset, self.held = 0, None
+        if size == self.offset:
+            return found
+        try:
+            chunk = _read_from(self.path, self.offset, size)
+        except FileNotFoundError:
+            return found
+        return found + self._take(chunk, size=size)
+
+    def _take(
+        self, chunk: bytes, size: int = 0, final: bool = False
+    ) -> list[tuple[dict[str, Any], str]]:
         raw = chunk[: chunk.rfind(b"\n") + 1].split(b"\n")[:-1]
-        lines = [line.decode("utf-8", errors="replace") for line in raw]
-        parsed = [_parse(line, "") for line in lines]
-        self.cluster = self.cluster or _cluster_of(parsed)
+        lines = [line.decode("utf-8", errors="replace").removesuffix("\r") for line in raw]
+        parsed = [_parse(line, self.path.stem) for line in lines]
         tail = len(lines)
         while tail and parsed[tail - 1] is None:
             tail -= 1
-        if tail < len(lines) and self.held != size:
-            self.held, lines, raw = size, lines[:tail], raw[:tail]
+        now = time.monotonic()
+        if tail < len(lines) and not final:
+            since, at = self.held or (now, -1)
+            if at != size and now - since < HOLD_SECONDS:
+                self.held = (since, size)
+                lines, parsed, raw = lines[:tail], parsed[:tail], raw[:tail]
+            else:
+                self.held = None
         else:
             self.held = None
         self.offset += sum(len(line) + 1 for line in raw)
-        return list(_records(lines, self.path.stem, time.time(), self.cluster))
+        self.clusters |= _named_clusters(parsed)
+        cluster = next(iter(self.clusters)) if len(self.clusters) == 1 else None
+        found = list(_records(lines, self.path.stem, time.time(), parsed, cluster, self.last_ts))
+        self.last_ts = next((_ts(r) for r in reversed(parsed) if r and _ts(r)), self.last_ts)
+        return found
+
+
+def _read_from(path: Path, offset: int, end: int | None = None) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read() if end is None else handle.read(end - offset)
+
+
+def _partial_line(path: Path, size: int) -> bytes:
+    """What of ``path``'s last line, up to ``size``, is still being written."""
+    try:
+        data = _read_from(path, max(0, size - 64 * 1024), size)
+    except FileNotFoundError:
+        return b""
+    return data[data.rfind(b"\n") + 1 :]
 
 
 def prune_logs(log_dir: Path, before: float, keep: Collection[str] = ()) -> list[str]:
