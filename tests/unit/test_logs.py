@@ -320,6 +320,15 @@ def test_following_a_run_of_plain_lines_waits_for_its_end_and_names_its_cluster(
     [(late, _), _] = followed.read()
     assert (late["output"], late["ts"], "cluster" in late) == ("printed", 200.0, False)
 
+    # followed from its end, a file's earlier records name the cluster and date a run
+    earlier = tmp_path / "front-2-cccc.log"
+    earlier.write_text(_record(500.0, "worker.started", cluster="front") + "\n")
+    from_end = _Tail(earlier)
+    with earlier.open("a") as handle:
+        handle.write("printed\n" + _record(600.0, "task.succeeded") + "\n")
+    [(run, _), _] = from_end.read()
+    assert (run["output"], run["ts"], run["cluster"]) == ("printed", 500.0, "front")
+
     # follow_logs itself: a worker's file that begins meanwhile, its crash included
     def meanwhile() -> None:
         time.sleep(0.5)

@@ -255,13 +255,21 @@ class _Tail:
                 offset = 0
             offset -= len(_partial_line(path, offset))
         self.offset = offset
-        earlier = [_parse(line, "") for line in _before(path, offset)]
-        #: the clusters its records name, and the time of its last record read
-        self.clusters = _named_clusters(earlier)
-        self.last_ts = next((_ts(r) for r in reversed(earlier) if r and _ts(r)), None)
+        #: the clusters its records name, and the time of its last record read: from
+        #: the end of what it wrote before, read once it writes more (a follower of a
+        #: fleet with hundreds of files reads only those that change)
+        self.clusters: set[str] = set()
+        self.last_ts: float | None = None
+        self.looked_back = offset == 0
         #: since when, and at what size of the file, a run of plain lines at the end of
         #: what was read waits for the rest of it
         self.held: tuple[float, int] | None = None
+
+    def _look_back(self, path: Path) -> None:
+        earlier = [_parse(line, "") for line in _before(path, self.offset)]
+        self.clusters = _named_clusters(earlier)
+        self.last_ts = next((_ts(r) for r in reversed(earlier) if r and _ts(r)), None)
+        self.looked_back = True
 
     def read(self) -> list[tuple[dict[str, Any], str]]:
         """The records written since the last read, each with the text filters match
@@ -273,6 +281,8 @@ class _Tail:
             size = self.path.stat().st_size
         except FileNotFoundError:  # pruned meanwhile (prune_logs)
             return found
+        if size != self.offset and not self.looked_back:
+            self._look_back(self.path if size > self.offset else rotated(self.path))
         if size < self.offset:  # rotated: the rest of the old file, then the new one
             with contextlib.suppress(FileNotFoundError):
                 found = self._take(_read_from(rotated(self.path), self.offset), final=True)
@@ -320,10 +330,13 @@ def _read_from(path: Path, offset: int, end: int | None = None) -> bytes:
 
 def _partial_line(path: Path, size: int) -> bytes:
     """What of ``path``'s last line, up to ``size``, is still being written."""
-    try:
-        data = _read_from(path, max(0, size - 64 * 1024), size)
-    except FileNotFoundError:
-        return b""
+    for most in (4096, 64 * 1024):
+        try:
+            data = _read_from(path, max(0, size - most), size)
+        except FileNotFoundError:
+            return b""
+        if b"\n" in data or size <= most:
+            break
     return data[data.rfind(b"\n") + 1 :]
 
 
