@@ -481,6 +481,10 @@ class SqliteStore(SqlStore):
         # A table without AUTOINCREMENT gives a new row the id after the largest one
         # left: that row stays, or the next would get its id again. Read under the
         # write lock, it holds for the transaction (outside one, it is a hint).
+        return self._largest_id(table)
+
+    def _largest_id(self, table: str) -> int:
+        """The largest id in ``table`` (``tasks`` or ``events``), 0 when it is empty."""
         return int(self._exec(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
 
     def _insert_many(self, tasks: Sequence[NewTask], now: float) -> list[int]:
@@ -489,7 +493,7 @@ class SqliteStore(SqlStore):
         # largest so far (at random only past LARGEST_TASK_ID), so the rows get the
         # ids after today's largest, in VALUES order: no RETURNING to read, which cost
         # a quarter of a 50-row INSERT. Each statement's last id checks it.
-        top = self._exec("SELECT max(id) FROM tasks").fetchone()[0] or 0
+        top = self._largest_id("tasks")
         if top > LARGEST_TASK_ID - len(tasks):
             raise StoreError(
                 f"SQLite store {self.path}: task ids have reached {top:,}, next to the "

@@ -102,9 +102,7 @@ def _lines(path: Path) -> list[str]:
 def _before(path: Path, offset: int, most: int = 64 * 1024) -> list[str]:
     """The whole lines of up to ``most`` bytes of ``path`` before ``offset``."""
     try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, offset - most))
-            data = handle.read(min(offset, most))
+        data = _read_from(path, max(0, offset - most), offset)
     except FileNotFoundError:
         return []
     lines = data.decode("utf-8", errors="replace").splitlines()
@@ -142,13 +140,22 @@ def _output(block: list[str], source: str, ts: float, cluster: str | None) -> di
 
 def _cluster_of(records: Iterable[dict[str, Any] | None]) -> str | None:
     """The cluster every record that names one names, if they all name the same."""
-    clusters = _named_clusters(records)
-    return next(iter(clusters)) if len(clusters) == 1 else None
+    return _only(_named_clusters(records))
 
 
 def _named_clusters(records: Iterable[dict[str, Any] | None]) -> set[str]:
     named = (r.get("cluster") for r in records if r is not None)
     return {c for c in named if isinstance(c, str) and c}
+
+
+def _only(clusters: set[str]) -> str | None:
+    return next(iter(clusters)) if len(clusters) == 1 else None
+
+
+def _last_ts(records: Sequence[dict[str, Any] | None], default: float | None) -> float | None:
+    """The time of the last of ``records`` that has one, else ``default``."""
+    stamps = (_ts(r) for r in reversed(records) if r is not None)
+    return next((ts for ts in stamps if ts is not None), default)
 
 
 def _records(
@@ -268,7 +275,7 @@ class _Tail:
     def _look_back(self, path: Path) -> None:
         earlier = [_parse(line, "") for line in _before(path, self.offset)]
         self.clusters = _named_clusters(earlier)
-        self.last_ts = next((_ts(r) for r in reversed(earlier) if r and _ts(r)), None)
+        self.last_ts = _last_ts(earlier, None)
         self.looked_back = True
 
     def read(self) -> list[tuple[dict[str, Any], str]]:
@@ -305,20 +312,18 @@ class _Tail:
         while tail and parsed[tail - 1] is None:
             tail -= 1
         now = time.monotonic()
-        if tail < len(lines) and not final:
-            since, at = self.held or (now, -1)
-            if at != size and now - since < HOLD_SECONDS:
-                self.held = (since, size)
-                lines, parsed, raw = lines[:tail], parsed[:tail], raw[:tail]
-            else:
-                self.held = None
+        since, at = self.held or (now, -1)
+        if tail < len(lines) and not final and at != size and now - since < HOLD_SECONDS:
+            self.held = (since, size)
+            lines, parsed, raw = lines[:tail], parsed[:tail], raw[:tail]
         else:
             self.held = None
         self.offset += sum(len(line) + 1 for line in raw)
         self.clusters |= _named_clusters(parsed)
-        cluster = next(iter(self.clusters)) if len(self.clusters) == 1 else None
-        found = list(_records(lines, self.path.stem, time.time(), parsed, cluster, self.last_ts))
-        self.last_ts = next((_ts(r) for r in reversed(parsed) if r and _ts(r)), self.last_ts)
+        found = list(
+            _records(lines, self.path.stem, time.time(), parsed, _only(self.clusters), self.last_ts)
+        )
+        self.last_ts = _last_ts(parsed, self.last_ts)
         return found
 
 
