@@ -14,6 +14,7 @@ from ._exceptions import SchemaError as SchemaError
 from ._exceptions import StoreConflict as StoreConflict
 from ._exceptions import StoreError as StoreError
 from ._exceptions import StoreUnavailable as StoreUnavailable
+from ._exceptions import SyncFailed as SyncFailed
 from ._exceptions import TaskFailed as TaskFailed
 from ._exceptions import UnknownTask as UnknownTask
 from ._exceptions import UsageError as UsageError

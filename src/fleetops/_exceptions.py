@@ -79,6 +79,13 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached."""
 
 
+class SyncFailed(StoreError):
+    """The disk refused to sync a commit. The write stands, but whether it would
+    survive a power cut is unknown, so it is not acknowledged; and it must not simply
+    be made again, since it may be there. The store refuses further writes until
+    everything committed is on disk by another way (see fleetops.store._sqlite)."""
+
+
 class StoreConflict(StoreUnavailable):
     """The store ended a transaction to break a deadlock with another: nothing of it
     was kept, so it may simply be run again (the store's own methods do, a few times)."""

@@ -20,6 +20,7 @@ EXPECTED = {
     "StoreError",
     "StoreConflict",
     "StoreUnavailable",
+    "SyncFailed",
     "SystemClock",
     "TaskFailed",
     "TaskInfo",
@@ -53,4 +54,7 @@ def test_user_errors_are_kept_apart_from_breakage() -> None:
     assert not issubclass(fleetops.StoreUnavailable, fleetops.UsageError)
     # a transaction ended to break a deadlock is an outage of a moment: tried again
     assert issubclass(fleetops.StoreConflict, fleetops.StoreUnavailable)
+    # committed but not synced: not to be retried as if nothing had happened
+    assert issubclass(fleetops.SyncFailed, fleetops.StoreError)
+    assert not issubclass(fleetops.SyncFailed, fleetops.StoreUnavailable)
     assert not issubclass(fleetops.LeaseLost, fleetops.UsageError)

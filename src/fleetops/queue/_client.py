@@ -36,7 +36,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._clock import Clock, SystemClock
-from .._exceptions import Closed, ConfigError, StoreUnavailable
+from .._exceptions import Closed, ConfigError, StoreUnavailable, SyncFailed
 from .._json import loads_strict
 from ..store import (
     ClaimedTask,
@@ -278,6 +278,19 @@ def _answer_kernel_sync(
     if synced.cancelled() or error is not None:
         cause = error if isinstance(error, OSError) else OSError(errno.EIO, "cancelled")
         waiter.set_exception(store.sync_failed(cause))
+    else:
+        # after every fsync the kernel ended with this one has been answered: one that
+        # failed (the error is told to one of them only) makes this one prove nothing
+        asyncio.get_running_loop().call_soon(_answer_if_synced, store, waiter)
+
+
+def _answer_if_synced(store: SqliteStore, waiter: asyncio.Future[None]) -> None:
+    if waiter.done():
+        return
+    try:
+        store.check_synced()
+    except SyncFailed as exc:
+        waiter.set_exception(exc)
     else:
         waiter.set_result(None)
 
@@ -698,7 +711,8 @@ class QueueClient:
         try:
             results, sync = await self._hot_commit(self.store.submit_groups, groups)
         except Exception as exc:
-            if len(waiting) == 1 or isinstance(exc, StoreUnavailable | Closed):
+            # committed but not synced (SyncFailed): each call alone would commit again
+            if len(waiting) == 1 or isinstance(exc, StoreUnavailable | Closed | SyncFailed):
                 _settle(waiting, None, exc)
                 return
             for call in waiting:
@@ -748,7 +762,8 @@ class QueueClient:
                         self.clock.now,
                     )
                 except Exception as exc:
-                    if len(batch) == 1 or isinstance(exc, StoreUnavailable | Closed):
+                    # a group committed but not synced (SyncFailed) must not go again
+                    if len(batch) == 1 or isinstance(exc, StoreUnavailable | Closed | SyncFailed):
                         _settle(batch, None, exc)
                     else:
                         # the store refused the group for one of them (a value it

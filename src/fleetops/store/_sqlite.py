@@ -36,10 +36,25 @@ checkpoints off on its connection and leaves them to a :class:`SqliteCheckpointe
 otherwise every so many commits one of them copies megabytes of WAL into the
 database file and fsyncs it, on the event loop. The checkpointer also writes the WAL
 file out ahead of its last frame (:meth:`SqliteCheckpointer.fill`).
+
+A failed fsync of the WAL cannot be tried again: Linux marks the pages it could not
+write clean, and reports the error once for each open file, so the next fsync of the
+same file succeeds without those pages being on disk. A commit after them would be
+acknowledged, and lost with them at a power cut, since recovery stops at the first
+frame that is not intact. So the store that sees the failure raises
+:class:`~fleetops.SyncFailed` for the commits it covered (never acknowledged, never
+made again: they may be there), leaves a mark beside the file
+(:data:`SYNC_FAILED_SUFFIX`), and from then on every store on the file, in this
+process or any other, started before or after, refuses to acknowledge or to write
+until the mark is gone. The next write first repairs the store: a checkpoint copies
+everything committed into the database file, syncs it, and empties the WAL
+(``wal_checkpoint(TRUNCATE)``); only if all of that succeeded is the mark removed. On
+a disk that keeps failing, every write fails with SyncFailed, naming the first error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -50,7 +65,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .._exceptions import ConfigError, StoreError, StoreUnavailable
+from .._exceptions import ConfigError, StoreError, StoreUnavailable, SyncFailed
 from ._models import ClaimedTask, NewTask
 from ._sql import (
     INSERT_SPAN,
@@ -119,6 +134,10 @@ def insert_tasks_sql(n: int) -> str:
 #: up to 2**63 - 1, and from there ids at random.
 LARGEST_TASK_ID = 2**63 - 1
 
+
+#: Beside a store whose WAL could not be synced, ``<store file>-syncfailed`` holds the
+#: first error until a checkpoint has put everything committed on disk (module doc).
+SYNC_FAILED_SUFFIX = "-syncfailed"
 
 #: fdatasync where the system has it (Linux), else fsync (macOS)
 _fdatasync = getattr(os, "fdatasync", os.fsync)
@@ -240,6 +259,10 @@ class SqliteStore(SqlStore):
         self.sync_pending = False
         #: inside :meth:`_unsynced`: commits are not synced
         self._unsynced_depth = 0
+        #: the mark of a failed fsync of the WAL (module doc)
+        self.sync_mark = Path(f"{self.path}{SYNC_FAILED_SUFFIX}")
+        #: the failed fsync this store saw itself and has not repaired, if any
+        self._sync_failure: str | None = None
         self._wal = WalFile(str(self.path), os.O_RDONLY, self._sync_wal_directory)
         #: sync_wal may run on the event loop (the inline client) while the store
         #: thread commits (and syncs) for a call of its own: one at a time opens the fd
@@ -297,6 +320,8 @@ class SqliteStore(SqlStore):
                 self._depth -= 1
             return
         full = self.durability == "full"
+        if full and self._sync_failure_left():
+            self._repair()
         if full:  # the fsync comes after the COMMIT, with the lock released (module doc)
             self._conn.execute("PRAGMA synchronous=NORMAL")
         try:
@@ -338,6 +363,7 @@ class SqliteStore(SqlStore):
                 self._sync_wal_locked()
         except OSError as exc:
             raise self.sync_failed(exc) from exc
+        self.check_synced()  # another fsync failed meanwhile: this one proves nothing
 
     def start_wal_sync(self, start: Callable[[int], T]) -> T | None:
         """``start(fd)`` on the WAL file's descriptor, for an fsync that runs elsewhere
@@ -345,8 +371,10 @@ class SqliteStore(SqlStore):
         commit is then in the synced database). The descriptor stays open while
         ``start`` runs; an fsync the kernel has accepted holds the file itself.
 
-        Raises StoreError if the WAL cannot be opened, as :meth:`sync_wal` does.
+        Raises StoreError if the WAL cannot be opened, as :meth:`sync_wal` does, and
+        SyncFailed if an fsync failed before that the store has not repaired yet.
         """
+        self.check_synced()
         try:
             with self._wal_lock:
                 fd = self._wal.current()
@@ -354,12 +382,100 @@ class SqliteStore(SqlStore):
         except OSError as exc:
             raise self.sync_failed(exc) from exc
 
-    def sync_failed(self, exc: OSError) -> StoreError:
-        """The error for a failed fsync of the WAL (``exc``, the system's)."""
-        return StoreError(
+    def sync_failed(self, exc: OSError) -> SyncFailed:
+        """The error for a failed fsync of the WAL (``exc``, the system's). The store
+        refuses writes and acknowledgements from now on, here and in every other
+        process, until its next write has repaired it (module doc)."""
+        failure = f"{exc} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        if self._sync_failure is None:
+            self._sync_failure = failure
+        try:  # for every other store on the file; the disk may refuse this too
+            fd = os.open(self.sync_mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        except OSError:
+            pass
+        else:
+            try:
+                os.write(fd, failure.encode())
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return SyncFailed(
             f"SQLite store {self.path}: cannot sync the WAL to disk ({exc}): the last "
-            "write is committed but may not survive a power cut"
+            "writes are committed but may not survive a power cut, so they are not "
+            "acknowledged; the store takes no more writes until its next write has "
+            "copied the WAL into the database file and synced it (check the disk: dmesg)"
         )
+
+    def _sync_failure_left(self) -> str | None:
+        """The failed fsync of the WAL not yet repaired, seen here or marked beside
+        the file by another process; None if there is none (one stat, no read)."""
+        if self._sync_failure is not None:
+            return self._sync_failure
+        if not os.path.exists(self.sync_mark):
+            return None
+        try:
+            with open(self.sync_mark, encoding="utf-8", errors="replace") as f:
+                return f.read(200).strip() or "an earlier fsync failed"
+        except OSError:  # repaired meanwhile, or unreadable
+            return None if not os.path.exists(self.sync_mark) else "an earlier fsync failed"
+
+    def check_synced(self) -> None:
+        """Raise SyncFailed if an fsync of the WAL failed and the store was not
+        repaired since: no later fsync proves that a commit is on disk."""
+        failure = self._sync_failure_left()
+        if failure is not None:
+            raise SyncFailed(self._refusal(failure, "not repaired yet"))
+
+    def _refusal(self, failure: str, why: str) -> str:
+        return (
+            f"SQLite store {self.path}: an fsync of its WAL failed ({failure}) and the "
+            f"store is {why}: it takes no writes until a checkpoint has copied the WAL "
+            "into the database file and synced it, which the next write tries (check "
+            f"the disk: dmesg; {self.sync_mark.name} beside the store marks the failure)"
+        )
+
+    def _repair(self) -> None:
+        """Put everything committed on disk by another way than the WAL, whose fsync
+        failed: a checkpoint copies the WAL into the database file, syncs both, and
+        empties the WAL, so that new commits start it over. Then the failure's mark
+        goes. Raises SyncFailed if the disk refuses again; LockBusy (nonblocking) or,
+        past the lock timeout, SyncFailed while other connections keep it from
+        running."""
+        failure = self._sync_failure_left() or "an earlier fsync failed"
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.0002
+        while True:
+            try:
+                busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise SyncFailed(self._refusal(failure, f"not repaired ({exc})")) from exc
+                busy = 1
+            if not busy:
+                break
+            if self.nonblocking:
+                raise LockBusy(f"SQLite store {self.path}: its repair waits for readers")
+            if time.monotonic() > deadline:
+                raise SyncFailed(
+                    self._refusal(failure, "not repaired: other connections kept it busy")
+                )
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.005)
+        try:
+            os.unlink(self.sync_mark)
+        except FileNotFoundError:  # another store on the file repaired it too
+            pass
+        except OSError as exc:
+            raise SyncFailed(
+                self._refusal(failure, f"repaired, but its mark stays ({exc})")
+            ) from exc
+        else:  # a mark back after a power cut would cost one more repair, no more
+            with contextlib.suppress(OSError):
+                self._sync_wal_directory()
+        self._sync_failure = None
 
     def _sync_wal_locked(self) -> None:
         fd = self._wal.current()
