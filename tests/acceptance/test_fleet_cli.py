@@ -869,6 +869,22 @@ def test_an_api_port_out_of_range_is_refused_before_anything_is_created(
     assert not (fleet_dir / ".fleetops").exists()
 
 
+def test_a_store_under_a_regular_file_is_refused_before_anything_is_created(
+    fleet_dir: Path,
+) -> None:
+    """It was a traceback (FileExistsError, then NotADirectoryError from the
+    cleanup), exit status 1, and the state directory's logs left behind."""
+    (fleet_dir / "plain").write_text("x")
+    (fleet_dir / "fleet.yaml").write_text(spec_text(store="sqlite:///plain/x.db"))
+    proc = run("up", "fleet.yaml", "--smoke", "--json", cwd=fleet_dir)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert "store: invalid value 'sqlite:///plain/x.db'" in said
+    assert "is a file, not a directory" in said and "sqlite:///.fleetops/fleet.db" in said
+    assert sorted(p.name for p in fleet_dir.iterdir()) == ["fleet.yaml", "fleet_agents.py", "plain"]
+
+
 @pytest.mark.parametrize(
     ("options", "field", "value", "fix"),
     [

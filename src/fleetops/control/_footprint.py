@@ -51,7 +51,7 @@ class Footprint:
                 path.write_bytes(before)
         for path in self._new_files:
             if not any(path.is_relative_to(d) for d in keep):
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                     path.unlink()
         for directory in self._new_dirs:
             if directory not in keep:
@@ -62,5 +62,5 @@ class Footprint:
 def _read(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not there, or cannot be
         return None

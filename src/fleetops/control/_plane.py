@@ -44,7 +44,7 @@ from ..telemetry._tracing import TRACEPARENT, new_traceparent
 from ..telemetry.history import HistoryStore, RetentionPolicy, Sample
 from ._diff import diff
 from ._footprint import SQLITE_SIDE_FILES, Footprint, sqlite_file
-from ._preflight import check_entrypoints, import_entrypoints
+from ._preflight import check_entrypoints, check_store_directory, import_entrypoints
 from ._readiness import FleetFacts, ReadinessReport, score
 from ._smoke import SMOKE_AGENT, SMOKE_ENTRYPOINT
 from ._state import STATE_DIR, ControlLock
@@ -176,6 +176,9 @@ class ControlPlane:
         self.api_host = spec.api.host
         self.api_port = spec.api.port if api_port is None else api_port
         self._on_phase = on_phase
+        # a user's mistake, refused before a deploy makes anything (a failed phase
+        # is an outage's exit status, not a mistake's)
+        check_store_directory(spec)
         base = spec.base_dir or Path.cwd()
         self.state_dir = base / STATE_DIR
         self.log_dir = self.state_dir / "logs"

@@ -4,18 +4,23 @@ A spec can be valid and still name an agent entrypoint that does not import: its
 workers would start, fail to load their agents and crash in a loop. So every
 entrypoint is imported first, as a worker imports it, and the first one that fails
 is refused with its field path (``clusters.<name>.agents[<i>].entrypoint``), its
-value and the fix.
+value and the fix. A SQLite store whose directory cannot be made (it lies under a
+regular file, or on a file system that makes none) is refused the same way, naming
+``store``, before a deploy writes anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+from pathlib import Path
 
 from .._exceptions import ConfigError, FleetOpsError
 from ..runtime import load_agent
 from ..spec import FleetSpec
+from ._footprint import sqlite_file
 
 #: How long the agent modules of a spec may take to import in a fresh process.
 IMPORT_CHECK_TIMEOUT = 60.0
@@ -111,4 +116,46 @@ async def check_entrypoints(spec: FleetSpec) -> None:
         raise ConfigError(field, entrypoint, fix)
 
 
-__all__ = ["check_entrypoints", "entrypoints", "import_entrypoints", "python_path"]
+def check_store_directory(spec: FleetSpec) -> None:
+    """:class:`ConfigError` for a SQLite store whose directory is not there and
+    cannot be made; nothing is left behind.
+
+    The nearest directory that is there must be one (not a regular file), and the
+    first one missing below it is made and removed again, to learn that it can be:
+    a file system may refuse it (``/proc``), and permissions say nothing to root.
+    """
+    database = sqlite_file(spec.store_url())
+    if database is None:
+        return
+    missing: Path | None = None
+    there = database.parent
+    while not there.exists():  # False for a path under a regular file, too
+        missing, there = there, there.parent
+    if not there.is_dir():
+        problem = f"{there} is a file, not a directory"
+    elif missing is None:
+        return
+    else:
+        try:
+            missing.mkdir()
+        except OSError as exc:
+            problem = f"the directory {missing} cannot be made ({exc.strerror})"
+        else:
+            with contextlib.suppress(OSError):  # something was put in it meanwhile
+                missing.rmdir()
+            return
+    raise ConfigError(
+        "store",
+        spec.store.url,
+        f"{problem}: name a database file in a directory that is there or can be "
+        "made, such as sqlite:///.fleetops/fleet.db",
+    )
+
+
+__all__ = [
+    "check_entrypoints",
+    "check_store_directory",
+    "entrypoints",
+    "import_entrypoints",
+    "python_path",
+]
