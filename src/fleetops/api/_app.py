@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -18,6 +18,7 @@ from .._exceptions import ConfigError, UnknownTask, UsageError
 from .._units import parse_duration
 from ..dashboard import mount_dashboard
 from ..store import TASK_STATES, NewTask, TaskRecord
+from ..store._models import MAX_AHEAD_SECONDS
 from ..telemetry._logsearch import LogFilter, search_logs
 from ..telemetry._tracing import TRACEPARENT, new_traceparent
 from . import _problems
@@ -65,6 +66,28 @@ def check_task_id(task_id: int) -> int:
     if not 1 <= task_id <= LARGEST_TASK_ID:
         raise UnknownTask(task_id)
     return task_id
+
+
+def check_ahead(body: TaskSubmit, now: float) -> None:
+    """Refuse a submit's delay, deadline_in, run_after or deadline more than
+    :data:`MAX_AHEAD_SECONDS` (10 years) after ``now``: a mistake, and one whose task
+    no listing could date."""
+    years = MAX_AHEAD_SECONDS // (365 * 86400)
+    for field in ("delay", "deadline_in"):
+        seconds = getattr(body, field)
+        if seconds is not None and seconds > MAX_AHEAD_SECONDS:
+            raise ConfigError(
+                field, seconds, f"use at most {MAX_AHEAD_SECONDS} seconds ({years} years)"
+            )
+    for field in ("run_after", "deadline"):
+        at = getattr(body, field)
+        if at is not None and at > now + MAX_AHEAD_SECONDS:
+            raise ConfigError(
+                field,
+                at,
+                f"use a time within {years} years from now, seconds since the epoch "
+                f"up to {now + MAX_AHEAD_SECONDS:.0f}",
+            )
 
 
 def resolve_address(address: str, clusters: Mapping[str, Sequence[str]]) -> tuple[str, str]:
@@ -124,15 +147,34 @@ def create_app(plane: ControlPlane) -> FastAPI:
             raise UsageError("the fleet is not deployed yet")
         return plane.client
 
-    def known_agents(cluster: str, agent: str | None) -> None:
-        """Refuse a cluster, or an agent of it, that the fleet's spec does not name: a
-        bulk action on a misspelt one would find nothing and say nothing."""
+    def known_agents(cluster: str | None, agent: str | None) -> None:
+        """Refuse a cluster, or an agent of it (of any cluster where none is given),
+        that the fleet's spec does not name: a bulk action on a misspelt one would find
+        nothing and say nothing."""
         clusters = plane.spec.clusters
+        if cluster is None:
+            every = sorted({a.name for c in clusters.values() for a in c.agents})
+            if agent is not None and agent not in every:
+                raise ConfigError("agent", agent, f"use an agent of the fleet: {', '.join(every)}")
+            return
         if cluster not in clusters:
             raise ConfigError("cluster", cluster, f"use one of {', '.join(clusters)}")
         agents = [a.name for a in clusters[cluster].agents]
         if agent is not None and agent not in agents:
             raise ConfigError("agent", agent, f"use one of {cluster}'s agents: {', '.join(agents)}")
+
+    async def no_body(request: Request) -> None:
+        """Refuse a body sent to a bulk action: its filters are query parameters, and
+        a body's would be ignored, acting on every task instead of those it names."""
+        body = (await request.body()).decode("utf-8", "replace").strip()
+        if body:
+            shown = body if len(body) <= 80 else body[:77] + "..."
+            raise ConfigError(
+                "body",
+                shown,
+                f"send no body: put the filters in the query string, e.g. "
+                f"{request.url.path}?cluster=...&agent=...",
+            )
 
     async def known_task(c: Any, task_id: int) -> TaskRecord:
         record: TaskRecord | None = await c.run(c.store.get_task, check_task_id(task_id))
@@ -173,6 +215,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
             {name: [a.name for a in c.agents] for name, c in plane.spec.clusters.items()},
         )
         now = plane.clock.now()  # delay and deadline_in count from here
+        check_ahead(body, now)
         task = NewTask(
             queue=cluster,
             agent=agent,
@@ -217,6 +260,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
     @app.post("/api/v1/tasks/cancel-queued", tags=["tasks"])
     async def cancel_queued(
+        request: Request,
         cluster: str = Query(..., description="the cluster whose queue to empty"),
         agent: str | None = None,
         limit: int = Query(1000, ge=1, le=10_000),
@@ -229,6 +273,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         work taken out of the queue. A task that is running, or that a worker claims
         meanwhile, is left to finish. ``tasks`` lists those cancelled; ``next_after``,
         when not null, is where the next page starts."""
+        await no_body(request)
         known_agents(cluster, agent)
         c = client()
         listed = await c.run(c.store.list_task_ids, "queued", cluster, agent, limit, after)
@@ -249,6 +294,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
     @app.post("/api/v1/tasks/retry-dead", tags=["tasks"])
     async def retry_dead_letters(
+        request: Request,
         cluster: str | None = None,
         agent: str | None = None,
         limit: int = Query(1000, ge=1, le=10_000),
@@ -260,8 +306,8 @@ def create_app(plane: ControlPlane) -> FastAPI:
         them; ``next_after``, when not null, is where the next page starts (a letter
         retried here that dies again keeps its id, so the pages after it do not meet
         it again; a dead child queued again with its parent has an id of its own)."""
-        if cluster is not None:
-            known_agents(cluster, agent)
+        await no_body(request)
+        known_agents(cluster, agent)
         c = client()
         listed = await c.run(c.store.list_task_ids, "dead", cluster, agent, limit, after)
         now = c.clock.now()

@@ -30,6 +30,7 @@ from ..control import PHASES, ControlPlane, DeploymentReport, read_running
 from ..control._state import pid_alive
 from ..runtime._gc import tune_for_serving
 from ..spec import FleetSpec
+from ..store._models import MAX_AHEAD_SECONDS
 from ._common import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -56,9 +57,14 @@ def _port(value: int | None) -> int | None:
 
 
 def _time(at: float | None) -> str:
+    """``at`` as a UTC date and time; as the raw number of seconds if it is no date
+    (a time past the year 9999, kept by a version that did not refuse it)."""
     if at is None:
         return "—"
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):
+        return str(at)
 
 
 def _state(task: dict[str, Any]) -> str:
@@ -372,8 +378,13 @@ def _duration_option(given: str | None, flag: str, example: str) -> float | None
         seconds = parse_duration(given, flag)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    if not math.isfinite(seconds):
-        fail(f"{flag}: {given!r} is longer than any clock counts: use e.g. {example}", EXIT_USAGE)
+    if not math.isfinite(seconds) or seconds > MAX_AHEAD_SECONDS:
+        days = MAX_AHEAD_SECONDS // 86400
+        fail(
+            f"{flag}: {given!r} is further ahead than a task may be scheduled: use at most "
+            f"{days}d (10 years), e.g. {example}",
+            EXIT_USAGE,
+        )
     return seconds
 
 
@@ -588,31 +599,70 @@ def _retry_all_dead(url: str, cluster: str | None, agent: str | None) -> None:
     print_json({"retried": len(retried), "tasks": retried})
 
 
-def _retry_or_cancel(url: str, retry: list[int], cancel: list[int]) -> None:
-    """Each task in turn; print those done, and exit 2 if any could not be (each
-    says why on stderr as it happens)."""
-    done: list[dict[str, Any]] = []
+#: The states each of ``tasks --retry`` and ``--cancel`` acts on, and what it says of
+#: a task in another.
+ACTION_STATES = {
+    "retry": (
+        ("dead",),
+        "task {id} is {state}, not dead: only a dead letter can be retried (submit a new "
+        "task to run it again)",
+    ),
+    "cancel": (
+        ("queued", "running"),
+        "task {id} is {state}, so it cannot be cancelled: only a queued or running task can",
+    ),
+}
+
+
+def _refusals(url: str, retry: list[int], cancel: list[int]) -> int:
+    """How many of the tasks to retry or cancel do not exist or are in a state the
+    action does not take, each said on stderr: checked before any is acted on."""
     refused = 0
     for action, ids in (("retry", retry), ("cancel", cancel)):
+        states, why = ACTION_STATES[action]
         for i in ids:
+            try:
+                state = call("GET", url, f"/api/v1/tasks/{i}")["state"]
+                if state not in states:
+                    fail(f"--{action}: " + why.format(id=i, state=state), EXIT_USAGE)
+            except typer.Exit as exc:
+                if exc.exit_code != EXIT_USAGE:
+                    raise  # the control plane is not there: the rest would fail alike
+                refused += 1
+    return refused
+
+
+def _retry_or_cancel(url: str, retry: list[int], cancel: list[int]) -> None:
+    """Each task in turn, once every one is found in a state its action takes (else
+    none is acted on: each refusal is said on stderr, and the exit code is 2); print
+    those done, and exit 2 if any could not be done after all (a task that changed
+    state meanwhile)."""
+    if _refusals(url, retry, cancel):
+        print_json([])  # none done
+        fail("nothing was retried or cancelled: fix the ids above and run it again", EXIT_USAGE)
+    done: list[dict[str, Any]] = []
+    refused = 0
+    gone_with: set[int] = set()  # cancelled with a task cancelled before them
+    for action, ids in (("retry", retry), ("cancel", cancel)):
+        for i in ids:
+            if action == "cancel" and i in gone_with:
+                continue
             try:
                 answer: dict[str, Any] = call("POST", url, f"/api/v1/tasks/{i}/{action}")
                 if action == "cancel" and not answer["cancelled"]:
                     state = call("GET", url, f"/api/v1/tasks/{i}")["state"]
-                    fail(
-                        f"task {i} is {state}, so it cannot be cancelled: only a queued or "
-                        "running task can",
-                        EXIT_USAGE,
-                    )
+                    why = ACTION_STATES["cancel"][1]
+                    fail("--cancel: " + why.format(id=i, state=state), EXIT_USAGE)
             except typer.Exit as exc:
                 if exc.exit_code != EXIT_USAGE:
-                    raise  # the control plane is not there: the rest would fail alike
+                    raise
                 refused += 1
                 continue
             if action == "retry":
                 done.append({"id": i, "state": "queued"})
             else:  # the tasks it sent went with it
                 descendants = answer.get("descendants_cancelled", [])
+                gone_with.update(descendants)
                 done.append({"id": i, "state": "cancelled", "descendants_cancelled": descendants})
     print_json(done)
     if refused:

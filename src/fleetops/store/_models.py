@@ -13,6 +13,10 @@ from typing import Literal
 TaskState = Literal["queued", "running", "succeeded", "dead", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "dead", "cancelled"})
 TASK_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "dead", "cancelled")
+#: How far ahead of now a submit may set a task's run_after or deadline (its delay or
+#: time to finish in): 10 years. Further is a mistake (``--delay 100000000d``), and a
+#: time past the year 9999 is no date at all.
+MAX_AHEAD_SECONDS = 10 * 365 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +24,8 @@ class NewTask:
     """A task to submit. ``payload`` and ``headers`` are JSON text.
 
     ``max_attempts`` 0 means "the agent's retry policy decides"; ``deadline`` and
-    ``run_after`` are seconds since the epoch.
+    ``run_after`` are seconds since the epoch; a submit through the CLI or the API
+    refuses either more than :data:`MAX_AHEAD_SECONDS` ahead.
     """
 
     queue: str

@@ -1,0 +1,250 @@
+"""Submitting, listing, retrying and cancelling tasks through the API and the CLI, over
+a real SQLite store and the real app, in this process: refused input changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import textwrap
+import threading
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from fleetops._clock import SystemClock
+from fleetops.api._app import create_app
+from fleetops.cli import _remote
+from fleetops.cli._app import app as cli_app
+from fleetops.cli._fleet import _time
+from fleetops.queue._client import QueueClient
+from fleetops.spec._loader import load_spec_text
+from fleetops.store._models import MAX_AHEAD_SECONDS
+
+SPEC = textwrap.dedent("""\
+    fleet: {name: actions}
+    clusters:
+      front:
+        agents: [{name: relay, entrypoint: "m:relay"}]
+        replicas: 1
+      back:
+        agents: [{name: work, entrypoint: "m:work"}, {name: gate, entrypoint: "m:gate"}]
+        replicas: 1
+    """)
+API = "http://fleet.test"
+
+
+class Http:
+    """A synchronous client of an ASGI app that runs, with its store's client, on an
+    event loop of its own thread: what the CLI's calls reach instead of a socket."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> None:
+        self._loop = loop
+        self._client = client
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        call = self._client.request(method, url, **kwargs)
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result(timeout=60)
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def __enter__(self) -> Http:  # as the CLI opens an httpx.Client for each call
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class Fleet:
+    """The API of a fleet that is deployed but runs no workers: tasks stay where a
+    test puts them."""
+
+    def __init__(self, http: Http, db: Path) -> None:
+        self.http = http
+        self.db = db
+
+    def submit(self, **body: Any) -> httpx.Response:
+        return self.http.post("/api/v1/tasks", json={"agent": "back/work", **body})
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        return dict(self.http.get(f"/api/v1/tasks/{task_id}").json())
+
+    def states(self) -> dict[int, str]:
+        items = self.http.get("/api/v1/tasks", params={"limit": 1000}).json()["items"]
+        return {t["id"]: t["state"] for t in items}
+
+    def set_state(self, task_id: int, state: str) -> None:
+        with contextlib.closing(sqlite3.connect(self.db)) as db, db:
+            db.execute("UPDATE tasks SET state = ? WHERE id = ?", (state, task_id))
+
+    def cli(self, *args: str) -> Any:
+        return CliRunner().invoke(cli_app, [*args, "--api", API])
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
+    db = tmp_path / "store.db"
+    plane = types.SimpleNamespace(spec=load_spec_text(SPEC), client=None, clock=SystemClock())
+    app = create_app(plane)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-api", daemon=True)
+    thread.start()
+    stack = contextlib.AsyncExitStack()
+
+    async def start() -> httpx.AsyncClient:
+        plane.client = await stack.enter_async_context(QueueClient(f"sqlite:///{db}"))
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        return await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url=API))
+
+    client = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=60)
+    http = Http(loop, client)
+    monkeypatch.setattr(_remote.httpx, "Client", lambda **_: http)
+    try:
+        yield Fleet(http, db)
+    finally:
+        asyncio.run_coroutine_threadsafe(stack.aclose(), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=60)
+        loop.close()
+
+
+# 1. a delay, run_after or deadline too far ahead
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"delay": 1e300}, "delay"),
+        ({"delay": MAX_AHEAD_SECONDS + 1}, "delay"),
+        ({"deadline_in": 1e300}, "deadline_in"),
+        ({"run_after": 1e300}, "run_after"),
+        ({"run_after": time.time() + MAX_AHEAD_SECONDS + 86400}, "run_after"),
+        ({"deadline": 1e300}, "deadline"),
+    ],
+)
+def test_the_api_refuses_a_task_scheduled_too_far_ahead(
+    fleet: Fleet, body: dict[str, float], field: str
+) -> None:
+    answer = fleet.submit(**body)
+    assert answer.status_code == 422, answer.text
+    problem = answer.json()
+    assert problem["field"] == field and problem["value"] == body[field]
+    assert "10 years" in problem["fix"]
+    assert fleet.states() == {}
+
+
+def test_the_api_takes_a_task_scheduled_within_the_limit(fleet: Fleet) -> None:
+    answer = fleet.submit(delay=MAX_AHEAD_SECONDS - 60, deadline_in=MAX_AHEAD_SECONDS)
+    assert answer.status_code == 201, answer.text
+
+
+def test_submit_refuses_a_delay_or_deadline_too_far_ahead_and_submits_nothing(
+    fleet: Fleet,
+) -> None:
+    for flag in ("--delay", "--deadline"):
+        result = fleet.cli("submit", "back/work", "1", flag, "100000000d")
+        assert result.exit_code == 2, result.output
+        assert flag in result.stderr and "100000000d" in result.stderr
+        assert "3650d" in result.stderr
+    assert fleet.states() == {}
+
+
+@pytest.mark.parametrize("at", [1e300, 8.64e12 + 0.5, float("inf"), float("nan")])
+def test_a_time_that_is_no_date_is_shown_as_its_number(at: float) -> None:
+    assert _time(at) == str(at)
+    assert _time(0) == "1970-01-01 00:00:00"
+
+
+def test_listing_a_task_stored_for_a_time_that_is_no_date_does_not_crash(fleet: Fleet) -> None:
+    """A task an older version stored due in the year 275817: the listing says when as
+    a number."""
+    task_id = fleet.submit(delay=60).json()["id"]
+    with contextlib.closing(sqlite3.connect(fleet.db)) as db, db:
+        db.execute("UPDATE tasks SET run_after = 1e300 WHERE id = ?", (task_id,))
+    result = fleet.cli("tasks", "--state", "queued")
+    assert result.exit_code == 0, result.output
+    assert "due" in result.stdout and "1e+300" in result.stdout  # the cell may wrap
+
+
+# 2. an agent no cluster names
+
+
+def test_retry_dead_refuses_an_agent_no_cluster_names(fleet: Fleet) -> None:
+    dead = fleet.submit().json()["id"]
+    fleet.set_state(dead, "dead")
+    answer = fleet.http.post("/api/v1/tasks/retry-dead", params={"agent": "nosuch"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == "agent" and answer.json()["value"] == "nosuch"
+    assert "gate, relay, work" in answer.json()["fix"]
+    result = fleet.cli("tasks", "--retry-dead", "--agent", "nosuch")
+    assert result.exit_code == 2 and "nosuch" in result.stderr
+    assert fleet.task(dead)["state"] == "dead"
+    # an agent of some cluster is taken without --cluster
+    result = fleet.cli("tasks", "--retry-dead", "--agent", "work")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"retried": 1, "tasks": [dead]}
+
+
+# 3. a body of filters, which a bulk action would ignore
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [("/api/v1/tasks/retry-dead", {}), ("/api/v1/tasks/cancel-queued", {"cluster": "back"})],
+)
+def test_a_bulk_action_refuses_a_body_and_changes_nothing(
+    fleet: Fleet, path: str, params: dict[str, str]
+) -> None:
+    dead, queued = fleet.submit().json()["id"], fleet.submit().json()["id"]
+    fleet.set_state(dead, "dead")
+    answer = fleet.http.post(path, params=params, json={"agent": "nosuch"})
+    assert answer.status_code == 422, answer.text
+    problem = answer.json()
+    assert problem["field"] == "body" and "nosuch" in problem["value"]
+    assert "query string" in problem["fix"] and "?cluster=" in problem["fix"]
+    assert fleet.states() == {dead: "dead", queued: "queued"}
+    # without a body, the same call acts
+    assert fleet.http.post(path, params=params).status_code == 200
+
+
+# 4. --retry and --cancel check every id before acting on any
+
+
+@pytest.mark.parametrize("order", ["good first", "bad first"])
+def test_retry_of_an_unknown_task_retries_none(fleet: Fleet, order: str) -> None:
+    dead = fleet.submit().json()["id"]
+    fleet.set_state(dead, "dead")
+    ids = [str(dead), "999999"] if order == "good first" else ["999999", str(dead)]
+    result = fleet.cli("tasks", "--retry", ids[0], "--retry", ids[1])
+    assert result.exit_code == 2
+    assert "999999" in result.stderr and json.loads(result.stdout) == []
+    assert fleet.task(dead)["state"] == "dead"
+
+
+def test_cancel_of_a_task_it_cannot_cancel_cancels_none(fleet: Fleet) -> None:
+    queued, done = fleet.submit().json()["id"], fleet.submit().json()["id"]
+    fleet.set_state(done, "succeeded")
+    result = fleet.cli("tasks", "--cancel", str(queued), "--cancel", str(done))
+    assert result.exit_code == 2
+    assert f"task {done} is succeeded, so it cannot be cancelled" in result.stderr
+    assert fleet.task(queued)["state"] == "queued"
+    # a retry of a task that is not dead stops the cancel as well
+    result = fleet.cli("tasks", "--cancel", str(queued), "--retry", str(queued))
+    assert result.exit_code == 2 and "not dead" in result.stderr
+    assert fleet.task(queued)["state"] == "queued"
+    result = fleet.cli("tasks", "--cancel", str(queued))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [
+        {"id": queued, "state": "cancelled", "descendants_cancelled": []}
+    ]
