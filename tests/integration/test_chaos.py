@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +172,37 @@ def test_a_cut_store_run_that_fails_its_hypothesis_keeps_the_fleets_logs(
     names = sorted(p.name for p in kept.iterdir())  # the one worker's, and the spares'
     assert len(names) == 2 and "spares.log" in names, names
     assert all(name.endswith(".log") for name in names), names
+
+
+@pytest.mark.parametrize(
+    ("command", "fault"),
+    [
+        (["kill-workers", "--workers", "1", "--kill-every", "10m"], "kill"),
+        pytest.param(
+            ["cut-store", "--workers", "1", "--cut-every", "10m"], "cut", marks=pytest.mark.postgres
+        ),
+    ],
+)
+def test_a_run_that_ended_before_its_first_fault_does_not_pass(
+    command: list[str], fault: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A few tasks done before the first fault: the report read as a pass (kills 0,
+    exit status 0) though nothing had been tested."""
+    if command[0] == "cut-store":
+        command = [*command, "--store", request.getfixturevalue("postgres_url")]
+    done = subprocess.run(
+        [sys.executable, "-m", "fleetops.cli", "chaos", *command, "--tasks", "3", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    report = json.loads(done.stdout)
+    assert report["faults_injected"] is False
+    assert report["succeeded"] == 3 and report["lost"] == 0
+    said = " ".join(done.stderr.split())
+    assert "no fault injected" in said and f"before the first {fault}" in said, said
+    assert "--tasks" in said and f"{fault} sooner" in said
+    assert not list(tmp_path.iterdir())  # no logs kept: nothing failed

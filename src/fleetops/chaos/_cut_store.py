@@ -96,12 +96,19 @@ class CutStoreResult(Tally):
     #: where the fleet's logs were kept, when the hypothesis failed (else None)
     logs: str | None = None
 
+    @property
+    def faults_injected(self) -> bool:
+        """Whether the database was cut off at all: a run that ended before the
+        first cut proves nothing, whatever its counts say."""
+        return self.cuts > 0
+
     def summary(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"faults_injected": self.faults_injected}
 
     @property
     def holds(self) -> bool:
-        """Whether the steady-state hypothesis held (see the module's doc)."""
+        """Whether the steady-state hypothesis held (see the module's doc); with no
+        cut (see :attr:`faults_injected`) it was not put to the test."""
         kept = not (self.lost or self.duplicate_effects or self.missing_effects)
         return kept and (self.cuts_outlast_leases or not self.worker_failures)
 

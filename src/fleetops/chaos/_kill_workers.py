@@ -71,10 +71,17 @@ class KillWorkersResult(Tally):
     detection_samples: list[float] = field(default_factory=list, repr=False)
     recovery_samples: list[float] = field(default_factory=list, repr=False)
 
+    @property
+    def faults_injected(self) -> bool:
+        """Whether a worker was killed or stopped: a run that ended before the first
+        fault proves nothing, whatever its counts say."""
+        return bool(self.kills or self.stops)
+
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("detection_samples")
         out.pop("recovery_samples")
+        out["faults_injected"] = self.faults_injected
         return out
 
 

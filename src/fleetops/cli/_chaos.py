@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import NoReturn
 
 import typer
 
@@ -54,7 +55,8 @@ def kill_workers_command(
     """SIGKILL a random worker every interval under load; report lost and duplicated work.
 
     Exits 1 when the steady-state hypothesis fails: a task lost, or a side effect
-    applied twice or missing.
+    applied twice or missing; and when the work was done before the first kill or
+    stop (nothing was tested).
     """
     setup_logging(verbose, quiet_level=logging.CRITICAL)  # the failures are the point
     with user_errors():
@@ -98,6 +100,8 @@ def kill_workers_command(
                 "fleet may not keep up; a longer interval tells loss from slowness"
             )
         raise typer.Exit(EXIT_FAILURE)
+    if not result.faults_injected:
+        _no_fault(result.elapsed_s, "kill", f"--kill-every {kill_every}")
 
 
 @app.command("cut-store")
@@ -119,7 +123,8 @@ def cut_store_command(
 
     Exits 1 when the steady-state hypothesis fails: a task lost, a side effect
     applied twice or missing, or a worker failed though the cuts were shorter than
-    its lease (workers ride a cut out; one cut off for its lease's length stops).
+    its lease (workers ride a cut out; one cut off for its lease's length stops);
+    and when the work was done before the first cut (nothing was tested).
     """
     setup_logging(verbose, quiet_level=logging.CRITICAL)  # the failures are the point
     with user_errors():
@@ -157,3 +162,17 @@ def cut_store_command(
             )
         err.print(f"; the fleet's logs are kept in {result.logs}", markup=False)
         raise typer.Exit(EXIT_FAILURE)
+    if not result.faults_injected:
+        _no_fault(result.elapsed_s, "cut", f"--cut-every {cut_every}")
+
+
+def _no_fault(elapsed_s: float, fault: str, interval: str) -> NoReturn:
+    """Exit 1 for a run that ended before its first fault: it held, but proved nothing."""
+    err.print("[bold red]no fault injected:[/] ", end="")
+    err.print(
+        f"the work was done in {elapsed_s:.1f} s, before the first {fault} "
+        f"({interval}), so the run proves nothing; give it more work (--tasks, --work) "
+        f"or {fault} sooner (a shorter {interval.split()[0]})",
+        markup=False,
+    )
+    raise typer.Exit(EXIT_FAILURE)
