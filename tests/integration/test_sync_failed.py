@@ -21,7 +21,11 @@ import errno
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +34,7 @@ from fleetops.queue import QueueClient
 from fleetops.queue import _client as client_module
 from fleetops.store import NewTask, SqliteStore
 from fleetops.store import _sqlite as sqlite_module
-from fleetops.store._sqlite import SYNC_FAILED_SUFFIX, LockBusy
+from fleetops.store._sqlite import SYNC_FAILED_SUFFIX, LockBusy, SqliteCheckpointer, WalFile
 
 
 class _Disk:
@@ -54,6 +58,17 @@ def _store(path: Path, **kwargs: float) -> SqliteStore:
     store = SqliteStore(path, durability="full", **kwargs)
     store.migrate()
     return store
+
+
+@contextmanager
+def _connected(store: SqliteStore, conn: Any) -> Iterator[None]:
+    """``store`` on ``conn`` (a wrapper of its connection) for a while."""
+    real = store._conn
+    store._conn = conn
+    try:
+        yield
+    finally:
+        store._conn = real
 
 
 def _count(path: Path) -> int:
@@ -192,32 +207,299 @@ def test_the_repair_waits_for_readers_and_refuses_writes_while_they_keep_it_from
         store.close()
 
 
-def test_an_fsync_the_kernel_ended_well_proves_nothing_when_another_ended_badly_with_it(
-    tmp_path: Path,
+class _WriteBack:
+    """Linux's account of a failed write-back (errseq): the error is told once to each
+    open file, at its next fsync, and not again; a file opened after it never hears
+    of it. ``fail()`` is a write-back that failed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.errors = 0
+        self._told: dict[int, int] = {}
+        real = sqlite_module._fdatasync
+
+        def fdatasync(fd: int) -> None:
+            self.check(fd)
+            real(fd)
+
+        monkeypatch.setattr(sqlite_module, "_fdatasync", fdatasync)
+
+    def fail(self) -> None:
+        self.errors += 1
+
+    def kernel(self, fd: int) -> list[OSError]:
+        """An fsync the kernel runs: what it was told, not yet read by anyone."""
+        try:
+            self.check(fd)
+        except OSError as exc:
+            return [exc]
+        return []
+
+    def check(self, fd: int) -> None:
+        told = self._told.setdefault(fd, 0)
+        if told < self.errors:
+            self._told[fd] = self.errors
+            raise OSError(errno.EIO, "Input/output error")
+
+
+def test_an_fsync_the_store_runs_learns_of_a_failure_told_to_the_kernel_s_fsync_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two fsyncs the kernel ends in one pass: the failure is told to one of them. The
-    other's waiter must not be answered before that failure is known."""
+    """The kernel's fsync read the failure and its answer is not yet read, when the
+    store runs an fsync of its own: that one must fail too, not acknowledge a commit
+    that comes after the lost pages (it has a descriptor of its own to be told on)."""
     path = tmp_path / "fleet.db"
     store = _store(path)
+    disk = _WriteBack(monkeypatch)
+    try:
+        store.submit([NewTask("q", "a", "{}")], 1.0)  # the store's descriptor, opened
+        assert store.start_wal_sync(disk.kernel) == []  # the kernel's, opened
+        disk.fail()
+        unread = store.start_wal_sync(disk.kernel)  # the kernel's fsync is told
+        assert unread and "Input/output error" in str(unread[0])
+        with pytest.raises(SyncFailed, match="Input/output error"):
+            store.submit([NewTask("q", "a", "{}")], 2.0)
+    finally:
+        store.close()
+
+
+def test_the_kernel_s_fsync_that_ended_well_is_answered_after_the_others_in_flight(
+    tmp_path: Path,
+) -> None:
+    """Fsyncs the kernel ends and the loop reads in any order: a success is answered
+    only after every fsync in flight when it was read, since the failure of a
+    write-back is told to one of them only."""
+    store = _store(tmp_path / "fleet.db")
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        well, badly = loop.create_future(), loop.create_future()
-        answered, failed = loop.create_future(), loop.create_future()
-        well.add_done_callback(
-            lambda f: client_module._answer_kernel_sync(store, answered, f)  # type: ignore[arg-type]
-        )
-        badly.add_done_callback(
-            lambda f: client_module._answer_kernel_sync(store, failed, f)  # type: ignore[arg-type]
-        )
-        well.set_result(None)  # the good one first, as the kernel may list them
+        inflight: set[asyncio.Future[None]] = set()
+
+        def fsync() -> tuple[asyncio.Future[None], asyncio.Future[None]]:
+            synced: asyncio.Future[None] = loop.create_future()
+            waiter: asyncio.Future[None] = loop.create_future()
+            inflight.add(synced)
+            answer = partial(client_module._answer_kernel_sync, store, inflight, waiter)
+            synced.add_done_callback(answer)
+            return synced, waiter
+
+        # the good one read first, the bad one in the same pass
+        (well, answered), (badly, failed) = fsync(), fsync()
+        well.set_result(None)
         badly.set_exception(OSError(errno.EIO, "Input/output error"))
         with pytest.raises(SyncFailed, match="Input/output error"):
             await failed
         with pytest.raises(SyncFailed, match="not repaired yet"):
             await answered
+        store._repair()
+
+        # the bad one read a while later: the good one is not answered meanwhile
+        (well, answered), (badly, failed) = fsync(), fsync()
+        well.set_result(None)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not answered.done()
+        badly.set_exception(OSError(errno.EIO, "Input/output error"))
+        with pytest.raises(SyncFailed, match="not repaired yet"):
+            await answered
+        assert failed.exception() is not None
+        store._repair()
+
+        # and when the others end well, so does it; none left in flight
+        (well, answered), (other, answered_other) = fsync(), fsync()
+        well.set_result(None)
+        other.set_result(None)
+        assert await answered is None
+        assert await answered_other is None
+        assert not inflight
 
     try:
         asyncio.run(main())
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("where", ["another store", "this store"])
+def test_a_failure_during_a_repair_is_not_repaired_by_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A repair that began before a failure does not cover it: the failure's mark, a
+    new file, stays, and the write is refused."""
+    path = tmp_path / "fleet.db"
+    store, other = _store(path), _store(path)
+    try:
+        store.sync_failed(OSError(errno.EIO, "the first failure"))
+        unmark = sqlite_module.SqliteStore._unmark
+        late = other if where == "another store" else store
+
+        def failure_meanwhile(self: SqliteStore, *args: Any) -> None:
+            late.sync_failed(OSError(errno.EIO, "a failure during the repair"))
+            unmark(self, *args)
+
+        monkeypatch.setattr(sqlite_module.SqliteStore, "_unmark", failure_meanwhile)
+        with pytest.raises(SyncFailed, match="an fsync failed meanwhile"):
+            store.submit([NewTask("q", "a", "{}")], 1.0)
+        mark = Path(f"{path}{SYNC_FAILED_SUFFIX}")
+        assert "a failure during the repair" in mark.read_text()
+        assert _count(path) == 0
+        monkeypatch.undo()
+        store.submit([NewTask("q", "a", "{}")], 2.0)  # repaired now
+        assert not mark.exists()
+        assert [p.name for p in tmp_path.iterdir() if "syncfailed" in p.name] == []
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_failure_during_a_repair_is_not_repaired_by_it_where_no_mark_could_be_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk refused the marks too: the store still knows of its own failures, and
+    one during its repair keeps it refusing."""
+    path = tmp_path / "fleet.db"
+    store = _store(path)
+    real = store._conn
+
+    class FailureMeanwhile:
+        def execute(self, sql: str, *args: Any) -> Any:
+            done = real.execute(sql, *args)
+            if "wal_checkpoint(TRUNCATE)" in sql:
+                store.sync_failed(OSError(errno.EIO, "a failure during the repair"))
+            return done
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    monkeypatch.setattr(sqlite_module, "mark_sync_failed", lambda *args: None)
+    try:
+        store.sync_failed(OSError(errno.EIO, "the first failure"))
+        with _connected(store, FailureMeanwhile()), pytest.raises(SyncFailed, match="meanwhile"):
+            store.submit([NewTask("q", "a", "{}")], 1.0)
+        with pytest.raises(SyncFailed, match="not repaired yet"):
+            store.sync_wal()
+        store.submit([NewTask("q", "a", "{}")], 2.0)  # repaired now
+        store.sync_wal()
+    finally:
+        store.close()
+
+
+def test_a_wal_that_cannot_be_opened_is_an_error_not_a_failed_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Too many open files, say: nothing was synced, the write is not acknowledged,
+    but no fsync failed, so nothing is marked and nothing needs repair."""
+    path = tmp_path / "fleet.db"
+    store = _store(path)
+    try:
+        store.submit([NewTask("q", "a", "{}")], 1.0)
+        store._wal.close()
+
+        def no_descriptor(self: WalFile) -> int | None:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(WalFile, "current", no_descriptor)
+        with pytest.raises(sqlite_module.StoreError, match="cannot open its WAL") as caught:
+            store.submit([NewTask("q", "a", "{}")], 2.0)
+        assert not isinstance(caught.value, SyncFailed)
+        with pytest.raises(sqlite_module.StoreError, match="Too many open files"):
+            store.start_wal_sync(lambda fd: fd)
+        assert not Path(f"{path}{SYNC_FAILED_SUFFIX}").exists()
+        monkeypatch.undo()
+        store.sync_wal()
+    finally:
+        store.close()
+
+
+class _FailingCheckpoints:
+    """A connection whose ``wal_checkpoint(TRUNCATE)`` fails with a disk I/O error the
+    first ``times`` times, as SQLite's does when its own descriptor of the WAL is
+    told of a failed write-back."""
+
+    def __init__(self, conn: sqlite3.Connection, times: int) -> None:
+        self._conn = conn
+        self.times = times
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if "wal_checkpoint(TRUNCATE)" in sql and self.times > 0:
+            self.times -= 1
+            exc = sqlite3.OperationalError("disk I/O error")
+            exc.sqlite_errorcode = sqlite3.SQLITE_IOERR | (24 << 8)  # type: ignore[attr-defined]
+            raise exc
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_the_repair_copies_again_once_when_sqlite_is_told_of_the_failure_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "fleet.db"
+    store = _store(path)
+    try:
+        store.sync_failed(OSError(errno.EIO, "Input/output error"))
+        with _connected(store, _FailingCheckpoints(store._conn, 1)):
+            store.submit([NewTask("q", "a", "{}")], 1.0)  # told once: copied again
+        assert not Path(f"{path}{SYNC_FAILED_SUFFIX}").exists()
+        store.sync_failed(OSError(errno.EIO, "Input/output error"))
+        with (
+            _connected(store, _FailingCheckpoints(store._conn, 2)),
+            pytest.raises(SyncFailed, match=r"not repaired \(disk I/O error\)"),
+        ):
+            store.submit([NewTask("q", "a", "{}")], 2.0)
+        assert _count(path) == 1
+    finally:
+        store.close()
+
+
+def test_a_failed_fsync_in_the_checkpointer_marks_the_store_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpointer syncs the WAL when it writes zeros ahead of its frames: told
+    of a failure there, no store would hear of it on its own descriptor."""
+    path = tmp_path / "fleet.db"
+    store = _store(path)
+    checkpointer = SqliteCheckpointer(path, durability="full", interval=3600)
+    disk = _Disk(monkeypatch)
+    try:
+        store.submit([NewTask("q", "a", "{}")], 1.0)
+        disk.failing.set()
+        with pytest.raises(OSError, match="Input/output error"):
+            checkpointer.fill(0)
+        disk.failing.clear()
+        with pytest.raises(SyncFailed, match="not repaired yet"):
+            store.sync_wal()
+    finally:
+        checkpointer.close()
+        store.close()
+
+
+def test_the_inline_client_says_the_store_is_not_repaired_when_readers_keep_the_repair_off(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "fleet.db"
+    _store(path).close()
+    reader = sqlite3.connect(path, isolation_level=None)
+
+    def factory(url: str) -> SqliteStore:
+        return SqliteStore(path, durability="full", lock_timeout=0.3)
+
+    async def main() -> None:
+        async with QueueClient(
+            f"sqlite:///{path}?durability=full", inline=True, store_factory=factory
+        ) as client:
+            await client.submit_many([NewTask("q", "a", "{}")])
+            store = client.store
+            assert isinstance(store, SqliteStore)
+            store.sync_failed(OSError(errno.EIO, "Input/output error"))
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM tasks").fetchone()
+            with pytest.raises(SyncFailed, match="other connections kept it busy"):
+                await client.submit_many([NewTask("q", "a", "{}")])
+            reader.execute("COMMIT")
+            await client.submit_many([NewTask("q", "a", "{}")])
+
+    try:
+        asyncio.run(main())
+    finally:
+        reader.close()
+    assert _count(path) == 2

@@ -270,25 +270,49 @@ def _fail_all(waiters: Sequence[asyncio.Future[None]], error: BaseException) -> 
 
 
 def _answer_kernel_sync(
-    store: SqliteStore, waiter: asyncio.Future[None], synced: asyncio.Future[None]
+    store: SqliteStore,
+    inflight: set[asyncio.Future[None]],
+    waiter: asyncio.Future[None],
+    synced: asyncio.Future[None],
 ) -> None:
-    if waiter.done():
-        return
+    """Answer ``waiter`` for the kernel's fsync ``synced``, one of ``inflight`` (the
+    kernel's fsyncs not yet read).
+
+    A failure is recorded first, whether anyone still waits or not. A success is
+    answered only once every fsync in flight when it was read has been read too, and
+    their failures recorded: the kernel tells a failed write-back to one fsync of a
+    descriptor only, not necessarily the one whose commits it held.
+    """
+    inflight.discard(synced)
     error = None if synced.cancelled() else synced.exception()
     if synced.cancelled() or error is not None:
         cause = error if isinstance(error, OSError) else OSError(errno.EIO, "cancelled")
-        waiter.set_exception(store.sync_failed(cause))
-    else:
-        # after every fsync the kernel ended with this one has been answered: one that
-        # failed (the error is told to one of them only) makes this one prove nothing
+        failed = store.sync_failed(cause)
+        if not waiter.done():
+            waiter.set_exception(failed)
+        return
+    pending = [other for other in inflight if not other.done()]
+    if not pending:
+        # after the fsyncs the kernel ended in the same pass have been read
         asyncio.get_running_loop().call_soon(_answer_if_synced, store, waiter)
+        return
+    left = len(pending)
+
+    def read(_: asyncio.Future[None]) -> None:
+        nonlocal left
+        left -= 1
+        if left == 0:  # after its own answer, which records a failure
+            asyncio.get_running_loop().call_soon(_answer_if_synced, store, waiter)
+
+    for other in pending:
+        other.add_done_callback(read)
 
 
 def _answer_if_synced(store: SqliteStore, waiter: asyncio.Future[None]) -> None:
     if waiter.done():
         return
     try:
-        store.check_synced()
+        store.check_synced(committed=True)
     except SyncFailed as exc:
         waiter.set_exception(exc)
     else:
@@ -388,6 +412,8 @@ class QueueClient:
         #: (fleetops.store._aio), unless kernel_fsync is False
         self._want_kernel_fsync = kernel_fsync
         self._aio: AsyncFsync | None = None
+        #: the kernel's fsyncs started and not yet read (see _answer_kernel_sync)
+        self._kernel_inflight: set[asyncio.Future[None]] = set()
         #: fsyncs run by the kernel for the loop, on the event loop, and on the store
         #: thread so far
         self.syncs_kernel = 0
@@ -495,7 +521,7 @@ class QueueClient:
         (:meth:`_synced`) before it may be acknowledged."""
         if not self.inline:
             return await self._call(fn, *args), False
-        from ..store._sqlite import LockBusy, SqliteStore
+        from ..store._sqlite import LockBusy, RepairBusy, SqliteStore
 
         store = self.store
         assert isinstance(store, SqliteStore)
@@ -505,15 +531,15 @@ class QueueClient:
             while True:
                 store.nonblocking = True
                 store.defer_sync = store.durability == "full"
-                busy = False
+                busy: LockBusy | None = None
                 try:
                     result = fn(*args)
-                except LockBusy:
-                    busy = True
+                except LockBusy as exc:
+                    busy = exc
                 finally:
                     store.nonblocking = False
                     store.defer_sync = False
-                if not busy:
+                if busy is None:
                     sync, store.sync_pending = store.sync_pending, False
                     break
                 # another process holds the write lock: let the loop run, then try again
@@ -521,6 +547,8 @@ class QueueClient:
                 if deadline is None:
                     deadline = now + store.lock_timeout
                 elif now > deadline:
+                    if isinstance(busy, RepairBusy):  # the store is not repaired: say so
+                        raise SyncFailed(str(busy))
                     raise StoreUnavailable(
                         f"SQLite store {store.path} stayed locked for {store.lock_timeout:.0f} s"
                     )
@@ -609,7 +637,10 @@ class QueueClient:
         if started is None:  # no WAL: every commit is in the synced database
             waiter.set_result(None)
         else:
-            started.add_done_callback(partial(_answer_kernel_sync, store, waiter))
+            self._kernel_inflight.add(started)
+            started.add_done_callback(
+                partial(_answer_kernel_sync, store, self._kernel_inflight, waiter)
+            )
         return True
 
     def _sync_wal(self) -> None:

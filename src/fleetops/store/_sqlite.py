@@ -44,12 +44,18 @@ acknowledged, and lost with them at a power cut, since recovery stops at the fir
 frame that is not intact. So the store that sees the failure raises
 :class:`~fleetops.SyncFailed` for the commits it covered (never acknowledged, never
 made again: they may be there), leaves a mark beside the file
-(:data:`SYNC_FAILED_SUFFIX`), and from then on every store on the file, in this
-process or any other, started before or after, refuses to acknowledge or to write
-until the mark is gone. The next write first repairs the store: a checkpoint copies
-everything committed into the database file, syncs it, and empties the WAL
-(``wal_checkpoint(TRUNCATE)``); only if all of that succeeded is the mark removed. On
-a disk that keeps failing, every write fails with SyncFailed, naming the first error.
+(:data:`SYNC_FAILED_SUFFIX`, a new one for each failure), and from then on every
+store on the file, in this process or any other, started before or after, refuses to
+acknowledge or to write until the mark is gone. The fsyncs a store runs itself and
+those it hands to the kernel use descriptors of their own, so that each learns of a
+failure by itself; one the kernel ended well is answered only after every other it
+had in flight then was read. The next write first repairs the store: a checkpoint
+copies everything committed into the database file, syncs it, and empties the WAL
+(``wal_checkpoint(TRUNCATE)``); only if all of that succeeded, and no fsync failed
+meanwhile, is the mark removed. On a disk that keeps failing, every write fails with
+SyncFailed. The checkpoint reads the frames from the kernel's cache; a page whose
+write-back failed and which the kernel dropped since would be read as the disk has
+it, which nothing short of a second copy of every frame could tell.
 """
 
 from __future__ import annotations
@@ -222,9 +228,41 @@ def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
         pause = min(pause * 2, 0.05)
 
 
+def mark_sync_failed(db_path: str | os.PathLike[str], failure: str) -> None:
+    """Leave the mark of a failed fsync of the WAL beside the store at ``db_path``
+    (module doc), holding ``failure``: a new file for each failure, written aside and
+    renamed over any older one, so that a repair that began before this failure can
+    tell its mark from this one. Best effort: the disk may refuse this too, and the
+    store that saw the failure refuses all the same."""
+    mark = f"{db_path}{SYNC_FAILED_SUFFIX}"
+    aside = f"{mark}.new.{os.getpid()}.{threading.get_ident()}"
+    try:
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, failure.encode())
+        finally:
+            os.close(fd)
+        os.replace(aside, mark)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(aside)
+
+
+def _is_io_error(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the disk refused a read, a write or a sync (SQLITE_IOERR
+    and its extended codes)."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_IOERR
+
+
 class LockBusy(StoreError):
     """Another connection holds the write lock (raised only in nonblocking mode,
     before the call changed anything: the whole call may be retried)."""
+
+
+class RepairBusy(LockBusy):
+    """The repair after a failed fsync waits for other connections (nonblocking mode;
+    nothing was done: the call may be retried). Its text is the refusal to give the
+    caller should it wait too long."""
 
 
 class SqliteStore(SqlStore):
@@ -263,7 +301,11 @@ class SqliteStore(SqlStore):
         self.sync_mark = Path(f"{self.path}{SYNC_FAILED_SUFFIX}")
         #: the failed fsync this store saw itself and has not repaired, if any
         self._sync_failure: str | None = None
+        #: failed fsyncs this store has seen (a repair tells whether one came meanwhile)
+        self._sync_failures = 0
         self._wal = WalFile(str(self.path), os.O_RDONLY, self._sync_wal_directory)
+        #: the kernel's fsyncs have a descriptor of their own (see start_wal_sync)
+        self._wal_kernel = WalFile(str(self.path), os.O_RDONLY, self._sync_wal_directory)
         #: sync_wal may run on the event loop (the inline client) while the store
         #: thread commits (and syncs) for a call of its own: one at a time opens the fd
         self._wal_lock = threading.Lock()
@@ -355,58 +397,63 @@ class SqliteStore(SqlStore):
         is then on disk. (A caller that deferred the sync clears :attr:`sync_pending`
         itself, on its own thread, before it asks for this one.)
 
-        Raises StoreError if the disk refuses: the commit stands, but whether it would
-        survive a power cut is unknown, so it must not be acknowledged.
+        Raises SyncFailed if the disk refuses, or refused an earlier fsync the store
+        has not repaired since: the commit stands, but whether it would survive a
+        power cut is unknown, so it must not be acknowledged. Raises StoreError if the
+        WAL cannot be opened (nothing was synced, and nothing is marked).
         """
-        try:
-            with self._wal_lock:
-                self._sync_wal_locked()
-        except OSError as exc:
-            raise self.sync_failed(exc) from exc
-        self.check_synced()  # another fsync failed meanwhile: this one proves nothing
+        with self._wal_lock:
+            fd = self._open_wal(self._wal)
+            if fd is not None:
+                try:
+                    _fdatasync(fd)
+                except OSError as exc:
+                    # recorded before the lock is let go: the next fsync of this
+                    # descriptor succeeds, and must find the failure already known
+                    raise self.sync_failed(exc) from exc
+        self.check_synced(committed=True)  # another failed meanwhile: this proves nothing
 
     def start_wal_sync(self, start: Callable[[int], T]) -> T | None:
-        """``start(fd)`` on the WAL file's descriptor, for an fsync that runs elsewhere
-        (see fleetops.store._aio): what it answers, or None when there is no WAL (every
-        commit is then in the synced database). The descriptor stays open while
-        ``start`` runs; an fsync the kernel has accepted holds the file itself.
+        """``start(fd)`` on a descriptor of the WAL file of its own, for an fsync that
+        runs elsewhere (see fleetops.store._aio): what it answers, or None when there
+        is no WAL (every commit is then in the synced database). The descriptor stays
+        open while ``start`` runs; an fsync the kernel has accepted holds the file
+        itself. Its own, because the kernel tells a failed write-back once to each
+        open file: an fsync run here meanwhile learns of it by itself, whenever the
+        kernel's result is read.
 
-        Raises StoreError if the WAL cannot be opened, as :meth:`sync_wal` does, and
-        SyncFailed if an fsync failed before that the store has not repaired yet.
+        Raises SyncFailed if an fsync failed before that the store has not repaired
+        yet, and StoreError if the WAL cannot be opened, as :meth:`sync_wal` does.
         """
-        self.check_synced()
+        self.check_synced(committed=True)
+        with self._wal_lock:
+            fd = self._open_wal(self._wal_kernel)
+            return None if fd is None else start(fd)
+
+    def _open_wal(self, wal: WalFile) -> int | None:
         try:
-            with self._wal_lock:
-                fd = self._wal.current()
-                return None if fd is None else start(fd)
+            return wal.current()
         except OSError as exc:
-            raise self.sync_failed(exc) from exc
+            raise StoreError(
+                f"SQLite store {self.path}: cannot open its WAL to sync it ({exc}); "
+                "the last write is committed but not acknowledged"
+            ) from exc
 
     def sync_failed(self, exc: OSError) -> SyncFailed:
         """The error for a failed fsync of the WAL (``exc``, the system's). The store
         refuses writes and acknowledgements from now on, here and in every other
         process, until its next write has repaired it (module doc)."""
         failure = f"{exc} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        self._sync_failures += 1
         if self._sync_failure is None:
             self._sync_failure = failure
-        try:  # for every other store on the file; the disk may refuse this too
-            fd = os.open(self.sync_mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            pass
-        except OSError:
-            pass
-        else:
-            try:
-                os.write(fd, failure.encode())
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+        mark_sync_failed(self.path, failure)
         return SyncFailed(
             f"SQLite store {self.path}: cannot sync the WAL to disk ({exc}): the last "
             "writes are committed but may not survive a power cut, so they are not "
             "acknowledged; the store takes no more writes until its next write has "
-            "copied the WAL into the database file and synced it (check the disk: dmesg)"
+            "copied the WAL into the database file and synced it (check the disk: "
+            f"dmesg; {self.sync_mark.name} beside the store marks the failure)"
         )
 
     def _sync_failure_left(self) -> str | None:
@@ -422,66 +469,101 @@ class SqliteStore(SqlStore):
         except OSError:  # repaired meanwhile, or unreadable
             return None if not os.path.exists(self.sync_mark) else "an earlier fsync failed"
 
-    def check_synced(self) -> None:
+    def check_synced(self, *, committed: bool = False) -> None:
         """Raise SyncFailed if an fsync of the WAL failed and the store was not
-        repaired since: no later fsync proves that a commit is on disk."""
+        repaired since: no later fsync proves that a commit is on disk.
+        ``committed``: the caller's write is committed already (say so)."""
         failure = self._sync_failure_left()
         if failure is not None:
-            raise SyncFailed(self._refusal(failure, "not repaired yet"))
+            raise SyncFailed(self._refusal(failure, "not repaired yet", committed=committed))
 
-    def _refusal(self, failure: str, why: str) -> str:
+    def _refusal(self, failure: str, why: str, *, committed: bool = False) -> str:
+        this = (
+            "this write is committed but not acknowledged (it may be there), and the "
+            "store takes no more"
+            if committed
+            else "the store takes no writes"
+        )
         return (
             f"SQLite store {self.path}: an fsync of its WAL failed ({failure}) and the "
-            f"store is {why}: it takes no writes until a checkpoint has copied the WAL "
-            "into the database file and synced it, which the next write tries (check "
-            f"the disk: dmesg; {self.sync_mark.name} beside the store marks the failure)"
+            f"store is {why}: {this} until a checkpoint has copied the WAL into the "
+            "database file and synced it, which the next write tries (check the disk: "
+            f"dmesg; {self.sync_mark.name} beside the store marks the failure)"
         )
 
     def _repair(self) -> None:
         """Put everything committed on disk by another way than the WAL, whose fsync
         failed: a checkpoint copies the WAL into the database file, syncs both, and
         empties the WAL, so that new commits start it over. Then the failure's mark
-        goes. Raises SyncFailed if the disk refuses again; LockBusy (nonblocking) or,
-        past the lock timeout, SyncFailed while other connections keep it from
-        running."""
+        goes, unless a failure came after the repair began. Raises SyncFailed if the
+        disk refuses again; LockBusy (nonblocking) or, past the lock timeout,
+        SyncFailed while other connections keep it from running.
+
+        The checkpoint copies the frames from the kernel's cache, where the pages
+        whose write-back failed still are; one the kernel dropped meanwhile would be
+        read from the disk as it is there. Nothing short of keeping a copy of every
+        frame could tell; a disk that fails fsyncs needs looking at either way.
+        """
         failure = self._sync_failure_left() or "an earlier fsync failed"
+        failures = self._sync_failures
+        try:
+            mark = os.stat(self.sync_mark).st_ino
+        except OSError:
+            mark = None
         deadline = time.monotonic() + self.lock_timeout
         pause = 0.0002
+        told = False
         while True:
             try:
                 busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
             except sqlite3.OperationalError as exc:
-                if not is_busy(exc):
+                if is_busy(exc):
+                    busy = 1
+                elif not told and _is_io_error(exc):
+                    # SQLite's own descriptor of the WAL is told of the failure too,
+                    # at its first fsync: the copy is made again, and synced, at once
+                    told = True
+                    continue
+                else:
                     raise SyncFailed(self._refusal(failure, f"not repaired ({exc})")) from exc
-                busy = 1
             if not busy:
                 break
+            busy_refusal = self._refusal(failure, "not repaired: other connections kept it busy")
             if self.nonblocking:
-                raise LockBusy(f"SQLite store {self.path}: its repair waits for readers")
+                raise RepairBusy(busy_refusal)
             if time.monotonic() > deadline:
-                raise SyncFailed(
-                    self._refusal(failure, "not repaired: other connections kept it busy")
-                )
+                raise SyncFailed(busy_refusal)
             time.sleep(pause)
             pause = min(pause * 1.5, 0.005)
+        if mark is not None:
+            self._unmark(mark, failure)
+        if self._sync_failures != failures:  # one here during the repair: not covered
+            raise SyncFailed(self._refusal(failure, "not repaired: an fsync failed meanwhile"))
+        self._sync_failure = None
+
+    def _unmark(self, mark: int, failure: str) -> None:
+        """Remove the mark a repair began with (inode ``mark``), not a newer one: each
+        failure leaves a mark of its own (:func:`mark_sync_failed`)."""
+        repaired = f"{self.sync_mark}.repaired.{os.getpid()}.{threading.get_ident()}"
         try:
-            os.unlink(self.sync_mark)
+            os.rename(self.sync_mark, repaired)
         except FileNotFoundError:  # another store on the file repaired it too
-            pass
+            return
         except OSError as exc:
             raise SyncFailed(
                 self._refusal(failure, f"repaired, but its mark stays ({exc})")
             ) from exc
-        else:  # a mark back after a power cut would cost one more repair, no more
+        try:
+            if os.stat(repaired).st_ino != mark:  # a failure after the repair began
+                with contextlib.suppress(FileExistsError):  # one newer still is there
+                    os.link(repaired, self.sync_mark)
+                raise SyncFailed(self._refusal(failure, "not repaired: an fsync failed meanwhile"))
+        finally:
             with contextlib.suppress(OSError):
-                self._sync_wal_directory()
-        self._sync_failure = None
-
-    def _sync_wal_locked(self) -> None:
-        fd = self._wal.current()
-        if fd is None:  # no WAL: every commit is in the synced database
-            return
-        _fdatasync(fd)
+                os.unlink(repaired)
+        # a mark back after a power cut would cost one more repair, no more
+        with contextlib.suppress(OSError):
+            self._sync_wal_directory()
 
     def _sync_wal_directory(self) -> None:
         """Make a new WAL's name durable in its directory (SQLite does that at the
@@ -713,6 +795,7 @@ class SqliteStore(SqlStore):
             self._spans_conn.close()
         with self._wal_lock:
             self._wal.close()
+            self._wal_kernel.close()
 
 
 class SqliteChangeWatcher:
@@ -794,6 +877,7 @@ class SqliteCheckpointer:
         self.fill_ahead = fill_ahead
         self.disk_reserve = disk_reserve
         self._dir = os.path.dirname(os.path.abspath(path))
+        self._path = str(path)
         self._wal = WalFile(str(path), os.O_WRONLY)
         #: bytes of zeros written into the WAL file so far
         self.filled = 0
@@ -834,7 +918,9 @@ class SqliteCheckpointer:
                     if wait:
                         self._conn.execute("PRAGMA busy_timeout=0")
                 self.restarts += not busy
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            if _is_io_error(exc):  # its sync of the WAL may be the one that failed
+                mark_sync_failed(self._path, f"{exc} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
             return False
         self.checkpoints += 1
         if self.fill_ahead > 0 and not low:
@@ -887,7 +973,11 @@ class SqliteCheckpointer:
             if not room:
                 break
         if wrote:
-            _fdatasync(fd)
+            try:
+                _fdatasync(fd)
+            except OSError as exc:  # told to this descriptor only: the stores must know
+                mark_sync_failed(self._path, f"{exc} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+                raise
             self.filled += wrote
         return wrote
 
