@@ -214,8 +214,13 @@ def test_a_bulk_action_refuses_a_body_and_changes_nothing(
     assert problem["field"] == "body" and "nosuch" in problem["value"]
     assert "query string" in problem["fix"] and "?cluster=" in problem["fix"]
     assert fleet.states() == {dead: "dead", queued: "queued"}
-    # without a body, the same call acts
+    # without a body, or with one that names nothing (as generic clients send), it acts
     assert fleet.http.post(path, params=params).status_code == 200
+    for empty in ("{}", "null", " "):
+        answer = fleet.http.post(
+            path, params=params, content=empty, headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 200, (empty, answer.text)
 
 
 # 4. --retry and --cancel check every id before acting on any
@@ -230,6 +235,18 @@ def test_retry_of_an_unknown_task_retries_none(fleet: Fleet, order: str) -> None
     assert result.exit_code == 2
     assert "999999" in result.stderr and json.loads(result.stdout) == []
     assert fleet.task(dead)["state"] == "dead"
+
+
+def test_cancel_of_a_parent_and_its_child_cancels_the_child_with_the_parent(fleet: Fleet) -> None:
+    parent, child = fleet.submit().json()["id"], fleet.submit().json()["id"]
+    with contextlib.closing(sqlite3.connect(fleet.db)) as db, db:
+        db.execute("UPDATE tasks SET parent_id = ? WHERE id = ?", (parent, child))
+    result = fleet.cli("tasks", "--cancel", str(parent), "--cancel", str(child))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [
+        {"id": parent, "state": "cancelled", "descendants_cancelled": [child]}
+    ]
+    assert fleet.states() == {parent: "cancelled", child: "cancelled"}
 
 
 def test_cancel_of_a_task_it_cannot_cancel_cancels_none(fleet: Fleet) -> None:

@@ -72,3 +72,44 @@ def test_a_store_directory_that_can_be_made_passes_and_is_not_left_behind(
     check_store_directory(load_spec(_spec(tmp_path, "sqlite:///a/b/x.db")))
     check_store_directory(load_spec(_spec(tmp_path, "sqlite:///x.db")))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fleet.yaml"]
+
+
+def test_a_store_directory_another_process_makes_meanwhile_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = load_spec(_spec(tmp_path, "sqlite:///a/x.db"))
+    real = Path.mkdir
+
+    def made_meanwhile(self: Path, *args: object, **kwargs: object) -> None:
+        real(self)  # the other process's
+        raise FileExistsError(17, "File exists", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", made_meanwhile)
+    check_store_directory(spec)
+    assert (tmp_path / "a").is_dir()  # theirs, left as it is
+
+
+def test_a_store_under_a_link_to_nothing_is_refused_saying_so(tmp_path: Path) -> None:
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError) as refused:
+        check_store_directory(load_spec(_spec(tmp_path, "sqlite:///gone/x.db")))
+    assert f"{tmp_path / 'gone'} is a link to nothing" in refused.value.fix
+
+
+def test_a_store_behind_a_directory_that_may_not_be_searched_is_refused_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Path.exists answers a user who may not search a directory on the way."""
+    spec = load_spec(_spec(tmp_path, "sqlite:///locked/a/x.db"))
+    real = Path.exists
+
+    def exists(self: Path) -> bool:
+        if self.parent.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    with pytest.raises(ConfigError) as refused:
+        check_store_directory(spec)
+    assert refused.value.field == "store"
+    assert "cannot be reached (Permission denied)" in refused.value.fix

@@ -165,9 +165,14 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
     async def no_body(request: Request) -> None:
         """Refuse a body sent to a bulk action: its filters are query parameters, and
-        a body's would be ignored, acting on every task instead of those it names."""
+        a body's would be ignored, acting on every task instead of those it names. An
+        empty one (``{}``, ``null``, as generic clients send) names nothing: it passes."""
         body = (await request.body()).decode("utf-8", "replace").strip()
-        if body:
+        try:
+            empty = not body or json.loads(body) in ({}, None)
+        except ValueError:
+            empty = False
+        if not empty:
             shown = body if len(body) <= 80 else body[:77] + "..."
             raise ConfigError(
                 "body",

@@ -129,21 +129,32 @@ def check_store_directory(spec: FleetSpec) -> None:
         return
     missing: Path | None = None
     there = database.parent
-    while not there.exists():  # False for a path under a regular file, too
-        missing, there = there, there.parent
-    if not there.is_dir():
-        problem = f"{there} is a file, not a directory"
-    elif missing is None:
-        return
+    try:
+        while not there.exists():  # False for a path under a regular file, too
+            missing, there = there, there.parent
+        is_dir = there.is_dir()
+    except OSError as exc:  # a directory on the way that may not be searched
+        problem = f"{there} cannot be reached ({exc.strerror})"
     else:
-        try:
-            missing.mkdir()
-        except OSError as exc:
-            problem = f"the directory {missing} cannot be made ({exc.strerror})"
-        else:
-            with contextlib.suppress(OSError):  # something was put in it meanwhile
-                missing.rmdir()
+        if not is_dir:
+            kind = "a file" if there.is_file() else "something else"
+            problem = f"{there} is {kind}, not a directory"
+        elif missing is None:
             return
+        else:
+            try:
+                missing.mkdir()
+            except FileExistsError:
+                if missing.is_dir():  # another process made it meanwhile
+                    return
+                kind = "a link to nothing" if missing.is_symlink() else "not a directory"
+                problem = f"{missing} is {kind}"
+            except OSError as exc:
+                problem = f"the directory {missing} cannot be made ({exc.strerror})"
+            else:
+                with contextlib.suppress(OSError):  # something was put in it meanwhile
+                    missing.rmdir()
+                return
     raise ConfigError(
         "store",
         spec.store.url,
