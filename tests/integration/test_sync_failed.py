@@ -34,7 +34,12 @@ from fleetops.queue import QueueClient
 from fleetops.queue import _client as client_module
 from fleetops.store import NewTask, SqliteStore
 from fleetops.store import _sqlite as sqlite_module
-from fleetops.store._sqlite import SYNC_FAILED_SUFFIX, LockBusy, SqliteCheckpointer, WalFile
+from fleetops.store._sqlite import (
+    SYNC_FAILED_SUFFIX,
+    RepairNeeded,
+    SqliteCheckpointer,
+    WalFile,
+)
 
 
 class _Disk:
@@ -191,7 +196,7 @@ def test_the_repair_waits_for_readers_and_refuses_writes_while_they_keep_it_from
         reader.execute("SELECT count(*) FROM tasks").fetchone()  # it reads the WAL
         store.nonblocking = True  # the inline client's mode: it retries on the loop
         try:
-            with pytest.raises(LockBusy, match="repair"):
+            with pytest.raises(RepairNeeded, match="to be repaired"):
                 store.submit([NewTask("q", "a", "{}")], 3.0)
         finally:
             store.nonblocking = False
@@ -216,12 +221,21 @@ class _WriteBack:
         self.errors = 0
         self._told: dict[int, int] = {}
         real = sqlite_module._fdatasync
+        real_current = WalFile.current
 
         def fdatasync(fd: int) -> None:
             self.check(fd)
             real(fd)
 
+        def current(wal: WalFile) -> int | None:
+            known = wal.opened()
+            fd = real_current(wal)
+            if fd is not None and fd != known:  # opened now: told of nothing before
+                self._told[fd] = self.errors
+            return fd
+
         monkeypatch.setattr(sqlite_module, "_fdatasync", fdatasync)
+        monkeypatch.setattr(WalFile, "current", current)
 
     def fail(self) -> None:
         self.errors += 1
@@ -235,8 +249,7 @@ class _WriteBack:
         return []
 
     def check(self, fd: int) -> None:
-        told = self._told.setdefault(fd, 0)
-        if told < self.errors:
+        if self._told.setdefault(fd, 0) < self.errors:  # opened before: told of all
             self._told[fd] = self.errors
             raise OSError(errno.EIO, "Input/output error")
 
@@ -258,6 +271,52 @@ def test_an_fsync_the_store_runs_learns_of_a_failure_told_to_the_kernel_s_fsync_
         assert unread and "Input/output error" in str(unread[0])
         with pytest.raises(SyncFailed, match="Input/output error"):
             store.submit([NewTask("q", "a", "{}")], 2.0)
+    finally:
+        store.close()
+
+
+def test_the_store_s_descriptors_open_together_so_neither_misses_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's fsyncs go to the kernel; its own descriptor is used first when the
+    kernel refuses one. Opened only then, after a failure the kernel's fsync was told
+    of (its answer not yet read), it would never be told, and would acknowledge."""
+    path = tmp_path / "fleet.db"
+    store = _store(path)
+    store.close()
+    store = SqliteStore(path, durability="full")  # nothing opened yet
+    disk = _WriteBack(monkeypatch)
+    try:
+        store.defer_sync = True  # as the inline client writes: the fsync is its own
+        store.submit([NewTask("q", "a", "{}")], 1.0)
+        store.defer_sync = False
+        assert store.start_wal_sync(disk.kernel) == []  # the first descriptor opened
+        disk.fail()
+        assert store.start_wal_sync(disk.kernel)  # told, its answer not yet read
+        with pytest.raises(SyncFailed, match="Input/output error"):
+            store.sync_wal()  # the kernel refused the next one: the store's own
+    finally:
+        store.close()
+
+
+def test_a_repair_leaves_no_failure_for_the_next_fsync_to_be_told_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each descriptor is told of a failure once: the one not told yet would tell the
+    first fsync after the repair, refusing a commit the repair did not need to cover."""
+    path = tmp_path / "fleet.db"
+    store = _store(path)
+    disk = _WriteBack(monkeypatch)
+    try:
+        store.submit([NewTask("q", "a", "{}")], 1.0)
+        assert store.start_wal_sync(disk.kernel) == []
+        disk.fail()
+        with pytest.raises(SyncFailed, match="Input/output error"):
+            store.submit([NewTask("q", "a", "{}")], 2.0)  # the store's descriptor told
+        store.submit([NewTask("q", "a", "{}")], 3.0)  # repaired first, then synced
+        assert store.start_wal_sync(disk.kernel) == []  # nothing left to tell
+        store.sync_wal()
+        assert _count(path) == 3
     finally:
         store.close()
 
@@ -344,7 +403,9 @@ def test_a_failure_during_a_repair_is_not_repaired_by_it(
         monkeypatch.undo()
         store.submit([NewTask("q", "a", "{}")], 2.0)  # repaired now
         assert not mark.exists()
-        assert [p.name for p in tmp_path.iterdir() if "syncfailed" in p.name] == []
+        # nothing of the marks is left but the file their lock is taken on
+        left = sorted(p.name for p in tmp_path.iterdir() if "syncfailed" in p.name)
+        assert left == ["fleet.db-syncfailed.lock"]
     finally:
         store.close()
         other.close()
@@ -474,7 +535,7 @@ def test_a_failed_fsync_in_the_checkpointer_marks_the_store_too(
 
 
 def test_the_inline_client_says_the_store_is_not_repaired_when_readers_keep_the_repair_off(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "fleet.db"
     _store(path).close()
@@ -483,10 +544,20 @@ def test_the_inline_client_says_the_store_is_not_repaired_when_readers_keep_the_
     def factory(url: str) -> SqliteStore:
         return SqliteStore(path, durability="full", lock_timeout=0.3)
 
+    repaired_on: list[str] = []
+    real_repair = SqliteStore._repair
+
+    def repair(self: SqliteStore) -> None:
+        repaired_on.append(threading.current_thread().name)
+        real_repair(self)
+
     async def main() -> None:
         async with QueueClient(
             f"sqlite:///{path}?durability=full", inline=True, store_factory=factory
         ) as client:
+            checkpointer = client._checkpointer  # its passive checkpoints would let the
+            assert checkpointer is not None  # reader read the database file alone
+            checkpointer.close()
             await client.submit_many([NewTask("q", "a", "{}")])
             store = client.store
             assert isinstance(store, SqliteStore)
@@ -498,8 +569,41 @@ def test_the_inline_client_says_the_store_is_not_repaired_when_readers_keep_the_
             reader.execute("COMMIT")
             await client.submit_many([NewTask("q", "a", "{}")])
 
+    monkeypatch.setattr(SqliteStore, "_repair", repair)
     try:
         asyncio.run(main())
     finally:
         reader.close()
     assert _count(path) == 2
+    # the checkpoint and its fsyncs ran on the store's thread, not on the event loop
+    assert repaired_on and all(name.startswith("fleetops-store") for name in repaired_on)
+
+
+@pytest.mark.parametrize(("code", "marked"), [(1034, True), (266, False)])
+def test_a_checkpoint_marks_the_store_when_sqlite_s_fsync_fails_not_a_read(
+    tmp_path: Path, code: int, marked: bool
+) -> None:
+    """SQLITE_IOERR_FSYNC (1034): SQLite's own fsync failed, maybe of the WAL, whose
+    descriptor was told of it instead of the stores'. A read error (266) is no
+    failed write-back: nothing to repair."""
+    path = tmp_path / "fleet.db"
+    _store(path).close()
+    checkpointer = SqliteCheckpointer(path, durability="full", interval=3600)
+
+    class Refusing:
+        def execute(self, sql: str, *args: Any) -> Any:
+            exc = sqlite3.OperationalError("disk I/O error")
+            exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+            raise exc
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    real = checkpointer._conn
+    try:
+        checkpointer._conn = Refusing()  # type: ignore[assignment]
+        assert checkpointer.checkpoint() is False
+        assert Path(f"{path}{SYNC_FAILED_SUFFIX}").exists() is marked
+    finally:
+        checkpointer._conn = real
+        checkpointer.close()

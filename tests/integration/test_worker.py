@@ -1057,6 +1057,35 @@ def test_tasks_a_claim_leased_before_its_answer_was_lost_are_given_back_and_run(
     asyncio.run(_with_worker(sqlite_url, body, [spec(child_double)], lease_seconds=30))
 
 
+def test_a_claim_refused_by_a_store_not_repaired_is_tried_again_and_the_worker_runs_on(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed fsync a SQLite store refuses writes (SyncFailed) until one has
+    repaired it; a claim refused so began nothing, and is tried again after a pause,
+    as one the store did not answer, instead of ending the worker."""
+    from fleetops import SyncFailed
+    from fleetops.store._sql import SqlStore
+
+    original = SqlStore.claim
+    refused: list[str] = []
+
+    def refuse_twice(self: SqlStore, *args: Any, **kwargs: Any) -> Any:
+        if len(refused) < 2:
+            refused.append("claim")
+            raise SyncFailed("an fsync of its WAL failed and the store is not repaired yet")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlStore, "claim", refuse_twice)
+
+    async def body(client: QueueClient, worker: Worker) -> None:
+        ids = [s.id for s in await client.submit_many([NewTask("c", "child_double", "5")] * 3)]
+        records = [await _wait_terminal(client, task_id) for task_id in ids]
+        assert refused == ["claim", "claim"]
+        assert [r.state for r in records] == ["succeeded"] * 3
+
+    asyncio.run(_with_worker(sqlite_url, body, [spec(child_double)], lease_seconds=30))
+
+
 def test_a_worker_whose_heartbeats_fail_longer_than_its_lease_stops(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -132,7 +132,9 @@ def _store(spec: FleetSpec) -> ReadinessCheck:
             "SQLite with durability normal: the last commits may be lost on power loss; "
             "set store.durability: full",
         )
-    return _check("durable_store", True, "SQLite in WAL mode, fsync on every commit")
+    return _check(
+        "durable_store", True, "SQLite in WAL mode, every acknowledged write synced to disk"
+    )
 
 
 def _redundancy(spec: FleetSpec, f: FleetFacts) -> ReadinessCheck:

@@ -521,7 +521,7 @@ class QueueClient:
         (:meth:`_synced`) before it may be acknowledged."""
         if not self.inline:
             return await self._call(fn, *args), False
-        from ..store._sqlite import LockBusy, RepairBusy, SqliteStore
+        from ..store._sqlite import LockBusy, RepairNeeded, SqliteStore
 
         store = self.store
         assert isinstance(store, SqliteStore)
@@ -531,15 +531,20 @@ class QueueClient:
             while True:
                 store.nonblocking = True
                 store.defer_sync = store.durability == "full"
-                busy: LockBusy | None = None
+                busy = repair = False
                 try:
                     result = fn(*args)
-                except LockBusy as exc:
-                    busy = exc
+                except RepairNeeded:
+                    repair = True
+                except LockBusy:
+                    busy = True
                 finally:
                     store.nonblocking = False
                     store.defer_sync = False
-                if busy is None:
+                if repair:  # a checkpoint and fsyncs: on the store thread, then again
+                    await self._on_thread(store.repair)
+                    continue
+                if not busy:
                     sync, store.sync_pending = store.sync_pending, False
                     break
                 # another process holds the write lock: let the loop run, then try again
@@ -547,8 +552,6 @@ class QueueClient:
                 if deadline is None:
                     deadline = now + store.lock_timeout
                 elif now > deadline:
-                    if isinstance(busy, RepairBusy):  # the store is not repaired: say so
-                        raise SyncFailed(str(busy))
                     raise StoreUnavailable(
                         f"SQLite store {store.path} stayed locked for {store.lock_timeout:.0f} s"
                     )

@@ -32,7 +32,7 @@ from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from .._clock import Clock
-from .._exceptions import LeaseLost, StoreError, StoreUnavailable, TaskFailed
+from .._exceptions import LeaseLost, StoreError, StoreUnavailable, SyncFailed, TaskFailed
 from .._json import dumps_strict
 from ..queue import QueueClient
 from ..queue._bell import Doorbell
@@ -569,11 +569,13 @@ class Worker:
                         s.max_cluster_running,
                         suspects,
                     )
-                except StoreUnavailable as exc:
+                except (StoreUnavailable, SyncFailed) as exc:
                     # A claim that failed in its COMMIT may have leased tasks all
                     # the same, which this worker would hold (its heartbeats extending
                     # them) without running them: they are given back first thing
-                    # once the store answers again.
+                    # once the store answers again. (SyncFailed: a store not repaired
+                    # after a failed fsync refused the claim before it began, as a
+                    # claim commits without an fsync; the next try repairs it.)
                     in_doubt = True
                     log.warning("claim.failed", worker=self.worker_id, error=str(exc))
                     self._claims_failing = True  # a beat answered wakes this wait

@@ -44,12 +44,15 @@ acknowledged, and lost with them at a power cut, since recovery stops at the fir
 frame that is not intact. So the store that sees the failure raises
 :class:`~fleetops.SyncFailed` for the commits it covered (never acknowledged, never
 made again: they may be there), leaves a mark beside the file
-(:data:`SYNC_FAILED_SUFFIX`, a new one for each failure), and from then on every
-store on the file, in this process or any other, started before or after, refuses to
-acknowledge or to write until the mark is gone. The fsyncs a store runs itself and
-those it hands to the kernel use descriptors of their own, so that each learns of a
+(:data:`SYNC_FAILED_SUFFIX`, a new one with a token of its own for each failure,
+under a lock file beside it), and from then on every store on the file, in this
+process or any other, started before or after, refuses to acknowledge or to write
+until the mark is gone. The fsyncs a store runs itself and those it hands to the
+kernel use descriptors of their own, opened together, so that each learns of a
 failure by itself; one the kernel ended well is answered only after every other it
-had in flight then was read. The next write first repairs the store: a checkpoint
+had in flight then was read. The next write first repairs the store (a caller on an
+event loop is told :class:`RepairNeeded` and runs :meth:`SqliteStore.repair` on its
+thread): each of its descriptors is told what it was not told yet, a checkpoint
 copies everything committed into the database file, syncs it, and empties the WAL
 (``wal_checkpoint(TRUNCATE)``); only if all of that succeeded, and no fsync failed
 meanwhile, is the mark removed. On a disk that keeps failing, every write fails with
@@ -65,6 +68,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -176,6 +180,10 @@ class WalFile:
                 self._on_open()
         return self._fd
 
+    def opened(self) -> int | None:
+        """The descriptor open now, if any (none is opened)."""
+        return self._fd
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -228,24 +236,57 @@ def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
         pause = min(pause * 2, 0.05)
 
 
+@contextmanager
+def _marks_locked(db_path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the lock that orders the marks of failed fsyncs of the store at
+    ``db_path``: a mark is left, or a repaired one removed, by one store at a time
+    (``<store file>-syncfailed.lock``, made at the first failure). Without fcntl, or
+    when the lock file cannot be made, marks go unlocked."""
+    try:
+        import fcntl
+
+        fd = os.open(f"{db_path}{SYNC_FAILED_SUFFIX}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # lets the lock go
+
+
 def mark_sync_failed(db_path: str | os.PathLike[str], failure: str) -> None:
     """Leave the mark of a failed fsync of the WAL beside the store at ``db_path``
-    (module doc), holding ``failure``: a new file for each failure, written aside and
-    renamed over any older one, so that a repair that began before this failure can
-    tell its mark from this one. Best effort: the disk may refuse this too, and the
-    store that saw the failure refuses all the same."""
+    (module doc): a token of its own on the first line, then ``failure``; a new mark
+    replaces an older one, so that a repair that began before this failure can tell
+    its mark from this one. Best effort: the disk may refuse this too, and the store
+    that saw the failure refuses all the same."""
     mark = f"{db_path}{SYNC_FAILED_SUFFIX}"
     aside = f"{mark}.new.{os.getpid()}.{threading.get_ident()}"
-    try:
-        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with _marks_locked(db_path):
         try:
-            os.write(fd, failure.encode())
-        finally:
-            os.close(fd)
-        os.replace(aside, mark)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(aside)
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, f"{uuid.uuid4().hex}\n{failure}".encode())
+            finally:
+                os.close(fd)
+            os.replace(aside, mark)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(aside)
+
+
+def _read_mark(mark: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """The token and the failure a mark holds; None if there is no mark."""
+    try:
+        with open(mark, encoding="utf-8", errors="replace") as f:
+            token, _, failure = f.read(400).partition("\n")
+    except FileNotFoundError:
+        return None
+    except OSError:  # there, but unreadable: a failure all the same
+        return "", "an earlier fsync failed"
+    return token, failure.strip() or "an earlier fsync failed"
 
 
 def _is_io_error(exc: sqlite3.Error) -> bool:
@@ -254,15 +295,19 @@ def _is_io_error(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_IOERR
 
 
+#: SQLITE_IOERR_FSYNC: SQLite's own fsync failed
+_SQLITE_IOERR_FSYNC = sqlite3.SQLITE_IOERR | (4 << 8)
+
+
 class LockBusy(StoreError):
     """Another connection holds the write lock (raised only in nonblocking mode,
     before the call changed anything: the whole call may be retried)."""
 
 
-class RepairBusy(LockBusy):
-    """The repair after a failed fsync waits for other connections (nonblocking mode;
-    nothing was done: the call may be retried). Its text is the refusal to give the
-    caller should it wait too long."""
+class RepairNeeded(LockBusy):
+    """A failed fsync is to be repaired before the call may write (nonblocking mode:
+    nothing was done). The repair copies the WAL and waits for the disk, so the caller
+    runs :meth:`SqliteStore.repair` off its event loop, then the call again."""
 
 
 class SqliteStore(SqlStore):
@@ -303,6 +348,7 @@ class SqliteStore(SqlStore):
         self._sync_failure: str | None = None
         #: failed fsyncs this store has seen (a repair tells whether one came meanwhile)
         self._sync_failures = 0
+        self._failures_lock = threading.Lock()
         self._wal = WalFile(str(self.path), os.O_RDONLY, self._sync_wal_directory)
         #: the kernel's fsyncs have a descriptor of their own (see start_wal_sync)
         self._wal_kernel = WalFile(str(self.path), os.O_RDONLY, self._sync_wal_directory)
@@ -363,6 +409,8 @@ class SqliteStore(SqlStore):
             return
         full = self.durability == "full"
         if full and self._sync_failure_left():
+            if self.nonblocking:
+                raise RepairNeeded(f"SQLite store {self.path}: a failed fsync is to be repaired")
             self._repair()
         if full:  # the fsync comes after the COMMIT, with the lock released (module doc)
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -431,8 +479,13 @@ class SqliteStore(SqlStore):
             return None if fd is None else start(fd)
 
     def _open_wal(self, wal: WalFile) -> int | None:
+        """The descriptor of ``wal``, one of the store's two, which are opened (and
+        opened again on a new WAL) together: a file opened after a failed write-back
+        is never told of it, so one opened later than the other could miss a failure
+        the other's fsync was told of and nobody has read yet."""
         try:
-            return wal.current()
+            fds = self._wal.current(), self._wal_kernel.current()
+            return fds[wal is self._wal_kernel]
         except OSError as exc:
             raise StoreError(
                 f"SQLite store {self.path}: cannot open its WAL to sync it ({exc}); "
@@ -444,9 +497,7 @@ class SqliteStore(SqlStore):
         refuses writes and acknowledgements from now on, here and in every other
         process, until its next write has repaired it (module doc)."""
         failure = f"{exc} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        self._sync_failures += 1
-        if self._sync_failure is None:
-            self._sync_failure = failure
+        self._record_failure(failure)
         mark_sync_failed(self.path, failure)
         return SyncFailed(
             f"SQLite store {self.path}: cannot sync the WAL to disk ({exc}): the last "
@@ -456,6 +507,12 @@ class SqliteStore(SqlStore):
             f"dmesg; {self.sync_mark.name} beside the store marks the failure)"
         )
 
+    def _record_failure(self, failure: str) -> None:
+        with self._failures_lock:
+            self._sync_failures += 1
+            if self._sync_failure is None:
+                self._sync_failure = failure
+
     def _sync_failure_left(self) -> str | None:
         """The failed fsync of the WAL not yet repaired, seen here or marked beside
         the file by another process; None if there is none (one stat, no read)."""
@@ -463,11 +520,8 @@ class SqliteStore(SqlStore):
             return self._sync_failure
         if not os.path.exists(self.sync_mark):
             return None
-        try:
-            with open(self.sync_mark, encoding="utf-8", errors="replace") as f:
-                return f.read(200).strip() or "an earlier fsync failed"
-        except OSError:  # repaired meanwhile, or unreadable
-            return None if not os.path.exists(self.sync_mark) else "an earlier fsync failed"
+        marked = _read_mark(self.sync_mark)
+        return None if marked is None else marked[1]
 
     def check_synced(self, *, committed: bool = False) -> None:
         """Raise SyncFailed if an fsync of the WAL failed and the store was not
@@ -491,33 +545,49 @@ class SqliteStore(SqlStore):
             f"dmesg; {self.sync_mark.name} beside the store marks the failure)"
         )
 
+    def repair(self) -> None:
+        """Repair the store after a failed fsync, if one is not repaired yet, waiting
+        for the disk and for other connections (up to the lock timeout): for a caller
+        that was told :class:`RepairNeeded`, on a thread of its own."""
+        if self.durability == "full" and self._sync_failure_left():
+            self._repair()
+
     def _repair(self) -> None:
         """Put everything committed on disk by another way than the WAL, whose fsync
         failed: a checkpoint copies the WAL into the database file, syncs both, and
         empties the WAL, so that new commits start it over. Then the failure's mark
         goes, unless a failure came after the repair began. Raises SyncFailed if the
-        disk refuses again; LockBusy (nonblocking) or, past the lock timeout,
-        SyncFailed while other connections keep it from running.
+        disk refuses again, or other connections keep it from running past the lock
+        timeout.
+
+        First each of the store's descriptors of the WAL is told of what it was not
+        told yet (an fsync of each): a failure the repair covers, which the next
+        fsync after it would otherwise report, refusing a commit that is on disk.
 
         The checkpoint copies the frames from the kernel's cache, where the pages
         whose write-back failed still are; one the kernel dropped meanwhile would be
         read from the disk as it is there. Nothing short of keeping a copy of every
         frame could tell; a disk that fails fsyncs needs looking at either way.
         """
+        with self._wal_lock:
+            for wal in (self._wal, self._wal_kernel):
+                fd = wal.opened()
+                if fd is not None:
+                    try:
+                        _fdatasync(fd)
+                    except OSError as exc:
+                        self._record_failure(f"{exc} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
         failure = self._sync_failure_left() or "an earlier fsync failed"
         failures = self._sync_failures
-        try:
-            mark = os.stat(self.sync_mark).st_ino
-        except OSError:
-            mark = None
+        marked = _read_mark(self.sync_mark)
         deadline = time.monotonic() + self.lock_timeout
         pause = 0.0002
         told = False
         while True:
             try:
                 busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-            except sqlite3.OperationalError as exc:
-                if is_busy(exc):
+            except sqlite3.Error as exc:
+                if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
                     busy = 1
                 elif not told and _is_io_error(exc):
                     # SQLite's own descriptor of the WAL is told of the failure too,
@@ -528,39 +598,34 @@ class SqliteStore(SqlStore):
                     raise SyncFailed(self._refusal(failure, f"not repaired ({exc})")) from exc
             if not busy:
                 break
-            busy_refusal = self._refusal(failure, "not repaired: other connections kept it busy")
-            if self.nonblocking:
-                raise RepairBusy(busy_refusal)
             if time.monotonic() > deadline:
-                raise SyncFailed(busy_refusal)
+                raise SyncFailed(
+                    self._refusal(failure, "not repaired: other connections kept it busy")
+                )
             time.sleep(pause)
             pause = min(pause * 1.5, 0.005)
-        if mark is not None:
-            self._unmark(mark, failure)
-        if self._sync_failures != failures:  # one here during the repair: not covered
-            raise SyncFailed(self._refusal(failure, "not repaired: an fsync failed meanwhile"))
-        self._sync_failure = None
+        if marked is not None:
+            self._unmark(marked[0], failure)
+        with self._failures_lock:
+            if self._sync_failures == failures:
+                self._sync_failure = None
+                return
+        raise SyncFailed(self._refusal(failure, "not repaired: an fsync failed meanwhile"))
 
-    def _unmark(self, mark: int, failure: str) -> None:
-        """Remove the mark a repair began with (inode ``mark``), not a newer one: each
-        failure leaves a mark of its own (:func:`mark_sync_failed`)."""
-        repaired = f"{self.sync_mark}.repaired.{os.getpid()}.{threading.get_ident()}"
-        try:
-            os.rename(self.sync_mark, repaired)
-        except FileNotFoundError:  # another store on the file repaired it too
-            return
-        except OSError as exc:
-            raise SyncFailed(
-                self._refusal(failure, f"repaired, but its mark stays ({exc})")
-            ) from exc
-        try:
-            if os.stat(repaired).st_ino != mark:  # a failure after the repair began
-                with contextlib.suppress(FileExistsError):  # one newer still is there
-                    os.link(repaired, self.sync_mark)
+    def _unmark(self, token: str, failure: str) -> None:
+        """Remove the mark a repair began with (``token``), not a newer one."""
+        with _marks_locked(self.path):
+            now = _read_mark(self.sync_mark)
+            if now is None:  # another store on the file repaired it too
+                return
+            if now[0] != token:
                 raise SyncFailed(self._refusal(failure, "not repaired: an fsync failed meanwhile"))
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(repaired)
+            try:
+                os.unlink(self.sync_mark)
+            except OSError as exc:
+                raise SyncFailed(
+                    self._refusal(failure, f"repaired, but its mark stays ({exc})")
+                ) from exc
         # a mark back after a power cut would cost one more repair, no more
         with contextlib.suppress(OSError):
             self._sync_wal_directory()
@@ -919,7 +984,7 @@ class SqliteCheckpointer:
                         self._conn.execute("PRAGMA busy_timeout=0")
                 self.restarts += not busy
         except sqlite3.Error as exc:
-            if _is_io_error(exc):  # its sync of the WAL may be the one that failed
+            if getattr(exc, "sqlite_errorcode", 0) == _SQLITE_IOERR_FSYNC:  # of the WAL, maybe
                 mark_sync_failed(self._path, f"{exc} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
             return False
         self.checkpoints += 1
