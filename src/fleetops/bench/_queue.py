@@ -69,7 +69,9 @@ class QueueBenchConfig:
     inflight: int = 1000
     work: str = "sleep:10ms"
     store: str = "sqlite"
-    durability: str = "full"
+    #: SQLite's durability ('full' or 'normal'; None: full); refused with PostgreSQL,
+    #: whose durability is its server's (synchronous_commit)
+    durability: str | None = None
     workers: int = 2
     overhead_seconds: float = 5.0
     #: tasks/s in the overhead phase (None: half the measured maximum)
@@ -179,20 +181,30 @@ async def bench_queue(
             "--inflight", config.inflight, f"use at least --workers ({config.workers})"
         )
     loop_used = resolve_event_loop(config.event_loop, "--event-loop")
+    if config.store == "sqlite":
+        durability = "full" if config.durability is None else config.durability
+        if durability not in DURABILITY_LEVELS:
+            raise ConfigError(
+                "--durability", config.durability, f"use one of {', '.join(DURABILITY_LEVELS)}"
+            )
+    elif config.store.startswith(("postgresql://", "postgres://")):
+        check_postgres_url(config.store, "--store")
+        if config.durability is not None:
+            raise ConfigError(
+                "--durability",
+                config.durability,
+                "durability applies to SQLite stores only; remove --durability "
+                "(PostgreSQL's is its server's synchronous_commit)",
+            )
+        durability = "postgresql (synchronous_commit as configured)"
+    else:
+        raise ConfigError("--store", config.store, "use 'sqlite' or a postgresql:// URL")
     clock = SystemClock()
     with tempfile.TemporaryDirectory(prefix="fleetops-bench-") as tmp:
         if config.store == "sqlite":
-            if config.durability not in DURABILITY_LEVELS:
-                raise ConfigError(
-                    "--durability", config.durability, f"use one of {', '.join(DURABILITY_LEVELS)}"
-                )
-            url = f"sqlite:///{Path(tmp) / 'bench.db'}?durability={config.durability}"
-            durability = config.durability
-        elif config.store.startswith(("postgresql://", "postgres://")):
-            check_postgres_url(config.store, "--store")
-            url, durability = config.store, "postgresql (synchronous_commit as configured)"
+            url = f"sqlite:///{Path(tmp) / 'bench.db'}?durability={durability}"
         else:
-            raise ConfigError("--store", config.store, "use 'sqlite' or a postgresql:// URL")
+            url = config.store
         cluster = f"bench-{uuid.uuid4().hex[:8]}"
         plan = ClusterPlan(
             name=cluster,

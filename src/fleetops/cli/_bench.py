@@ -27,7 +27,11 @@ def queue(
     inflight: int = typer.Option(1000, min=1, help="Concurrent handlers across all workers."),
     work: str = typer.Option("sleep:10ms", help="'noop' or 'sleep:DURATION' per task."),
     store: str = typer.Option("sqlite", help="'sqlite' (a temporary file) or a postgresql:// URL."),
-    durability: str = typer.Option("full", help="SQLite durability: 'full' or 'normal'."),
+    durability: str | None = typer.Option(
+        None,
+        help="SQLite durability: 'full' (the default) or 'normal'. Not with a PostgreSQL "
+        "store, whose durability is its server's synchronous_commit.",
+    ),
     workers: int = typer.Option(2, min=1, help="Worker processes."),
     overhead_rate: float | None = typer.Option(
         None,
