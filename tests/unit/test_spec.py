@@ -39,7 +39,7 @@ FULL = """\
 fleet:
   name: support-desk
 store: {url: "sqlite:///state/fleet.db", durability: normal}
-api: {host: 0.0.0.0, port: 9000}
+api: {host: "::1", port: 9000}
 providers:
   fast:
     latency: {median: 50ms, p95: 200ms}
@@ -120,7 +120,7 @@ def test_a_full_spec_loads(tmp_path: Path) -> None:
     spec = load_spec(write(tmp_path, FULL))
 
     assert spec.fleet.name == "support-desk"
-    assert spec.api.host == "0.0.0.0" and spec.api.port == 9000
+    assert spec.api.host == "::1" and spec.api.port == 9000
     triage = spec.clusters["triage"]
     assert [a.name for a in triage.agents] == ["classify", "route"]
     assert triage.agents[0].timeout == 30.0

@@ -34,6 +34,7 @@ from .._exceptions import ConfigError, FleetOpsError, StoreError, UsageError
 from ..queue import QueueClient
 from ..runtime import ClusterPlan, Supervisor
 from ..spec import FleetSpec, load_spec_text
+from ..spec._models import is_loopback_host
 from ..store import TERMINAL_STATES, NewTask, Store, open_store
 from ..store._open import redact
 from ..store._sql import PRUNE_TASKS
@@ -374,7 +375,7 @@ class ControlPlane:
 
     def _bind_api(self) -> socket.socket:
         """The API's listening address, bound (it is served in the next phase)."""
-        if not self.api_host.startswith(("127.", "localhost", "::1")):
+        if not is_loopback_host(self.api_host):  # a spec made without validation
             raise ConfigError(
                 "api.host",
                 self.api_host,

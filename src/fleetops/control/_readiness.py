@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..spec import FleetSpec, SimulatedProviderSpec
+from ..spec._models import is_loopback_host
 
 WEIGHTS: dict[str, int] = {
     "deployment_phases": 20,
@@ -37,7 +38,6 @@ WEIGHTS: dict[str, int] = {
     "api_exposure": 5,
     "dead_letters": 5,
 }
-LOOPBACK = ("127.", "localhost", "::1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +198,7 @@ def _providers(spec: FleetSpec) -> ReadinessCheck:
 
 
 def _api(f: FleetFacts) -> ReadinessCheck:
-    if f.api_host.startswith(LOOPBACK):
+    if is_loopback_host(f.api_host):
         return _check("api_exposure", True, f"API on loopback ({f.api_host})")
     return _check("api_exposure", False, f"API on {f.api_host} without authentication")
 

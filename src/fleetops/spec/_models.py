@@ -20,6 +20,7 @@ problem with its own path; see :mod:`fleetops.spec._types`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Collection, Mapping
 from dataclasses import replace
@@ -27,7 +28,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    WithJsonSchema,
+    model_validator,
+)
 
 from .._clock import Clock
 from ..providers import Provider
@@ -44,6 +53,7 @@ from ._types import (
     Problem,
     did_you_mean,
     raise_problems,
+    spec_error,
 )
 
 DEFAULT_API_HOST = "127.0.0.1"
@@ -197,12 +207,35 @@ StoreField = Annotated[
 ]
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine only: ``localhost`` or a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_api_host(host: str) -> str:
+    if is_loopback_host(host):
+        return host
+    raise spec_error(
+        "not a loopback address: the API has no authentication yet, so it listens on "
+        "this machine only",
+        f"use 127.0.0.1, ::1 or localhost (the default is {DEFAULT_API_HOST})",
+    )
+
+
 class ApiSettings(BaseModel):
     """Where the HTTP API and dashboard listen."""
 
     model_config = SPEC_CONFIG
 
-    host: Annotated[str, Field(strict=True, min_length=1)] = DEFAULT_API_HOST
+    host: Annotated[str, Field(strict=True, min_length=1), AfterValidator(_check_api_host)] = (
+        DEFAULT_API_HOST
+    )
+    """A loopback address (127.0.0.1, ::1) or localhost: the API has no authentication."""
     port: Annotated[int, Field(strict=True, ge=0, le=65535)] = DEFAULT_API_PORT
     """0 picks a free port; the running fleet's address is then in .fleetops/control.lock."""
 
