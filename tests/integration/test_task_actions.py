@@ -265,3 +265,63 @@ def test_cancel_of_a_task_it_cannot_cancel_cancels_none(fleet: Fleet) -> None:
     assert json.loads(result.stdout) == [
         {"id": queued, "state": "cancelled", "descendants_cancelled": []}
     ]
+
+
+# 5. the newest tasks first, and a page at a time
+
+
+def ids(page: dict[str, Any]) -> list[int]:
+    return [t["id"] for t in page["items"]]
+
+
+def test_tasks_lists_the_newest_first_and_pages_back_to_the_oldest(fleet: Fleet) -> None:
+    sent = [fleet.submit(payload=n).json()["id"] for n in range(5)]
+
+    def listed(*args: str) -> dict[str, Any]:
+        result = fleet.cli("tasks", "--json", "--limit", "2", *args)
+        assert result.exit_code == 0, result.output
+        return dict(json.loads(result.stdout))
+
+    first = listed()
+    assert ids(first) == sent[:2:-1] and first["next_before"] == sent[3]
+    second = listed("--before", str(first["next_before"]))
+    assert ids(second) == [sent[2], sent[1]]
+    last = listed("--before", str(second["next_before"]))
+    assert ids(last) == [sent[0]] and last["next_before"] is None
+    # oldest first from an id, as the API pages
+    forward = listed("--after", "0")
+    assert ids(forward) == sent[:2] and forward["next_after"] == sent[1]
+    assert ids(listed("--after", str(sent[3]))) == [sent[4]]
+    # a filter through its index, newest first
+    fleet.set_state(sent[4], "dead")
+    assert ids(listed("--state", "queued")) == [sent[3], sent[2]]
+    assert ids(listed("--state", "dead")) == [sent[4]]
+
+
+def test_tasks_says_the_command_that_lists_the_next_page(fleet: Fleet) -> None:
+    sent = [fleet.submit().json()["id"] for _ in range(3)]
+    result = fleet.cli("tasks", "--limit", "2", "--state", "queued")
+    assert result.exit_code == 0, result.output
+    assert f"older: fleetops tasks --state queued --limit 2 --before {sent[1]}" in result.stderr
+    result = fleet.cli("tasks", "--limit", "2", "--after", "0")
+    assert f"newer: fleetops tasks --limit 2 --after {sent[1]}" in result.stderr
+    result = fleet.cli("tasks", "--limit", "4")
+    assert result.exit_code == 0 and "fleetops tasks" not in result.stderr  # no next page
+
+
+def test_the_api_lists_oldest_first_unless_asked_for_the_newest(fleet: Fleet) -> None:
+    sent = [fleet.submit().json()["id"] for _ in range(3)]
+    page = fleet.http.get("/api/v1/tasks", params={"limit": 2}).json()
+    assert ids(page) == sent[:2] and page["next_after"] == sent[1]
+    assert page["next_before"] is None
+    page = fleet.http.get("/api/v1/tasks", params={"limit": 2, "newest": "true"}).json()
+    assert ids(page) == [sent[2], sent[1]] and page["next_before"] == sent[1]
+    assert page["next_after"] is None
+    page = fleet.http.get("/api/v1/tasks", params={"before": sent[1]}).json()
+    assert ids(page) == [sent[0]] and page["next_before"] is None
+    answer = fleet.http.get("/api/v1/tasks", params={"after": 1, "newest": "true"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == "after" and "not both" in answer.json()["fix"]
+    result = fleet.cli("tasks", "--after", "1", "--before", "3")
+    assert result.exit_code == 2
+    assert "--after: 1 with --before 3" in result.stderr and "not both" in result.stderr

@@ -349,16 +349,47 @@ def create_app(plane: ControlPlane) -> FastAPI:
         agent: str | None = None,
         limit: int = Query(100, ge=1, le=1000),
         after: int | None = Query(None, le=LARGEST_TASK_ID, description="page after this task id"),
+        newest: bool = Query(False, description="newest first (the ids in descending order)"),
+        before: int | None = Query(
+            None, le=LARGEST_TASK_ID, description="newest first, from before this task id"
+        ),
     ) -> dict[str, Any]:
-        """Tasks, oldest first, filtered by state, cluster and agent."""
+        """Tasks filtered by state, cluster and agent: oldest first, the first ``limit``
+        after task ``after`` where given, and ``next_after``, when not null, where the
+        next page starts; with ``newest=true``, newest first, and with ``before``, the
+        newest ``limit`` before that task, ``next_before`` where the next (older) page
+        starts."""
         if state is not None and state not in TASK_STATES:
             raise UsageError(
                 f"state: {state!r} is not a task state: use one of {', '.join(TASK_STATES)}"
             )
+        descending = newest or before is not None
+        if descending and after is not None:
+            raise ConfigError(
+                "after",
+                after,
+                "page oldest first with after, or newest first with newest or before; not both",
+            )
         c = client()
-        records = await c.run(c.store.list_tasks, state, cluster, agent, limit, after)
+        records = await c.run(
+            partial(
+                c.store.list_tasks,
+                state,
+                cluster,
+                agent,
+                limit,
+                after,
+                before_id=before,
+                newest=descending,
+            )
+        )
         items = [_task_json(r) for r in records]
-        return {"items": items, "next_after": items[-1]["id"] if len(items) == limit else None}
+        last = items[-1]["id"] if len(items) == limit else None
+        return {
+            "items": items,
+            "next_after": None if descending else last,
+            "next_before": last if descending else None,
+        }
 
     @app.get("/api/v1/clusters", tags=["fleet"])
     async def clusters() -> list[dict[str, Any]]:

@@ -46,6 +46,8 @@ from ._spec import load_or_exit
 
 SPEC_HELP = "The fleet spec (YAML)."
 API_PORT_HELP = "Override the spec's api.port (0: any free port)."
+#: Task ids are 64-bit signed integers in both stores.
+LARGEST_TASK_ID = 2**63 - 1
 API_HELP = "The control plane's API (default: the fleet running here, else 127.0.0.1:8470)."
 
 
@@ -462,11 +464,22 @@ def submit(
         raise typer.Exit(EXIT_FAILURE)
 
 
+def _page_option(flag: str, help_text: str) -> Any:
+    """``tasks``' --after or --before: a task id a page starts from."""
+    return typer.Option(None, flag, min=0, max=LARGEST_TASK_ID, help=help_text)
+
+
 def tasks(
     state: str = typer.Option(None, help="queued, running, succeeded, dead or cancelled."),
     cluster: str = typer.Option(None),
     agent: str = typer.Option(None),
     limit: int = typer.Option(None, min=1, max=1000, help="Tasks listed (default 20)."),
+    after: int = _page_option(
+        "--after", "List oldest first, from after this task id (0: from the oldest)."
+    ),
+    before: int = _page_option(
+        "--before", "List newest first (the default), from before this task id."
+    ),
     task_id: int = typer.Option(None, "--id", help="Show one task with its attempts."),
     retry: list[int] = typer.Option(
         [], "--retry", help="Queue this dead letter again (repeat for more)."
@@ -492,8 +505,10 @@ def tasks(
     api: str = typer.Option(None, help=API_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """List tasks, or show one with every attempt; retry dead letters, cancel tasks."""
+    """List tasks, newest first (--after: oldest first), or show one with every attempt;
+    retry dead letters, cancel tasks."""
     url = api_url(api, None)
+    paged = after is not None or before is not None
     if cancel_queued:
         if (
             retry_dead
@@ -501,12 +516,13 @@ def tasks(
             or cancel
             or task_id is not None
             or limit is not None
+            or paged
             or state not in (None, "queued")
         ):
             fail(
                 "--cancel-queued: cancels every queued task --cluster and --agent pick; use "
-                "it without --retry-dead, --retry, --cancel, --id, --limit or a --state "
-                "other than queued",
+                "it without --retry-dead, --retry, --cancel, --id, --limit, --after, "
+                "--before or a --state other than queued",
                 EXIT_USAGE,
             )
         if cluster is None:
@@ -521,11 +537,13 @@ def tasks(
             or cancel
             or task_id is not None
             or limit is not None
+            or paged
             or state not in (None, "dead")
         ):
             fail(
                 "--retry-dead: retries every dead letter --cluster and --agent pick; use it "
-                "without --retry, --cancel, --id, --limit or a --state other than dead",
+                "without --retry, --cancel, --id, --limit, --after, --before or a --state "
+                "other than dead",
                 EXIT_USAGE,
             )
         _retry_all_dead(url, cluster, agent)
@@ -536,16 +554,19 @@ def tasks(
     if task_id is not None:
         print_json(call("GET", url, f"/api/v1/tasks/{task_id}"))
         return
-    params = {
-        k: v
-        for k, v in {
-            "state": state,
-            "cluster": cluster,
-            "agent": agent,
-            "limit": limit or 20,
-        }.items()
-        if v is not None
-    }
+    if after is not None and before is not None:
+        fail(
+            f"--after: {after} with --before {before}: page oldest first with --after, or "
+            "newest first with --before, not both",
+            EXIT_USAGE,
+        )
+    filters = {"state": state, "cluster": cluster, "agent": agent, "limit": limit}
+    params = {k: v for k, v in filters.items() if v is not None}
+    params.setdefault("limit", 20)
+    if after is not None:
+        params["after"] = after
+    else:  # newest first: on a busy fleet the oldest are rarely what is looked for
+        params |= {"newest": "true"} if before is None else {"before": before}
     page = call("GET", url, "/api/v1/tasks", params=params)
     if json_output:
         print_json(page)
@@ -563,6 +584,16 @@ def tasks(
             escape((t["dead_reason"] or t["error"] or "")[:60]),
         )
     out.print(table)
+    # where the next page starts, as the command that lists it
+    for key, option, which in (
+        ("next_after", "after", "newer"),
+        ("next_before", "before", "older"),
+    ):
+        if page.get(key) is not None:
+            again = [
+                f"--{k} {v}" for k, v in (filters | {option: page[key]}).items() if v is not None
+            ]
+            err.print(f"{which}: fleetops tasks {' '.join(again)}", highlight=False, soft_wrap=True)
 
 
 def _pages(url: str, path: str, cluster: str | None, agent: str | None) -> Iterator[Any]:

@@ -140,7 +140,13 @@ class Store(Protocol):
         agent: str | None = None,
         limit: int = 100,
         after_id: int | None = None,
-    ) -> list[TaskRecord]: ...
+        *,
+        before_id: int | None = None,
+        newest: bool = False,
+    ) -> list[TaskRecord]:
+        """Tasks in id order, after ``after_id`` and before ``before_id`` where given;
+        ``newest``: in descending id order (the newest first)."""
+        ...
 
     def list_task_ids(
         self,

@@ -1035,8 +1035,11 @@ class SqlStore:
         agent: str | None = None,
         limit: int = 100,
         after_id: int | None = None,
+        *,
+        before_id: int | None = None,
+        newest: bool = False,
     ) -> list[TaskRecord]:
-        rows = self._list(TASK_COLUMNS, state, queue, agent, limit, after_id)
+        rows = self._list(TASK_COLUMNS, state, queue, agent, limit, after_id, before_id, newest)
         return [TaskRecord(*r) for r in rows]
 
     def list_task_ids(
@@ -1059,6 +1062,8 @@ class SqlStore:
         agent: str | None,
         limit: int,
         after_id: int | None,
+        before_id: int | None = None,
+        newest: bool = False,
     ) -> list[Any]:
         clauses: list[str] = []
         params: list[object] = []
@@ -1079,12 +1084,15 @@ class SqlStore:
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
-        if after_id is not None:
-            clauses.append("id > ?")
-            params.append(after_id)
+        for bound, limit_id in (("id > ?", after_id), ("id < ?", before_id)):
+            if limit_id is not None:
+                clauses.append(bound)
+                params.append(limit_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         source = f"tasks{self._indexed_by(index)}"
-        sql = f"SELECT {columns} FROM {source} {where} ORDER BY id LIMIT ?"
+        # newest first: the id index read backwards, as cheap as forwards
+        order = "id DESC" if newest else "id"
+        sql = f"SELECT {columns} FROM {source} {where} ORDER BY {order} LIMIT ?"
         return list(self._exec(sql, [*params, limit]).fetchall())
 
     def count_tasks(self, finished: bool = True) -> dict[tuple[str, str, str], int]:
