@@ -325,3 +325,44 @@ def test_the_api_lists_oldest_first_unless_asked_for_the_newest(fleet: Fleet) ->
     result = fleet.cli("tasks", "--after", "1", "--before", "3")
     assert result.exit_code == 2
     assert "--after: 1 with --before 3" in result.stderr and "not both" in result.stderr
+
+
+# 6. a number or key out of range, named as its option, with the value and the range
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["submit", "back/work", "1", "--priority", "1001"],
+            "1001 is out of range: use -1000 to 1000",
+        ),
+        (["submit", "back/work", "1", "--priority", "-1001"], "-1001 is out of range: use -1000"),
+        (["submit", "back/work", "1", "--max-attempts", "0"], "0 is out of range: use 1 to 100"),
+        (["submit", "back/work", "1", "--key", ""], "'' (0 characters) is no key: give 1 to 200"),
+        (["submit", "back/work", "1", "--key", "k" * 201], "(201 characters) is no key"),
+        (["tasks", "--limit", "0"], "0 is out of range: use 1 to 1000"),
+        (["tasks", "--limit", "1001"], "1001 is out of range: use 1 to 1000"),
+        (["tasks", "--before", "-1"], f"-1 is out of range: use 0 to {2**63 - 1}"),
+        (["events", "--limit", "0"], "0 is out of range: use 1 to 1000"),
+        (["changes", "--limit", "0"], "0 is out of range: use 1 to 1000"),
+    ],
+)
+def test_an_option_out_of_range_is_named_with_its_value_and_range(
+    fleet: Fleet, args: list[str], said: str
+) -> None:
+    result = fleet.cli(*args)
+    assert result.exit_code == 2, result.output
+    stderr = " ".join(result.stderr.replace("│", " ").split())  # unwrapped from its box
+    option = next(a for a in args if a.startswith("--"))
+    assert f"Invalid value for '{option}': " in stderr and said in stderr
+    assert "Input should be" not in stderr
+    assert fleet.states() == {}
+
+
+def test_submit_and_tasks_help_show_the_ranges(fleet: Fleet) -> None:
+    shown = " ".join(fleet.cli("submit", "--help").stdout.replace("│", " ").split())
+    assert "Higher runs first: -1000 to 1000" in shown
+    assert "1 to 100" in shown and "1 to 200 characters" in shown
+    shown = " ".join(fleet.cli("tasks", "--help").stdout.replace("│", " ").split())
+    assert "1 to 1000 (default 20)" in shown

@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,38 @@ def _port(value: int | None) -> int | None:
     """Refuse a port out of range while the options are read, before anything runs."""
     if value is not None and not 0 <= value <= 65535:
         raise typer.BadParameter(f"{value} is not a port: use 1 to 65535, or 0 for any free port")
+    return value
+
+
+def _shown(number: float) -> str:
+    return str(number) if isinstance(number, int) else f"{number:g}"
+
+
+def _within(low: float, high: float | None = None) -> Callable[[Any], Any]:
+    """A check of a number option, run while the options are read: one out of ``low``
+    to ``high`` is refused naming the value and the range (typer's min and max say
+    neither). The range is for the option's help to show."""
+
+    def check(value: float | None) -> float | None:
+        if value is None or (low <= value and (high is None or value <= high)):
+            return value
+        allowed = f"{_shown(low)} or more" if high is None else f"{_shown(low)} to {_shown(high)}"
+        raise typer.BadParameter(f"{_shown(value)} is out of range: use {allowed}")
+
+    return check
+
+
+#: The longest idempotency key the API takes.
+MAX_KEY_LENGTH = 200
+
+
+def _key(value: str | None) -> str | None:
+    """Refuse an idempotency key that is empty or too long, before anything is sent."""
+    if value is not None and not 1 <= len(value) <= MAX_KEY_LENGTH:
+        raise typer.BadParameter(
+            f"{value[:40]!r} ({len(value)} characters) is no key: give 1 to "
+            f"{MAX_KEY_LENGTH} characters, or leave --key out"
+        )
     return value
 
 
@@ -393,8 +425,15 @@ def _duration_option(given: str | None, flag: str, example: str) -> float | None
 def submit(
     agent: str = typer.Argument(..., help="'cluster/agent'."),
     payload: str = typer.Argument("null", help="The payload as JSON."),
-    priority: int = typer.Option(0, help="Higher runs first."),
-    key: str = typer.Option(None, "--key", help="Idempotency key: the same key, the same task."),
+    priority: int = typer.Option(
+        0, callback=_within(-1000, 1000), help="Higher runs first: -1000 to 1000."
+    ),
+    key: str = typer.Option(
+        None,
+        "--key",
+        callback=_key,
+        help=f"Idempotency key, 1 to {MAX_KEY_LENGTH} characters: the same key, the same task.",
+    ),
     wait: bool = typer.Option(False, help="Wait for the task to finish and print it."),
     delay: str = typer.Option(
         None, "--delay", help="Keep it queued this long first, e.g. 30s or 2h (default: none)."
@@ -407,9 +446,8 @@ def submit(
     max_attempts: int = typer.Option(
         None,
         "--max-attempts",
-        min=1,
-        max=100,
-        help="Tries before it is dead-lettered (default: the agent's retry policy).",
+        callback=_within(1, 100),
+        help="Tries before it is dead-lettered, 1 to 100 (default: the agent's retry policy).",
     ),
     api: str = typer.Option(None, help=API_HELP),
 ) -> None:
@@ -466,14 +504,16 @@ def submit(
 
 def _page_option(flag: str, help_text: str) -> Any:
     """``tasks``' --after or --before: a task id a page starts from."""
-    return typer.Option(None, flag, min=0, max=LARGEST_TASK_ID, help=help_text)
+    return typer.Option(None, flag, callback=_within(0, LARGEST_TASK_ID), help=help_text)
 
 
 def tasks(
     state: str = typer.Option(None, help="queued, running, succeeded, dead or cancelled."),
     cluster: str = typer.Option(None),
     agent: str = typer.Option(None),
-    limit: int = typer.Option(None, min=1, max=1000, help="Tasks listed (default 20)."),
+    limit: int = typer.Option(
+        None, callback=_within(1, 1000), help="Tasks listed, 1 to 1000 (default 20)."
+    ),
     after: int = _page_option(
         "--after", "List oldest first, from after this task id (0: from the oldest)."
     ),
@@ -725,7 +765,9 @@ def readiness(
 
 
 def changes(
-    limit: int = typer.Option(50, min=1, max=1000),
+    limit: int = typer.Option(
+        50, callback=_within(1, 1000), help="The newest this many: 1 to 1000."
+    ),
     api: str = typer.Option(None, help=API_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
@@ -749,7 +791,9 @@ def changes(
 def events(
     kind: str = typer.Option(None, help="Only this kind, e.g. worker.failed or task.cancelled."),
     cluster: str = typer.Option(None, help="Only this cluster's."),
-    limit: int = typer.Option(50, min=1, max=1000, help="The newest this many."),
+    limit: int = typer.Option(
+        50, callback=_within(1, 1000), help="The newest this many: 1 to 1000."
+    ),
     api: str = typer.Option(None, help=API_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
@@ -873,9 +917,11 @@ def load(
     ),
     target: str = typer.Option(..., help="'cluster/agent' the payloads go to."),
     duration: str = typer.Option("60s", help="How long to submit for."),
-    rate: float = typer.Option(5.0, min=0.01, help="Tasks per second."),
+    rate: float = typer.Option(5.0, callback=_within(0.01), help="Tasks per second: 0.01 or more."),
     kill_worker_at: float = typer.Option(
-        None, min=0.0, max=1.0, help="SIGKILL one worker when this fraction is submitted."
+        None,
+        callback=_within(0.0, 1.0),
+        help="SIGKILL one worker when this fraction is submitted: 0 to 1.",
     ),
     seed: int = typer.Option(0, help="Seed for the workload and the choice of victim."),
     api_port: int = typer.Option(None, callback=_port, help=API_PORT_HELP),
@@ -901,7 +947,9 @@ def logs(
     task_id: int = typer.Option(None, "--task", help="Only this task's records."),
     cluster: str = typer.Option(None, help="Only this cluster's records."),
     trace_id: str = typer.Option(None, "--trace", help="Only this trace's records."),
-    limit: int = typer.Option(50, min=1, max=100000, help="How many (newest first)."),
+    limit: int = typer.Option(
+        50, callback=_within(1, 100_000), help="How many (newest first): 1 to 100000."
+    ),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records."),
     json_output: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
