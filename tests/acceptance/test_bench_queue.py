@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 FLEETOPS = [sys.executable, "-m", "fleetops.cli"]
 
@@ -41,3 +44,64 @@ def test_durability_with_a_postgres_store_is_refused_before_anything_starts(
         assert "SQLite stores only" in proc.stderr and "remove --durability" in proc.stderr
         assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert not list(temp.iterdir()) and list(tmp_path.iterdir()) == [temp]
+
+
+def _schemas(url: str) -> dict[str, int]:
+    """The schemas of the database ``url`` names whose names start with fleetops_bench_,
+    and each one's tables."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT n.nspname, count(c.oid) FROM pg_namespace n "
+            "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind = 'r' "
+            "WHERE n.nspname LIKE 'fleetops\\_bench\\_%' GROUP BY n.nspname"
+        ).fetchall()
+    return {name: count for name, count in rows}
+
+
+def _tables_in_search_path(url: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchall()
+    return [name for (name,) in rows]
+
+
+#: a sitecustomize.py that makes every worker process die as it starts, as with a
+#: broken install
+FAILING_WORKERS = (
+    "import sys\nif sys.orig_argv[1:3] == ['-m', 'fleetops.runtime']:"
+    "\n    raise SystemExit('this worker fails on purpose')\n"
+)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("workers_fail", [False, True], ids=["succeeds", "fails"])
+def test_a_postgres_bench_leaves_nothing_in_the_database(
+    tmp_path: Path, postgres_url: str, workers_fail: bool
+) -> None:
+    """It runs in a schema of its own, dropped at the end, whether the run succeeds or
+    fails: the database the user named (here a fresh schema standing for theirs) gets
+    no table and no task of the bench's."""
+    env = {}
+    if workers_fail:
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "sitecustomize.py").write_text(FAILING_WORKERS)
+        env["PYTHONPATH"] = str(tmp_path / "site")
+    small = "--tasks 200 --overhead-seconds 0.5 --workers 1 --inflight 20 --work noop"
+    before = _schemas(postgres_url)
+    proc = run(
+        "bench", "queue", *small.split(), "--store", postgres_url, "--json", cwd=tmp_path, **env
+    )
+    if workers_fail:
+        assert proc.returncode == 1, proc.stderr
+        assert "workers keep failing" in proc.stderr and "Traceback" not in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["store"] == "postgresql" and result["tasks"] == 200
+    assert _tables_in_search_path(postgres_url) == []
+    assert _schemas(postgres_url).keys() <= before.keys()

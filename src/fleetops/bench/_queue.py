@@ -39,20 +39,21 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .._clock import SystemClock
-from .._exceptions import ConfigError, FleetOpsError
+from .._exceptions import ConfigError, FleetOpsError, StoreUnavailable
 from .._units import parse_duration
 from ..chaos import percentile
 from ..queue import QueueClient
 from ..runtime import ClusterPlan, RestartPolicy, Supervisor, SupervisorEvent, WorkerSettings
 from ..runtime._loop import resolve_event_loop
 from ..store import NewTask, Submitted, TaskRecord
-from ..store._open import check_postgres_url
+from ..store._open import check_postgres_url, redact
 from ..store._sqlite import DURABILITY_LEVELS
 
 
@@ -200,11 +201,10 @@ async def bench_queue(
     else:
         raise ConfigError("--store", config.store, "use 'sqlite' or a postgresql:// URL")
     clock = SystemClock()
-    with tempfile.TemporaryDirectory(prefix="fleetops-bench-") as tmp:
-        if config.store == "sqlite":
-            url = f"sqlite:///{Path(tmp) / 'bench.db'}?durability={durability}"
-        else:
-            url = config.store
+    with (
+        tempfile.TemporaryDirectory(prefix="fleetops-bench-") as tmp,
+        _bench_store(config.store, durability, Path(tmp)) as url,
+    ):
         cluster = f"bench-{uuid.uuid4().hex[:8]}"
         plan = ClusterPlan(
             name=cluster,
@@ -348,6 +348,75 @@ async def bench_queue(
         cpu_busy_share_overhead_phase=cpu_half.busy_share,
         submitter_fsyncs=submitter_fsyncs,
     )
+
+
+@contextlib.contextmanager
+def _bench_store(store: str, durability: str, tmp: Path) -> Iterator[str]:
+    """The URL of the run's store: a SQLite file in ``tmp``, or a schema of its own
+    in the PostgreSQL database ``store`` names, created empty and dropped with
+    everything in it when the run ends, however it ends: the bench's tasks never mix
+    with the database's own, and nothing is left behind."""
+    if store == "sqlite":
+        yield f"sqlite:///{tmp / 'bench.db'}?durability={durability}"
+        return
+    import psycopg  # here, not at the top: SQLite runs need not import it
+
+    schema = f"fleetops_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(store, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f"CREATE SCHEMA {schema}")  # a name made here, not input
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise StoreUnavailable(
+            f"cannot create the bench's schema in the PostgreSQL store at {redact(store)}: "
+            f"{_first_line(exc)}; the bench runs in a schema of its own, dropped at the "
+            "end: grant its user CREATE on the database, or name a user who has it"
+        ) from exc
+    except psycopg.Error as exc:
+        raise StoreUnavailable(
+            f"cannot connect to the PostgreSQL store at {redact(store)}: {_first_line(exc)}"
+        ) from exc
+    try:
+        yield in_schema(store, schema)
+    finally:
+        _drop_schema(store, schema)
+
+
+def in_schema(url: str, schema: str) -> str:
+    """The PostgreSQL ``url`` with ``search_path`` set to ``schema`` alone, after
+    whatever ``options`` it gives the server (the last setting wins), its other
+    parameters kept as they are written."""
+    parts = urlsplit(url)
+    given, kept = "", []
+    for pair in filter(None, parts.query.split("&")):
+        key, _, value = pair.partition("=")
+        if unquote(key) == "options":
+            given = unquote(value)
+        else:
+            kept.append(pair)
+    options = f"{given} -c search_path={schema}".strip()
+    kept.append("options=" + quote(options, safe=""))
+    return urlunsplit(parts._replace(query="&".join(kept)))
+
+
+def _drop_schema(url: str, schema: str) -> None:
+    """Drop the run's ``schema``; if it cannot, say so, and how to drop it by hand."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as admin:
+            # a worker still in a transaction would make the drop wait for its locks
+            admin.execute("SET lock_timeout = '30s'")
+            admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    except psycopg.Error as exc:
+        print(
+            f"bench: could not drop its schema {schema} in {redact(url)} "
+            f"({_first_line(exc)}); drop it with: DROP SCHEMA {schema} CASCADE",
+            file=sys.stderr,
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [repr(exc)])[0]
 
 
 def _sleep_parts(
