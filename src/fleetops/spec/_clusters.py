@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, Strict, model_validator
 
 from ..queue import RetryPolicy
 from ..runtime import DetectorSettings, RestartPolicy, WorkerSettings
 from ._providers import BUILTIN_PROVIDER
 from ._types import (
+    MAX_COUNT,
     SPEC_CONFIG,
     Count,
     EntryPoint,
@@ -23,6 +24,8 @@ from ._types import (
     PositiveSeconds,
     Problem,
     Seconds,
+    count_at_most,
+    count_schema,
     human_duration,
     raise_problems,
     seconds_at_least,
@@ -35,6 +38,37 @@ _DETECTOR = DetectorSettings()
 _RESTART = RestartPolicy()
 
 DEFAULT_REPLICAS = 1
+#: The most replicas a cluster may run or scale to (and its max_agents): each one is
+#: an operating-system process.
+MAX_REPLICAS = 1000
+#: The most tasks one worker may run at once: each holds a lease it extends on every
+#: heartbeat, and its coroutine and payload in memory.
+MAX_CONCURRENCY = 10_000
+
+_PROCESSES = "each replica is an operating-system process"
+Replicas = Annotated[
+    int,
+    Strict(),
+    Field(ge=0),
+    count_at_most(0, MAX_REPLICAS, _PROCESSES),
+    count_schema(0, MAX_REPLICAS),
+]
+PositiveReplicas = Annotated[
+    int,
+    Strict(),
+    Field(ge=1),
+    count_at_most(1, MAX_REPLICAS, _PROCESSES),
+    count_schema(1, MAX_REPLICAS),
+]
+Concurrency = Annotated[
+    int,
+    Strict(),
+    Field(ge=1),
+    count_at_most(
+        1, MAX_CONCURRENCY, "each task of a worker holds a lease it extends on every heartbeat"
+    ),
+    count_schema(1, MAX_CONCURRENCY),
+]
 #: The shortest heartbeat interval: every beat of every worker is a store write.
 MIN_HEARTBEAT_INTERVAL = 0.05
 
@@ -102,7 +136,7 @@ class ResourceQuotas(BaseModel):
 
     model_config = SPEC_CONFIG
 
-    max_agents: PositiveCount | None = None
+    max_agents: PositiveReplicas | None = None
     """Most replicas (worker processes hosting this cluster's agents) ever running."""
     max_concurrent_tasks: PositiveCount | None = None
     """Most tasks of this cluster running at once, across all its workers."""
@@ -123,7 +157,13 @@ class FailureDetectorSettings(BaseModel):
     """Floor for the learned heartbeat interval deviation."""
     acceptable_pause: Seconds = _DETECTOR.acceptable_pause
     """Heartbeat silence tolerated before phi starts rising."""
-    window: Annotated[int, Field(strict=True, ge=2)] = _DETECTOR.window
+    window: Annotated[
+        int,
+        Strict(),
+        Field(ge=2),
+        count_at_most(2, MAX_COUNT, "larger counts overflow the store's integers"),
+        count_schema(2, MAX_COUNT),
+    ] = _DETECTOR.window
     """Heartbeat intervals remembered."""
 
 
@@ -185,8 +225,8 @@ class ScalingBounds(BaseModel):
 
     model_config = SPEC_CONFIG
 
-    min_replicas: Count = DEFAULT_REPLICAS
-    max_replicas: PositiveCount
+    min_replicas: Replicas = DEFAULT_REPLICAS
+    max_replicas: PositiveReplicas
 
 
 class ClusterSpec(BaseModel):
@@ -195,9 +235,9 @@ class ClusterSpec(BaseModel):
     model_config = SPEC_CONFIG
 
     agents: Annotated[tuple[AgentDefinition, ...], Field(min_length=1)]
-    replicas: Count = DEFAULT_REPLICAS
+    replicas: Replicas = DEFAULT_REPLICAS
     """Worker processes to run (the autoscaler moves it within 'scaling')."""
-    concurrency: PositiveCount = WORKER_DEFAULTS.concurrency
+    concurrency: Concurrency = WORKER_DEFAULTS.concurrency
     """Tasks one worker runs at once."""
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     """The workers' event loop: uvloop where installed ('auto'), or asyncio's, whose

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .._units import DURATION_PATTERN, duration_seconds
+from ..store._models import MAX_AHEAD_SECONDS
 
 SPEC_ERROR = "fleetops_spec"
 SPEC_CONFIG = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -36,6 +37,13 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 TIME_OF_DAY_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d$"
+
+#: The longest duration (10 years, 3650d): longer ones overflow the clocks and dates
+#: they are added to, and mean "never" better said by leaving the setting out.
+MAX_SECONDS = float(MAX_AHEAD_SECONDS)
+#: The largest count (a billion): larger ones overflow the store's integers or are
+#: a slip of the keyboard.
+MAX_COUNT = 1_000_000_000
 
 
 class Problem(NamedTuple):
@@ -171,11 +179,39 @@ def _parse_time_of_day(value: Any) -> Any:
     raise spec_error("not a time of day", "write it as 'HH:MM' in 24-hour time, e.g. '09:00'")
 
 
+def _check_max_seconds(value: float) -> float:
+    if value <= MAX_SECONDS:
+        return value
+    raise spec_error(
+        f"longer than {human_duration(MAX_SECONDS)} (10 years), the longest duration allowed",
+        f"use a duration of at most {human_duration(MAX_SECONDS)}",
+    )
+
+
+def count_at_most(low: int, maximum: int, why: str) -> AfterValidator:
+    """A count's ceiling: larger values would exhaust the machine or overflow (``why``
+    says how); the message names the allowed range, ``low`` to ``maximum``."""
+
+    def check(value: int) -> int:
+        if value > maximum:
+            raise spec_error(
+                f"more than {maximum}, the most allowed: {why}",
+                f"use a value from {low} to {maximum}",
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def count_schema(minimum: int, maximum: int) -> WithJsonSchema:
+    return WithJsonSchema({"type": "integer", "minimum": minimum, "maximum": maximum})
+
+
 def _duration_schema(minimum: str) -> WithJsonSchema:
     return WithJsonSchema(
         {
             "anyOf": [
-                {"type": "number", minimum: 0},
+                {"type": "number", minimum: 0, "maximum": MAX_SECONDS},
                 {"type": "string", "pattern": DURATION_PATTERN},
             ],
             "description": "seconds, or a number with a unit: ms, s, m, h, d (e.g. '30s', '24h')",
@@ -207,12 +243,14 @@ Seconds = Annotated[
     float,
     Field(ge=0, allow_inf_nan=False),
     BeforeValidator(parse_duration),
+    AfterValidator(_check_max_seconds),
     _duration_schema("minimum"),
 ]
 PositiveSeconds = Annotated[
     float,
     Field(gt=0, allow_inf_nan=False),
     BeforeValidator(parse_duration),
+    AfterValidator(_check_max_seconds),
     _duration_schema("exclusiveMinimum"),
 ]
 TimeOfDay = Annotated[
@@ -222,7 +260,12 @@ TimeOfDay = Annotated[
     WithJsonSchema({"type": "string", "pattern": TIME_OF_DAY_PATTERN}),
 ]
 
-Count = Annotated[int, Strict(), Field(ge=0)]
-PositiveCount = Annotated[int, Strict(), Field(ge=1)]
+_TOO_MANY = "larger counts overflow the store's integers"
+Count = Annotated[
+    int, Strict(), Field(ge=0), count_at_most(0, MAX_COUNT, _TOO_MANY), count_schema(0, MAX_COUNT)
+]
+PositiveCount = Annotated[
+    int, Strict(), Field(ge=1), count_at_most(1, MAX_COUNT, _TOO_MANY), count_schema(1, MAX_COUNT)
+]
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
