@@ -366,3 +366,46 @@ def test_submit_and_tasks_help_show_the_ranges(fleet: Fleet) -> None:
     assert "1 to 100" in shown and "1 to 200 characters" in shown
     shown = " ".join(fleet.cli("tasks", "--help").stdout.replace("│", " ").split())
     assert "1 to 1000 (default 20)" in shown
+
+
+# 7. a cluster or agent the fleet does not have, which would list nothing
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field", "known"),
+    [
+        ("/api/v1/tasks", {"cluster": "nosuch"}, "cluster", "front, back"),
+        ("/api/v1/tasks", {"agent": "nosuch"}, "agent", "gate, relay, work"),
+        ("/api/v1/tasks", {"cluster": "front", "agent": "work"}, "agent", "front's agents: relay"),
+        ("/api/v1/events", {"cluster": "nosuch"}, "cluster", "front, back"),
+    ],
+)
+def test_a_listing_refuses_a_cluster_or_agent_the_fleet_does_not_have(
+    fleet: Fleet, path: str, params: dict[str, str], field: str, known: str
+) -> None:
+    fleet.submit()
+    answer = fleet.http.get(path, params=params)
+    assert answer.status_code == 422, answer.text
+    problem = answer.json()
+    assert problem["field"] == field and problem["value"] == params[field]
+    assert known in problem["fix"]
+    command = path.rsplit("/", 1)[1]
+    result = fleet.cli(command, *(f"--{k}={v}" for k, v in params.items()))
+    assert result.exit_code == 2, result.output
+    assert f"{field}: invalid value {params[field]!r}" in result.stderr
+    assert known in " ".join(result.stderr.split())
+
+
+def test_a_listing_takes_the_fleets_clusters_and_agents_and_any_event_kind(fleet: Fleet) -> None:
+    sent = fleet.submit().json()["id"]
+    for args in (
+        ["--cluster", "back"],
+        ["--agent", "work"],
+        ["--cluster", "back", "--agent", "work"],
+    ):
+        result = fleet.cli("tasks", "--json", *args)
+        assert result.exit_code == 0, result.output
+        assert ids(json.loads(result.stdout)) == [sent]
+    # event kinds are open-ended (a recovery step's is its own): an unknown one finds none
+    result = fleet.cli("events", "--json", "--cluster", "back", "--kind", "agent_failure.page")
+    assert result.exit_code == 0 and json.loads(result.stdout) == [], result.output

@@ -370,6 +370,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
                 after,
                 "page oldest first with after, or newest first with newest or before; not both",
             )
+        known_agents(cluster, agent)  # a misspelt one would list nothing, and say nothing
         c = client()
         records = await c.run(
             partial(
@@ -435,7 +436,10 @@ def create_app(plane: ControlPlane) -> FastAPI:
         recovered, tasks cancelled and retried. With ``after``, the first ``limit``
         after that event, and ``next_after``, when not null, where the next page
         starts (as the other listings page); without it, the newest ``limit``. To
-        follow new ones, ask again with ``after`` the last id seen."""
+        follow new ones, ask again with ``after`` the last id seen. Kinds are open-ended
+        (a recovery step's is ``agent_failure.`` and the step): an unknown one finds
+        none; an unknown cluster is refused."""
+        known_agents(cluster, None)
         c = client()
         found = await c.run(
             partial(
