@@ -105,3 +105,17 @@ def test_a_postgres_bench_leaves_nothing_in_the_database(
         assert result["store"] == "postgresql" and result["tasks"] == 200
     assert _tables_in_search_path(postgres_url) == []
     assert _schemas(postgres_url).keys() <= before.keys()
+
+
+def test_the_overhead_phase_lasts_its_length_however_few_tasks_the_first_phase_ran(
+    tmp_path: Path,
+) -> None:
+    """--overhead-seconds is the phase's length: at --overhead-rate 300 for 1 s it
+    submits 300 tasks, though --tasks is 50 (it used to stop at --tasks)."""
+    small = "--tasks 50 --workers 1 --inflight 20 --work noop --durability normal"
+    rate = "--overhead-rate 300 --overhead-seconds 1"
+    proc = run("bench", "queue", *small.split(), *rate.split(), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["tasks"] == 50
+    assert result["overhead_rate_tps"] == 300 and result["overhead_tasks"] == 300

@@ -95,6 +95,8 @@ def test_bench_queue_json(tmp_path: Path) -> None:
         "noop",
         "--durability",
         "normal",
+        "--overhead-seconds",
+        "0.5",  # its tasks a second for that long (5 s by default)
         "--rounds",
         "2",
         "--json",

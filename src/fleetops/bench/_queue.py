@@ -6,7 +6,8 @@ Two phases in one run, on real worker processes and a real store:
    workers (``inflight`` concurrent handlers in all) drain them; throughput is tasks
    divided by the time from the first submit to the last durable completion.
 2. **Overhead at half the maximum rate.** Tasks are submitted at half the measured
-   rate (or at ``overhead_rate``), paced evenly: the tasks that have come due are
+   rate (or at ``overhead_rate``) for ``overhead_seconds`` (however many ``tasks``
+   the first phase ran), paced evenly: the tasks that have come due are
    submitted together, after the last submit was acknowledged and a millisecond
    passed, or with ``open_loop`` on a fixed schedule of one submit a millisecond
    (see :func:`_submit_paced`). Overhead is end-to-end latency (submit →
@@ -273,7 +274,9 @@ async def bench_queue(
                 if not config.measure_overhead:
                     rate = 0.0
                 else:
-                    count = max(50, min(config.tasks, int(rate * config.overhead_seconds)))
+                    # as many as the rate submits in the phase's length, however many
+                    # the first phase ran (at least 50, for percentiles to mean something)
+                    count = max(50, int(rate * config.overhead_seconds))
                     cpu = _CpuMeter(supervisor)
                     paced, acks = await _submit_paced(
                         client, cluster, agent, payload, count, rate, clock, config.open_loop

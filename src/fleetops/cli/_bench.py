@@ -39,7 +39,10 @@ def queue(
         help="Tasks/s in the overhead phase (default: half the measured maximum).",
     ),
     overhead_seconds: float = typer.Option(
-        5.0, min=0.5, help="Length of the overhead phase in seconds."
+        5.0,
+        min=0.5,
+        help="Length of the overhead phase in seconds: it submits its rate's tasks a "
+        "second for this long (at least 50 tasks), however many --tasks are.",
     ),
     event_loop: str = typer.Option(
         "auto", help="Workers' event loop: 'auto' (uvloop where installed), 'uvloop', 'asyncio'."
