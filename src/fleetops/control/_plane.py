@@ -180,6 +180,7 @@ class ControlPlane:
         # a user's mistake, refused before a deploy makes anything (a failed phase
         # is an outage's exit status, not a mistake's)
         check_store_directory(spec)
+        import_entrypoints(spec)  # as a worker imports them; the deploy's own import
         base = spec.base_dir or Path.cwd()
         self.state_dir = base / STATE_DIR
         self.log_dir = self.state_dir / "logs"
@@ -315,11 +316,10 @@ class ControlPlane:
         # from here no other control plane writes to the state directory: what is new
         # in it when the deploy fails is this deploy's to take back
         self._footprint = footprint
-        # what can be checked is, before the store is made or opened
+        # the port is, before the store is made or opened (the entrypoints were, in __init__)
         if self.serve_api:
             self._api_socket = self._bind_api()
             self._lock.update(self._lock_info())
-        import_entrypoints(self.spec)
         self._start_log_file()
         # before the first write to the store: one control plane a store (_store_lock)
         if (database := sqlite_file(self.store_url)) is not None:
