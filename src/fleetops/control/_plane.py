@@ -180,7 +180,6 @@ class ControlPlane:
         # a user's mistake, refused before a deploy makes anything (a failed phase
         # is an outage's exit status, not a mistake's)
         check_store_directory(spec)
-        import_entrypoints(spec)  # as a worker imports them; the deploy's own import
         base = spec.base_dir or Path.cwd()
         self.state_dir = base / STATE_DIR
         self.log_dir = self.state_dir / "logs"
@@ -265,7 +264,12 @@ class ControlPlane:
     # --- deployment -----------------------------------------------------------------------------
 
     async def deploy(self) -> DeploymentReport:
-        """Run every phase in order; fail fast and undo on the first failure."""
+        """Run every phase in order; fail fast and undo on the first failure.
+
+        An agent entrypoint that does not import is a user's mistake, not a failed
+        phase: :class:`ConfigError` is raised before the first phase, nothing made.
+        """
+        import_entrypoints(self.spec)  # as a worker imports them
         report = DeploymentReport(False, [], None, None, api_url=self.api_url)
         steps: list[tuple[str, Callable[[], Awaitable[str]]]] = [
             ("infrastructure_provisioning", self._infrastructure),
@@ -316,7 +320,7 @@ class ControlPlane:
         # from here no other control plane writes to the state directory: what is new
         # in it when the deploy fails is this deploy's to take back
         self._footprint = footprint
-        # the port is, before the store is made or opened (the entrypoints were, in __init__)
+        # the port is, before the store is made or opened (the entrypoints were, in deploy)
         if self.serve_api:
             self._api_socket = self._bind_api()
             self._lock.update(self._lock_info())

@@ -7,8 +7,9 @@ is refused with its field path (``clusters.<name>.agents[<i>].entrypoint``), its
 value and the fix. A SQLite store whose directory cannot be made (it lies under a
 regular file, or on a file system that makes none) is refused the same way, naming
 ``store``, before a deploy writes anything. Both are a user's mistake, raised as
-:class:`ConfigError` when the control plane is made, before any deployment phase: a
-phase that fails is an outage's exit status (1), a mistake is a usage error's (2).
+:class:`ConfigError` before any deployment phase (the store's when the control plane
+is made, the entrypoints' when it deploys): a phase that fails is an outage's exit
+status (1), a mistake is a usage error's (2).
 """
 
 from __future__ import annotations
