@@ -939,6 +939,13 @@ class ControlPlane:
                     f"change {change_id} failed: {message}. The fleet keeps its last applied "
                     "spec: apply it (or a fixed one) again to converge on it"
                 ) from exc
+            if new.fleet.name != old.fleet.name:
+                # a label: the state is the spec's directory's and the store's, not the name's
+                actions.append(
+                    f"renamed the fleet from {old.fleet.name} to {new.fleet.name}: its "
+                    "dashboard, change log and deployments say the new name from now on; "
+                    "its state, store and workers are unchanged"
+                )
             self.spec, self.spec_text = new, text
             (self.state_dir / "applied-spec.yaml").write_text(text, encoding="utf-8")
             change_id = await record("apply")
