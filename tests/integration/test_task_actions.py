@@ -409,3 +409,26 @@ def test_a_listing_takes_the_fleets_clusters_and_agents_and_any_event_kind(fleet
     # event kinds are open-ended (a recovery step's is its own): an unknown one finds none
     result = fleet.cli("events", "--json", "--cluster", "back", "--kind", "agent_failure.page")
     assert result.exit_code == 0 and json.loads(result.stdout) == [], result.output
+
+
+def test_a_cluster_taken_out_of_the_spec_still_lists_cancels_and_retries_its_tasks(
+    fleet: Fleet,
+) -> None:
+    """An apply that removes a cluster leaves its tasks: they are found, cancelled and
+    retried by its name, which is refused only where it finds nothing (a misspelling)."""
+    queued, dead = fleet.submit().json()["id"], fleet.submit().json()["id"]
+    with contextlib.closing(sqlite3.connect(fleet.db)) as db, db:
+        db.execute(
+            "UPDATE tasks SET queue = 'gone', agent = 'old' WHERE id IN (?, ?)", (queued, dead)
+        )
+    fleet.set_state(dead, "dead")
+    result = fleet.cli("tasks", "--json", "--cluster", "gone", "--agent", "old")
+    assert result.exit_code == 0, result.output
+    assert sorted(ids(json.loads(result.stdout))) == [queued, dead]
+    answer = fleet.http.post("/api/v1/tasks/retry-dead", params={"cluster": "gone"})
+    assert answer.status_code == 200 and answer.json()["tasks"] == [dead], answer.text
+    answer = fleet.http.post("/api/v1/tasks/cancel-queued", params={"cluster": "gone"})
+    assert answer.status_code == 200 and sorted(answer.json()["tasks"]) == [queued, dead]
+    # with nothing left by that name, it is refused as a misspelling would be
+    answer = fleet.http.post("/api/v1/tasks/cancel-queued", params={"cluster": "gone"})
+    assert answer.status_code == 422 and answer.json()["field"] == "cluster", answer.text

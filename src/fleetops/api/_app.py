@@ -147,10 +147,14 @@ def create_app(plane: ControlPlane) -> FastAPI:
             raise UsageError("the fleet is not deployed yet")
         return plane.client
 
-    def known_agents(cluster: str | None, agent: str | None) -> None:
+    def known_agents(cluster: str | None, agent: str | None, found: bool = False) -> None:
         """Refuse a cluster, or an agent of it (of any cluster where none is given),
-        that the fleet's spec does not name: a bulk action on a misspelt one would find
-        nothing and say nothing."""
+        that the fleet's spec does not name, when a listing or a bulk action found
+        nothing by it: a misspelt one would find nothing and say nothing. One that
+        finds tasks or events passes (``found``): a cluster or agent an apply took out
+        of the spec leaves its tasks to be listed, cancelled or retried by its name."""
+        if found:
+            return
         clusters = plane.spec.clusters
         if cluster is None:
             every = sorted({a.name for c in clusters.values() for a in c.agents})
@@ -279,9 +283,9 @@ def create_app(plane: ControlPlane) -> FastAPI:
         meanwhile, is left to finish. ``tasks`` lists those cancelled; ``next_after``,
         when not null, is where the next page starts."""
         await no_body(request)
-        known_agents(cluster, agent)
         c = client()
         listed = await c.run(c.store.list_task_ids, "queued", cluster, agent, limit, after)
+        known_agents(cluster, agent, bool(listed) or after is not None)
         now = c.clock.now()
         trees = await c.run(partial(c.store.cancel_many, listed, now, reason, queued_only=True))
         cancelled = [tree[0] for tree in trees]
@@ -312,9 +316,9 @@ def create_app(plane: ControlPlane) -> FastAPI:
         retried here that dies again keeps its id, so the pages after it do not meet
         it again; a dead child queued again with its parent has an id of its own)."""
         await no_body(request)
-        known_agents(cluster, agent)
         c = client()
         listed = await c.run(c.store.list_task_ids, "dead", cluster, agent, limit, after)
+        known_agents(cluster, agent, bool(listed) or after is not None)
         now = c.clock.now()
         retried = await c.run(c.store.retry_dead_many, listed, now)
         if retried:
@@ -370,7 +374,6 @@ def create_app(plane: ControlPlane) -> FastAPI:
                 after,
                 "page oldest first with after, or newest first with newest or before; not both",
             )
-        known_agents(cluster, agent)  # a misspelt one would list nothing, and say nothing
         c = client()
         records = await c.run(
             partial(
@@ -384,6 +387,9 @@ def create_app(plane: ControlPlane) -> FastAPI:
                 newest=descending,
             )
         )
+        # a misspelt cluster or agent would list nothing, and say nothing
+        paging = after is not None or before is not None
+        known_agents(cluster, agent, bool(records) or paging)
         items = [_task_json(r) for r in records]
         last = items[-1]["id"] if len(items) == limit else None
         return {
@@ -438,8 +444,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         starts (as the other listings page); without it, the newest ``limit``. To
         follow new ones, ask again with ``after`` the last id seen. Kinds are open-ended
         (a recovery step's is ``agent_failure.`` and the step): an unknown one finds
-        none; an unknown cluster is refused."""
-        known_agents(cluster, None)
+        none; an unknown cluster that finds none is refused."""
         c = client()
         found = await c.run(
             partial(
@@ -451,6 +456,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
                 newest=after is None,
             )
         )
+        known_agents(cluster, None, bool(found) or after is not None)
         items = [
             {
                 "id": e.id,
