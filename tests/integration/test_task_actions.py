@@ -307,6 +307,10 @@ def test_tasks_says_the_command_that_lists_the_next_page(fleet: Fleet) -> None:
     assert f"newer: fleetops tasks --limit 2 --after {sent[1]}" in result.stderr
     result = fleet.cli("tasks", "--limit", "4")
     assert result.exit_code == 0 and "fleetops tasks" not in result.stderr  # no next page
+    # nor after a last page that is exactly full: it would lead to an empty one
+    for args in (["--limit", "3"], ["--limit", "3", "--after", "0"]):
+        result = fleet.cli("tasks", *args)
+        assert result.exit_code == 0 and "fleetops tasks" not in result.stderr, args
 
 
 def test_the_api_lists_oldest_first_unless_asked_for_the_newest(fleet: Fleet) -> None:
@@ -343,7 +347,8 @@ def test_the_api_lists_oldest_first_unless_asked_for_the_newest(fleet: Fleet) ->
         (["submit", "back/work", "1", "--key", "k" * 201], "(201 characters) is no key"),
         (["tasks", "--limit", "0"], "0 is out of range: use 1 to 1000"),
         (["tasks", "--limit", "1001"], "1001 is out of range: use 1 to 1000"),
-        (["tasks", "--before", "-1"], f"-1 is out of range: use 0 to {2**63 - 1}"),
+        (["tasks", "--before", "0"], f"0 is out of range: use 1 to {2**63 - 1}"),
+        (["tasks", "--after", "-1"], f"-1 is out of range: use 0 to {2**63 - 1}"),
         (["events", "--limit", "0"], "0 is out of range: use 1 to 1000"),
         (["changes", "--limit", "0"], "0 is out of range: use 1 to 1000"),
     ],

@@ -798,3 +798,6 @@ def test_more_warm_spares_than_the_limit_is_refused() -> None:
         "recovery.agent_failure.warm_spares",
         "must be at most 16",
     )
+    # and the JSON Schema editors complete the spec with says the same
+    spares = json_schema()["$defs"]["AgentFailureRecovery"]["properties"]["warm_spares"]
+    assert (spares["minimum"], spares["maximum"]) == (0, 16)

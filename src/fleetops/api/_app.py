@@ -159,10 +159,20 @@ def create_app(plane: ControlPlane) -> FastAPI:
         if cluster is None:
             every = sorted({a.name for c in clusters.values() for a in c.agents})
             if agent is not None and agent not in every:
-                raise ConfigError("agent", agent, f"use an agent of the fleet: {', '.join(every)}")
+                raise ConfigError(
+                    "agent",
+                    agent,
+                    "the spec names no such agent, and nothing matched it: "
+                    f"use an agent of the fleet: {', '.join(every)}",
+                )
             return
         if cluster not in clusters:
-            raise ConfigError("cluster", cluster, f"use one of {', '.join(clusters)}")
+            raise ConfigError(
+                "cluster",
+                cluster,
+                f"the spec names no such cluster, and nothing matched it: "
+                f"use one of {', '.join(clusters)}",
+            )
         agents = [a.name for a in clusters[cluster].agents]
         if agent is not None and agent not in agents:
             raise ConfigError("agent", agent, f"use one of {cluster}'s agents: {', '.join(agents)}")
@@ -355,7 +365,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         after: int | None = Query(None, le=LARGEST_TASK_ID, description="page after this task id"),
         newest: bool = Query(False, description="newest first (the ids in descending order)"),
         before: int | None = Query(
-            None, le=LARGEST_TASK_ID, description="newest first, from before this task id"
+            None, ge=1, le=LARGEST_TASK_ID, description="newest first, from before this task id"
         ),
     ) -> dict[str, Any]:
         """Tasks filtered by state, cluster and agent: oldest first, the first ``limit``
@@ -381,7 +391,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
                 state,
                 cluster,
                 agent,
-                limit,
+                limit + 1,  # one more: whether there is a next page to point to
                 after,
                 before_id=before,
                 newest=descending,
@@ -390,8 +400,8 @@ def create_app(plane: ControlPlane) -> FastAPI:
         # a misspelt cluster or agent would list nothing, and say nothing
         paging = after is not None or before is not None
         known_agents(cluster, agent, bool(records) or paging)
-        items = [_task_json(r) for r in records]
-        last = items[-1]["id"] if len(items) == limit else None
+        items = [_task_json(r) for r in records[:limit]]
+        last = items[-1]["id"] if len(records) > limit else None
         return {
             "items": items,
             "next_after": None if descending else last,

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
 from .._clock import SystemClock
 from .._exceptions import ConfigError, FleetOpsError, StoreUnavailable
@@ -63,6 +63,10 @@ class BenchAborted(FleetOpsError):
 
 
 AGENTS = ("fleetops.bench._agents:noop", "fleetops.bench._agents:sleep")
+#: The most tasks the overhead phase submits (its rate times its length): each one's
+#: record is read back and held, and a rate the machine cannot keep up would queue
+#: them all.
+MAX_OVERHEAD_TASKS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +182,15 @@ async def bench_queue(
         raise ConfigError(
             "--overhead-seconds", config.overhead_seconds, "use a finite length in seconds, e.g. 5"
         )
+    if config.overhead_rate is not None and (
+        config.overhead_rate * config.overhead_seconds > MAX_OVERHEAD_TASKS
+    ):
+        raise ConfigError(
+            "--overhead-seconds",
+            config.overhead_seconds,
+            f"at --overhead-rate {config.overhead_rate:g} that is more than "
+            f"{MAX_OVERHEAD_TASKS:,} tasks: use a lower rate or a shorter phase",
+        )
     if config.inflight < config.workers:
         raise ConfigError(
             "--inflight", config.inflight, f"use at least --workers ({config.workers})"
@@ -276,7 +289,7 @@ async def bench_queue(
                 else:
                     # as many as the rate submits in the phase's length, however many
                     # the first phase ran (at least 50, for percentiles to mean something)
-                    count = max(50, int(rate * config.overhead_seconds))
+                    count = max(50, min(MAX_OVERHEAD_TASKS, int(rate * config.overhead_seconds)))
                     cpu = _CpuMeter(supervisor)
                     paced, acks = await _submit_paced(
                         client, cluster, agent, payload, count, rate, clock, config.open_loop
@@ -366,8 +379,12 @@ def _bench_store(store: str, durability: str, tmp: Path) -> Iterator[str]:
 
     schema = f"fleetops_bench_{uuid.uuid4().hex[:12]}"
     try:
-        with psycopg.connect(store, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f"CREATE SCHEMA {schema}")  # a name made here, not input
+        try:
+            with psycopg.connect(store, autocommit=True, connect_timeout=5) as admin:
+                admin.execute(f"CREATE SCHEMA {schema}")  # a name made here, not input
+        except BaseException:  # made before an interrupt reached it, maybe: dropped
+            _drop_schema(store, schema)
+            raise
     except psycopg.errors.InsufficientPrivilege as exc:
         raise StoreUnavailable(
             f"cannot create the bench's schema in the PostgreSQL store at {redact(store)}: "
@@ -388,9 +405,12 @@ def in_schema(url: str, schema: str) -> str:
     """The PostgreSQL ``url`` with ``search_path`` set to ``schema`` alone, after
     whatever ``options`` it gives the server (the last setting wins), its other
     parameters kept as they are written."""
-    parts = urlsplit(url)
-    given, kept = "", []
-    for pair in filter(None, parts.query.split("&")):
+    # split by hand: urlsplit and urlunsplit drop the empty host of a Unix-socket URL
+    # (postgresql:///db becomes postgresql:/db, which libpq cannot read)
+    base, _, query = url.partition("?")
+    # with no options in the URL, libpq would have taken the environment's
+    given, kept = os.environ.get("PGOPTIONS", ""), []
+    for pair in filter(None, query.split("&")):
         key, _, value = pair.partition("=")
         if unquote(key) == "options":
             given = unquote(value)
@@ -398,7 +418,7 @@ def in_schema(url: str, schema: str) -> str:
             kept.append(pair)
     options = f"{given} -c search_path={schema}".strip()
     kept.append("options=" + quote(options, safe=""))
-    return urlunsplit(parts._replace(query="&".join(kept)))
+    return f"{base}?{'&'.join(kept)}"
 
 
 def _drop_schema(url: str, schema: str) -> None:
@@ -410,12 +430,15 @@ def _drop_schema(url: str, schema: str) -> None:
             # a worker still in a transaction would make the drop wait for its locks
             admin.execute("SET lock_timeout = '30s'")
             admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    except psycopg.Error as exc:
+    except BaseException as exc:  # a second Ctrl-C too: say what is left, then stop
+        why = _first_line(exc) if isinstance(exc, psycopg.Error) else type(exc).__name__
         print(
             f"bench: could not drop its schema {schema} in {redact(url)} "
-            f"({_first_line(exc)}); drop it with: DROP SCHEMA {schema} CASCADE",
+            f"({why}); drop it with: DROP SCHEMA IF EXISTS {schema} CASCADE",
             file=sys.stderr,
         )
+        if not isinstance(exc, psycopg.Error):
+            raise
 
 
 def _first_line(exc: BaseException) -> str:

@@ -502,9 +502,9 @@ def submit(
         raise typer.Exit(EXIT_FAILURE)
 
 
-def _page_option(flag: str, help_text: str) -> Any:
+def _page_option(flag: str, lowest: int, help_text: str) -> Any:
     """``tasks``' --after or --before: a task id a page starts from."""
-    return typer.Option(None, flag, callback=_within(0, LARGEST_TASK_ID), help=help_text)
+    return typer.Option(None, flag, callback=_within(lowest, LARGEST_TASK_ID), help=help_text)
 
 
 def tasks(
@@ -515,10 +515,10 @@ def tasks(
         None, callback=_within(1, 1000), help="Tasks listed, 1 to 1000 (default 20)."
     ),
     after: int = _page_option(
-        "--after", "List oldest first, from after this task id (0: from the oldest)."
+        "--after", 0, "List oldest first, from after this task id (0: from the oldest)."
     ),
     before: int = _page_option(
-        "--before", "List newest first (the default), from before this task id."
+        "--before", 1, "List newest first (the default), from before this task id (1 or more)."
     ),
     task_id: int = typer.Option(None, "--id", help="Show one task with its attempts."),
     retry: list[int] = typer.Option(

@@ -13,13 +13,12 @@ from __future__ import annotations
 from datetime import time
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, Strict, model_validator
 
 from ..runtime._supervisor import DEFAULT_SPARES
 from ._clusters import WORKER_DEFAULTS
 from ._types import (
     SPEC_CONFIG,
-    Count,
     Fraction,
     Number,
     PositiveCount,
@@ -27,6 +26,7 @@ from ._types import (
     Problem,
     TimeOfDay,
     WholeSeconds,
+    count_schema,
     human_duration,
     raise_problems,
     seconds_at_least,
@@ -372,7 +372,12 @@ class AgentFailureRecovery(RecoveryStrategy):
         "spawn_replacement_agent",
         "notify_operations_team",
     )
-    warm_spares: Annotated[Count, Field(le=MAX_SPARES)] = DEFAULT_SPARES
+    warm_spares: Annotated[
+        int,
+        Strict(),
+        Field(ge=0, le=MAX_SPARES),
+        count_schema(0, MAX_SPARES),  # Count's would say a billion
+    ] = DEFAULT_SPARES
     """Worker processes kept started ahead for each cluster with workers, their
     imports done (the cluster's agents too), each to replace a dead worker of its
     cluster at once (about 50 MB each plus what the agents import; 0: every
