@@ -382,6 +382,8 @@ def _bench_store(store: str, durability: str, tmp: Path) -> Iterator[str]:
         try:
             with psycopg.connect(store, autocommit=True, connect_timeout=5) as admin:
                 admin.execute(f"CREATE SCHEMA {schema}")  # a name made here, not input
+        except psycopg.Error:  # not made: nothing to drop
+            raise
         except BaseException:  # made before an interrupt reached it, maybe: dropped
             _drop_schema(store, schema)
             raise
