@@ -437,3 +437,22 @@ def test_a_cluster_taken_out_of_the_spec_still_lists_cancels_and_retries_its_tas
     # with nothing left by that name, it is refused as a misspelling would be
     answer = fleet.http.post("/api/v1/tasks/cancel-queued", params={"cluster": "gone"})
     assert answer.status_code == 422 and answer.json()["field"] == "cluster", answer.text
+
+
+def test_retry_of_a_dead_parent_and_its_dead_child_queues_the_child_with_the_parent(
+    fleet: Fleet,
+) -> None:
+    """Retrying a dead letter queues its dead children again with it; the child's own
+    retry, asked for in the same command, is then done already, not a refusal."""
+    parent, child = fleet.submit().json()["id"], fleet.submit().json()["id"]
+    with contextlib.closing(sqlite3.connect(fleet.db)) as db, db:
+        db.execute("UPDATE tasks SET parent_id = ? WHERE id = ?", (parent, child))
+    fleet.set_state(parent, "dead")
+    fleet.set_state(child, "dead")
+    result = fleet.cli("tasks", "--retry", str(parent), "--retry", str(child))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [
+        {"id": parent, "state": "queued"},
+        {"id": child, "state": "queued", "queued_with": parent},
+    ]
+    assert fleet.states() == {parent: "queued", child: "queued"}

@@ -703,6 +703,26 @@ def _refusals(url: str, retry: list[int], cancel: list[int]) -> int:
     return refused
 
 
+def _queued_with(url: str, task_id: int, retried: set[int]) -> int | None:
+    """The task of ``retried`` that ``task_id`` was queued again with (a dead letter's
+    dead descendants are), if it is queued now and one of its ancestors is that task."""
+    task = call("GET", url, f"/api/v1/tasks/{task_id}")
+    if task["state"] != "queued":
+        return None
+    for _ in range(MAX_ANCESTORS):
+        parent = task.get("parent_id")
+        if parent is None:
+            return None
+        if parent in retried:
+            return int(parent)
+        task = call("GET", url, f"/api/v1/tasks/{parent}")
+    return None
+
+
+#: How far up a task's parents ``tasks --retry`` looks for one retried before it.
+MAX_ANCESTORS = 64
+
+
 def _retry_or_cancel(url: str, retry: list[int], cancel: list[int]) -> None:
     """Each task in turn, once every one is found in a state its action takes (else
     none is acted on: each refusal is said on stderr, and the exit code is 2); print
@@ -714,9 +734,14 @@ def _retry_or_cancel(url: str, retry: list[int], cancel: list[int]) -> None:
     done: list[dict[str, Any]] = []
     refused = 0
     gone_with: set[int] = set()  # cancelled with a task cancelled before them
+    retried: set[int] = set()
     for action, ids in (("retry", retry), ("cancel", cancel)):
         for i in ids:
             if action == "cancel" and i in gone_with:
+                continue
+            if action == "retry" and retried and (ancestor := _queued_with(url, i, retried)):
+                # a dead child is queued again with its parent: done already
+                done.append({"id": i, "state": "queued", "queued_with": ancestor})
                 continue
             try:
                 answer: dict[str, Any] = call("POST", url, f"/api/v1/tasks/{i}/{action}")
@@ -730,6 +755,7 @@ def _retry_or_cancel(url: str, retry: list[int], cancel: list[int]) -> None:
                 refused += 1
                 continue
             if action == "retry":
+                retried.add(i)
                 done.append({"id": i, "state": "queued"})
             else:  # the tasks it sent went with it
                 descendants = answer.get("descendants_cancelled", [])
