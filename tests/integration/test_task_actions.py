@@ -456,3 +456,53 @@ def test_retry_of_a_dead_parent_and_its_dead_child_queues_the_child_with_the_par
         {"id": child, "state": "queued", "queued_with": parent},
     ]
     assert fleet.states() == {parent: "queued", child: "queued"}
+
+
+# 8. hostile input through the API and the CLI: refused, never a 500 or a traceback
+
+
+def test_a_payload_nested_too_deep_is_refused_and_a_deep_stored_one_is_still_listed(
+    fleet: Fleet,
+) -> None:
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    answer = fleet.submit(payload=deep)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == "payload" and "128" in answer.json()["fix"]
+    result = fleet.cli("submit", "back/work", "[" * 5000 + "]" * 5000)
+    assert result.exit_code == 2 and "nested too deep" in result.stderr, result.output
+    # a result as deep (an agent's), stored: listed as its text, not a 500
+    sent = fleet.submit().json()["id"]
+    with contextlib.closing(sqlite3.connect(fleet.db)) as db, db:
+        db.execute("UPDATE tasks SET result = ? WHERE id = ?", (json.dumps(deep), sent))
+    listed = fleet.http.get("/api/v1/tasks")
+    assert listed.status_code == 200, listed.text
+    assert fleet.task(sent)["result"] == json.dumps(deep)
+    assert fleet.states() == {sent: "queued"}  # the refused ones stored nothing
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "request_args"),
+    [
+        ("POST", "/api/v1/tasks", {"content": b'{"agent": "back/\\ud800"}'}),
+        ("GET", "/api/v1/tasks", {"params": {"after": -1}}),
+        ("GET", "/api/v1/tasks", {"params": {"after": -(2**63) - 1}}),
+        ("POST", "/api/v1/tasks/retry-dead", {"params": {"after": -(2**63) - 1}}),
+        ("POST", "/api/v1/tasks/cancel-queued?cluster=back", {"content": "[" * 100_000}),
+    ],
+)
+def test_hostile_requests_are_refused_naming_what_is_wrong_not_a_500(
+    fleet: Fleet, method: str, path: str, request_args: dict[str, Any]
+) -> None:
+    sent = fleet.submit().json()["id"]
+    headers = {"content-type": "application/json"}
+    answer = fleet.http.request(method, path, headers=headers, **request_args)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"], answer.text
+    assert fleet.states() == {sent: "queued"}
+
+
+def test_cli_arguments_that_cannot_be_sent_are_refused_not_a_traceback(fleet: Fleet) -> None:
+    result = fleet.cli("events", "--kind", "k" * 100_000)
+    assert result.exit_code == 2 and "cannot be sent" in result.stderr, result.output

@@ -801,3 +801,18 @@ def test_more_warm_spares_than_the_limit_is_refused() -> None:
     # and the JSON Schema editors complete the spec with says the same
     spares = json_schema()["$defs"]["AgentFailureRecovery"]["properties"]["warm_spares"]
     assert (spares["minimum"], spares["maximum"]) == (0, 16)
+
+
+def test_a_spec_path_that_is_no_regular_file_or_far_too_large_is_refused_unread(
+    tmp_path: Path,
+) -> None:
+    """/dev/zero would be read until memory ran out."""
+    from fleetops.spec import check_spec
+    from fleetops.spec._loader import MAX_SPEC_BYTES
+
+    issues = check_spec("/dev/zero")
+    assert isinstance(issues, list) and issues[0].message == "not a regular file"
+    big = tmp_path / "fleet.yaml"
+    big.write_bytes(b"#" * (MAX_SPEC_BYTES + 1))
+    issues = check_spec(big)
+    assert isinstance(issues, list) and "larger than 4 MiB" in issues[0].message

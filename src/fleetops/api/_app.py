@@ -17,6 +17,7 @@ from .. import __version__
 from .._exceptions import ConfigError, UnknownTask, UsageError
 from .._units import parse_duration
 from ..dashboard import mount_dashboard
+from ..queue._client import MAX_VALUE_DEPTH, json_depth
 from ..store import TASK_STATES, NewTask, TaskRecord
 from ..store._models import MAX_AHEAD_SECONDS
 from ..telemetry._logsearch import LogFilter, search_logs
@@ -29,6 +30,19 @@ if TYPE_CHECKING:
     from ..control import ControlPlane
 
 
+def _shown_json(text: str | None) -> Any:
+    """A stored JSON value as the answer carries it: parsed, or its text where it nests
+    deeper than an answer can (an agent's result, or a payload stored before
+    submits were checked for it)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        return text
+    return text if json_depth(value) > MAX_VALUE_DEPTH else value
+
+
 def _task_json(record: TaskRecord) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": record.id,
@@ -36,8 +50,8 @@ def _task_json(record: TaskRecord) -> dict[str, Any]:
         "agent": record.agent,
         "state": record.state,
         "priority": record.priority,
-        "payload": json.loads(record.payload),
-        "result": json.loads(record.result) if record.result is not None else None,
+        "payload": _shown_json(record.payload),
+        "result": _shown_json(record.result),
         "error": record.error,
         "dead_reason": record.dead_reason,
         "attempts": record.attempts,
@@ -184,7 +198,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         body = (await request.body()).decode("utf-8", "replace").strip()
         try:
             empty = not body or json.loads(body) in ({}, None)
-        except ValueError:
+        except (ValueError, RecursionError):
             empty = False
         if not empty:
             shown = body if len(body) <= 80 else body[:77] + "..."
@@ -283,7 +297,9 @@ def create_app(plane: ControlPlane) -> FastAPI:
         cluster: str = Query(..., description="the cluster whose queue to empty"),
         agent: str | None = None,
         limit: int = Query(1000, ge=1, le=10_000),
-        after: int | None = Query(None, le=LARGEST_TASK_ID, description="page after this task id"),
+        after: int | None = Query(
+            None, ge=0, le=LARGEST_TASK_ID, description="page after this task id"
+        ),
         reason: str = "queue emptied through the API",
     ) -> dict[str, Any]:
         """Cancel the oldest ``limit`` queued tasks of ``cluster`` (of ``agent`` where
@@ -317,7 +333,9 @@ def create_app(plane: ControlPlane) -> FastAPI:
         cluster: str | None = None,
         agent: str | None = None,
         limit: int = Query(1000, ge=1, le=10_000),
-        after: int | None = Query(None, le=LARGEST_TASK_ID, description="page after this task id"),
+        after: int | None = Query(
+            None, ge=0, le=LARGEST_TASK_ID, description="page after this task id"
+        ),
     ) -> dict[str, Any]:
         """Queue again the oldest ``limit`` dead letters (of ``cluster`` and ``agent``
         where given) after task ``after``, each as ``POST /tasks/{id}/retry`` does, in
@@ -362,7 +380,9 @@ def create_app(plane: ControlPlane) -> FastAPI:
         cluster: str | None = None,
         agent: str | None = None,
         limit: int = Query(100, ge=1, le=1000),
-        after: int | None = Query(None, le=LARGEST_TASK_ID, description="page after this task id"),
+        after: int | None = Query(
+            None, ge=0, le=LARGEST_TASK_ID, description="page after this task id"
+        ),
         newest: bool = Query(False, description="newest first (the ids in descending order)"),
         before: int | None = Query(
             None, ge=1, le=LARGEST_TASK_ID, description="newest first, from before this task id"
@@ -571,7 +591,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         groups = [g for g in (by or "").split(",") if g] or None
         end = plane.clock.now()
         start = end - span
-        if fn.startswith("p") and fn[1:].isdigit():
+        if fn.startswith("p") and fn[1:].isascii() and fn[1:].isdigit() and len(fn) <= 4:
             q = int(fn[1:]) / 100
             found = await asyncio.to_thread(
                 history.histogram_quantile, q, metric, matchers, start, end, every, by=groups

@@ -90,6 +90,8 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     def plain(value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
             return str(value)
+        if isinstance(value, str):  # a lone surrogate a client sent: shown escaped
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
         if isinstance(value, dict):
             return {str(k): plain(v) for k, v in value.items()}
         if isinstance(value, list | tuple):

@@ -28,6 +28,7 @@ from .._exceptions import ConfigError, StoreError
 from .._units import parse_duration
 from ..control import PHASES, ControlPlane, DeploymentReport, read_running
 from ..control._state import pid_alive
+from ..queue._client import MAX_VALUE_DEPTH
 from ..runtime._gc import tune_for_serving
 from ..spec import FleetSpec
 from ..store._models import MAX_AHEAD_SECONDS
@@ -469,6 +470,12 @@ def submit(
     except json.JSONDecodeError as exc:
         fail(
             f"payload: {payload!r} is not JSON ({exc.msg}): quote strings, e.g. '\"hello\"'",
+            EXIT_USAGE,
+        )
+    except RecursionError:
+        fail(
+            f"payload: nested too deep to read: nest it at most {MAX_VALUE_DEPTH} arrays or "
+            "objects deep",
             EXIT_USAGE,
         )
     except ValueError:

@@ -46,6 +46,12 @@ def call(method: str, url: str, path: str, **kwargs: Any) -> Any:
         )
     except httpx.HTTPError as exc:
         fail(f"the control plane at {url} did not answer: {exc}", EXIT_FAILURE)
+    except (httpx.InvalidURL, UnicodeEncodeError) as exc:  # what was asked cannot be sent
+        fail(
+            f"the request cannot be sent ({exc}): an argument is too long, or holds bytes "
+            "that are not UTF-8 text; check the arguments",
+            EXIT_USAGE,
+        )
     if response.status_code >= 400:
         try:
             problem = response.json()

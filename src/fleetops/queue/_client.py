@@ -130,6 +130,10 @@ def check_outcome_sync_delay(seconds: float) -> None:
 #: of claimed tasks in memory at once (hundreds of them), and every claim, retry and
 #: dashboard page reads the rows.
 MAX_VALUE_BYTES = 2 * 1024 * 1024
+#: The deepest a task's payload or headers may nest (arrays and objects): deeper ones
+#: could not be shown (the API's serializer stops at 255 levels) nor walked without
+#: running out of stack.
+MAX_VALUE_DEPTH = 128
 
 
 def size_over_limit(text: str) -> int | None:
@@ -191,6 +195,19 @@ def _check_time(field: str, value: object) -> None:
         raise ConfigError(field, value, "pass a finite number of seconds since the epoch, or None")
 
 
+def json_depth(value: Any) -> int:
+    """How deep ``value`` (parsed JSON) nests arrays and objects, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
 def check_task(task: NewTask) -> None:
     """Refuse a task the stores would refuse, or keep differently, before it is
     stored (a worker could only dead-letter it, and a refusal in a group commit
@@ -217,6 +234,12 @@ def check_task(task: NewTask) -> None:
             ) from None
         if field == "headers" and not isinstance(value, dict):
             raise ConfigError(field, shown, "pass a JSON object, e.g. json.dumps({'key': 'v'})")
+        if json_depth(value) > MAX_VALUE_DEPTH:
+            raise ConfigError(
+                field,
+                shown,
+                f"nest it at most {MAX_VALUE_DEPTH} arrays or objects deep: flatten it",
+            )
     check_text("queue", task.queue)
     check_text("agent", task.agent)
     if task.idempotency_key is not None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -89,10 +89,28 @@ def check_spec_text(
     return sorted(issues, key=lambda i: (i.line, i.column, i.path))
 
 
+#: The largest spec file read (a fleet's spec is a few KiB; /dev/zero is endless).
+MAX_SPEC_BYTES = 4 * 1024 * 1024
+
+
 def check_spec(path: str | os.PathLike[str]) -> FleetSpec | list[SpecIssue]:
     """Validate the spec file at ``path``; answer the spec or every issue found."""
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return [SpecIssue("", 0, 0, None, "not a regular file", "name a YAML spec file")]
+            raw = f.read(MAX_SPEC_BYTES + 1)
+        if len(raw) > MAX_SPEC_BYTES:
+            return [
+                SpecIssue(
+                    "",
+                    0,
+                    0,
+                    None,
+                    f"larger than {MAX_SPEC_BYTES // 1024 // 1024} MiB",
+                    "a fleet spec is a few KiB: name the spec file, not some other file",
+                )
+            ]
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return [
