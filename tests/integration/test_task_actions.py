@@ -506,3 +506,12 @@ def test_hostile_requests_are_refused_naming_what_is_wrong_not_a_500(
 def test_cli_arguments_that_cannot_be_sent_are_refused_not_a_traceback(fleet: Fleet) -> None:
     result = fleet.cli("events", "--kind", "k" * 100_000)
     assert result.exit_code == 2 and "cannot be sent" in result.stderr, result.output
+
+
+def test_an_apply_s_actor_and_reason_are_a_name_and_a_sentence_not_a_document(
+    fleet: Fleet,
+) -> None:
+    for field, size in (("actor", 201), ("reason", 2001)):
+        answer = fleet.http.post("/api/v1/apply", json={"spec": SPEC, field: "x" * size})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0]["field"] == field

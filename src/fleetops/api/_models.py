@@ -75,8 +75,9 @@ class ApplyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     spec: str = Field(description="the whole fleet spec, as YAML text")
-    actor: str | None = None
-    reason: str = ""
+    #: who and why, kept in the change log: a name and a sentence, not a document
+    actor: str | None = Field(None, max_length=200)
+    reason: str = Field("", max_length=2000)
     rollout: list[str] = Field(default_factory=list, description="clusters to restart anyway")
 
 
