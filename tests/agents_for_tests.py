@@ -80,3 +80,22 @@ async def hoard(task: TaskInfo, ctx: Context) -> int:
     """Keep ``payload`` MiB for the life of the worker (a cache that only grows)."""
     HOARD.append(b"\x01" * (int(task.payload) << 20))
     return len(HOARD)
+
+
+@agent(name="slow_effect")
+async def slow_effect(task: TaskInfo, ctx: Context) -> str:
+    """An effect that takes a while ({"seconds": s, "sink": path}): it writes 'began'
+    and 'ended' lines to the sink, so a test counts how often it ran."""
+    seconds, sink = task.payload["seconds"], task.payload["sink"]
+
+    def note(line: str) -> None:
+        with open(sink, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    async def charge() -> str:
+        note("began")
+        await asyncio.sleep(seconds)
+        note("ended")
+        return "charged"
+
+    return str(await ctx.effect("charge", charge))

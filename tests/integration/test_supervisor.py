@@ -409,6 +409,55 @@ asyncio.run(Supervisor(sys.argv[1], [plan]).run(asyncio.Event()))
 """
 
 
+def test_a_worker_whose_supervisor_is_killed_finishes_the_effect_it_runs_then_exits(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """kill -9 of the supervisor (a control plane killed) while a task's effect runs
+    longer than the shutdown grace: the orphaned worker finishes it, once, claims
+    nothing more, and exits. Before, it gave the task back after its grace, cutting
+    the effect off halfway, and the effect ran again on the next worker."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "supervisor.py"
+    agents = ORPHANING_SUPERVISOR.replace("agents_for_tests:block", "agents_for_tests:slow_effect")
+    script.write_text(agents)
+    supervisor = subprocess.Popen([sys.executable, str(script), sqlite_url, TESTS_DIR])
+    sink = tmp_path / "sink"
+    store = open_store(sqlite_url)
+    try:
+        payload = json.dumps({"seconds": 4, "sink": str(sink)})
+        [task] = store.submit([NewTask("c", "slow_effect", payload)], time.time())
+        deadline = time.monotonic() + 30
+        while not sink.exists():
+            assert time.monotonic() < deadline, "the worker never began the effect"
+            assert supervisor.poll() is None, "the supervisor stopped"
+            time.sleep(0.05)
+        [worker] = store.list_workers("c", live=True)
+        assert worker.pid is not None
+        supervisor.kill()
+        supervisor.wait(10)
+        later = store.submit([NewTask("c", "echo", str(n)) for n in range(3)], time.time())
+        deadline = time.monotonic() + 60
+        while (record := store.get_task(task.id)) is None or record.state != "succeeded":
+            assert time.monotonic() < deadline, f"the task did not finish: {record}"
+            time.sleep(0.05)
+        assert record.attempts == 1
+        assert sink.read_text(encoding="utf-8").split() == ["began", "ended"]
+        while not exited(worker.pid):
+            assert time.monotonic() < deadline, "the orphaned worker lives on"
+            time.sleep(0.05)
+        for other in later:  # nobody supervises it: it took no more work
+            found = store.get_task(other.id)
+            assert found is not None and (found.state, found.attempts) == ("queued", 0)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+        store.close()
+
+
 def test_a_worker_whose_supervisor_is_killed_exits_even_while_a_handler_blocks_its_loop(
     sqlite_url: str, tmp_path: Path
 ) -> None:

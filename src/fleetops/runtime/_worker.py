@@ -20,6 +20,7 @@ import os
 import random
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -163,6 +164,11 @@ class WorkerSettings:
     poll_max: float = 0.05
     reap_interval: float = 1.0
     shutdown_grace: float = 10.0
+    #: A worker whose supervisor died (a control plane killed) finishes the tasks it
+    #: runs for up to this long before it gives them back: their leases are its own,
+    #: heartbeated, and an effect cut off halfway would run again. It claims nothing
+    #: more. Its event loop blocked past ``shutdown_grace`` ends it sooner.
+    orphan_grace: float = 300.0
     #: How often the worker writes its metrics snapshot to the store.
     telemetry_interval: float = 2.0
     #: Metrics and traces on (off only to measure what they cost).
@@ -306,6 +312,10 @@ class Worker:
         #: the idle claimer's wait, ended early by wake_claimer (see _wait_hint)
         self._hint_waiter: asyncio.Future[None] | None = None
         self._stopping = asyncio.Event()
+        #: the supervisor is gone: the drain may take orphan_grace (see WorkerSettings)
+        self._orphan = False
+        #: when the event loop last ran a tick the parent watcher asked for
+        self._loop_seen = 0.0
         #: done when the store answers again, for writes waiting to try again (see
         #: _store_pause); the claim loop is waiting to claim again while claims_failing
         self._store_back: asyncio.Future[None] | None = None
@@ -433,15 +443,31 @@ class Worker:
 
     def _stop_orphaned(self) -> None:
         if not self._stopping.is_set():
-            log.error("worker.orphaned", worker=self.worker_id, parent=self._parent_pid)
+            self._orphan = True
+            log.error(
+                "worker.orphaned",
+                worker=self.worker_id,
+                parent=self._parent_pid,
+                inflight=len(self._running),
+                finishing_within_s=self._orphan_grace(),
+            )
             self._stopping.set()
             self.wake_claimer()
 
+    def _orphan_grace(self) -> float:
+        return max(self.settings.shutdown_grace, self.settings.orphan_grace)
+
+    def _loop_tick(self) -> None:
+        self._loop_seen = time.monotonic()
+
     def _watch_parent(self, loop: asyncio.AbstractEventLoop, ended: threading.Event) -> None:
-        """A thread: once the supervisor is gone, stop the worker (it claims nothing
-        more, drains, and exits), and if it has not exited within its grace (a
-        handler blocks its event loop), exit the process. An orphan otherwise lived
-        on as long as the handler blocked, claiming again once it was free."""
+        """A thread: once the supervisor is gone, stop the worker: it claims nothing
+        more, finishes the tasks it runs (for up to ``orphan_grace``), and exits. If
+        its event loop stops running (a handler blocks it) for longer than its
+        shutdown grace, or the tasks outlast ``orphan_grace``, it exits the process.
+        An orphan otherwise lived on as long as the handler blocked, claiming again
+        once it was free; one that gave its tasks back after the shutdown grace cut
+        off effects halfway, to run them again elsewhere."""
         while not ended.wait(PARENT_CHECK_SECONDS):
             if self._orphaned():
                 break
@@ -449,17 +475,26 @@ class Worker:
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: it ended
             loop.call_soon_threadsafe(self._stop_orphaned)
-        if ended.wait(self.settings.shutdown_grace + ORPHAN_EXIT_MARGIN_SECONDS):
-            return
-        log.error(
-            "worker.orphaned_exit",
-            worker=self.worker_id,
-            parent=self._parent_pid,
-            reason="the event loop did not stop within the shutdown grace; its leases "
-            "expire and its tasks are redelivered",
-        )
-        logging.shutdown()
-        os._exit(ORPHAN_EXIT_CODE)
+        began = self._loop_seen = time.monotonic()  # real time: the process's liveness
+        stalled_after = self.settings.shutdown_grace + ORPHAN_EXIT_MARGIN_SECONDS
+        while not ended.wait(PARENT_CHECK_SECONDS):
+            now = time.monotonic()
+            if now - self._loop_seen > stalled_after:
+                why = "the event loop did not run for its shutdown grace"
+            elif now - began > self._orphan_grace() + ORPHAN_EXIT_MARGIN_SECONDS:
+                why = "its tasks outlasted the orphan grace"
+            else:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._loop_tick)
+                continue
+            log.error(
+                "worker.orphaned_exit",
+                worker=self.worker_id,
+                parent=self._parent_pid,
+                reason=f"{why}; its leases expire and its tasks are redelivered",
+            )
+            logging.shutdown()
+            os._exit(ORPHAN_EXIT_CODE)
 
     async def _run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -481,7 +516,9 @@ class Worker:
                 self._stopping.set()
                 stopper.cancel()
                 # claiming and draining share one grace: the supervisor waits that long
-                grace_ends = self.clock.monotonic() + self.settings.shutdown_grace
+                # (an orphan has no supervisor waiting: it finishes what it runs)
+                grace = self._orphan_grace() if self._orphan else self.settings.shutdown_grace
+                grace_ends = self.clock.monotonic() + grace
                 await self._stop_claiming(claimer, grace_ends)
                 await self._drain(grace_ends)
             for loop_task in loops:
