@@ -446,16 +446,26 @@ def test_a_worker_whose_supervisor_is_killed_finishes_the_effect_it_runs_then_ex
             time.sleep(0.05)
         assert record.attempts == 1
         assert sink.read_text(encoding="utf-8").split() == ["began", "ended"]
-        while not exited(worker.pid):
-            assert time.monotonic() < deadline, "the orphaned worker lives on"
-            time.sleep(0.05)
-        for other in later:  # nobody supervises it: it took no more work
-            found = store.get_task(other.id)
-            assert found is not None and (found.state, found.attempts) == ("queued", 0)
+        _orphan_exits_having_taken_none(store, worker.pid, later, deadline)
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
         store.close()
+
+
+def _orphan_exits_having_taken_none(
+    store: Any, pid: int, later: list[Any], deadline: float
+) -> None:
+    """The orphaned worker ``pid`` exits before ``deadline`` (monotonic), and nobody
+    supervising it, it took none of the tasks submitted ``later``."""
+    import time
+
+    while not exited(pid):
+        assert time.monotonic() < deadline, "the orphaned worker lives on"
+        time.sleep(0.05)
+    for task in later:
+        record = store.get_task(task.id)
+        assert record is not None and (record.state, record.attempts) == ("queued", 0)
 
 
 def test_a_worker_whose_supervisor_is_killed_exits_even_while_a_handler_blocks_its_loop(
@@ -485,13 +495,8 @@ def test_a_worker_whose_supervisor_is_killed_exits_even_while_a_handler_blocks_i
         supervisor.wait(10)
         killed_at = time.monotonic()
         later = store.submit([NewTask("c", "echo", str(n)) for n in range(3)], time.time())
-        while not exited(worker.pid):
-            # grace 1 s + ORPHAN_EXIT_MARGIN_SECONDS 2 s, and room for a loaded machine
-            assert time.monotonic() - killed_at < 15, "the orphaned worker lives on"
-            time.sleep(0.05)
-        for task in later:  # nobody supervises it: it took no more work
-            record = store.get_task(task.id)
-            assert record is not None and (record.state, record.attempts) == ("queued", 0)
+        # grace 1 s + ORPHAN_EXIT_MARGIN_SECONDS 2 s, and room for a loaded machine
+        _orphan_exits_having_taken_none(store, worker.pid, later, killed_at + 15)
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
