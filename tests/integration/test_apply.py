@@ -172,3 +172,22 @@ def test_applying_a_new_number_of_warm_spares_changes_the_supervisors(tmp_path: 
         ["rolled out cluster triage (1 worker(s))", "warm spares per cluster from 0 to 1"],
     ]
     assert supervisor.spares == 1
+
+
+def test_a_deploy_of_another_spec_keeps_the_one_applied_last_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """An apply through the API leaves its spec in no file of the user's: a later
+    `fleetops up fleet.yaml` replaced it unseen. It is kept, and the deploy says so."""
+    (tmp_path / "fleet.yaml").write_text(fleet(4), encoding="utf-8")
+    plane = ControlPlane(load_spec(tmp_path / "fleet.yaml"), serve_api=False)
+    plane.state_dir.mkdir()
+    applied = plane.state_dir / "applied-spec.yaml"
+    previous = plane.state_dir / "applied-spec.previous.yaml"
+    applied.write_text(plane.spec_text, encoding="utf-8")  # the same: nothing to keep
+    assert plane._keep_previous_spec(applied) == ""
+    assert not previous.exists()
+    applied.write_text(fleet(8), encoding="utf-8")  # applied since, through the API
+    said = plane._keep_previous_spec(applied)
+    assert "kept in .fleetops/applied-spec.previous.yaml" in said
+    assert previous.read_text(encoding="utf-8") == fleet(8)

@@ -155,6 +155,11 @@ FINISHED_RECOUNT_MIN = 1.0
 FINISHED_RECOUNT_FACTOR = 50
 
 
+#: Beside applied-spec.yaml in the state directory: the spec applied last, when a
+#: deploy replaced it with a different one (see ControlPlane._keep_previous_spec).
+PREVIOUS_SPEC = "applied-spec.previous.yaml"
+
+
 class ControlPlane:
     """One fleet's control plane (one per state directory, enforced by a lock)."""
 
@@ -333,8 +338,31 @@ class ControlPlane:
         await self.client.__aenter__()
         version = await self.client.run(self.client.store.schema_version)
         applied_path = self.state_dir / "applied-spec.yaml"
+        replaced = self._keep_previous_spec(applied_path)
         applied_path.write_text(self.spec_text, encoding="utf-8")
-        return f"store {redact(self.store_url)} at schema version {version}"
+        return f"store {redact(self.store_url)} at schema version {version}{replaced}"
+
+    def _keep_previous_spec(self, applied_path: Path) -> str:
+        """Keep the spec applied last (by an apply through the API, say, which no file
+        of the user's may hold) in :data:`PREVIOUS_SPEC` when the one deployed now
+        differs, and say so: deploying a spec replaces what was applied, and that must
+        not happen unseen."""
+        try:
+            before = applied_path.read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            return ""
+        if before == self.spec_text:
+            return ""
+        (self.state_dir / PREVIOUS_SPEC).write_text(before, encoding="utf-8")
+        log.warning(
+            "spec.replaced",
+            kept=str(self.state_dir / PREVIOUS_SPEC),
+            reason="the spec deployed differs from the one applied last",
+        )
+        return (
+            f"; the spec applied last differs from this one and is kept in "
+            f"{STATE_DIR}/{PREVIOUS_SPEC}"
+        )
 
     def _deploy_footprint(self) -> Footprint:
         """The files and directories a deploy makes, as they are before it."""
@@ -347,7 +375,11 @@ class ControlPlane:
             if database is not None:
                 files += [database, *(Path(f"{database}{s}") for s in SQLITE_SIDE_FILES)]
                 dirs += [d for d in database.parents if d not in dirs]
-        restored = [self.state_dir / "applied-spec.yaml", self.state_dir / "routes.json"]
+        restored = [
+            self.state_dir / "applied-spec.yaml",
+            self.state_dir / PREVIOUS_SPEC,
+            self.state_dir / "routes.json",
+        ]
         return Footprint(files=files, restored=restored, dirs=dirs)
 
     def _start_log_file(self) -> None:
