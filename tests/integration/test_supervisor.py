@@ -416,27 +416,12 @@ def test_a_worker_whose_supervisor_is_killed_finishes_the_effect_it_runs_then_ex
     longer than the shutdown grace: the orphaned worker finishes it, once, claims
     nothing more, and exits. Before, it gave the task back after its grace, cutting
     the effect off halfway, and the effect ran again on the next worker."""
-    import json
-    import subprocess
-    import sys
     import time
 
-    script = tmp_path / "supervisor.py"
-    agents = ORPHANING_SUPERVISOR.replace("agents_for_tests:block", "agents_for_tests:slow_effect")
-    script.write_text(agents)
-    supervisor = subprocess.Popen([sys.executable, str(script), sqlite_url, TESTS_DIR])
     sink = tmp_path / "sink"
-    store = open_store(sqlite_url)
+    supervisor, store = _supervisor(tmp_path, sqlite_url)
     try:
-        payload = json.dumps({"seconds": 4, "sink": str(sink)})
-        [task] = store.submit([NewTask("c", "slow_effect", payload)], time.time())
-        deadline = time.monotonic() + 30
-        while not sink.exists():
-            assert time.monotonic() < deadline, "the worker never began the effect"
-            assert supervisor.poll() is None, "the supervisor stopped"
-            time.sleep(0.05)
-        [worker] = store.list_workers("c", live=True)
-        assert worker.pid is not None
+        task, worker = _effect_begun(store, sink, 4)
         supervisor.kill()
         supervisor.wait(10)
         later = store.submit([NewTask("c", "echo", str(n)) for n in range(3)], time.time())
@@ -451,6 +436,79 @@ def test_a_worker_whose_supervisor_is_killed_finishes_the_effect_it_runs_then_ex
         if supervisor.poll() is None:
             supervisor.kill()
         store.close()
+
+
+def test_down_stops_the_workers_a_killed_control_plane_left_finishing_their_tasks(
+    tmp_path: Path,
+) -> None:
+    """With no control plane running, `fleetops down` said "no fleet is running" while
+    its orphaned workers went on finishing their tasks (for up to orphan_grace). It
+    now stops them as a shutdown does: they drain and give back what is unfinished."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from fleetops.cli._app import app as cli_app
+
+    fleet = tmp_path / "fleet"
+    (fleet / ".fleetops").mkdir(parents=True)
+    (fleet / ".fleetops" / "applied-spec.yaml").write_text(
+        "fleet: {name: orphans}\n"
+        "store: sqlite:///fleet.db\n"
+        "clusters:\n"
+        "  c:\n"
+        '    agents: [{name: slow_effect, entrypoint: "agents_for_tests:slow_effect"}]\n',
+        encoding="utf-8",
+    )
+    sink = tmp_path / "sink"
+    supervisor, store = _supervisor(tmp_path, f"sqlite:///{fleet / 'fleet.db'}")
+    try:
+        task, worker = _effect_begun(store, sink, 120)
+        supervisor.kill()
+        supervisor.wait(10)
+        time.sleep(0.5)  # the orphan sees its parent gone (it looks every 0.2 s)
+        assert not exited(worker.pid)
+        result = CliRunner().invoke(cli_app, ["down", str(fleet), "--timeout", "30"])
+        assert result.exit_code == 0, result.output
+        assert f"pid {worker.pid}" in result.output and "stopped" in result.output
+        assert exited(worker.pid)
+        record = store.get_task(task.id)
+        assert record is not None and record.state == "queued"  # given back, to run again
+        # and with nothing left running, it says so, as before
+        result = CliRunner().invoke(cli_app, ["down", str(fleet)])
+        assert result.exit_code == 2 and "no fleet is running" in result.output
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+        store.close()
+
+
+def _supervisor(tmp_path: Path, url: str) -> tuple[Any, Any]:
+    """A supervisor of one worker (the slow_effect agent, a 1 s shutdown grace) in a
+    process of its own, on the store at ``url``; and that store, opened here."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "supervisor.py"
+    agents = ORPHANING_SUPERVISOR.replace("agents_for_tests:block", "agents_for_tests:slow_effect")
+    script.write_text(agents)
+    return subprocess.Popen([sys.executable, str(script), url, TESTS_DIR]), open_store(url)
+
+
+def _effect_begun(store: Any, sink: Path, seconds: float) -> tuple[Any, Any]:
+    """Submit a slow_effect task of ``seconds``; answer it and its worker once its
+    effect has begun (it wrote to ``sink``)."""
+    import time
+
+    payload = json.dumps({"seconds": seconds, "sink": str(sink)})
+    [task] = store.submit([NewTask("c", "slow_effect", payload)], time.time())
+    deadline = time.monotonic() + 30
+    while not sink.exists():
+        assert time.monotonic() < deadline, "the worker never began the effect"
+        time.sleep(0.05)
+    [worker] = store.list_workers("c", live=True)
+    assert worker.pid is not None
+    return task, worker
 
 
 def _orphan_exits_having_taken_none(

@@ -336,7 +336,8 @@ def down(
     base = _fleet_base(file)
     running = read_running(base / ".fleetops")
     if running is None:
-        fail(f"no fleet is running from {base}", EXIT_USAGE)
+        _stop_orphans(base, timeout)
+        return
     import os
 
     os.kill(running.pid, signal.SIGTERM)
@@ -348,6 +349,72 @@ def down(
             return
         time.sleep(0.2)
     fail(f"the control plane (pid {running.pid}) did not stop within {timeout:g} s")
+
+
+def _stop_orphans(base: Path, timeout: float) -> None:
+    """No control plane runs from ``base``: stop the workers one that was killed left
+    finishing their tasks (see WorkerSettings.orphan_grace), if there are any, as a
+    shutdown stops workers (they drain, and give back what they could not finish)."""
+    import os
+
+    orphans = _orphaned_workers(base)
+    if not orphans:
+        fail(f"no fleet is running from {base}", EXIT_USAGE)
+    for pid in orphans:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    err.print(
+        f"no control plane runs from {base}; asked the {len(orphans)} worker(s) it left "
+        f"running (pid {', '.join(map(str, orphans))}) to drain and stop…"
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(pid_alive(pid) for pid in orphans):
+            out.print("[green]✓[/] its workers stopped")
+            return
+        time.sleep(0.2)
+    fail(f"the workers (pid {', '.join(map(str, orphans))}) did not stop within {timeout:g} s")
+
+
+def _orphaned_workers(base: Path) -> list[int]:
+    """The pids of this host's live workers of the fleet last deployed from ``base``
+    (its store, from the spec it applied), each still a fleetops worker process (a
+    pid reused by another program is left alone). None where that cannot be told."""
+    import os
+    import socket
+
+    from ..spec import SpecError, load_spec_text
+    from ..store import open_store
+
+    applied = base / ".fleetops" / "applied-spec.yaml"
+    if not applied.is_file() or not Path("/proc").is_dir():
+        return []
+    try:
+        # relative paths in it are the fleet directory's, as in the spec it came from
+        text = applied.read_text(encoding="utf-8")
+        spec = load_spec_text(text, path=base / "applied-spec.yaml")
+        store = open_store(spec.store_url())
+    except (OSError, ValueError, StoreError, SpecError):
+        return []
+    try:
+        workers = store.list_workers(live=True)
+    except StoreError:
+        return []
+    finally:
+        store.close()
+    host = socket.gethostname()
+    pids = []
+    for worker in workers:
+        if worker.pid is None or worker.host != host or worker.pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{worker.pid}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:  # gone
+            continue
+        if b"fleetops.runtime" in command:
+            pids.append(worker.pid)
+    return sorted(set(pids))
 
 
 def apply(

@@ -520,7 +520,8 @@ class Worker:
                 grace = self._orphan_grace() if self._orphan else self.settings.shutdown_grace
                 grace_ends = self.clock.monotonic() + grace
                 await self._stop_claiming(claimer, grace_ends)
-                await self._drain(grace_ends)
+                # an orphan asked to stop (fleetops down) drains as a shutdown does
+                await self._drain(grace_ends, hurry=stop if self._orphan else None)
             for loop_task in loops:
                 loop_task.cancel()
         await self._telemetry_guarded(self.flush_telemetry)
@@ -549,11 +550,25 @@ class Worker:
         """Seconds from now to ``moment`` on the monotonic clock (0 once it passed)."""
         return max(0.0, moment - self.clock.monotonic())
 
-    async def _drain(self, grace_ends: float) -> None:
+    async def _drain(self, grace_ends: float, hurry: asyncio.Event | None = None) -> None:
+        """Wait for the tasks running to end, until ``grace_ends``; once ``hurry`` is
+        set, until the shutdown grace from then at the latest. Then cancel the rest."""
         if self._running and not self.dead:
             log.info("worker.draining", worker=self.worker_id, inflight=len(self._running))
             pending = [r.task for r in self._running.values()]
-            await asyncio.wait(pending, timeout=self._until(grace_ends))
+            hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else None
+            try:
+                while (left := [t for t in pending if not t.done()]) and (
+                    wait := self._until(grace_ends)
+                ) > 0:
+                    watched = [*left, hurried] if hurried is not None else left
+                    await asyncio.wait(watched, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                    if hurried is not None and hurried.done():
+                        soon = self.clock.monotonic() + self.settings.shutdown_grace
+                        grace_ends, hurried = min(grace_ends, soon), None
+            finally:
+                if hurried is not None:
+                    hurried.cancel()
         for task_id, running in list(self._running.items()):
             self._cancel_reasons[task_id, running.epoch] = "dead" if self.dead else "shutdown"
             running.task.cancel()
