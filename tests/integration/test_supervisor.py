@@ -483,6 +483,48 @@ def test_down_stops_the_workers_a_killed_control_plane_left_finishing_their_task
         store.close()
 
 
+def test_down_leaves_alone_a_process_that_only_has_a_dead_worker_s_pid(tmp_path: Path) -> None:
+    """A worker killed outright leaves its row behind, and its pid may be another
+    process's by now (a fleetops worker of another fleet, even): down stops a pid only
+    where the row still beats and the process is the one that registered."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from fleetops.cli._fleet import _orphaned_workers
+
+    fleet = tmp_path / "fleet"
+    (fleet / ".fleetops").mkdir(parents=True)
+    (fleet / ".fleetops" / "applied-spec.yaml").write_text(
+        "fleet: {name: orphans}\nstore: sqlite:///fleet.db\nclusters:\n"
+        '  c:\n    agents: [{name: echo, entrypoint: "agents_for_tests:echo"}]\n',
+        encoding="utf-8",
+    )
+    store = open_store(f"sqlite:///{fleet / 'fleet.db'}")
+    # a process whose command line names fleetops.runtime, as a worker's does
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "fleetops.runtime"]
+    )
+    try:
+        time.sleep(0.2)
+        host, now = socket.gethostname(), time.time()
+        store.register_worker("stale", "c", other.pid, host, 1, now)
+        store.beat("stale", now - 3600, 0, 0)  # its last beat long ago
+        assert _orphaned_workers(fleet) == []
+        store.set_worker_state("stale", "stopped", now)
+        store.register_worker("younger", "c", other.pid, host, 1, now - 3600)
+        store.beat("younger", now, 0, 0)  # beating, but registered before it started
+        assert _orphaned_workers(fleet) == []
+        store.register_worker("its-own", "c", other.pid, host, 1, now)
+        store.beat("its-own", now, 0, 0)
+        assert _orphaned_workers(fleet) == [other.pid]  # the check can say yes
+    finally:
+        other.kill()
+        other.wait(10)
+        store.close()
+
+
 def _supervisor(tmp_path: Path, url: str) -> tuple[Any, Any]:
     """A supervisor of one worker (the slow_effect agent, a 1 s shutdown grace) in a
     process of its own, on the store at ``url``; and that store, opened here."""

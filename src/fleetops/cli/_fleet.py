@@ -402,19 +402,41 @@ def _orphaned_workers(base: Path) -> list[int]:
         return []
     finally:
         store.close()
-    host = socket.gethostname()
+    host, now = socket.gethostname(), time.time()
     pids = []
     for worker in workers:
         if worker.pid is None or worker.host != host or worker.pid == os.getpid():
             continue
+        # still beating: a row a worker killed outright left behind is not, and its
+        # pid may be another process's by now
+        if worker.heartbeat_at is None or now - worker.heartbeat_at > ORPHAN_BEAT_SECONDS:
+            continue
         try:
             with open(f"/proc/{worker.pid}/cmdline", "rb") as f:
                 command = f.read()
-        except OSError:  # gone
+            started = _process_started_at(worker.pid)
+        except (OSError, ValueError, IndexError):  # gone
             continue
-        if b"fleetops.runtime" in command:
+        # a fleetops worker, and the process that registered then (not one started after)
+        if b"fleetops.runtime" in command and started <= worker.started_at + 1.0:
             pids.append(worker.pid)
     return sorted(set(pids))
+
+
+#: A worker row whose last heartbeat is older than this is no live orphan's.
+ORPHAN_BEAT_SECONDS = 30.0
+
+
+def _process_started_at(pid: int) -> float:
+    """When process ``pid`` started, in seconds since the epoch (Linux's /proc)."""
+    import os
+
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        # the command may hold spaces and parentheses: the fields follow the last ')'
+        fields = f.read().rsplit(")", 1)[1].split()
+    with open("/proc/stat", encoding="ascii") as f:
+        boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def apply(
