@@ -420,6 +420,7 @@ def test_a_worker_whose_supervisor_is_killed_finishes_the_effect_it_runs_then_ex
 
     sink = tmp_path / "sink"
     supervisor, store = _supervisor(tmp_path, sqlite_url)
+    worker = None
     try:
         task, worker = _effect_begun(store, sink, 4)
         supervisor.kill()
@@ -435,6 +436,8 @@ def test_a_worker_whose_supervisor_is_killed_finishes_the_effect_it_runs_then_ex
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
+        if worker is not None and worker.pid is not None and not exited(worker.pid):
+            os.kill(worker.pid, signal.SIGKILL)  # an orphan a failed check left running
         store.close()
 
 
@@ -462,6 +465,7 @@ def test_down_stops_the_workers_a_killed_control_plane_left_finishing_their_task
     )
     sink = tmp_path / "sink"
     supervisor, store = _supervisor(tmp_path, f"sqlite:///{fleet / 'fleet.db'}")
+    worker = None
     try:
         task, worker = _effect_begun(store, sink, 120)
         supervisor.kill()
@@ -480,6 +484,8 @@ def test_down_stops_the_workers_a_killed_control_plane_left_finishing_their_task
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
+        if worker is not None and worker.pid is not None and not exited(worker.pid):
+            os.kill(worker.pid, signal.SIGKILL)  # an orphan a failed check left running
         store.close()
 
 
@@ -502,10 +508,15 @@ def test_down_leaves_alone_a_process_that_only_has_a_dead_worker_s_pid(tmp_path:
         encoding="utf-8",
     )
     store = open_store(f"sqlite:///{fleet / 'fleet.db'}")
-    # a process whose command line names fleetops.runtime, as a worker's does
-    other = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)", "fleetops.runtime"]
-    )
+
+    def named_like_a_worker(supervisor: int) -> subprocess.Popen[bytes]:
+        """A process whose command line is a spare's (``--spare KIND SUPERVISOR``)."""
+        sleep = "import time; time.sleep(60)"
+        spare = ["fleetops.runtime", "--spare", "asyncio", str(supervisor)]
+        return subprocess.Popen([sys.executable, "-c", sleep, *spare])
+
+    # its supervisor is gone (no such pid): an orphan; the other is this process's
+    other, supervised = named_like_a_worker(2**22 + 1), named_like_a_worker(os.getpid())
     try:
         time.sleep(0.2)
         host, now = socket.gethostname(), time.time()
@@ -518,10 +529,14 @@ def test_down_leaves_alone_a_process_that_only_has_a_dead_worker_s_pid(tmp_path:
         assert _orphaned_workers(fleet) == []
         store.register_worker("its-own", "c", other.pid, host, 1, now)
         store.beat("its-own", now, 0, 0)
+        # a worker its supervisor still runs (a control plane elsewhere on this store)
+        store.register_worker("supervised", "c", supervised.pid, host, 1, now)
+        store.beat("supervised", now, 0, 0)
         assert _orphaned_workers(fleet) == [other.pid]  # the check can say yes
     finally:
-        other.kill()
-        other.wait(10)
+        for process in (other, supervised):
+            process.kill()
+            process.wait(10)
         store.close()
 
 

@@ -24,9 +24,10 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from .._exceptions import ConfigError, StoreError
+from .._exceptions import ConfigError, FleetOpsError, StoreError
 from .._units import parse_duration
 from ..control import PHASES, ControlPlane, DeploymentReport, read_running
+from ..control._footprint import sqlite_file
 from ..control._state import pid_alive
 from ..queue._client import MAX_VALUE_DEPTH
 from ..runtime._gc import tune_for_serving
@@ -361,8 +362,12 @@ def _stop_orphans(base: Path, timeout: float) -> None:
     if not orphans:
         fail(f"no fleet is running from {base}", EXIT_USAGE)
     for pid in orphans:
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:  # ended meanwhile
+            pass
+        except PermissionError:
+            fail(f"worker pid {pid} belongs to another user: stop it as that user", EXIT_USAGE)
     err.print(
         f"no control plane runs from {base}; asked the {len(orphans)} worker(s) it left "
         f"running (pid {', '.join(map(str, orphans))}) to drain and stop…"
@@ -392,16 +397,20 @@ def _orphaned_workers(base: Path) -> list[int]:
     try:
         # relative paths in it are the fleet directory's, as in the spec it came from
         text = applied.read_text(encoding="utf-8")
-        spec = load_spec_text(text, path=base / "applied-spec.yaml")
-        store = open_store(spec.store_url())
-    except (OSError, ValueError, StoreError, SpecError):
+        url = load_spec_text(text, path=base / "applied-spec.yaml").store_url()
+    except (OSError, ValueError, SpecError):
         return []
+    database = sqlite_file(url)
+    if database is not None and not database.is_file():
+        return []  # no store: no worker wrote to one (and none is made here)
     try:
-        workers = store.list_workers(live=True)
-    except StoreError:
-        return []
-    finally:
-        store.close()
+        store = open_store(url, migrate=False)  # only read: orphans may run older code
+        try:
+            workers = store.list_workers(live=True)
+        finally:
+            store.close()
+    except FleetOpsError as exc:
+        fail(f"could not look in the fleet's store for workers left running: {exc}")
     host, now = socket.gethostname(), time.time()
     pids = []
     for worker in workers:
@@ -413,22 +422,47 @@ def _orphaned_workers(base: Path) -> list[int]:
             continue
         try:
             with open(f"/proc/{worker.pid}/cmdline", "rb") as f:
-                command = f.read()
-            started = _process_started_at(worker.pid)
+                args = f.read().split(b"\0")
+            started, parent = _process_started_at(worker.pid)
         except (OSError, ValueError, IndexError):  # gone
             continue
-        # a fleetops worker, and the process that registered then (not one started after)
-        if b"fleetops.runtime" in command and started <= worker.started_at + 1.0:
+        # a fleetops worker, the process that registered then (not one started after),
+        # and an orphan: its supervisor (named in its arguments) is no longer its parent;
+        # a control plane running elsewhere on this store, or one whose lock file
+        # could not be read, still supervises its own
+        supervisor = _supervisor_of(args)
+        if (
+            b"fleetops.runtime" in args
+            and started <= worker.started_at + 1.0
+            and supervisor is not None
+            and parent != supervisor
+        ):
             pids.append(worker.pid)
     return sorted(set(pids))
+
+
+def _supervisor_of(args: list[bytes]) -> int | None:
+    """The pid of the supervisor that started the worker with these arguments: the
+    last of a spare's (``--spare KIND PID``), or ``parent_pid`` in a worker's config."""
+    try:
+        if b"--spare" in args:
+            return int(args[args.index(b"--spare") + 2])
+        for arg in args:
+            if arg.startswith(b"{"):
+                parent = json.loads(arg).get("parent_pid")
+                return int(parent) if parent is not None else None
+    except (ValueError, IndexError, AttributeError, TypeError):
+        return None
+    return None
 
 
 #: A worker row whose last heartbeat is older than this is no live orphan's.
 ORPHAN_BEAT_SECONDS = 30.0
 
 
-def _process_started_at(pid: int) -> float:
-    """When process ``pid`` started, in seconds since the epoch (Linux's /proc)."""
+def _process_started_at(pid: int) -> tuple[float, int]:
+    """When process ``pid`` started, in seconds since the epoch, and its parent's pid
+    (Linux's /proc)."""
     import os
 
     with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
@@ -436,7 +470,7 @@ def _process_started_at(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     with open("/proc/stat", encoding="ascii") as f:
         boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK"), int(fields[1])
 
 
 def apply(

@@ -481,7 +481,7 @@ class Worker:
             now = time.monotonic()
             if now - self._loop_seen > stalled_after:
                 why = "the event loop did not run for its shutdown grace"
-            elif now - began > self._orphan_grace() + ORPHAN_EXIT_MARGIN_SECONDS:
+            elif now - began > self._orphan_grace() + stalled_after:  # room to give back
                 why = "its tasks outlasted the orphan grace"
             else:
                 with contextlib.suppress(RuntimeError):
@@ -556,19 +556,23 @@ class Worker:
         if self._running and not self.dead:
             log.info("worker.draining", worker=self.worker_id, inflight=len(self._running))
             pending = [r.task for r in self._running.values()]
+            # timed on the loop's own clock, as asyncio.wait times out: a virtual clock
+            # that does not move must not make the drain endless
+            loop = asyncio.get_running_loop()
+            ends = loop.time() + self._until(grace_ends)
+            everything = asyncio.ensure_future(asyncio.wait(pending))
             hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else None
             try:
-                while (left := [t for t in pending if not t.done()]) and (
-                    wait := self._until(grace_ends)
-                ) > 0:
-                    watched = [*left, hurried] if hurried is not None else left
+                while not everything.done() and (wait := ends - loop.time()) > 0:
+                    watched = [everything] if hurried is None else [everything, hurried]
                     await asyncio.wait(watched, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                     if hurried is not None and hurried.done():
-                        soon = self.clock.monotonic() + self.settings.shutdown_grace
-                        grace_ends, hurried = min(grace_ends, soon), None
+                        ends = min(ends, loop.time() + self.settings.shutdown_grace)
+                        hurried = None
             finally:
-                if hurried is not None:
-                    hurried.cancel()
+                for waiter in (everything, hurried):
+                    if waiter is not None:
+                        waiter.cancel()
         for task_id, running in list(self._running.items()):
             self._cancel_reasons[task_id, running.epoch] = "dead" if self.dead else "shutdown"
             running.task.cancel()
