@@ -434,11 +434,7 @@ def test_a_worker_whose_supervisor_is_killed_finishes_the_effect_it_runs_then_ex
         assert sink.read_text(encoding="utf-8").split() == ["began", "ended"]
         _orphan_exits_having_taken_none(store, worker.pid, later, deadline)
     finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
-        if worker is not None and worker.pid is not None and not exited(worker.pid):
-            os.kill(worker.pid, signal.SIGKILL)  # an orphan a failed check left running
-        store.close()
+        _clean_up(supervisor, worker, store)
 
 
 def test_down_stops_the_workers_a_killed_control_plane_left_finishing_their_tasks(
@@ -482,11 +478,7 @@ def test_down_stops_the_workers_a_killed_control_plane_left_finishing_their_task
         result = CliRunner().invoke(cli_app, ["down", str(fleet)])
         assert result.exit_code == 2 and "no fleet is running" in result.output
     finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
-        if worker is not None and worker.pid is not None and not exited(worker.pid):
-            os.kill(worker.pid, signal.SIGKILL)  # an orphan a failed check left running
-        store.close()
+        _clean_up(supervisor, worker, store)
 
 
 def test_down_leaves_alone_a_process_that_only_has_a_dead_worker_s_pid(tmp_path: Path) -> None:
@@ -566,6 +558,15 @@ def _effect_begun(store: Any, sink: Path, seconds: float) -> tuple[Any, Any]:
     [worker] = store.list_workers("c", live=True)
     assert worker.pid is not None
     return task, worker
+
+
+def _clean_up(supervisor: Any, worker: Any, store: Any) -> None:
+    """Stop the supervisor, and an orphan a failed check left running; close the store."""
+    if supervisor.poll() is None:
+        supervisor.kill()
+    if worker is not None and worker.pid is not None and not exited(worker.pid):
+        os.kill(worker.pid, signal.SIGKILL)
+    store.close()
 
 
 def _orphan_exits_having_taken_none(
